@@ -1,0 +1,244 @@
+"""The typed domain configuration, and its SXP form.
+
+``DomainConfig`` is what the rest of pyxen works with.  It is built from the
+values of an xm config file (``from_values``), serialised as Xen's
+``(vm ...)`` SXP (``to_sxp``) — the form ``xm create -n`` prints, xm sends to
+xend and xend persists — and read back from it (``from_sxp``).
+"""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+from dataclasses import dataclass, field
+
+from . import sxp
+from .errors import ConfigError
+from .options import ACTIONS, CRASH_ACTIONS
+from .specs import DiskSpec, parse_disk, parse_vif
+
+_RESTART_MAP = {
+    "onreboot": ("destroy", "restart", "destroy"),
+    "always": ("restart", "restart", "restart"),
+    "never": ("destroy", "destroy", "destroy"),
+}
+
+
+def _int(values: dict, key: str, default=None, minimum=None):
+    v = values.get(key, default)
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        v = int(v)
+    try:
+        n = int(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected an integer, got {v!r}") from None
+    if minimum is not None and n < minimum:
+        raise ConfigError(f"{key}: must be at least {minimum}, got {n}")
+    return n
+
+
+def _str(values: dict, key: str, default=""):
+    v = values.get(key, default)
+    if v is None:
+        return default
+    if not isinstance(v, (str, int, float)):
+        raise ConfigError(f"{key}: expected a string, got {v!r}")
+    return str(v)
+
+
+def _list(values: dict, key: str) -> list:
+    v = values.get(key) or []
+    if isinstance(v, (str, int)):
+        v = [v]
+    if not isinstance(v, (list, tuple)):
+        raise ConfigError(f"{key}: expected a list, got {v!r}")
+    return list(v)
+
+
+@dataclass
+class DomainConfig:
+    name: str
+    uuid: str = ""
+    builder: str = "linux"
+    memory: int = 128
+    maxmem: int | None = None
+    vcpus: int = 1
+    maxvcpus: int | None = None
+    cpus: object = None
+    cpu_weight: int = 256
+    cpu_cap: int = 0
+    on_poweroff: str = "destroy"
+    on_reboot: str = "restart"
+    on_crash: str = "restart"
+    kernel: str = ""
+    ramdisk: str = ""
+    root: str = ""
+    extra: str = ""
+    cmdline: str | None = None
+    ip: str = ""
+    console_port: int | None = None
+    description: str = ""
+    disks: list[DiskSpec] = field(default_factory=list)
+    vifs: list[dict] = field(default_factory=list)
+
+    # ---------------------------------------------------------------- build
+    @classmethod
+    def from_values(cls, values: dict) -> "DomainConfig":
+        name = _str(values, "name", "")
+        if not name:
+            raise ConfigError("name: the domain needs a name")
+        builder = _str(values, "builder", "linux")
+        t = values.get("type")
+        if t:
+            builder = {"pv": "linux", "pvh": "linux", "hvm": "hvm"}.get(str(t))
+            if builder is None:
+                raise ConfigError(f"type: expected pv, pvh or hvm, got {t!r}")
+        if builder == "vmx":
+            builder = "hvm"
+        if builder not in ("linux", "hvm"):
+            raise ConfigError(f"builder: expected 'linux' or 'hvm', got {builder!r}")
+        acts = {k: _str(values, k, d) for k, d in
+                (("on_poweroff", "destroy"), ("on_reboot", "restart"), ("on_crash", "restart"))}
+        restart = values.get("restart")
+        if restart:
+            if restart not in _RESTART_MAP:
+                raise ConfigError(f"restart: expected onreboot, always or never, got {restart!r}")
+            acts = dict(zip(("on_poweroff", "on_reboot", "on_crash"), _RESTART_MAP[restart]))
+        for k, v in acts.items():
+            allowed = CRASH_ACTIONS if k == "on_crash" else ACTIONS
+            if v not in allowed:
+                raise ConfigError(f"{k}: expected one of {', '.join(allowed)}, got {v!r}")
+        memory = _int(values, "memory", 128, minimum=1)
+        maxmem = _int(values, "maxmem", None, minimum=1)
+        if maxmem is not None and maxmem < memory:
+            raise ConfigError(f"maxmem ({maxmem}) is less than memory ({memory})")
+        vcpus = _int(values, "vcpus", 1, minimum=1)
+        maxvcpus = _int(values, "maxvcpus", None, minimum=1)
+        if maxvcpus is not None and maxvcpus < vcpus:
+            raise ConfigError(f"maxvcpus ({maxvcpus}) is less than vcpus ({vcpus})")
+        cap = values.get("cap")
+        cpu_cap = _int(values, "cap" if cap is not None else "cpu_cap", 0, minimum=0)
+        disks = [parse_disk(d) for d in _list(values, "disk")]
+        vifs = [parse_vif(v) for v in _list(values, "vif")]
+        nics = _int(values, "nics", -1)
+        if nics is not None and nics > len(vifs):
+            vifs += [{} for _ in range(nics - len(vifs))]
+        u = _str(values, "uuid", "") or str(uuidlib.uuid4())
+        try:
+            u = str(uuidlib.UUID(u))
+        except ValueError:
+            raise ConfigError(f"uuid: not a UUID: {u!r}") from None
+        cmdline = values.get("cmdline")
+        kernel = _str(values, "kernel", "")
+        if builder == "linux" and not kernel:
+            raise ConfigError("kernel: a kernel is required for the linux builder")
+        return cls(
+            name=name, uuid=u, builder=builder, memory=memory, maxmem=maxmem,
+            vcpus=vcpus, maxvcpus=maxvcpus, cpus=values.get("cpus"),
+            cpu_weight=_int(values, "cpu_weight", 256, minimum=1), cpu_cap=cpu_cap,
+            kernel=kernel, ramdisk=_str(values, "ramdisk", ""),
+            root=_str(values, "root", ""), extra=_str(values, "extra", ""),
+            cmdline=None if cmdline is None else str(cmdline),
+            ip=_ip_param(values),
+            console_port=_int(values, "console", None, minimum=1),
+            description=_str(values, "description", ""),
+            disks=disks, vifs=vifs, **acts)
+
+    # ------------------------------------------------------------ kernel args
+    def kernel_args(self) -> str:
+        """The guest kernel command line the config asks for (Xen's rules)."""
+        if self.cmdline is not None:
+            return self.cmdline
+        parts = []
+        if self.ip:
+            parts.append(f"ip={self.ip}")
+        if self.root:
+            parts.append(f"root={self.root}")
+        if self.extra:
+            parts.append(self.extra)
+        return " ".join(parts)
+
+    # ------------------------------------------------------------------ SXP
+    def to_sxp(self) -> list:
+        s: list = ["vm", ["name", self.name], ["uuid", self.uuid], ["memory", self.memory]]
+        if self.maxmem is not None:
+            s.append(["maxmem", self.maxmem])
+        s.append(["vcpus", self.vcpus])
+        if self.maxvcpus is not None:
+            s.append(["maxvcpus", self.maxvcpus])
+        if self.cpus is not None:
+            s.append(["cpus", self.cpus if isinstance(self.cpus, str) else [str(c) for c in self.cpus]])
+        s += [["cpu_weight", self.cpu_weight], ["cpu_cap", self.cpu_cap],
+              ["on_poweroff", self.on_poweroff], ["on_reboot", self.on_reboot],
+              ["on_crash", self.on_crash]]
+        if self.console_port is not None:
+            s.append(["console", self.console_port])
+        if self.description:
+            s.append(["description", self.description])
+        img: list = [self.builder, ["kernel", self.kernel]]
+        if self.ramdisk:
+            img.append(["ramdisk", self.ramdisk])
+        if self.ip:
+            img.append(["ip", self.ip])
+        if self.root:
+            img.append(["root", self.root])
+        if self.extra:
+            img.append(["args", self.extra])
+        if self.cmdline is not None:
+            img.append(["cmdline", self.cmdline])
+        s.append(["image", img])
+        for d in self.disks:
+            s.append(d.to_sxp())
+        for v in self.vifs:
+            s.append(["device", ["vif"] + [[k, val] for k, val in v.items()]])
+        return s
+
+    @classmethod
+    def from_sxp(cls, cfg) -> "DomainConfig":
+        if isinstance(cfg, str):
+            cfg = sxp.from_string(cfg)
+        if not isinstance(cfg, list) or not cfg or cfg[0] not in ("vm", "domain"):
+            raise ConfigError("config: expected a (vm ...) SXP expression")
+        values: dict = {}
+        for item in cfg[1:]:
+            if not isinstance(item, list) or not item:
+                continue
+            key = item[0]
+            if key == "image":
+                img = item[1] if len(item) > 1 and isinstance(item[1], list) else []
+                if img:
+                    values["builder"] = img[0]
+                    for sub in img[1:]:
+                        if isinstance(sub, list) and sub:
+                            k = {"args": "extra"}.get(sub[0], sub[0])
+                            values[k] = sub[1] if len(sub) > 1 else ""
+            elif key == "device":
+                dev = item[1] if len(item) > 1 and isinstance(item[1], list) else []
+                if not dev:
+                    continue
+                fields = {f[0]: (f[1] if len(f) > 1 else "") for f in dev[1:] if isinstance(f, list) and f}
+                if dev[0] in ("vbd", "tap"):
+                    values.setdefault("disk", []).append(
+                        f"{fields.get('uname', '')},{fields.get('dev', '')},{fields.get('mode', 'r')}")
+                elif dev[0] == "vif":
+                    values.setdefault("vif", []).append(",".join(f"{k}={v}" for k, v in fields.items()))
+            elif key == "cpus":
+                values["cpus"] = item[1] if len(item) == 2 and isinstance(item[1], str) else item[1]
+            elif key == "console":
+                values["console"] = item[1] if len(item) > 1 else None
+            elif len(item) > 1 and not isinstance(item[1], list):
+                values[key] = item[1]
+        return cls.from_values(values)
+
+
+def _ip_param(values: dict) -> str:
+    """Xen's ip= kernel parameter from ip/gateway/netmask/hostname/interface/dhcp."""
+    ip = _str(values, "ip", "")
+    dhcp = _str(values, "dhcp", "off")
+    if not ip and dhcp in ("", "off"):
+        return ""
+    server = _str(values, "nfs_server", "") or ""
+    return ":".join([ip, server, _str(values, "gateway", ""), _str(values, "netmask", ""),
+                     _str(values, "hostname", ""), _str(values, "interface", "eth0"),
+                     "dhcp" if dhcp == "dhcp" else "off"])

@@ -1,0 +1,202 @@
+"""xend-config.sxp: the table of xend options, their defaults, and the parser.
+
+The table below is the single source of truth: the parser validates against
+it, and the commented default file that ``xend start`` lays out on a fresh
+root is generated from it.  Option names and defaults follow Xen 3.x's
+XendOptions; pyxen's own additions are marked ``pyxen``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import sxp
+
+log = logging.getLogger("pyxen.config")
+
+TRUE_WORDS = {"yes", "y", "1", "on", "true", "t"}
+FALSE_WORDS = {"no", "n", "0", "off", "false", "f"}
+
+
+class XendConfigError(ValueError):
+    pass
+
+
+def parse_bool(text: str, what: str) -> bool:
+    t = str(text).strip().lower()
+    if t in TRUE_WORDS:
+        return True
+    if t in FALSE_WORDS:
+        return False
+    raise XendConfigError(f"{what}: expected yes or no, got {text!r}")
+
+
+@dataclass(frozen=True)
+class XendOption:
+    name: str
+    kind: str           # bool | int | str | choice
+    default: object
+    help: str
+    choices: tuple = ()
+    example: str | None = None   # value shown (commented) in the default file
+    origin: str = "xen"          # xen | pyxen | inert (accepted, no effect on QEMU)
+
+
+OPTIONS: tuple[XendOption, ...] = (
+    XendOption("logfile", "str", "", "Log file (default <root>/var/log/xen/xend.log)."),
+    XendOption("loglevel", "choice", "DEBUG", "Log level.",
+               ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
+    XendOption("xend-http-server", "bool", False, "Serve the HTTP API on TCP xend-address:xend-port."),
+    XendOption("xend-port", "int", 8000, "TCP port of the HTTP API."),
+    XendOption("xend-address", "str", "", "Address of the HTTP API; 'localhost' prevents remote connections, '' means all.",
+               example="localhost"),
+    XendOption("xend-unix-server", "bool", True, "Serve the API on the Unix socket (xm needs it)."),
+    XendOption("xend-unix-path", "str", "", "Unix socket path (default <root>/var/run/pyxen/xend.sock)."),
+    XendOption("xend-unix-xmlrpc-server", "bool", True, "Accepted for compatibility; xm uses xend-unix-server.", origin="inert"),
+    XendOption("xend-tcp-xmlrpc-server", "bool", False, "Accepted for compatibility; see xend-http-server.", origin="inert"),
+    XendOption("xend-relocation-server", "bool", False, "Accept incoming live migrations."),
+    XendOption("xend-relocation-port", "int", 8002, "Relocation (migration) port."),
+    XendOption("xend-relocation-address", "str", "", "Address the relocation server listens on; '' means all."),
+    XendOption("xend-relocation-hosts-allow", "str", "",
+               "Space-separated regular expressions of hosts allowed to migrate here; empty means all.",
+               example="'^localhost$ ^localhost\\\\.localdomain$'"),
+    XendOption("network-script", "str", "", "Script run at xend start and stop to set up the network, e.g. network-bridge.",
+               example="network-bridge"),
+    XendOption("vif-script", "str", "vif-bridge", "Script run for each vif coming online or going offline."),
+    XendOption("dom0-min-mem", "int", 0, "MiB of host memory kept for Domain-0; domains that do not fit are refused.",
+               example="196"),
+    XendOption("enable-dom0-ballooning", "bool", True, "Accepted for compatibility.", origin="inert"),
+    XendOption("dom0-cpus", "int", 0, "Accepted for compatibility (0 = all).", origin="inert"),
+    XendOption("enable-dump", "bool", False, "Dump the core of crashed domains."),
+    XendOption("console-limit", "int", 1024, "KiB of unread console output kept per domain."),
+    XendOption("vnc-listen", "str", "127.0.0.1", "Default VNC listen address for HVM guests."),
+    XendOption("vncpasswd", "str", "", "Default VNC password."),
+    XendOption("keymap", "str", "", "Default keymap for VNC/SDL."),
+    XendOption("device-create-timeout", "int", 100, "Seconds to wait for a device to appear."),
+    XendOption("device-destroy-timeout", "int", 100, "Seconds to wait for a device to go."),
+    XendOption("external-migration-tool", "str", "", "Accepted for compatibility (vTPM).", origin="inert"),
+    XendOption("xend-domains-path", "str", "", "Accepted for compatibility; state lives under <root>/var/lib/pyxen.", origin="inert"),
+    # pyxen's own options
+    XendOption("accel", "choice", "auto",
+               "Accelerator: 'auto' proves KVM with a short probe boot (verdict cached), else uses TCG.",
+               ("auto", "kvm", "tcg"), origin="pyxen"),
+    XendOption("accel-probe-timeout", "int", 12, "Seconds the KVM probe boot may take before KVM is declared broken.",
+               origin="pyxen"),
+    XendOption("qemu-binary", "str", "qemu-system-x86_64", "QEMU binary to run guests with.", origin="pyxen"),
+    XendOption("xend-console-server", "bool", False,
+               "Also export each domain's console on TCP port 9600+domid (or the domain's 'console' port).",
+               origin="pyxen"),
+    XendOption("xend-console-address", "str", "localhost", "Address the TCP consoles listen on.", origin="pyxen"),
+)
+
+BY_NAME = {o.name: o for o in OPTIONS}
+
+
+def _convert(opt: XendOption, raw: str):
+    what = f"({opt.name} ...)"
+    if opt.kind == "bool":
+        return parse_bool(raw, what)
+    if opt.kind == "int":
+        try:
+            return int(str(raw), 0)
+        except ValueError:
+            raise XendConfigError(f"{what}: expected an integer, got {raw!r}") from None
+    if opt.kind == "choice":
+        if raw not in opt.choices:
+            raise XendConfigError(f"{what}: expected one of {', '.join(opt.choices)}, got {raw!r}")
+        return raw
+    return str(raw)
+
+
+class XendConfig:
+    """Parsed xend-config.sxp: option values with defaults filled in."""
+
+    def __init__(self, values: dict | None = None, unknown: list[str] | None = None, path: Path | None = None):
+        self.values = {o.name: o.default for o in OPTIONS}
+        self.values.update(values or {})
+        self.unknown = unknown or []
+        self.path = path
+
+    def __getitem__(self, name: str):
+        return self.values[name]
+
+    def get(self, name: str, default=None):
+        return self.values.get(name, default)
+
+    @classmethod
+    def parse(cls, text: str, filename: str = "xend-config.sxp") -> "XendConfig":
+        try:
+            forms = sxp.parse(text)
+        except sxp.SxpError as e:
+            raise XendConfigError(f"{filename}: {e}") from None
+        values, unknown = {}, []
+        for form in forms:
+            if not isinstance(form, list) or not form or not isinstance(form[0], str):
+                raise XendConfigError(f"{filename}: expected (option value), got {sxp.to_string(form)}")
+            name = form[0]
+            opt = BY_NAME.get(name)
+            if opt is None:
+                unknown.append(name)
+                continue
+            if name in values:
+                continue   # Xen's child_value takes the first occurrence
+            raw = form[1] if len(form) > 1 else ""
+            if isinstance(raw, list):
+                raw = sxp.to_string(raw)
+            try:
+                values[name] = _convert(opt, raw)
+            except XendConfigError as e:
+                raise XendConfigError(f"{filename}: {e}") from None
+        return cls(values, unknown)
+
+    @classmethod
+    def load(cls, path: Path) -> "XendConfig":
+        try:
+            text = Path(path).read_text()
+        except FileNotFoundError:
+            return cls(path=path)
+        except OSError as e:
+            raise XendConfigError(f"{path}: {e.strerror}") from None
+        cfg = cls.parse(text, str(path))
+        cfg.path = path
+        return cfg
+
+    def log_warnings(self) -> None:
+        for name in self.unknown:
+            log.warning("xend-config: unknown option (%s ...) ignored", name)
+        for o in OPTIONS:
+            if o.origin == "inert" and self.values[o.name] != o.default:
+                log.info("xend-config: (%s) accepted but has no effect with QEMU", o.name)
+
+
+def _show(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    s = str(value)
+    return sxp.to_string(s)
+
+
+def default_file_text() -> str:
+    """The commented xend-config.sxp laid out on a fresh root."""
+    out = [
+        "# -*- sh -*-",
+        "#",
+        "# xend configuration file (pyxen).",
+        "#",
+        "# Each option is shown commented out with its default value; uncomment",
+        "# and change the ones you need.  The file is SXP: (option value).",
+        "#",
+    ]
+    for o in OPTIONS:
+        out.append("")
+        for line in o.help.split("\n"):
+            out.append(f"# {line}")
+        if o.choices:
+            out.append(f"# One of: {' '.join(o.choices)}.")
+        out.append(f"#({o.name} {_show(o.default)})")
+        if o.example is not None:
+            out.append(f"#({o.name} {o.example})")
+    out.append("")
+    return "\n".join(out)

@@ -1,0 +1,152 @@
+"""The one place persistent host and domain state is read and written.
+
+Everything that must survive a crash of xend goes through a :class:`Store`:
+keys are slash-separated names (``domains/<uuid>/config``), values are bytes.
+The file implementation writes atomically (temp file, fsync, rename, fsync
+of the directory) so a crash leaves either the old or the new value, never
+half of one.  A later multi-host pool replaces it with an etcd-backed store
+with the same interface, so nothing else in pyxen touches state files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+log = logging.getLogger("pyxen.store")
+
+
+class StoreError(Exception):
+    pass
+
+
+class Store:
+    """Interface: a flat key/value namespace with atomic single-key writes."""
+
+    def get(self, key: str) -> bytes | None:
+        raise NotImplementedError
+
+    def put(self, key: str, value: bytes) -> None:
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    def keys(self, prefix: str = "") -> list[str]:
+        raise NotImplementedError
+
+    def quarantine(self, key: str, reason: str) -> None:
+        """Set a corrupt value aside so it is kept for inspection, not fatal."""
+        raise NotImplementedError
+
+    # JSON convenience, used for most records.
+    def get_json(self, key: str, default=None):
+        raw = self.get(key)
+        if raw is None:
+            return default
+        try:
+            return json.loads(raw)
+        except ValueError as e:
+            self.quarantine(key, f"not valid JSON: {e}")
+            return default
+
+    def put_json(self, key: str, value) -> None:
+        self.put(key, json.dumps(value, indent=1, sort_keys=True).encode())
+
+
+def _check_key(key: str) -> None:
+    parts = key.split("/")
+    if not key or any(p in ("", ".", "..") or p.startswith(".") for p in parts):
+        raise StoreError(f"invalid store key {key!r}")
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write *data* to *path* so that readers see all of it or none of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class FileStore(Store):
+    """A directory tree; one file per key."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def _path(self, key: str) -> Path:
+        _check_key(key)
+        return self.root / key
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+        except IsADirectoryError:
+            return None
+
+    def put(self, key: str, value: bytes) -> None:
+        try:
+            atomic_write(self._path(key), value)
+        except OSError as e:
+            raise StoreError(f"cannot write state {key}: {e.strerror or e}") from e
+
+    def delete(self, key: str) -> None:
+        p = self._path(key)
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            return
+        # Drop directories the key left empty, up to the store root.
+        d = p.parent
+        while d != self.root:
+            try:
+                d.rmdir()
+            except OSError:
+                break
+            d = d.parent
+
+    def keys(self, prefix: str = "") -> list[str]:
+        base = self.root
+        out = []
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for fn in filenames:
+                if fn.startswith("."):
+                    continue
+                rel = os.path.relpath(os.path.join(dirpath, fn), base)
+                if rel.startswith(prefix):
+                    out.append(rel)
+        return sorted(out)
+
+    def quarantine(self, key: str, reason: str) -> None:
+        p = self._path(key)
+        dest = self.root / ".corrupt" / f"{key.replace('/', '_')}.{int(time.time())}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(p, dest)
+            log.error("state %s is corrupt (%s); moved to %s", key, reason, dest)
+        except FileNotFoundError:
+            pass
