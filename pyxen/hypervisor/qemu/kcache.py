@@ -1,0 +1,60 @@
+"""Boot-kernel cache: boot a bzImage through its uncompressed vmlinux.
+
+Under TCG the decompression stub of a bzImage costs about a second of
+emulated time, and an ELF vmlinux with a PVH note boots through the PVH
+entry without it.  When a config names a bzImage, the kernel is extracted
+once into a cache keyed by the file's sha256 and the ELF is booted instead;
+kernels without a PVH note (or that cannot be extracted) are booted as given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+from . import kernel as kmod
+
+log = logging.getLogger("pyxen.qemu")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def boot_kernel(path: str, cache_dir: Path) -> str:
+    """Return the file QEMU should boot for the kernel at *path*."""
+    p = Path(path)
+    try:
+        if not kmod.is_bzimage(p):
+            return path
+        digest = _sha256(p)
+    except OSError:
+        return path
+    elf = cache_dir / f"{digest}.vmlinux"
+    verdict = cache_dir / f"{digest}.json"
+    try:
+        if verdict.exists():
+            info = json.loads(verdict.read_text())
+            return str(elf) if info.get("pvh") and elf.exists() else path
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        ok = kmod.extract_vmlinux(p, elf) and kmod.has_pvh_note(elf)
+        if not ok:
+            try:
+                elf.unlink()
+            except FileNotFoundError:
+                pass
+        tmp = verdict.with_suffix(".tmp%d" % os.getpid())
+        tmp.write_text(json.dumps({"source": str(p), "pvh": bool(ok)}))
+        os.replace(tmp, verdict)
+        log.info("kernel %s: %s", p, "booting its PVH vmlinux" if ok else "booting as given")
+        return str(elf) if ok else path
+    except (OSError, ValueError) as e:
+        log.warning("kernel cache for %s unavailable: %s", p, e)
+        return path
