@@ -1,0 +1,123 @@
+"""``xend start|stop|restart|status``: the daemon's command line (§4.1).
+
+``start`` forks a daemon and returns once its API socket answers (or prints
+why it could not start); ``status`` answers by exit code: 0 running, 3 not.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+from ..paths import Paths
+from ..hypervisor.qemu import process
+
+USAGE = "Usage: xend {start|stop|restart|status|foreground}"
+
+
+def running_pid(paths: Paths) -> int | None:
+    pid = process.read_pidfile(paths.pidfile)
+    if not pid or not process.alive(pid):
+        return None
+    args = process.cmdline(pid)
+    if not any("xend" in a for a in args[:3]):
+        return None
+    return pid
+
+
+def start(paths: Paths) -> int:
+    if running_pid(paths):
+        print("xend is already running")
+        return 0
+    for d in (paths.run, paths.log):
+        d.mkdir(parents=True, exist_ok=True)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        os.setsid()
+        if os.fork() != 0:
+            os._exit(0)
+        _daemon_child(paths, w)
+    os.close(w)
+    os.waitpid(pid, 0)
+    msg = b""
+    with os.fdopen(r, "rb") as f:
+        msg = f.read()
+    text = msg.decode(errors="replace").strip()
+    if text != "ok":
+        print(f"Error: xend failed to start: {text or 'see ' + str(paths.xend_debug_log)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _daemon_child(paths: Paths, w: int) -> None:
+    from . import daemon
+    os.chdir("/")
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    out = os.open(paths.xend_debug_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+
+    def ready(err):
+        try:
+            os.write(w, b"ok" if err is None else err.encode())
+            os.close(w)
+        except OSError:
+            pass
+    code = 1
+    try:
+        code = daemon.run(paths, ready)
+    finally:
+        os._exit(code)
+
+
+def stop(paths: Paths, timeout: float = 60.0) -> int:
+    pid = running_pid(paths)
+    if not pid:
+        return 0
+    process.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while process.alive(pid):
+        if time.monotonic() > deadline:
+            print(f"Error: xend (pid {pid}) did not stop within {timeout:.0f} s", file=sys.stderr)
+            return 1
+        time.sleep(0.05)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print(USAGE, file=sys.stderr)
+        return 1
+    paths = Paths.from_env()
+    cmd = argv[0]
+    if os.geteuid() != 0 and paths.root == Paths(paths.root).root and str(paths.root) == "/":
+        print("Error: xend must be run as root.", file=sys.stderr)
+        return 1
+    if cmd == "start":
+        return start(paths)
+    if cmd == "stop":
+        return stop(paths)
+    if cmd in ("restart", "reload"):
+        rc = stop(paths)
+        return rc or start(paths)
+    if cmd == "status":
+        return 0 if running_pid(paths) else 3
+    if cmd == "foreground":
+        from . import daemon
+
+        def ready(err):
+            if err:
+                print(f"Error: {err}", file=sys.stderr)
+        return daemon.run(paths, ready)
+    print(USAGE, file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

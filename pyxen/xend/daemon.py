@@ -1,0 +1,138 @@
+"""The xend daemon process: logging, state, domains, the API server.
+
+Stopping xend (SIGTERM) lets go of every QEMU without stopping it; the
+next xend adopts them again.  A lock file keeps a second xend off the same
+PYXEN_ROOT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import logging.handlers
+import os
+import signal
+from pathlib import Path
+
+from aiohttp import web
+
+from ..config.xendconfig import XendConfig
+from ..paths import Paths
+from ..store import FileStore, atomic_write
+from . import layout
+from .accel import Accelerator
+from .api import Api
+from .domains import Domains
+
+log = logging.getLogger("pyxen.xend")
+
+
+class StartupError(Exception):
+    pass
+
+
+def setup_logging(paths: Paths, cfg: XendConfig) -> None:
+    logfile = cfg["logfile"] or str(paths.xend_log)
+    handler = logging.handlers.RotatingFileHandler(logfile, maxBytes=1 << 20, backupCount=5)
+    handler.setFormatter(logging.Formatter("[%(asctime)s %(process)d] %(levelname)s (%(name)s) %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, cfg["loglevel"], logging.DEBUG))
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("asyncio").setLevel(logging.WARNING)
+
+
+def take_lock(paths: Paths) -> int:
+    fd = os.open(paths.run / "xend.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StartupError(f"another xend is running on {paths.root}") from None
+    return fd
+
+
+async def serve(paths: Paths, cfg: XendConfig, ready) -> None:
+    store = FileStore(paths.state)
+    accel = Accelerator(paths, cfg, store)
+    domains = Domains(paths, cfg, store, accel)
+    accel.start()
+    await domains.adopt_all()
+    api = Api(domains, paths.xend_log)
+    runner = web.AppRunner(api.app(), handle_signals=False, access_log=None)
+    await runner.setup()
+    # xm finds the socket at the default path (or $XM_SERVER); a configured
+    # xend-unix-path is honoured for clients that are told about it.
+    sock = Path(cfg["xend-unix-path"]) if cfg["xend-unix-path"] else paths.socket
+    try:
+        sock.unlink()
+    except FileNotFoundError:
+        pass
+    old = os.umask(0o077)   # the API socket is root-only
+    try:
+        site = web.UnixSite(runner, str(sock))
+        await site.start()
+    finally:
+        os.umask(old)
+    sites = [site]
+    if cfg["xend-http-server"]:
+        host = cfg["xend-address"] or None
+        tcp = web.TCPSite(runner, host, cfg["xend-port"])
+        await tcp.start()
+        sites.append(tcp)
+        log.warning("HTTP API also on TCP %s:%d (no authentication yet: keep it on localhost)",
+                    host or "*", cfg["xend-port"])
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for s in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(s, stop.set)
+    log.info("xend started on %s (pid %d), %d domain(s) adopted", sock, os.getpid(), len(domains.all()))
+    ready(None)
+    await stop.wait()
+    log.info("xend stopping; domains keep running")
+    await runner.cleanup()
+    await domains.detach_all()
+    try:
+        sock.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def run(paths: Paths, ready=lambda err: None) -> int:
+    """Run xend in this process until SIGTERM.  *ready(err)* is called once."""
+    try:
+        layout.ensure(paths)
+        cfg = XendConfig.load(paths.xend_config)
+    except Exception as e:
+        ready(str(e))
+        return 1
+    setup_logging(paths, cfg)
+    cfg.log_warnings()
+    try:
+        lock = take_lock(paths)
+    except StartupError as e:
+        ready(str(e))
+        return 1
+    atomic_write(paths.pidfile, f"{os.getpid()}\n".encode(), 0o644)
+    called = False
+
+    def once(err):
+        nonlocal called
+        if not called:
+            called = True
+            ready(err)
+    try:
+        asyncio.run(serve(paths, cfg, once))
+    except Exception as e:
+        log.exception("xend failed")
+        once(f"{type(e).__name__}: {e}")
+        return 1
+    finally:
+        try:
+            if paths.pidfile.read_text().strip() == str(os.getpid()):
+                paths.pidfile.unlink()
+        except OSError:
+            pass
+        os.close(lock)
+    return 0

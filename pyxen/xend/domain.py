@@ -1,0 +1,396 @@
+"""One domain's lifecycle: start its QEMU, watch it, apply on_* actions.
+
+States (``self.state``): ``creating`` → ``running`` → (``shutdown`` |
+``crashed``, kept only when the action is ``preserve``) → ``dying`` → gone.
+Paused is a flag beside ``running``, as in Xen.  Every change that must
+survive an xend crash is persisted through the store before it is acted on,
+so an xend that restarts mid-operation can finish or roll it back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from typing import TYPE_CHECKING
+
+from ..config import sxp
+from ..config.domain import DomainConfig
+from ..hypervisor.qemu import argv as qargv
+from ..hypervisor.qemu import process
+from ..hypervisor.qemu.kcache import boot_kernel
+from ..hypervisor.qemu.qmp import QmpSession, QMPError
+from .console import ConsoleRelay
+from .errors import Conflict, XendError
+
+if TYPE_CHECKING:
+    from .domains import Domains
+
+log = logging.getLogger("pyxen.domain")
+
+SHUTDOWN_REASONS = {"poweroff": 0, "reboot": 1, "suspend": 2, "crash": 3, "halt": 4}
+
+
+class Domain:
+    def __init__(self, registry: "Domains", cfg: DomainConfig, domid: int):
+        self.reg = registry
+        self.cfg = cfg
+        self.domid = domid
+        self.state = "creating"
+        self.paused = False
+        self.pid: int | None = None
+        self.start_time = time.time()
+        self.shutdown_reason: str | None = None
+        self.accel = "tcg"
+        self.lock = asyncio.Lock()
+        self.gone = asyncio.Event()
+        self.halted = asyncio.Event()     # shut down or crashed, and preserved
+        self.qmp: QmpSession | None = None
+        self.console: ConsoleRelay | None = None
+        self.vcpu_tids: list[int] = []
+        self._exit_watch = None
+        self._expect_exit = False
+        self._handling = False
+
+    # ------------------------------------------------------------ identity
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    @property
+    def uuid(self) -> str:
+        return self.cfg.uuid
+
+    def __repr__(self) -> str:
+        return f"<Domain {self.name} id={self.domid} {self.state}>"
+
+    @property
+    def key(self) -> str:
+        return f"domains/{self.uuid}"
+
+    def runtime_record(self) -> dict:
+        return {"domid": self.domid, "state": self.state, "paused": self.paused, "pid": self.pid,
+                "start_time": self.start_time, "shutdown_reason": self.shutdown_reason,
+                "accel": self.accel}
+
+    def persist(self, config: bool = False) -> None:
+        st = self.reg.store
+        if config:
+            st.put(f"{self.key}/config", sxp.to_string(self.cfg.to_sxp()).encode())
+        st.put_json(f"{self.key}/runtime", self.runtime_record())
+
+    def forget(self) -> None:
+        self.reg.store.delete(f"{self.key}/runtime")
+        self.reg.store.delete(f"{self.key}/config")
+
+    def runtime(self) -> qargv.Runtime:
+        p = self.reg.paths
+        return qargv.Runtime(domid=self.domid, run_dir=p.domain_run(self.domid),
+                             console_log=p.console_log_dir / f"guest-{self.name}.log",
+                             accel=self.accel, qemu=self.reg.config["qemu-binary"])
+
+    # --------------------------------------------------------------- start
+    async def start(self, paused: bool) -> None:
+        """Start QEMU for this domain (state must already be persisted)."""
+        rt = self.runtime()
+        if rt.run_dir.exists():
+            shutil.rmtree(rt.run_dir, ignore_errors=True)
+        rt.run_dir.mkdir(parents=True, mode=0o700)
+        rt.console_log.parent.mkdir(parents=True, exist_ok=True)
+        for sock in (rt.qmp_sock, rt.console_sock):
+            if len(str(sock).encode()) > 107:
+                raise XendError(f"socket path too long for a Unix socket: {sock} (use a shorter PYXEN_ROOT)")
+        loop = asyncio.get_running_loop()
+        if self.cfg.builder == "linux":
+            rt.kernel = await loop.run_in_executor(None, boot_kernel, self.cfg.kernel,
+                                                   self.reg.paths.images / "cache")
+        argv = qargv.build(self.cfg, rt)
+        log.info("%s: starting QEMU: %s", self.name, " ".join(argv))
+        try:
+            self.pid = await loop.run_in_executor(None, process.start, argv, rt.pidfile)
+        except process.QemuStartError as e:
+            raise XendError(f"QEMU failed to start domain {self.name}: {e}") from None
+        self.persist()
+        await self._connect(rt)
+        self.state = "running"
+        self.start_time = time.time()
+        if not paused:
+            await self.qmp.execute("cont")
+        self.paused = paused
+        self.persist()
+
+    async def _connect(self, rt: qargv.Runtime) -> None:
+        self._expect_exit = False
+        self._exit_watch = process.watch_exit(self.pid, self._on_exit)
+        self.qmp = QmpSession(self.name, on_event=self._on_event, on_disconnect=self._on_qmp_gone)
+        await self.qmp.connect(str(rt.qmp_sock))
+        self.console = ConsoleRelay(self.name, str(rt.console_sock),
+                                    self.reg.config["console-limit"] * 1024)
+        await self.console.start()
+        await self._export_console()
+        await self.refresh_vcpus()
+
+    async def _export_console(self) -> None:
+        if not self.reg.config["xend-console-server"]:
+            return
+        port = self.cfg.console_port or 9600 + self.domid
+        try:
+            await self.console.export_tcp(self.reg.config["xend-console-address"], port)
+        except OSError as e:
+            log.error("%s: cannot export console on port %d: %s", self.name, port, e.strerror)
+
+    async def refresh_vcpus(self) -> None:
+        cpus = await self.qmp.execute("query-cpus-fast")
+        self.vcpu_tids = [c["thread-id"] for c in sorted(cpus, key=lambda c: c["cpu-index"])]
+
+    # --------------------------------------------------------------- adopt
+    async def adopt(self) -> bool:
+        """Reconnect to a QEMU left running by an earlier xend.  False if it is gone."""
+        if not process.is_ours(self.pid, self.uuid):
+            return False
+        rt = self.runtime()
+        await self._connect(rt)
+        st = await self.qmp.execute("query-status")
+        self.paused = st.get("status") in ("paused", "suspended") and self.state == "running"
+        log.info("%s: adopted QEMU pid %d (domid %d, %s)", self.name, self.pid, self.domid, st.get("status"))
+        return True
+
+    # --------------------------------------------------------------- events
+    async def _on_event(self, ev: dict) -> None:
+        name, data = ev.get("event"), ev.get("data", {})
+        if name == "STOP" and self.state == "running" and not self._handling:
+            self.paused = True
+        elif name == "RESUME":
+            self.paused = False
+        elif name == "SHUTDOWN" and data.get("guest"):
+            reason = {"guest-shutdown": "poweroff", "guest-reset": "reboot",
+                      "guest-panic": "crash"}.get(data.get("reason"), "poweroff")
+            if self.shutdown_reason == "halt" and reason == "poweroff":
+                reason = "halt"
+            asyncio.create_task(self._guest_exited(reason))
+        elif name == "GUEST_PANICKED":
+            asyncio.create_task(self._guest_exited("crash"))
+        if name in ("STOP", "RESUME"):
+            self._persist_quietly()
+
+    def _persist_quietly(self) -> None:
+        try:
+            self.persist()
+        except Exception as e:
+            log.error("%s: cannot persist state: %s", self.name, e)
+
+    async def _guest_exited(self, reason: str) -> None:
+        """The guest powered off, rebooted or panicked: apply its on_* action."""
+        if self._handling or self.state not in ("running",):
+            return
+        self._handling = True
+        try:
+            async with self.lock:
+                action = {"poweroff": self.cfg.on_poweroff, "halt": self.cfg.on_poweroff,
+                          "reboot": self.cfg.on_reboot, "crash": self.cfg.on_crash}[reason]
+                log.info("%s: guest %s; on_%s=%s", self.name, reason,
+                         "crash" if reason == "crash" else ("reboot" if reason == "reboot" else "poweroff"),
+                         action)
+                self.shutdown_reason = reason
+                if action.endswith("restart"):
+                    await self.qmp.execute("system_reset")
+                    await self.qmp.execute("cont")
+                    self.shutdown_reason = None
+                    self.paused = False
+                    self.start_time = time.time()
+                    self.persist()
+                elif action == "preserve":
+                    self.state = "crashed" if reason == "crash" else "shutdown"
+                    self.persist()
+                    self.halted.set()
+                else:
+                    await self._destroy_locked()
+        except (QMPError, XendError, OSError) as e:
+            log.error("%s: applying on_%s failed: %s", self.name, reason, e)
+        finally:
+            self._handling = False
+
+    def _on_exit(self) -> None:
+        self._exit_watch = None
+        if not self._expect_exit:
+            asyncio.get_running_loop().create_task(self._qemu_died())
+
+    async def _on_qmp_gone(self) -> None:
+        if self._expect_exit or self.pid is None:
+            return
+        if not process.alive(self.pid):
+            await self._qemu_died()
+
+    async def _qemu_died(self) -> None:
+        if self._expect_exit or self.state in ("dying",) or self.gone.is_set():
+            return
+        self._expect_exit = True
+        log.error("%s: QEMU (pid %s) died unexpectedly; on_crash=%s", self.name, self.pid, self.cfg.on_crash)
+        async with self.lock:
+            await self._release()
+            self.shutdown_reason = "crash"
+            if self.cfg.on_crash.endswith("restart"):
+                try:
+                    self.state = "creating"
+                    self.persist()
+                    await self.start(paused=False)
+                    return
+                except Exception as e:
+                    log.error("%s: restart after crash failed: %s", self.name, e)
+            if self.cfg.on_crash == "preserve":
+                self.state = "crashed"
+                self.pid = None
+                self.persist()
+                self.halted.set()
+                return
+            self._finish_destroy()
+
+    # ------------------------------------------------------------ operations
+    def _require_live(self) -> None:
+        if self.state != "running" or self.qmp is None:
+            raise Conflict(f"Domain {self.name} is not running (state {self.state})")
+
+    async def pause(self) -> None:
+        async with self.lock:
+            self._require_live()
+            await self.qmp.execute("stop")
+            self.paused = True
+            self.persist()
+
+    async def unpause(self) -> None:
+        async with self.lock:
+            self._require_live()
+            await self.qmp.execute("cont")
+            self.paused = False
+            self.persist()
+
+    async def shutdown(self, reason: str) -> None:
+        """Ask the guest to power off, halt or reboot (it does the work)."""
+        async with self.lock:
+            self._require_live()
+            self.shutdown_reason = reason if reason == "halt" else None
+            if self.paused:
+                await self.qmp.execute("cont")
+                self.paused = False
+            if reason == "reboot":
+                # The guest's init maps Ctrl-Alt-Del to a clean reboot.
+                await self.qmp.execute("send-key", {"keys": [
+                    {"type": "qcode", "data": "ctrl"}, {"type": "qcode", "data": "alt"},
+                    {"type": "qcode", "data": "delete"}]})
+            else:
+                await self.qmp.execute("system_powerdown")
+
+    async def destroy(self) -> None:
+        async with self.lock:
+            await self._destroy_locked()
+
+    async def _destroy_locked(self) -> None:
+        if self.gone.is_set():
+            return
+        self.state = "dying"
+        self._expect_exit = True
+        self.persist()
+        await self._release()
+        self._finish_destroy()
+
+    async def _release(self) -> None:
+        """Stop QEMU (if running) and drop every host resource it held."""
+        process.unwatch(self._exit_watch)
+        self._exit_watch = None
+        if self.qmp is not None:
+            if self.pid and process.alive(self.pid):
+                try:
+                    await self.qmp.execute("quit", timeout=5)
+                except Exception:
+                    pass
+            await self.qmp.close()
+            self.qmp = None
+        if self.pid and process.alive(self.pid):
+            if not await process.wait_exit(self.pid, 5):
+                process.kill(self.pid)
+                await process.wait_exit(self.pid, 5)
+        if self.console is not None:
+            await self.console.close()
+            self.console = None
+        shutil.rmtree(self.reg.paths.domain_run(self.domid), ignore_errors=True)
+
+    def _finish_destroy(self) -> None:
+        self.pid = None
+        self.forget()
+        self.reg.remove(self)
+        self.gone.set()
+        log.info("%s: destroyed (domid %d)", self.name, self.domid)
+
+    async def detach(self) -> None:
+        """xend is stopping: let go of QEMU without stopping it."""
+        self._expect_exit = True
+        process.unwatch(self._exit_watch)
+        if self.qmp is not None:
+            await self.qmp.close()
+        if self.console is not None:
+            await self.console.close()
+
+    # ---------------------------------------------------------------- stats
+    def vcpu_stats(self) -> list[tuple[str, float, int]]:
+        if not self.pid:
+            return []
+        return [process.thread_stat(self.pid, t) for t in self.vcpu_tids]
+
+    def flags(self) -> str:
+        stats = self.vcpu_stats() if self.state == "running" and not self.paused else []
+        running = any(s[0] == "R" for s in stats)
+        f = ["-"] * 6
+        if self.state == "running" and not self.paused:
+            f[0 if running else 1] = "r" if running else "b"
+        if self.paused and self.state == "running":
+            f[2] = "p"
+        if self.state == "shutdown":
+            f[3] = "s"
+        if self.state == "crashed":
+            f[4] = "c"
+        if self.state == "dying":
+            f[5] = "d"
+        return "".join(f)
+
+    def cpu_time(self) -> float:
+        return sum(s[1] for s in self.vcpu_stats())
+
+    def info(self) -> dict:
+        state = self.flags()
+        return {
+            "domid": self.domid, "name": self.name, "uuid": self.uuid,
+            "memory": self.cfg.memory, "maxmem": self.cfg.maxmem or self.cfg.memory,
+            "vcpus": self.cfg.vcpus, "online_vcpus": len(self.vcpu_tids) or self.cfg.vcpus,
+            "state": state, "status": self.status_code(), "cpu_time": self.cpu_time(),
+            "start_time": self.start_time, "up_time": time.time() - self.start_time,
+            "shutdown_reason": self.shutdown_reason, "accel": self.accel,
+            "lifecycle": self.state,
+        }
+
+    def status_code(self) -> int:
+        # Xen's (status N): 0 halted 1 paused 2 running 3 suspended 4 shutdown 5 crashed 6 unknown
+        if self.state == "running":
+            return 1 if self.paused else 2
+        return {"shutdown": 4, "crashed": 5, "dying": 4, "creating": 6}.get(self.state, 6)
+
+    def sxpr(self) -> list:
+        """The domain as Xen's (domain ...) SXP, for ``xm list -l``."""
+        info = self.info()
+        cfg = self.cfg.to_sxp()
+        fields = {item[0]: item for item in cfg[1:] if isinstance(item, list) and item and item[0] != "device"}
+        out: list = ["domain", ["domid", self.domid], ["uuid", self.uuid], ["vcpus", self.cfg.vcpus],
+                     ["cpu_weight", self.cfg.cpu_weight], ["cpu_cap", self.cfg.cpu_cap],
+                     ["memory", self.cfg.memory], ["maxmem", info["maxmem"]], ["name", self.name],
+                     ["on_poweroff", self.cfg.on_poweroff], ["on_reboot", self.cfg.on_reboot],
+                     ["on_crash", self.cfg.on_crash]]
+        for k in ("maxvcpus", "cpus", "console", "description"):
+            if k in fields:
+                out.append(fields[k])
+        out.append(fields["image"])
+        out += [item for item in cfg[1:] if isinstance(item, list) and item and item[0] == "device"]
+        out += [["status", info["status"]], ["state", info["state"]],
+                ["shutdown_reason", SHUTDOWN_REASONS.get(self.shutdown_reason or "", 0)],
+                ["cpu_time", round(info["cpu_time"], 6)], ["online_vcpus", info["online_vcpus"]],
+                ["up_time", round(info["up_time"], 2)], ["start_time", round(self.start_time, 2)]]
+        return out

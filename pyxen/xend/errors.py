@@ -1,0 +1,25 @@
+"""Errors xend reports to its clients; each maps to one HTTP status."""
+
+
+class XendError(Exception):
+    status = 500
+    code = "error"
+
+
+class InvalidRequest(XendError):
+    status = 400
+    code = "invalid"
+
+
+class NoSuchDomain(XendError):
+    status = 404
+    code = "no_such_domain"
+
+    def __init__(self, ref):
+        super().__init__(f"Domain '{ref}' does not exist.")
+        self.ref = ref
+
+
+class Conflict(XendError):
+    status = 409
+    code = "conflict"
