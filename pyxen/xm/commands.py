@@ -1,0 +1,318 @@
+"""The xm command table: one entry per subcommand, the single source of
+its synopsis, help text and options.  ``xm help``, ``xm <cmd> --help``,
+option parsing and the dispatcher are all generated from it."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+from ..config import sxp
+from ..config.errors import ConfigError
+from ..config import xmconfig
+from ..config.options import help_text as config_help
+from ..paths import Paths
+from . import format as fmt
+from .client import Client, XmError
+
+
+@dataclass(frozen=True)
+class Opt:
+    short: str | None      # 'l' (no dash)
+    long: str              # 'long'
+    help: str
+    arg: str | None = None  # metavar when it takes a value
+
+
+@dataclass
+class Command:
+    name: str
+    args: str
+    help: str
+    run: object
+    opts: tuple[Opt, ...] = ()
+    common: bool = False          # listed in the short `xm help`
+    min_args: int = 0
+    max_args: int | None = None
+    aliases: tuple[str, ...] = ()
+    passthrough: bool = False     # handler parses its own words (xm create var=value)
+
+
+COMMANDS: dict[str, Command] = {}
+DEPRECATED: dict[str, str] = {}
+
+
+def command(name, args, help, opts=(), common=False, min_args=0, max_args=None, passthrough=False):
+    def deco(fn):
+        COMMANDS[name] = Command(name, args, help, fn, tuple(opts), common, min_args, max_args,
+                                 passthrough=passthrough)
+        return fn
+    return deco
+
+
+def _dom(ref: str) -> str:
+    return quote(ref, safe="")
+
+
+# ------------------------------------------------------------------ create
+CREATE_OPTS = (
+    Opt("h", "help", "Print this help."),
+    Opt(None, "help_config", "Print the available configuration variables for the config file."),
+    Opt("q", "quiet", "Quiet."),
+    Opt(None, "path", "Search path for configuration scripts (default .:<root>/etc/xen).", "PATH"),
+    Opt("f", "defconfig", "Use the given Python configuration script.", "FILE"),
+    Opt("F", "config", "Domain configuration to use (SXP).", "FILE"),
+    Opt("n", "dryrun", "Dry run - prints the resulting configuration in SXP but does not create the domain."),
+    Opt("p", "paused", "Leave the domain paused after it is created."),
+    Opt("c", "console_autoconnect", "Connect to the console after the domain is created."),
+)
+
+
+@command("create", "<ConfigFile> [options] [vars]", "Create a domain based on <ConfigFile>.",
+         CREATE_OPTS, common=True, passthrough=True)
+def cmd_create(ctx, opts, args):
+    if "help_config" in opts:
+        sys.stdout.write(config_help())
+        return 0
+    quiet = "quiet" in opts
+    paths = ctx.paths
+    search = (opts.get("path") or f".:{paths.etc}").split(":")
+    if "config" in opts:
+        fn = opts["config"]
+        try:
+            with open(fn) as f:
+                text = f.read()
+            value = sxp.from_string(text)
+        except OSError as e:
+            raise XmError(f"Unable to open config file: {fn}: {e.strerror}") from None
+        except sxp.SxpError as e:
+            raise XmError(str(e.with_file(fn))) from None
+        from ..config.domain import DomainConfig
+        try:
+            cfg = DomainConfig.from_sxp(value)
+        except ConfigError as e:
+            raise XmError(f"{fn}: {e}") from None
+        path = fn
+    else:
+        try:
+            cfg, path = xmconfig.load(args, opts.get("defconfig"), search)
+        except ConfigError as e:
+            raise XmError(str(e)) from None
+    if not quiet and path is not None:
+        print(f'Using config file "{path}".')
+    if "dryrun" in opts:
+        sys.stdout.write(sxp.pretty(cfg.to_sxp()))
+        return 0
+    res = ctx.client.post("/api/domains", {"config": sxp.to_string(cfg.to_sxp()),
+                                           "paused": "paused" in opts})
+    if not quiet:
+        print(f"Started domain {res['name']} (id={res['domid']})")
+    if "console_autoconnect" in opts:
+        from .console import attach
+        attach(ctx.client, res["name"])
+    return 0
+
+
+# -------------------------------------------------------------------- list
+@command("list", "[options] [Domain, ...]", "List information about all/some domains.",
+         (Opt("l", "long", "Output all domain details in SXP."),), common=True)
+def cmd_list(ctx, opts, args):
+    long = "long" in opts
+    if args:
+        doms = [ctx.client.get(f"/api/domains/{_dom(a)}?long={int(long)}") for a in args]
+    else:
+        doms = ctx.client.get(f"/api/domains?long={int(long)}")["domains"]
+    sys.stdout.write(fmt.list_long(doms) if long else fmt.list_table(doms))
+    return 0
+
+
+# ----------------------------------------------------------------- console
+@command("console", "[-q|--quiet] <Domain>", "Attach to <Domain>'s console (Ctrl-] detaches).",
+         (Opt("q", "quiet", "Do not print an error when the domain does not exist."),),
+         common=True, min_args=1, max_args=1)
+def cmd_console(ctx, opts, args):
+    from .console import attach
+    try:
+        attach(ctx.client, args[0])
+    except XmError as e:
+        if "quiet" in opts and e.code == 3:
+            return 1
+        raise
+    return 0
+
+
+# ------------------------------------------------------ shutdown and friends
+def _wait_opts(extra=()):
+    return (Opt("w", "wait", "Wait for the domain to shut down."),
+            Opt("a", "all", "Shut down all domains.")) + tuple(extra)
+
+
+def _shutdown(ctx, opts, args, reason):
+    if "all" in opts:
+        if args:
+            raise XmError("-a takes no domain")
+        targets = [d["name"] for d in ctx.client.get("/api/domains")["domains"] if d["domid"] != 0]
+    else:
+        if len(args) != 1:
+            raise XmError(f"'xm {ctx.name}' requires 1 argument.\n\n{usage(ctx.name)}".rstrip())
+        targets = args
+    for t in targets:
+        ctx.client.post(f"/api/domains/{_dom(t)}/shutdown", {"reason": reason, "wait": False})
+    if "wait" in opts and reason != "reboot":
+        for t in targets:
+            # Asking again with wait=true returns once the domain is gone;
+            # the second request is idempotent for a domain already going down.
+            try:
+                ctx.client.post(f"/api/domains/{_dom(t)}/shutdown",
+                                {"reason": reason, "wait": True})
+            except XmError as e:
+                if e.code != 3 and "is not running" not in str(e):
+                    raise
+            print(f"Domain {t} terminated")
+        if "all" in opts:
+            print("All domains terminated")
+    return 0
+
+
+@command("shutdown", "<Domain> [-waRH]", "Shut down a domain.",
+         _wait_opts((Opt("H", "halt", "Shut down and halt the domain."),
+                     Opt("R", "reboot", "Shut down and reboot the domain."))), common=True, max_args=1)
+def cmd_shutdown(ctx, opts, args):
+    reason = "reboot" if "reboot" in opts else "halt" if "halt" in opts else "poweroff"
+    return _shutdown(ctx, opts, args, reason)
+
+
+@command("reboot", "<Domain> [-wa]", "Reboot a domain.", _wait_opts(), common=True, max_args=1)
+def cmd_reboot(ctx, opts, args):
+    return _shutdown(ctx, opts, args, "reboot")
+
+
+def _simple(op, help_text, common=True):
+    def fn(ctx, opts, args):
+        ctx.client.post(f"/api/domains/{_dom(args[0])}/{op}")
+        return 0
+    command(op, "<Domain>", help_text, common=common, min_args=1, max_args=1)(fn)
+
+
+_simple("destroy", "Terminate a domain immediately.")
+_simple("pause", "Pause execution of a domain.")
+_simple("unpause", "Unpause a paused domain.")
+
+
+@command("domid", "<DomainName>", "Convert a domain name to domain id.", min_args=1, max_args=1)
+def cmd_domid(ctx, opts, args):
+    print(ctx.client.get(f"/api/domains/{_dom(args[0])}")["domid"])
+    return 0
+
+
+@command("domname", "<DomId>", "Convert a domain id to domain name.", min_args=1, max_args=1)
+def cmd_domname(ctx, opts, args):
+    print(ctx.client.get(f"/api/domains/{_dom(args[0])}")["name"])
+    return 0
+
+
+@command("uptime", "[-s] [Domain, ...]", "Print uptime for a domain.",
+         (Opt("s", "short", "Print one line per domain, like uptime(1)."),))
+def cmd_uptime(ctx, opts, args):
+    if args:
+        doms = [ctx.client.get(f"/api/domains/{_dom(a)}") for a in args]
+    else:
+        doms = ctx.client.get("/api/domains")["domains"]
+    if "short" in opts:
+        now = time.localtime()
+        for d in doms:
+            print(fmt.uptime_short(d, now))
+    else:
+        print(fmt.UPTIME_HEADER)
+        for d in doms:
+            print(fmt.uptime_row(d))
+    return 0
+
+
+@command("info", "[-c|--config]", "Get information about Xen host.",
+         (Opt("c", "config", "List xend configuration parameters."),), common=True, max_args=0)
+def cmd_info(ctx, opts, args):
+    if "config" in opts:
+        sys.stdout.write(ctx.paths.xend_config.read_text() if ctx.paths.xend_config.exists() else "")
+        return 0
+    sys.stdout.write(fmt.info(ctx.client.get("/api/host")["info"]))
+    return 0
+
+
+@command("log", "", "Print xend log.", max_args=0)
+def cmd_log(ctx, opts, args):
+    sys.stdout.write(ctx.client.get("/api/log")["log"])
+    return 0
+
+
+@command("help", "[--long] [<Command>]", "Display this message or help for a command.",
+         (Opt(None, "long", "Show the full list of subcommands."),), common=True, max_args=1)
+def cmd_help(ctx, opts, args):
+    if args:
+        name = resolve(args[0])
+        if name is None:
+            raise XmError(f"Subcommand {args[0]} not found!")
+        sys.stdout.write(usage(name, full=True))
+        return 0
+    sys.stdout.write(long_help() if "long" in opts or ctx.long_help else short_help())
+    return 0
+
+
+# ------------------------------------------------------------------- help
+def usage(name: str, full: bool = False) -> str:
+    c = COMMANDS[name]
+    out = f"Usage: xm {c.name} {c.args}\n\n{c.help}\n"
+    if full and c.opts:
+        out += "\n"
+        for o in c.opts:
+            flags = ", ".join(x for x in ((f"-{o.short}" if o.short else None),
+                                           f"--{o.long}" + (f"={o.arg}" if o.arg else "")) if x)
+            out += f"  {flags:<28} {o.help}\n"
+    return out
+
+
+def short_help() -> str:
+    lines = ["Usage: xm <subcommand> [args]", "", "Control, list, and manipulate Xen guest instances.", "",
+             "Common 'xm' commands:", ""]
+    for c in COMMANDS.values():
+        if c.common:
+            lines.append(f"  {c.name:<14} {c.help}")
+    lines += ["", "<Domain> can either be the Domain Name or Id.",
+              "For more help on 'xm' see the xm(1) man page.",
+              "For more help on 'xm create' see the xmdomain.cfg(5)  man page.", ""]
+    return "\n".join(lines)
+
+
+def long_help() -> str:
+    lines = ["Usage: xm <subcommand> [args]", "", "Control, list, and manipulate Xen guest instances.", "",
+             "xm full list of subcommands:", ""]
+    for c in sorted(COMMANDS.values(), key=lambda c: c.name):
+        lines.append(f"  {c.name:<22} {c.help}")
+    lines += ["", "<Domain> can either be the Domain Name or Id.",
+              "For more help on 'xm' see the xm(1) man page.",
+              "For more help on 'xm create' see the xmdomain.cfg(5)  man page.", ""]
+    return "\n".join(lines)
+
+
+def resolve(word: str) -> str | None:
+    if word in COMMANDS:
+        return word
+    matches = [n for n in COMMANDS if n.startswith(word)]
+    return matches[0] if len(matches) == 1 else None
+
+
+@dataclass
+class Context:
+    name: str
+    paths: Paths
+    long_help: bool = False
+    _client: Client | None = None
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client(self.paths)
+        return self._client

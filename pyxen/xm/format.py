@@ -1,0 +1,55 @@
+"""Xen's exact text layouts for the outputs users script against."""
+
+from __future__ import annotations
+
+from ..config import sxp
+
+LIST_HEADER = "%-40s %5s %5s %5s %10s %9s" % ("Name", "ID", "Mem", "VCPUs", "State", "Time(s)")
+
+
+def list_row(d: dict) -> str:
+    vcpus = d.get("online_vcpus") or d.get("vcpus") or 0
+    return "%-40s %5s %5d %5d %10s %8.1f" % (d["name"], d["domid"], d["memory"], vcpus,
+                                            d["state"], d["cpu_time"])
+
+
+def list_table(domains: list[dict]) -> str:
+    rows = [LIST_HEADER] + [list_row(d) for d in sorted(domains, key=lambda d: d["name"])]
+    return "\n".join(rows) + "\n"
+
+
+def list_long(domains: list[dict]) -> str:
+    return "".join(sxp.pretty(d["sxp"]) for d in domains)
+
+
+def info(rows: list[list[str]]) -> str:
+    out = []
+    for k, v in rows:
+        out.append("%-23s: %s" % (k, v if v != "" else "(none)"))
+    return "\n".join(out) + "\n"
+
+
+def _hms(seconds: float) -> str:
+    s = int(seconds)
+    days, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    d = f"{days} day{'s' if days != 1 else ''}, " if days else ""
+    return f"{d}{h:2d}:{m:02d}:{s:02d}"
+
+
+UPTIME_HEADER = "%-33s %4s %s " % ("Name", "ID", "Uptime")
+
+
+def uptime_row(d: dict) -> str:
+    return ("%-32s %5s " % (d["name"], d["domid"])) + _hms(d["up_time"])
+
+
+def uptime_short(d: dict, now_struct) -> str:
+    import time
+    up = int(d["up_time"])
+    days, rem = divmod(up, 86400)
+    h, rem = divmod(rem, 3600)
+    m = rem // 60
+    ds = f"{days} day{'s' if days != 1 else ''}, " if days else ""
+    return f" {time.strftime('%H:%M:%S', now_struct)} up {ds}{h}:{m:02d}, {d['name']} ({d['domid']})"

@@ -1,0 +1,81 @@
+"""``xm``: the command-line client of xend.
+
+Thin by design: parse words, ask xend, format the answer in Xen's layout.
+Errors are one line on stderr (``Error: ...``), exit 1, or exit 3 for a
+domain that does not exist; never a traceback.
+"""
+
+from __future__ import annotations
+
+import getopt
+import sys
+
+from ..paths import Paths
+from .client import XmError
+from .commands import COMMANDS, Context, resolve, short_help, usage
+
+
+def parse_opts(cmd, argv: list[str]) -> tuple[dict, list[str]]:
+    shorts = "".join(o.short + (":" if o.arg else "") for o in cmd.opts if o.short)
+    longs = [o.long + ("=" if o.arg else "") for o in cmd.opts]
+    by_flag = {}
+    for o in cmd.opts:
+        if o.short:
+            by_flag["-" + o.short] = o.long
+        by_flag["--" + o.long] = o.long
+    try:
+        if cmd.passthrough:
+            # xm create: options may come before or after the config and vars.
+            pairs, rest = getopt.gnu_getopt(argv, shorts, longs)
+        else:
+            pairs, rest = getopt.gnu_getopt(argv, shorts, longs)
+    except getopt.GetoptError as e:
+        raise XmError(f"{e.msg}\n\n{usage(cmd.name)}".rstrip()) from None
+    opts = {}
+    for flag, val in pairs:
+        opts[by_flag[flag]] = val
+    return opts, rest
+
+
+def run(argv: list[str]) -> int:
+    if not argv:
+        sys.stdout.write(short_help())
+        return 1
+    first = argv[0]
+    if first in ("-h", "--help"):
+        first, argv = "help", ["help", "--long"]
+    name = resolve(first)
+    if name is None:
+        raise XmError(f"Subcommand {first} not found!\n\n{short_help()}".rstrip())
+    cmd = COMMANDS[name]
+    ctx = Context(name=name, paths=Paths.from_env())
+    opts, args = parse_opts(cmd, argv[1:])
+    if "help" in opts and name != "help":
+        sys.stdout.write(usage(name, full=True))
+        return 0
+    if len(args) < cmd.min_args or (cmd.max_args is not None and len(args) > cmd.max_args):
+        if cmd.min_args == cmd.max_args:
+            need = f"{cmd.min_args} argument{'s' if cmd.min_args != 1 else ''}"
+        elif len(args) < cmd.min_args:
+            need = f"at least {cmd.min_args} argument{'s' if cmd.min_args != 1 else ''}"
+        else:
+            need = f"at most {cmd.max_args} argument{'s' if cmd.max_args != 1 else ''}"
+        raise XmError(f"'xm {name}' requires {need}.\n\n{usage(name)}".rstrip())
+    return cmd.run(ctx, opts, args) or 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return run(argv)
+    except XmError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
