@@ -169,6 +169,13 @@ class Domain:
             if self.shutdown_reason == "halt" and reason == "poweroff":
                 reason = "halt"
             asyncio.create_task(self._guest_exited(reason))
+        elif name == "RESET" and data.get("guest"):
+            if self.cfg.on_reboot.endswith("restart"):
+                log.info("%s: guest rebooted; on_reboot=%s", self.name, self.cfg.on_reboot)
+                self.start_time = time.time()
+                self._persist_quietly()
+            else:
+                asyncio.create_task(self._guest_exited("reboot"))
         elif name == "GUEST_PANICKED":
             asyncio.create_task(self._guest_exited("crash"))
         if name in ("STOP", "RESUME"):
@@ -194,7 +201,8 @@ class Domain:
                          action)
                 self.shutdown_reason = reason
                 if action.endswith("restart"):
-                    await self.qmp.execute("system_reset")
+                    if reason != "reboot":
+                        await self.qmp.execute("system_reset")
                     await self.qmp.execute("cont")
                     self.shutdown_reason = None
                     self.paused = False

@@ -69,9 +69,11 @@ def build(cfg: DomainConfig, rt: Runtime) -> list[str]:
           "-chardev", (f"socket,id=con0,path={_chardev_path(rt.console_sock)},server=on,wait=off,"
                        f"logfile={_chardev_path(rt.console_log)},logappend=on"),
           "-serial", "chardev:con0"]
-    # The toolstack, not QEMU, decides what a guest poweroff, reboot or panic
-    # means: QEMU stops and reports, xend applies on_poweroff/on_reboot/on_crash.
-    a += ["-action", "reboot=shutdown", "-action", "shutdown=pause", "-action", "panic=pause",
+    # The toolstack, not QEMU, decides what a guest poweroff or panic means:
+    # QEMU stops and reports, xend applies on_poweroff/on_crash.  A guest
+    # reboot resets in place (the common on_reboot=restart costs nothing);
+    # xend sees the RESET event and applies any other on_reboot action.
+    a += ["-action", "shutdown=pause", "-action", "panic=pause",
           "-device", "pvpanic"]
     if cfg.builder == "linux":
         a += ["-kernel", rt.kernel or cfg.kernel]
