@@ -87,7 +87,8 @@ class GuestConsole:
     def send(self, text: str) -> None:
         self.child.send(text)
 
-    def close(self) -> None:
+    def close(self) -> int | None:
+        """Detach with Ctrl-] as a user would; return xm console's exit status."""
         if self.child.isalive():
             self.child.send(ESC)
             try:
@@ -95,6 +96,7 @@ class GuestConsole:
             except pexpect.TIMEOUT:
                 self.child.terminate(force=True)
         self.child.close()
+        return self.child.exitstatus
 
     def __enter__(self):
         return self
