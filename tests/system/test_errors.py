@@ -99,3 +99,31 @@ def test_two_roots_never_see_each_other(make_host):
     # Same name on the other host is fine: they are separate hosts.
     b.xm("create", str(b.config("onlya")))
     assert len(a.qemu_pids()) == 1 and len(b.qemu_pids()) == 1
+
+
+def test_bad_xend_config_refuses_to_start(make_host):
+    h = make_host("(accel fast)\n", start=False)
+    res = h.xend("start", check=False)
+    assert res.returncode == 1
+    assert "xend-config.sxp: (accel ...): expected one of auto, kvm, tcg, got 'fast'" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert h.xend("status", check=False).returncode == 3
+
+
+def test_fresh_root_layout(make_host):
+    h = make_host(start=False)
+    (h.root / "etc/xen/xend-config.sxp").unlink()
+    h.xend("start")
+    etc = h.root / "etc/xen"
+    text = (etc / "xend-config.sxp").read_text()
+    assert "#(accel auto)" in text and "#(xend-relocation-port 8002)" in text
+    for ex in ("xmexample1", "xmexample2"):
+        assert f"{h.image}/vmlinuz" in (etc / ex).read_text()
+    for d in ("etc/xen/auto", "var/lib/pyxen", "var/run/pyxen", "var/log/xen"):
+        assert (h.root / d).is_dir(), d
+    assert (h.root / "var/log/xen/xend.log").stat().st_size > 0
+    assert (h.root / "var/run/pyxen/xend.sock").stat().st_mode & 0o077 == 0   # root-only
+    # A second xend on the same root is refused; the first keeps running.
+    res = h.run("xend", "foreground")
+    assert res.returncode == 1 and "another xend is running" in res.stderr
+    assert h.xend("status", check=False).returncode == 0
