@@ -14,12 +14,12 @@ APT_PKGS := qemu-system-x86 qemu-utils busybox-static lz4 zstd xz-utils cpio e2f
 
 all: image
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@if ! dpkg -s $(APT_PKGS) >/dev/null 2>&1; then \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(APT_PKGS); fi
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip >/dev/null
-	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[test]'
 	@mkdir -p $(BINDIR)
 	ln -sf $(VENV)/bin/xend $(VENV)/bin/xm $(VENV)/bin/pyxen-image $(BINDIR)/
 	touch $@

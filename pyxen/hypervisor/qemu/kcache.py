@@ -28,15 +28,31 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+_memo: dict[tuple, str] = {}
+
+
 def boot_kernel(path: str, cache_dir: Path) -> str:
     """Return the file QEMU should boot for the kernel at *path*."""
     p = Path(path)
     try:
+        st = p.stat()
+        # Hashing a 14 MiB kernel costs tens of ms per create: remember the
+        # answer for this exact file (same inode, size and mtime).
+        memo_key = (str(p), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, str(cache_dir))
+        hit = _memo.get(memo_key)
+        if hit is not None and Path(hit).exists():
+            return hit
         if not kmod.is_bzimage(p):
             return path
         digest = _sha256(p)
     except OSError:
         return path
+    result = _boot_kernel(p, path, digest, cache_dir)
+    _memo[memo_key] = result
+    return result
+
+
+def _boot_kernel(p: Path, path: str, digest: str, cache_dir: Path) -> str:
     elf = cache_dir / f"{digest}.vmlinux"
     verdict = cache_dir / f"{digest}.json"
     try:
