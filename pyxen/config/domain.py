@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from . import sxp
 from .errors import ConfigError
 from .options import ACTIONS, CRASH_ACTIONS
-from .specs import DiskSpec, parse_disk, parse_vif
+from .specs import DiskSpec, disk_from_parts, parse_cpuset, parse_disk, parse_vif
 
 _RESTART_MAP = {
     "onreboot": ("destroy", "restart", "destroy"),
@@ -71,6 +71,7 @@ class DomainConfig:
     on_poweroff: str = "destroy"
     on_reboot: str = "restart"
     on_crash: str = "restart"
+    on_watchdog: str = "destroy"
     kernel: str = ""
     ramdisk: str = ""
     root: str = ""
@@ -81,6 +82,9 @@ class DomainConfig:
     description: str = ""
     disks: list[DiskSpec] = field(default_factory=list)
     vifs: list[dict] = field(default_factory=list)
+    # What xm noticed while evaluating the file (variables with no effect on
+    # QEMU, unknown names); xend writes them to its log.  Not part of the SXP.
+    notes: list[str] = field(default_factory=list, compare=False, repr=False)
 
     # ---------------------------------------------------------------- build
     @classmethod
@@ -117,9 +121,25 @@ class DomainConfig:
         maxvcpus = _int(values, "maxvcpus", None, minimum=1)
         if maxvcpus is not None and maxvcpus < vcpus:
             raise ConfigError(f"maxvcpus ({maxvcpus}) is less than vcpus ({vcpus})")
+        cpus = values.get("cpus")
+        if cpus is not None and cpus != "":
+            if isinstance(cpus, (list, tuple)):
+                cpus = [str(c) for c in cpus]
+                for i, c in enumerate(cpus):
+                    parse_cpuset(c, f"cpus[{i}]")
+            elif isinstance(cpus, int):
+                cpus = str(cpus)
+            else:
+                parse_cpuset(str(cpus))
+                cpus = str(cpus)
+        else:
+            cpus = None
+        wd = _str(values, "on_watchdog", "destroy")
+        if wd not in CRASH_ACTIONS:
+            raise ConfigError(f"on_watchdog: expected one of {', '.join(CRASH_ACTIONS)}, got {wd!r}")
         cap = values.get("cap")
         cpu_cap = _int(values, "cap" if cap is not None else "cpu_cap", 0, minimum=0)
-        disks = [parse_disk(d) for d in _list(values, "disk")]
+        disks = [d if isinstance(d, DiskSpec) else parse_disk(d) for d in _list(values, "disk")]
         vifs = [parse_vif(v) for v in _list(values, "vif")]
         nics = _int(values, "nics", -1)
         if nics is not None and nics > len(vifs):
@@ -135,7 +155,7 @@ class DomainConfig:
             raise ConfigError("kernel: a kernel is required for the linux builder")
         return cls(
             name=name, uuid=u, builder=builder, memory=memory, maxmem=maxmem,
-            vcpus=vcpus, maxvcpus=maxvcpus, cpus=values.get("cpus"),
+            vcpus=vcpus, maxvcpus=maxvcpus, cpus=cpus, on_watchdog=wd,
             cpu_weight=_int(values, "cpu_weight", 256, minimum=1), cpu_cap=cpu_cap,
             kernel=kernel, ramdisk=_str(values, "ramdisk", ""),
             root=_str(values, "root", ""), extra=_str(values, "extra", ""),
@@ -161,17 +181,21 @@ class DomainConfig:
 
     # ------------------------------------------------------------------ SXP
     def to_sxp(self) -> list:
-        s: list = ["vm", ["name", self.name], ["uuid", self.uuid], ["memory", self.memory]]
+        """Xen's ``(vm ...)``, fields in the order xm's make_config writes them."""
+        s: list = ["vm", ["name", self.name], ["memory", self.memory]]
         if self.maxmem is not None:
             s.append(["maxmem", self.maxmem])
-        s.append(["vcpus", self.vcpus])
+        s += [["on_poweroff", self.on_poweroff], ["on_reboot", self.on_reboot],
+              ["on_crash", self.on_crash], ["vcpus", self.vcpus]]
+        s.append(["uuid", self.uuid])
+        if self.cpus is not None:
+            s.append(["cpus", self.cpus if isinstance(self.cpus, str) else list(self.cpus)])
+        s += [["cpu_cap", self.cpu_cap], ["cpu_weight", self.cpu_weight]]
+        # pyxen / xl additions, after Xen's own fields.
         if self.maxvcpus is not None:
             s.append(["maxvcpus", self.maxvcpus])
-        if self.cpus is not None:
-            s.append(["cpus", self.cpus if isinstance(self.cpus, str) else [str(c) for c in self.cpus]])
-        s += [["cpu_weight", self.cpu_weight], ["cpu_cap", self.cpu_cap],
-              ["on_poweroff", self.on_poweroff], ["on_reboot", self.on_reboot],
-              ["on_crash", self.on_crash]]
+        if self.on_watchdog != "destroy":
+            s.append(["on_watchdog", self.on_watchdog])
         if self.console_port is not None:
             s.append(["console", self.console_port])
         if self.description:
@@ -219,12 +243,13 @@ class DomainConfig:
                     continue
                 fields = {f[0]: (f[1] if len(f) > 1 else "") for f in dev[1:] if isinstance(f, list) and f}
                 if dev[0] in ("vbd", "tap"):
-                    values.setdefault("disk", []).append(
-                        f"{fields.get('uname', '')},{fields.get('dev', '')},{fields.get('mode', 'r')}")
+                    values.setdefault("disk", []).append(disk_from_parts(
+                        fields.get("uname", ""), fields.get("dev", ""), fields.get("mode", "r"),
+                        fields.get("backend", "0")))
                 elif dev[0] == "vif":
                     values.setdefault("vif", []).append(",".join(f"{k}={v}" for k, v in fields.items()))
             elif key == "cpus":
-                values["cpus"] = item[1] if len(item) == 2 and isinstance(item[1], str) else item[1]
+                values["cpus"] = item[1] if len(item) > 1 else None
             elif key == "console":
                 values["console"] = item[1] if len(item) > 1 else None
             elif len(item) > 1 and not isinstance(item[1], list):

@@ -84,11 +84,19 @@ def parse_uname(uname: str, entry: str) -> tuple[str, str, str]:
 def parse_disk(entry: str) -> DiskSpec:
     if not isinstance(entry, str):
         raise ConfigError(f"Invalid disk specifier {entry!r}: expected a string")
+    if is_xl_disk(entry):
+        return parse_xl_disk(entry)
     fields = entry.split(",")
     if len(fields) not in (3, 4, 5):
         raise ConfigError(f"Invalid disk specifier {entry!r}: expected 'type:target,vdev,mode'")
     uname, vdev, mode = (f.strip() for f in fields[:3])
     backend = fields[3].strip() if len(fields) > 3 and fields[3].strip() else "0"
+    return disk_from_parts(uname, vdev, mode, backend, entry)
+
+
+def disk_from_parts(uname: str, vdev: str, mode: str, backend: str = "0", entry: str | None = None) -> DiskSpec:
+    """A disk from its uname, vdev and mode (the xm spec's fields, or SXP's)."""
+    entry = entry if entry is not None else f"{uname},{vdev},{mode}"
     kind, target, fmt = parse_uname(uname, entry)
     ioemu = False
     if vdev.startswith("ioemu:"):
@@ -129,3 +137,154 @@ def parse_vif(entry: str) -> dict:
             raise ConfigError(f"Invalid vif specifier {entry!r}: bad mac {v!r}")
         out[k] = v
     return out
+
+
+# ---------------------------------------------------------------- xl disks
+_XL_FORMATS = {"raw": "raw", "qcow": "qcow", "qcow2": "qcow2", "vhd": "vpc", "qed": "qed"}
+_XL_ACCESS = {"ro": "r", "r": "r", "rw": "w", "w": "w"}
+
+
+def is_xl_disk(entry: str) -> bool:
+    """xl's disk syntax: keyed (target=, vdev=, ...) or four positional fields."""
+    if not isinstance(entry, str):
+        return False
+    parts = [p.strip() for p in entry.split(",")]
+    if any("=" in p for p in parts):
+        return True
+    return len(parts) == 4 and parts[1] in _XL_FORMATS
+
+
+def parse_xl_disk(entry: str) -> DiskSpec:
+    """xl-disk-configuration: [key=val|flag,]* [target,[format,[vdev,[access]]]] [target=...]."""
+    keys: dict[str, str] = {}
+    positional: list[str] = []
+    rest = entry
+    if "target=" in entry:
+        # xl: target= swallows the rest of the string, commas included.  Being
+        # kind to 'target=X,vdev=...' (target first, as people write it), a
+        # following ',<known key>=' still ends the target.
+        head, _, target = entry.partition("target=")
+        if head and not head.rstrip().endswith(","):
+            raise ConfigError(f"Invalid disk specifier {entry!r}: target= must start a field")
+        m = re.search(r",\s*(?:vdev|format|access|devtype|backend|backendtype|script|specification)=", target)
+        tail = ""
+        if m:
+            target, tail = target[:m.start()], target[m.start() + 1:]
+        rest, keys["target"] = ",".join(x for x in (head.rstrip().rstrip(","), tail) if x), target
+    cdrom = False
+    for part in [p.strip() for p in rest.split(",")] if rest else []:
+        if "=" in part:
+            k, v = (x.strip() for x in part.split("=", 1))
+            if k not in ("vdev", "format", "access", "devtype", "backend", "backendtype", "script",
+                         "specification"):
+                raise ConfigError(f"Invalid disk specifier {entry!r}: unknown key {k!r}")
+            keys[k] = v
+        elif part in ("cdrom",):
+            cdrom = True
+        elif part in ("direct-io-safe", "discard", "no-discard", "trusted", "untrusted"):
+            continue
+        else:
+            positional.append(part)
+    names = ("target", "format", "vdev", "access")
+    for k, v in zip(names, positional):
+        if v:
+            keys.setdefault(k, v)
+    if len(positional) > 4:
+        raise ConfigError(f"Invalid disk specifier {entry!r}: too many positional fields")
+    vdev = keys.get("vdev")
+    if not vdev:
+        raise ConfigError(f"Invalid disk specifier {entry!r}: vdev is required")
+    if keys.get("devtype") == "cdrom":
+        cdrom = True
+    fmt = keys.get("format", "raw")
+    if fmt not in _XL_FORMATS:
+        raise ConfigError(f"Invalid disk specifier {entry!r}: format: unknown format {fmt!r}")
+    access = keys.get("access", "r" if cdrom else "rw")
+    if access not in _XL_ACCESS:
+        raise ConfigError(f"Invalid disk specifier {entry!r}: access: expected ro or rw, got {access!r}")
+    target = keys.get("target", "")
+    # The deprecated xm-style prefixes are accepted inside target too.
+    for pre in ("raw:", "qcow2:", "vhd:", "aio:", "tapdisk:", "tap2:", "ioemu:", "file:", "phy:"):
+        if target.startswith(pre):
+            if pre[:-1] in _XL_FORMATS:
+                fmt = pre[:-1]
+            target = target[len(pre):]
+    if not _VDEV_RE.match(vdev):
+        raise ConfigError(f"Invalid disk specifier {entry!r}: vdev: bad virtual device {vdev!r}")
+    kind = "" if not target else ("phy" if target.startswith("/dev/") else ("file" if fmt == "raw" else "tap"))
+    if kind == "" and not cdrom:
+        raise ConfigError(f"Invalid disk specifier {entry!r}: target is required")
+    uname = f"{kind}:{target}" if kind in ("phy", "file") else (f"tap:{fmt}:{target}" if target else "")
+    return DiskSpec(uname, kind, target, _XL_FORMATS[fmt], vdev, _XL_ACCESS[access],
+                    "cdrom" if cdrom else "disk", False, keys.get("backend", "0"))
+
+
+# ---------------------------------------------------------------- CPU sets
+def parse_cpuset(spec: str, what: str = "cpus") -> set[int]:
+    """'0-3,5,^1' / 'all' / 'all,^7' -> a set of CPU numbers (Xen and xl syntax)."""
+    if not isinstance(spec, str):
+        raise ConfigError(f"{what}: expected a string such as '0-3,^1', got {spec!r}")
+    include: set[int] = set()
+    exclude: set[int] = set()
+    for part in spec.replace(" ", "").split(","):
+        if not part:
+            continue
+        neg = part.startswith("^")
+        body = part[1:] if neg else part
+        if body == "all":
+            rng = set(range(0, 64))
+        else:
+            m = re.fullmatch(r"(\d+)(?:-(\d+))?", body)
+            if not m:
+                raise ConfigError(f"{what}: bad CPU list {spec!r} (near {part!r})")
+            lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+            if hi < lo:
+                raise ConfigError(f"{what}: bad CPU range {part!r} in {spec!r}")
+            rng = set(range(lo, hi + 1))
+        (exclude if neg else include).update(rng)
+    if not include and exclude:
+        include = set(range(0, 64))
+    return include - exclude
+
+
+def format_cpuset(cpus: set[int]) -> str:
+    """Ranges string as Xen prints affinity: '0-1,4'."""
+    out, run = [], []
+    for c in sorted(cpus):
+        if run and c == run[-1] + 1:
+            run.append(c)
+            continue
+        if run:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [c]
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out)
+
+
+def disk_number(vdev: str) -> int:
+    """Xen's device number for a vdev (blkdev_name_to_number)."""
+    m = re.fullmatch(r"(hd|sd|xvd)([a-z]+)(\d*)", vdev)
+    if vdev.isdigit():
+        return int(vdev)
+    if not m:
+        raise ConfigError(f"bad virtual device {vdev!r}")
+    kind, letters, part = m.groups()
+    disk = 0
+    for ch in letters:
+        disk = disk * 26 + (ord(ch) - ord("a") + 1)
+    disk -= 1
+    part = int(part or 0)
+    if kind == "hd":
+        majors = (3, 22, 33, 34, 56, 57, 88, 89, 90, 91)
+        if disk // 2 >= len(majors) or part > 63:
+            raise ConfigError(f"bad virtual device {vdev!r}")
+        return majors[disk // 2] * 256 + (disk % 2) * 64 + part
+    if kind == "sd":
+        if part > 15:
+            raise ConfigError(f"bad virtual device {vdev!r}")
+        major = 8 if disk < 16 else 65 + (disk - 16) // 16
+        return major * 256 + (disk % 16) * 16 + part
+    if disk < 16 and part <= 15:
+        return (202 << 8) | (disk << 4) | part
+    return (1 << 28) | (disk << 8) | part

@@ -19,7 +19,10 @@ from pathlib import Path
 
 from .domain import DomainConfig
 from .errors import ConfigError
-from .options import BY_NAME
+from .options import BY_NAME, VARS
+
+# Names a config may define that are not domain variables (helpers, imports).
+_IGNORED = {"sys", "os", "vmid"}
 
 TRUE = {"yes", "y"}
 FALSE = {"no", "n"}
@@ -200,6 +203,20 @@ def load(args: list[str], defconfig: str | None = None, search_path: list[str] |
     if not values.get("name"):
         values["name"] = path.name
     try:
-        return DomainConfig.from_values(values), path
+        cfg = DomainConfig.from_values(values)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+    cfg.notes = notes_for(values, set(other))
+    return cfg, path
+
+
+def notes_for(values: dict, cmdline_vars: set[str]) -> list[str]:
+    """Variables that are accepted but change nothing on QEMU, and unknown names."""
+    notes = []
+    for v in VARS:
+        if not v.applies and v.name in values and values[v.name] not in (v.default, None):
+            notes.append(f"config variable {v.name}={values[v.name]!r} accepted; it has no effect with QEMU")
+    for k in sorted(values):
+        if k not in BY_NAME and k not in _IGNORED and k not in cmdline_vars:
+            notes.append(f"config variable {k} is not a domain variable; ignored")
+    return notes

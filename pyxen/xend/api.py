@@ -129,7 +129,10 @@ class Api:
         config = body.get("config")
         if not isinstance(config, str):
             raise InvalidRequest("'config' (the domain's SXP) is required")
+        notes = body.get("notes") or []
         dom = await self.domains.create(config, paused=bool(body.get("paused")))
+        for n in notes if isinstance(notes, list) else []:
+            log.info("%s: %s", dom.name, str(n)[:500])
         return web.json_response({"domid": dom.domid, "name": dom.name, "uuid": dom.uuid}, status=201)
 
     async def domain_op(self, request):

@@ -107,7 +107,7 @@ def cmd_create(ctx, opts, args):
         sys.stdout.write(sxp.pretty(cfg.to_sxp()))
         return 0
     res = ctx.client.post("/api/domains", {"config": sxp.to_string(cfg.to_sxp()),
-                                           "paused": "paused" in opts})
+                                           "paused": "paused" in opts, "notes": cfg.notes})
     if not quiet:
         print(f"Started domain {res['name']} (id={res['domid']})")
     if "console_autoconnect" in opts:
