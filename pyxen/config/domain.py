@@ -16,6 +16,13 @@ from .errors import ConfigError
 from .options import ACTIONS, CRASH_ACTIONS
 from .specs import DiskSpec, disk_from_parts, parse_cpuset, parse_disk, parse_vif
 
+# The HVM variables xm copies into (image (hvm ...)), in Xen's order.
+HVM_KEYS = ("device_model", "pae", "boot", "cdrom", "fda", "fdb", "localtime", "rtc_timeoffset",
+            "serial", "monitor", "stdvga", "isa", "nographic", "soundhw", "vnc", "vncdisplay",
+            "vncunused", "vncconsole", "vnclisten", "vncpasswd", "vncviewer", "sdl", "opengl",
+            "display", "xauthority", "acpi", "apic", "hpet", "usb", "usbdevice", "keymap",
+            "videoram", "viridian", "ne2000", "timer_mode", "guest_os_type")
+
 _RESTART_MAP = {
     "onreboot": ("destroy", "restart", "destroy"),
     "always": ("restart", "restart", "restart"),
@@ -85,6 +92,8 @@ class DomainConfig:
     # What xm noticed while evaluating the file (variables with no effect on
     # QEMU, unknown names); xend writes them to its log.  Not part of the SXP.
     notes: list[str] = field(default_factory=list, compare=False, repr=False)
+    # HVM device-model settings (Appendix A keys), as given; in (image (hvm ...)).
+    hvm: dict = field(default_factory=dict)
 
     # ---------------------------------------------------------------- build
     @classmethod
@@ -160,10 +169,12 @@ class DomainConfig:
             kernel=kernel, ramdisk=_str(values, "ramdisk", ""),
             root=_str(values, "root", ""), extra=_str(values, "extra", ""),
             cmdline=None if cmdline is None else str(cmdline),
-            ip=_ip_param(values),
+            ip=str(values["_ip_param"]) if "_ip_param" in values else _ip_param(values),
             console_port=_int(values, "console", None, minimum=1),
             description=_str(values, "description", ""),
-            disks=disks, vifs=vifs, **acts)
+            disks=disks, vifs=vifs,
+            hvm=_hvm_values(values) if builder == "hvm" else {},
+            **acts)
 
     # ------------------------------------------------------------ kernel args
     def kernel_args(self) -> str:
@@ -211,6 +222,9 @@ class DomainConfig:
             img.append(["args", self.extra])
         if self.cmdline is not None:
             img.append(["cmdline", self.cmdline])
+        for k in HVM_KEYS:
+            if k in self.hvm:
+                img.append([k, self.hvm[k]])
         s.append(["image", img])
         for d in self.disks:
             s.append(d.to_sxp())
@@ -235,7 +249,8 @@ class DomainConfig:
                     values["builder"] = img[0]
                     for sub in img[1:]:
                         if isinstance(sub, list) and sub:
-                            k = {"args": "extra"}.get(sub[0], sub[0])
+                            # (ip ...) in SXP is the composed ip= parameter.
+                            k = {"args": "extra", "ip": "_ip_param"}.get(sub[0], sub[0])
                             values[k] = sub[1] if len(sub) > 1 else ""
             elif key == "device":
                 dev = item[1] if len(item) > 1 and isinstance(item[1], list) else []
@@ -255,6 +270,17 @@ class DomainConfig:
             elif len(item) > 1 and not isinstance(item[1], list):
                 values[key] = item[1]
         return cls.from_values(values)
+
+
+def _hvm_values(values: dict) -> dict:
+    """The HVM keys that are set, typed by the option table (SXP gives strings)."""
+    from .options import BY_NAME
+    out = {}
+    for k in HVM_KEYS:
+        if values.get(k) in (None, ""):
+            continue
+        out[k] = _int(values, k) if BY_NAME[k].kind == "int" else _str(values, k)
+    return out
 
 
 def _ip_param(values: dict) -> str:

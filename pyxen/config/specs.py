@@ -22,7 +22,7 @@ _VDEV_RE = re.compile(r"^(?:(hd[a-t])|(sd[a-z]{1,2})|(xvd[a-z]{1,2})|(vd[a-z]{1,
 @dataclass
 class DiskSpec:
     uname: str          # as written: file:/img, phy:hda1, tap:qcow2:/x, '' (empty cdrom)
-    kind: str           # phy | file | tap | '' (empty)
+    kind: str           # phy | file | tap | nbd | '' (empty)
     target: str         # path (phy: names resolved under /dev)
     fmt: str            # raw | qcow2 | qcow | vpc | vmdk
     vdev: str           # guest device name, e.g. sda1, hda, xvda
@@ -74,6 +74,13 @@ def parse_uname(uname: str, entry: str) -> tuple[str, str, str]:
         if not path:
             raise ConfigError(f"Invalid disk specifier {entry!r}: tap:{drv}: needs a path")
         return "tap", path, _TAP_FORMATS[drv]
+    if kind == "nbd":
+        # Xen's block-nbd: 'nbd:<host> <port>'.  QEMU's own NBD client serves
+        # it, so no kernel nbd module is needed.
+        parts = rest.replace(":", " ").split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise ConfigError(f"Invalid disk specifier {entry!r}: nbd: needs '<host> <port>'")
+        return "nbd", f"{parts[0]} {parts[1]}", "raw"
     if kind in _FORMAT_PREFIXES:
         if not rest:
             raise ConfigError(f"Invalid disk specifier {entry!r}: {kind}: needs a path")

@@ -82,7 +82,7 @@ class Domains:
             if not os.access(path, os.R_OK):
                 raise InvalidRequest(f"{what} image is not readable: {path}")
         for disk in cfg.disks:
-            if disk.target and not os.path.exists(disk.target):
+            if disk.target and disk.kind != "nbd" and not os.path.exists(disk.target):
                 raise InvalidRequest(f"disk {disk.vdev}: {disk.target} does not exist")
 
     async def create(self, config_sxp: str, paused: bool = False) -> Domain:

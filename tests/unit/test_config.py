@@ -84,7 +84,8 @@ def test_ip_parameter():
 @pytest.mark.parametrize("entry,msg", [
     ("file:/x,sda1", "expected 'type:target,vdev,mode'"),
     ("file:/x,sda1,rw", "Invalid mode"),
-    ("nbd:/x,sda1,w", "unknown type"),
+    ("zzz:/x,sda1,w", "unknown type"),
+    ("nbd:host,sda1,w", "nbd: needs"),
     ("file:/x,floppy,w", "bad virtual device"),
     ("/x,sda1,w", "needs a type prefix"),
     ("tap:zzz:/x,sda1,w", "unknown tap driver"),
@@ -136,3 +137,44 @@ def test_xend_config_errors_and_unknown():
         XendConfig.parse("(accel fast)")
     with pytest.raises(XendConfigError, match="xend-config.sxp"):
         XendConfig.parse("(xend-port 1")
+
+
+def test_every_3_0_0_example_loads():
+    """Each shipped Xen 3.0.0 example evaluates to a domain config, as in Xen."""
+    got = {}
+    for f in ("xmexample1", "xmexample2", "xmexample3", "xmexample.nbd", "xmexample.vmx"):
+        cfg = load(f, "vmid=2")
+        got[f] = cfg
+        again = DomainConfig.from_sxp(sxp.from_string(sxp.to_string(cfg.to_sxp())))
+        assert again == cfg, f
+    assert got["xmexample3"].name == "VM2" and got["xmexample3"].vifs == [{"ip": "192.168.2.1/24"}]
+    assert got["xmexample3"].cpus == "2"
+    assert got["xmexample.nbd"].disks[0].kind == "nbd"
+    assert got["xmexample.nbd"].disks[0].target == "134.100.233.115 20004"
+    vmx = got["xmexample.vmx"]
+    assert vmx.builder == "hvm" and vmx.disks[0].ioemu and vmx.hvm["vnc"] == 1
+    assert ["vnc", 1] in vmx.to_sxp()[[i for i, x in enumerate(vmx.to_sxp()) if x[0] == "image"][0]][1]
+
+
+def test_xl_disk_specs():
+    d = parse_disk("target=/img/a.q2,vdev=xvda,format=qcow2,access=rw")
+    assert (d.target, d.vdev, d.fmt, d.mode) == ("/img/a.q2", "xvda", "qcow2", "w")
+    d = parse_disk("/dev/vg/lv,raw,xvdb,ro")
+    assert (d.kind, d.target, d.mode) == ("phy", "/dev/vg/lv", "r")
+    d = parse_disk("format=raw, vdev=hdc, access=ro, devtype=cdrom, target=/iso/a,b.iso")
+    assert (d.devtype, d.target) == ("cdrom", "/iso/a,b.iso")
+    with pytest.raises(ConfigError, match="access"):
+        parse_disk("target=/x,vdev=xvda,access=rwx")
+    with pytest.raises(ConfigError, match="vdev is required"):
+        parse_disk("/x,raw,,rw")
+
+
+def test_cpus_syntax():
+    from pyxen.config.specs import format_cpuset, parse_cpuset
+    assert parse_cpuset("0-3,^1") == {0, 2, 3}
+    assert format_cpuset(parse_cpuset("0-3,5,^1")) == "0,2-3,5"
+    assert 7 not in parse_cpuset("all,^7") and 63 in parse_cpuset("all,^7")
+    cfg = DomainConfig.from_values({"name": "c", "kernel": "/k", "cpus": ["2", "3-8,^5"]})
+    assert cfg.cpus == ["2", "3-8,^5"]
+    with pytest.raises(ConfigError, match="cpus"):
+        DomainConfig.from_values({"name": "c", "kernel": "/k", "cpus": "0-x"})

@@ -83,10 +83,15 @@ def build(cfg: DomainConfig, rt: Runtime) -> list[str]:
     for i, d in enumerate(cfg.disks):
         if not d.target:
             continue
-        driver = "host_device" if d.kind == "phy" else "file"
-        a += ["-blockdev", json.dumps({"driver": driver, "filename": d.target, "node-name": f"f{i}",
-                                       "read-only": d.readonly, "aio": "threads",
-                                       "cache": {"direct": False}})]
+        if d.kind == "nbd":
+            host, port = d.target.split()
+            proto = {"driver": "nbd", "server": {"type": "inet", "host": host, "port": port},
+                     "node-name": f"f{i}", "read-only": d.readonly}
+        else:
+            proto = {"driver": "host_device" if d.kind == "phy" else "file", "filename": d.target,
+                     "node-name": f"f{i}", "read-only": d.readonly, "aio": "threads",
+                     "cache": {"direct": False}}
+        a += ["-blockdev", json.dumps(proto)]
         a += ["-blockdev", json.dumps({"driver": d.fmt, "file": f"f{i}", "node-name": f"d{i}",
                                        "read-only": d.readonly})]
         a += ["-device", f"virtio-blk-pci,drive=d{i},serial={d.vdev},id=vbd-{d.vdev}"]
