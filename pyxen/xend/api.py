@@ -58,6 +58,8 @@ class Api:
         r.add_get("/api/domains/{dom}", self.get_domain)
         r.add_post("/api/domains/{dom}/{op}", self.domain_op)
         r.add_get("/api/domains/{dom}/console", self.console)
+        r.add_get("/api/domains/{dom}/vcpus", self.vcpus)
+        r.add_get("/api/domains/{dom}/devices/{cls}", self.devices)
         return app
 
     # ---------------------------------------------------------------- helpers
@@ -77,7 +79,7 @@ class Api:
              "memory": host.dom0_memory_mib(), "maxmem": host.dom0_memory_mib(),
              "vcpus": __import__("os").cpu_count(), "online_vcpus": __import__("os").cpu_count(),
              "state": "r-----", "status": 2, "cpu_time": host.host_cpu_seconds(),
-             "start_time": START_TIME, "up_time": _uptime()}
+             "start_time": START_TIME, "up_time": _uptime(), "cpu_weight": 256, "cpu_cap": 0}
         if long:
             d["sxp"] = ["domain", ["domid", 0], ["uuid", host.DOM0_UUID], ["vcpus", d["vcpus"]],
                         ["memory", d["memory"]], ["maxmem", d["maxmem"]], ["name", "Domain-0"],
@@ -149,6 +151,10 @@ class Api:
             await dom.unpause()
         elif op == "destroy":
             await dom.destroy()
+        elif op == "vcpu-pin":
+            await dom.vcpu_pin(str(body.get("vcpu", "")), str(body.get("cpus", "")))
+        elif op == "sched-credit":
+            await dom.sched_credit(_opt_int(body, "weight"), _opt_int(body, "cap"))
         elif op in ("shutdown", "reboot"):
             reason = "reboot" if op == "reboot" else body.get("reason", "poweroff")
             if reason not in ("poweroff", "halt", "reboot"):
@@ -172,6 +178,22 @@ class Api:
         finally:
             for w in waits:
                 w.cancel()
+
+    async def vcpus(self, request):
+        ref = request.match_info["dom"]
+        if self._is_dom0(ref):
+            return web.json_response({"name": "Domain-0", "domid": 0, "vcpus": host.dom0_vcpus()})
+        dom = self.domains.lookup(ref)
+        return web.json_response({"name": dom.name, "domid": dom.domid, "vcpus": dom.vcpu_info()})
+
+    async def devices(self, request):
+        ref, cls = request.match_info["dom"], request.match_info["cls"]
+        if cls not in ("vbd", "vif"):
+            raise InvalidRequest(f"unknown device class {cls!r}")
+        if self._is_dom0(ref):
+            return web.json_response({"devices": []})
+        dom = self.domains.lookup(ref)
+        return web.json_response({"devices": dom.devices(cls)})
 
     async def console(self, request):
         ref = request.match_info["dom"]
@@ -209,6 +231,16 @@ class Api:
         finally:
             relay.detach(client)
         return ws
+
+
+def _opt_int(body: dict, key: str) -> int | None:
+    v = body.get(key)
+    if v is None or v == "":
+        return None
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"{key} must be an integer, got {v!r}") from None
 
 
 def _uptime() -> float:

@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import time
 from typing import TYPE_CHECKING
 
 from ..config import sxp
 from ..config.domain import DomainConfig
+from ..config.specs import disk_number, format_cpuset, parse_cpuset
+from ..config.errors import ConfigError
+from ..hypervisor import cgroups
 from ..hypervisor.qemu import argv as qargv
 from ..hypervisor.qemu import process
 from ..hypervisor.qemu.kcache import boot_kernel
 from ..hypervisor.qemu.qmp import QmpSession, QMPError
 from .console import ConsoleRelay
-from .errors import Conflict, XendError
+from .errors import Conflict, InvalidRequest, XendError
 
 if TYPE_CHECKING:
     from .domains import Domains
@@ -113,6 +117,7 @@ class Domain:
             raise XendError(f"QEMU failed to start domain {self.name}: {e}") from None
         self.persist()
         await self._connect(rt)
+        self.apply_placement(initial=True)
         self.state = "running"
         self.start_time = time.time()
         if not paused:
@@ -153,6 +158,7 @@ class Domain:
         await self._connect(rt)
         st = await self.qmp.execute("query-status")
         self.paused = st.get("status") in ("paused", "suspended") and self.state == "running"
+        self.apply_placement(initial=False)
         log.info("%s: adopted QEMU pid %d (domid %d, %s)", self.name, self.pid, self.domid, st.get("status"))
         return True
 
@@ -322,6 +328,7 @@ class Domain:
             await self.console.close()
             self.console = None
         shutil.rmtree(self.reg.paths.domain_run(self.domid), ignore_errors=True)
+        cgroups.remove(self.uuid)
 
     def _finish_destroy(self) -> None:
         self.pid = None
@@ -338,6 +345,94 @@ class Domain:
             await self.qmp.close()
         if self.console is not None:
             await self.console.close()
+
+    # ------------------------------------------------------- CPU placement
+    def apply_placement(self, initial: bool) -> None:
+        """Scheduler weight/cap through cgroups; at start, the config's cpus."""
+        try:
+            cgroups.apply(self.uuid, self.pid, self.cfg.cpu_weight, self.cfg.cpu_cap)
+        except cgroups.CgroupError as e:
+            log.warning("%s: scheduler parameters not enforced: %s", self.name, e)
+        if not initial or self.cfg.cpus is None:
+            return
+        specs = self.cfg.cpus if isinstance(self.cfg.cpus, list) else [self.cfg.cpus] * len(self.vcpu_tids)
+        for tid, spec in zip(self.vcpu_tids, specs):
+            self._pin(tid, host_cpus(spec))
+
+    @staticmethod
+    def _pin(tid: int, cpus: set[int]) -> None:
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except OSError as e:
+            raise XendError(f"cannot pin vCPU thread {tid} to {format_cpuset(cpus)}: {e.strerror}") from None
+
+    async def vcpu_pin(self, vcpu: str, spec: str) -> None:
+        async with self.lock:
+            self._require_live()
+            cpus = host_cpus(spec)
+            if vcpu == "all":
+                targets = self.vcpu_tids
+            else:
+                try:
+                    n = int(vcpu)
+                except ValueError:
+                    raise InvalidRequest(f"Invalid VCPU {vcpu!r}") from None
+                if not 0 <= n < len(self.vcpu_tids):
+                    raise InvalidRequest(f"Invalid VCPU {n}: domain {self.name} has VCPUs 0-{len(self.vcpu_tids) - 1} online")
+                targets = [self.vcpu_tids[n]]
+            for tid in targets:
+                self._pin(tid, cpus)
+
+    async def sched_credit(self, weight: int | None, cap: int | None) -> None:
+        async with self.lock:
+            if weight is not None:
+                if not 1 <= weight <= 65535:
+                    raise InvalidRequest(f"weight must be 1-65535, got {weight}")
+                self.cfg.cpu_weight = weight
+            if cap is not None:
+                if not 0 <= cap <= 100 * (os.cpu_count() or 1):
+                    raise InvalidRequest(f"cap must be 0 (none) to {100 * (os.cpu_count() or 1)}, got {cap}")
+                self.cfg.cpu_cap = cap
+            self.persist(config=True)
+            if self.pid and self.state == "running":
+                try:
+                    cgroups.apply(self.uuid, self.pid, self.cfg.cpu_weight, self.cfg.cpu_cap)
+                except cgroups.CgroupError as e:
+                    raise XendError(f"cannot apply scheduler parameters: {e}") from None
+
+    def devices(self, cls: str) -> list[dict]:
+        """Devices of class vbd (the config's disks) as block-list shows them."""
+        if cls != "vbd":
+            return []
+        out = []
+        for i, d in enumerate(self.cfg.disks):
+            try:
+                idx = disk_number(d.vdev)
+            except ConfigError:
+                idx = i
+            out.append({"idx": idx, "backend-id": 0, "handle": idx, "state": 4 if self.pid else 6,
+                        "event-ch": 0, "ring-ref": 0,
+                        "be-path": f"/local/domain/0/backend/vbd/{self.domid}/{idx}",
+                        "dev": d.vdev, "uname": d.uname, "mode": d.mode, "type": d.devtype})
+        return out
+
+    def vcpu_info(self) -> list[dict]:
+        host = set(range(os.cpu_count() or 1))
+        out = []
+        maxv = self.cfg.maxvcpus or self.cfg.vcpus
+        for i in range(max(maxv, len(self.vcpu_tids))):
+            if i < len(self.vcpu_tids) and self.pid:
+                tid = self.vcpu_tids[i]
+                st, secs, cpu = process.thread_stat(self.pid, tid)
+                aff = process.thread_affinity(tid)
+                running = st == "R" and not self.paused
+                out.append({"vcpu": i, "online": True, "cpu": cpu, "running": running,
+                            "blocked": not running and not self.paused, "paused": self.paused,
+                            "cpu_time": secs, "affinity": affinity_text(aff, host)})
+            else:
+                out.append({"vcpu": i, "online": False, "cpu": -1, "running": False, "blocked": False,
+                            "paused": True, "cpu_time": 0.0, "affinity": "any cpu"})
+        return out
 
     # ---------------------------------------------------------------- stats
     def vcpu_stats(self) -> list[tuple[str, float, int]]:
@@ -373,6 +468,7 @@ class Domain:
             "state": state, "status": self.status_code(), "cpu_time": self.cpu_time(),
             "start_time": self.start_time, "up_time": time.time() - self.start_time,
             "shutdown_reason": self.shutdown_reason, "accel": self.accel,
+            "cpu_weight": self.cfg.cpu_weight, "cpu_cap": self.cfg.cpu_cap,
             "lifecycle": self.state,
         }
 
@@ -402,3 +498,23 @@ class Domain:
                 ["cpu_time", round(info["cpu_time"], 6)], ["online_vcpus", info["online_vcpus"]],
                 ["up_time", round(info["up_time"], 2)], ["start_time", round(self.start_time, 2)]]
         return out
+
+
+def host_cpus(spec: str) -> set[int]:
+    """A cpus spec ('0-3,^1', 'all') as host CPUs; refuses one naming none of them."""
+    host = set(range(os.cpu_count() or 1))
+    try:
+        cpus = parse_cpuset(str(spec)) & host
+    except ConfigError as e:
+        raise InvalidRequest(str(e)) from None
+    if not cpus:
+        raise InvalidRequest(f"cpus {spec!r} names no CPU of this host (it has {format_cpuset(host)})")
+    return cpus
+
+
+def affinity_text(cpus: set[int], host: set[int]) -> str:
+    if not cpus:
+        return "no cpus"
+    if host <= cpus:
+        return "any cpu"
+    return format_cpuset(cpus)

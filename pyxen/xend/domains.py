@@ -81,6 +81,10 @@ class Domains:
                 raise InvalidRequest(f"{what} image does not exist: {path}")
             if not os.access(path, os.R_OK):
                 raise InvalidRequest(f"{what} image is not readable: {path}")
+        if cfg.cpus is not None:
+            from .domain import host_cpus
+            for spec in (cfg.cpus if isinstance(cfg.cpus, list) else [cfg.cpus]):
+                host_cpus(spec)
         for disk in cfg.disks:
             if disk.target and disk.kind != "nbd" and not os.path.exists(disk.target):
                 raise InvalidRequest(f"disk {disk.vdev}: {disk.target} does not exist")

@@ -107,3 +107,18 @@ def _compiler() -> str:
     if comp.upper().startswith("GCC"):
         return "gcc version " + comp.split(None, 1)[1]
     return comp
+
+
+def dom0_vcpus() -> list[dict]:
+    """Domain-0's 'vCPUs' are the host's CPUs: vCPU n runs on CPU n."""
+    out = []
+    tck = os.sysconf("SC_CLK_TCK")
+    for line in Path("/proc/stat").read_text().splitlines()[1:]:
+        if not line.startswith("cpu"):
+            break
+        f = line.split()
+        n = int(f[0][3:])
+        busy = sum(int(x) for x in (f[1], f[2], f[3], f[6], f[7])) / tck
+        out.append({"vcpu": n, "online": True, "cpu": n, "running": True, "blocked": False,
+                    "paused": False, "cpu_time": busy, "affinity": "any cpu"})
+    return out

@@ -42,7 +42,11 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {}
-DEPRECATED: dict[str, str] = {}
+# Xen's deprecated spellings: run the new command after a warning on stderr.
+DEPRECATED: dict[str, str] = {
+    "balloon": "mem-set", "set-vcpus": "vcpu-set", "vif-list": "network-list",
+    "vbd-create": "block-attach", "vbd-destroy": "block-detach", "vbd-list": "block-list",
+}
 
 
 def command(name, args, help, opts=(), common=False, min_args=0, max_args=None, passthrough=False):
@@ -248,6 +252,78 @@ def cmd_log(ctx, opts, args):
     return 0
 
 
+# ---------------------------------------------------------------- vcpus
+@command("vcpu-list", "[Domain, ...]", "List the VCPUs for all/some domains.")
+def cmd_vcpu_list(ctx, opts, args):
+    if args:
+        targets = args
+    else:
+        targets = [str(d["domid"]) for d in sorted(ctx.client.get("/api/domains")["domains"],
+                                                   key=lambda d: d["domid"])]
+    lines = [fmt.VCPU_HEADER]
+    for t in targets:
+        info = ctx.client.get(f"/api/domains/{_dom(t)}/vcpus")
+        lines += [fmt.vcpu_row(info["name"], info["domid"], v) for v in info["vcpus"]]
+    print("\n".join(lines))
+    return 0
+
+
+@command("vcpu-pin", "<Domain> <VCPU|all> <CPUs|all>", "Set which CPUs a VCPU can use.",
+         min_args=3, max_args=3)
+def cmd_vcpu_pin(ctx, opts, args):
+    dom, vcpu, cpus = args
+    ctx.client.post(f"/api/domains/{_dom(dom)}/vcpu-pin", {"vcpu": vcpu, "cpus": cpus})
+    return 0
+
+
+def _int_arg(value: str, what: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise XmError(f"{what} must be an integer, got {value!r}") from None
+
+
+@command("sched-credit", "[-d <Domain> [-w[=WEIGHT]|-c[=CAP]]]",
+         "Get/set credit scheduler parameters.",
+         (Opt("d", "domain", "Domain to modify.", "DOMAIN"),
+          Opt("w", "weight", "Weight (int).", "WEIGHT"),
+          Opt("c", "cap", "Cap (int, % of one CPU; 0 = no cap).", "CAP")), max_args=0)
+def cmd_sched_credit(ctx, opts, args):
+    if ("weight" in opts or "cap" in opts) and "domain" not in opts:
+        raise XmError("Must specify a domain with -d to set parameters.")
+    if "domain" in opts:
+        dom = opts["domain"]
+        if "weight" in opts or "cap" in opts:
+            body = {}
+            if "weight" in opts:
+                body["weight"] = _int_arg(opts["weight"], "weight")
+            if "cap" in opts:
+                body["cap"] = _int_arg(opts["cap"], "cap")
+            ctx.client.post(f"/api/domains/{_dom(dom)}/sched-credit", body)
+            return 0
+        doms = [ctx.client.get(f"/api/domains/{_dom(dom)}")]
+    else:
+        doms = ctx.client.get("/api/domains")["domains"]
+    print(fmt.SCHED_CREDIT_HEADER)
+    for d in doms:
+        print(fmt.sched_credit_row(d))
+    return 0
+
+
+# -------------------------------------------------------------- devices
+@command("block-list", "<Domain> [--long]", "List virtual block devices for a domain.",
+         (Opt("l", "long", "List the devices in SXP."),), min_args=1, max_args=1)
+def cmd_block_list(ctx, opts, args):
+    devs = ctx.client.get(f"/api/domains/{_dom(args[0])}/devices/vbd")["devices"]
+    if "long" in opts:
+        sys.stdout.write("".join(fmt.block_long(d) for d in devs))
+    else:
+        print(fmt.BLOCK_HEADER)
+        for d in devs:
+            print(fmt.block_row(d))
+    return 0
+
+
 @command("help", "[--long] [<Command>]", "Display this message or help for a command.",
          (Opt(None, "long", "Show the full list of subcommands."),), common=True, max_args=1)
 def cmd_help(ctx, opts, args):
@@ -300,6 +376,9 @@ def long_help() -> str:
 def resolve(word: str) -> str | None:
     if word in COMMANDS:
         return word
+    if word in DEPRECATED and DEPRECATED[word] in COMMANDS:
+        print(f"Command {word} is deprecated.  Please use xm {DEPRECATED[word]} instead.", file=sys.stderr)
+        return DEPRECATED[word]
     matches = [n for n in COMMANDS if n.startswith(word)]
     return matches[0] if len(matches) == 1 else None
 

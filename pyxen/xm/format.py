@@ -53,3 +53,37 @@ def uptime_short(d: dict, now_struct) -> str:
     m = rem // 60
     ds = f"{days} day{'s' if days != 1 else ''}, " if days else ""
     return f" {time.strftime('%H:%M:%S', now_struct)} up {ds}{h}:{m:02d}, {d['name']} ({d['domid']})"
+
+
+VCPU_HEADER = "%-32s %5s %5s %5s %5s %9s %s" % ("Name", "ID", "VCPU", "CPU", "State", "Time(s)", "CPU Affinity")
+
+
+def vcpu_row(name: str, domid, v: dict) -> str:
+    if v["online"]:
+        c = str(v["cpu"])
+        s = ("r" if v["running"] else "-") + ("b" if v["blocked"] else "-") + ("p" if v.get("paused") else "-")
+    else:
+        c, s = "-", "--p"
+    return "%-32s %5s %5d %5s %5s  %8.1f %s" % (name, domid, v["vcpu"], c, s, v["cpu_time"], v["affinity"])
+
+
+SCHED_CREDIT_HEADER = "%-33s %4s %6s %4s" % ("Name", "ID", "Weight", "Cap")
+
+
+def sched_credit_row(d: dict) -> str:
+    return "%-32s %5s %6d %4d" % (d["name"], d["domid"], d["cpu_weight"], d["cpu_cap"])
+
+
+BLOCK_HEADER = "Vdev  BE handle state evt-ch ring-ref BE-path "
+
+
+def block_row(d: dict) -> str:
+    return "%(idx)-5d  %(backend-id)-3d  %(handle)-3d   %(state)-3d    %(event-ch)-3d    %(ring-ref)-5d %(be-path)-30s  " % d
+
+
+def block_long(d: dict) -> str:
+    from ..config import sxp
+    return sxp.pretty([d["idx"], ["vbd", ["backend-id", d["backend-id"]], ["virtual-device", d["idx"]],
+                                  ["device-type", d["type"]], ["state", d["state"]],
+                                  ["backend", d["be-path"]], ["uname", d["uname"]], ["dev", d["dev"]],
+                                  ["mode", d["mode"]]]])

@@ -22,3 +22,27 @@ def test_uptime_layout():
     assert fmt.UPTIME_HEADER == "Name" + " " * 32 + "ID Uptime "
     row = fmt.uptime_row({"name": "d", "domid": 3, "up_time": 90061})
     assert row == "d" + " " * 36 + "3 1 day,  1:01:01"
+
+
+def test_vcpu_list_layout():
+    assert fmt.VCPU_HEADER == "Name                                ID  VCPU   CPU State   Time(s) CPU Affinity"
+    on = {"vcpu": 0, "online": True, "cpu": 1, "running": True, "blocked": False, "cpu_time": 12.34,
+          "affinity": "any cpu"}
+    off = {"vcpu": 1, "online": False, "cpu": -1, "running": False, "blocked": False, "cpu_time": 0.0,
+           "affinity": "any cpu"}
+    assert fmt.vcpu_row("Domain-0", 0, on) == \
+        "Domain-0                             0     0     1   r--      12.3 any cpu"
+    assert fmt.vcpu_row("d", 5, off) == \
+        "d                                    5     1     -   --p       0.0 any cpu"
+
+
+def test_sched_credit_layout():
+    assert fmt.SCHED_CREDIT_HEADER == "Name                                ID Weight  Cap"
+    assert fmt.sched_credit_row({"name": "d", "domid": 2, "cpu_weight": 512, "cpu_cap": 50}) == \
+        "d                                    2    512   50"
+
+
+def test_block_list_layout():
+    row = fmt.block_row({"idx": 51713, "backend-id": 0, "handle": 51713, "state": 4, "event-ch": 0,
+                         "ring-ref": 0, "be-path": "/local/domain/0/backend/vbd/3/51713"})
+    assert row == "51713  0    51713   4      0      0     /local/domain/0/backend/vbd/3/51713  "
