@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from . import sxp
 from .errors import ConfigError
 from .options import ACTIONS, CRASH_ACTIONS
-from .specs import DiskSpec, disk_from_parts, parse_cpuset, parse_disk, parse_vif
+from .specs import (DiskSpec, PciSpec, disk_from_parts, parse_cpuset, parse_disk, parse_pci,
+                    parse_vif, pci_from_sxp)
 
 # The HVM variables xm copies into (image (hvm ...)), in Xen's order.
 HVM_KEYS = ("device_model", "pae", "boot", "cdrom", "fda", "fdb", "localtime", "rtc_timeoffset",
@@ -89,6 +90,7 @@ class DomainConfig:
     description: str = ""
     disks: list[DiskSpec] = field(default_factory=list)
     vifs: list[dict] = field(default_factory=list)
+    pci: list[PciSpec] = field(default_factory=list)
     # What xm noticed while evaluating the file (variables with no effect on
     # QEMU, unknown names); xend writes them to its log.  Not part of the SXP.
     notes: list[str] = field(default_factory=list, compare=False, repr=False)
@@ -173,6 +175,7 @@ class DomainConfig:
             console_port=_int(values, "console", None, minimum=1),
             description=_str(values, "description", ""),
             disks=disks, vifs=vifs,
+            pci=[p if isinstance(p, PciSpec) else parse_pci(p) for p in _list(values, "pci")],
             hvm=_hvm_values(values) if builder == "hvm" else {},
             **acts)
 
@@ -230,6 +233,8 @@ class DomainConfig:
             s.append(d.to_sxp())
         for v in self.vifs:
             s.append(["device", ["vif"] + [[k, val] for k, val in v.items()]])
+        for p in self.pci:
+            s.append(p.to_sxp())
         return s
 
     @classmethod
@@ -261,6 +266,10 @@ class DomainConfig:
                     values.setdefault("disk", []).append(disk_from_parts(
                         fields.get("uname", ""), fields.get("dev", ""), fields.get("mode", "r"),
                         fields.get("backend", "0")))
+                elif dev[0] == "pci":
+                    for d in dev[1:]:
+                        if isinstance(d, list) and d and d[0] == "dev":
+                            values.setdefault("pci", []).append(pci_from_sxp(d))
                 elif dev[0] == "vif":
                     values.setdefault("vif", []).append(",".join(f"{k}={v}" for k, v in fields.items()))
             elif key == "cpus":

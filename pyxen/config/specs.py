@@ -7,7 +7,7 @@ raises ConfigError naming the entry and what is wrong with it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field
 
 from .errors import ConfigError
 
@@ -295,3 +295,73 @@ def disk_number(vdev: str) -> int:
     if disk < 16 and part <= 15:
         return (202 << 8) | (disk << 4) | part
     return (1 << 28) | (disk << 8) | part
+
+
+# ------------------------------------------------------------------- PCI
+_PCI_RE = re.compile(r"^(?:([0-9a-fA-F]{1,4}):)?([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})\.([0-7])"
+                     r"(?:@([0-9a-fA-F]{1,2}))?$")
+
+
+@dataclass
+class PciSpec:
+    domain: int
+    bus: int
+    slot: int
+    func: int
+    vslot: int | None = None
+    opts: dict = field(default_factory=dict)
+
+    @property
+    def bdf(self) -> str:
+        return f"{self.domain:04x}:{self.bus:02x}:{self.slot:02x}.{self.func:x}"
+
+    def to_sxp(self) -> list:
+        dev = ["dev", ["domain", hex(self.domain)], ["bus", hex(self.bus)], ["slot", hex(self.slot)],
+               ["func", hex(self.func)]]
+        if self.vslot is not None:
+            dev.append(["vslot", hex(self.vslot)])
+        dev += [[k, v] for k, v in self.opts.items()]
+        return ["device", ["pci", dev]]
+
+
+def parse_pci(entry) -> PciSpec:
+    """'[DDDD:]BB:SS.F[@VSLOT][,msitranslate=0|1][,power_mgmt=0|1]' (3.4) or 'BUS,DEV,FUNC' (3.0)."""
+    if not isinstance(entry, str):
+        raise ConfigError(f"Invalid pci specifier {entry!r}: expected a string")
+    text = entry.strip()
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) == 3 and all(re.fullmatch(r"(0x)?[0-9a-fA-F]+", p) for p in parts):
+        bus, slot, func = (int(p, 16) for p in parts)
+        if bus > 0xff or slot > 0x1f or func > 7:
+            raise ConfigError(f"Invalid pci specifier {entry!r}: bus, device or function out of range")
+        return PciSpec(0, bus, slot, func)
+    m = _PCI_RE.match(parts[0])
+    if not m:
+        raise ConfigError(f"Invalid pci specifier {entry!r}: expected [DDDD:]BB:SS.F")
+    dom, bus, slot, func, vslot = m.groups()
+    spec = PciSpec(int(dom or "0", 16), int(bus, 16), int(slot, 16), int(func, 16),
+                   int(vslot, 16) if vslot else None)
+    if spec.slot > 0x1f:
+        raise ConfigError(f"Invalid pci specifier {entry!r}: slot {spec.slot:#x} out of range (max 0x1f)")
+    for opt in parts[1:]:
+        if "=" not in opt:
+            raise ConfigError(f"Invalid pci specifier {entry!r}: option {opt!r} should be key=value")
+        k, v = (x.strip() for x in opt.split("=", 1))
+        if k not in ("msitranslate", "power_mgmt"):
+            raise ConfigError(f"Invalid pci specifier {entry!r}: unknown option {k!r}")
+        if v not in ("0", "1"):
+            raise ConfigError(f"Invalid pci specifier {entry!r}: {k} must be 0 or 1")
+        spec.opts[k] = int(v)
+    return spec
+
+
+def pci_from_sxp(dev: list) -> PciSpec:
+    """(dev (domain 0x0)(bus 0x1)(slot 0x0)(func 0x0)[(vslot ..)]) -> PciSpec."""
+    f = {x[0]: x[1] for x in dev[1:] if isinstance(x, list) and len(x) > 1}
+    try:
+        spec = PciSpec(int(f.get("domain", "0"), 16), int(f["bus"], 16), int(f["slot"], 16),
+                       int(f["func"], 16), int(f["vslot"], 16) if "vslot" in f else None)
+    except (KeyError, ValueError):
+        raise ConfigError(f"Invalid pci device in SXP: {dev!r}") from None
+    spec.opts = {k: int(v) for k, v in f.items() if k in ("msitranslate", "power_mgmt")}
+    return spec

@@ -81,6 +81,9 @@ class Domains:
                 raise InvalidRequest(f"{what} image does not exist: {path}")
             if not os.access(path, os.R_OK):
                 raise InvalidRequest(f"{what} image is not readable: {path}")
+        if cfg.pci:
+            raise InvalidRequest(f"PCI passthrough of {', '.join(p.bdf for p in cfg.pci)} is not available: "
+                                 "this pyxen does not yet assign devices through VFIO")
         if cfg.cpus is not None:
             from .domain import host_cpus
             for spec in (cfg.cpus if isinstance(cfg.cpus, list) else [cfg.cpus]):
