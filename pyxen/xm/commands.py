@@ -12,8 +12,6 @@ from urllib.parse import quote
 
 from ..config import sxp
 from ..config.errors import ConfigError
-from ..config import xmconfig
-from ..config.options import help_text as config_help
 from ..paths import Paths
 from . import format as fmt
 from .client import Client, XmError
@@ -78,6 +76,10 @@ CREATE_OPTS = (
 @command("create", "<ConfigFile> [options] [vars]", "Create a domain based on <ConfigFile>.",
          CREATE_OPTS, common=True, passthrough=True)
 def cmd_create(ctx, opts, args):
+    # Imported here: the config evaluator is the heaviest part of xm and
+    # only create needs it (keeps every other command quick to start).
+    from ..config import xmconfig
+    from ..config.options import help_text as config_help
     if "help_config" in opts:
         sys.stdout.write(config_help())
         return 0

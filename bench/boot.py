@@ -1,0 +1,324 @@
+"""Boot benchmark: how long `xm create` takes to bring a guest to its init,
+against plain QEMU booting the very same thing.
+
+Three sides, each timed from just before its process is spawned to the
+moment the guest's init prints ``pyxen-init: started`` on the serial
+console (the console log file is polled every 2 ms, identically for all):
+
+* ``pyxen``: ``xm create <cfg>`` against one xend (TCG) on a throw-away
+  ``PYXEN_ROOT``; the guest is then removed with ``xm destroy``.  How long
+  ``xm create`` itself took to return is recorded too.
+* ``raw``: ``qemu-system-x86_64`` with the options pyxen's own argv builder
+  produces for that config (machine, memory, accelerator, -smp, the cached
+  PVH vmlinux pyxen boots, initrd, kernel command line) and nothing else.
+* ``naive`` (for information): QEMU with its defaults booting the bzImage
+  with only ``console=ttyS0``: what the kernel cache and tuned command line
+  buy.
+
+The pure parts (``summarize``, ``compare``, ``format_table``) are unit-tested
+without booting anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pyxen.config.domain import DomainConfig
+from pyxen.hypervisor.qemu import argv as qargv
+from pyxen.hypervisor.qemu.kcache import boot_kernel
+from pyxen.paths import Paths
+
+MARKER = b"pyxen-init: started"
+POLL = 0.002          # seconds between looks at a console log
+BOOT_TIMEOUT = 120.0  # seconds before a boot counts as failed
+MEMORY = 128
+VCPUS = 1
+ACCEL = "tcg"
+SIDES = ("raw", "pyxen", "naive")
+LABELS = {"raw": "raw qemu (same kernel, cmdline)",
+          "pyxen": "pyxen: xm create -> init",
+          "pyxen_create": "  of which xm create returned",
+          "naive": "naive raw qemu (bzImage, defaults)"}
+
+
+# ------------------------------------------------------------ pure parts
+def summarize(samples: list[float]) -> dict:
+    """Median, min and max of a list of seconds."""
+    if not samples:
+        raise ValueError("no samples")
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples),
+            "n": len(samples)}
+
+
+def compare(raw_median: float, pyxen_median: float) -> dict:
+    """pyxen's overhead over raw QEMU and the target verdict:
+    pass if the overhead is below max(10 % of raw, 150 ms)."""
+    overhead_ms = (pyxen_median - raw_median) * 1000
+    budget_ms = max(0.10 * raw_median * 1000, 150.0)
+    return {"overhead_ms": round(overhead_ms, 1), "ratio": round(pyxen_median / raw_median, 3),
+            "budget_ms": round(budget_ms, 1), "pass": overhead_ms < budget_ms}
+
+
+def format_table(result: dict) -> str:
+    """The plain-text report printed to stdout and pasted in the README."""
+    cfg, summ, cmp = result["config"], result["summary"], result["compare"]
+    head = (f"boot to init ({cfg['accel'].upper()}, {cfg['memory']} MiB, {cfg['vcpus']} vCPU, "
+            f"{cfg['runs']} runs)")
+    w = max(len(head), *(len(LABELS[k]) for k in summ)) + 2
+    lines = [f"{head:<{w}}{'median':>8}{'min':>8}{'max':>8}"]
+    for key in ("raw", "pyxen", "pyxen_create", "naive"):
+        if key in summ:
+            s = summ[key]
+            lines.append(f"{LABELS[key]:<{w}}{s['median']:>6.2f} s{s['min']:>8.2f}{s['max']:>8.2f}")
+    lines.append(f"overhead {cmp['overhead_ms']:.0f} ms, ratio {cmp['ratio']:.2f}  -> target "
+                 f"(< max(10%, 150 ms) = {cmp['budget_ms']:.0f} ms): "
+                 f"{'PASS' if cmp['pass'] else 'FAIL'}")
+    return "\n".join(lines)
+
+
+def raw_argv(pyxen_argv: list[str]) -> list[str]:
+    """Plain QEMU from pyxen's argv: keep what shapes the guest and its boot
+    (binary, machine, memory, accelerator, vCPUs, kernel, initrd, command
+    line); drop the toolstack's plumbing (QMP, console socket, -S,
+    -daemonize, ...).  The caller adds ``-serial``."""
+    keep = ("-machine", "-m", "-accel", "-smp", "-kernel", "-initrd", "-append")
+    out = [pyxen_argv[0]]
+    for i, a in enumerate(pyxen_argv[:-1]):
+        if a in keep:
+            out += [a, pyxen_argv[i + 1]]
+    return out + ["-nodefaults", "-no-user-config", "-display", "none"]
+
+
+# ------------------------------------------------------------ measuring
+class Marker:
+    """Finds MARKER in a growing file that may not exist yet."""
+
+    def __init__(self, path: Path):
+        self.path, self.f, self.tail = path, None, b""
+
+    def seen(self) -> bool:
+        if self.f is None:
+            try:
+                self.f = open(self.path, "rb")
+            except FileNotFoundError:
+                return False
+        data = self.f.read()
+        if not data:
+            return False
+        buf = self.tail + data
+        self.tail = buf[-len(MARKER):]
+        return MARKER in buf
+
+    def close(self) -> None:
+        if self.f:
+            self.f.close()
+
+
+def wait_marker(path: Path, proc: subprocess.Popen | None = None,
+                may_exit: bool = False) -> tuple[float, float | None]:
+    """Poll *path* until MARKER shows; return (time seen, time *proc* exited
+    or None), both time.monotonic().  *proc* exiting is an error unless
+    *may_exit* (``xm create`` returns before the guest is up) and it exits 0."""
+    m, exited = Marker(path), None
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    try:
+        while True:
+            if m.seen():
+                return time.monotonic(), exited
+            now = time.monotonic()
+            if proc is not None and exited is None and proc.poll() is not None:
+                exited = now
+                if proc.returncode != 0 or not may_exit:
+                    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                    raise RuntimeError(f"{proc.args[0]} exited {proc.returncode}: {err.strip()}")
+            if now > deadline:
+                raise TimeoutError(f"no {MARKER.decode()!r} in {path} within {BOOT_TIMEOUT:.0f} s")
+            time.sleep(POLL)
+    finally:
+        m.close()
+
+
+class Bench:
+    """One xend on a fresh root, the image, and the argv of every side."""
+
+    def __init__(self):
+        self.root = Path(tempfile.mkdtemp(prefix="pxb", dir="/tmp"))  # short: socket paths
+        self.env = dict(os.environ, PYXEN_ROOT=str(self.root))
+        self.image = Paths.from_env().default_image
+        self.xm = shutil.which("xm") or "xm"
+        self.live: set[str] = set()            # pyxen domains not yet destroyed
+        self.procs: list[subprocess.Popen] = []  # raw QEMUs not yet reaped
+        self.xend_up = False
+        self.n = 0
+        vmlinuz, initrd = self.image / "vmlinuz", self.image / "initrd.img"
+        cfg = DomainConfig.from_values({"name": "bench", "kernel": str(vmlinuz),
+                                        "ramdisk": str(initrd), "memory": MEMORY, "vcpus": VCPUS})
+        # The same lookup xend does, so raw QEMU boots the file pyxen boots.
+        self.kernel = boot_kernel(str(vmlinuz), Paths.from_env().images / "cache")
+        rt = qargv.Runtime(domid=0, run_dir=self.root, console_log=self.root / "c.log",
+                           accel=ACCEL, kernel=self.kernel)
+        self.pyxen_argv = qargv.build(cfg, rt)
+        self.qemu = self.pyxen_argv[0]
+        self.naive = [self.qemu, "-m", str(MEMORY), "-display", "none",
+                      "-kernel", str(vmlinuz), "-initrd", str(initrd), "-append", "console=ttyS0"]
+
+    # ---------------------------------------------------------- lifecycle
+    def _run(self, *argv: str) -> subprocess.CompletedProcess:
+        res = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=120)
+        if res.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} failed: {res.stderr.strip() or res.stdout.strip()}")
+        return res
+
+    def start(self) -> None:
+        (self.root / "etc/xen").mkdir(parents=True)
+        (self.root / "etc/xen/xend-config.sxp").write_text(f"(accel {ACCEL})\n")
+        self._run("xend", "start")
+        self.xend_up = True
+
+    def close(self) -> None:
+        """Destroy what is left, stop xend, kill stray QEMUs, remove the root."""
+        for name in list(self.live):
+            subprocess.run([self.xm, "destroy", name], env=self.env, capture_output=True)
+        for p in self.procs:
+            p.kill()
+            p.wait()
+        if self.xend_up:
+            subprocess.run(["xend", "stop"], env=self.env, capture_output=True)
+        for pid in _qemus_under(self.root):   # a last resort; normally none
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self):
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---------------------------------------------------------- one boot each
+    def boot_pyxen(self) -> tuple[float, float]:
+        """(seconds to init, seconds for xm create to return)."""
+        self.n += 1
+        name = f"b{self.n}"
+        cfgfile = self.root / "etc/xen" / name
+        cfgfile.write_text(f'kernel = "{self.image / "vmlinuz"}"\nramdisk = "{self.image / "initrd.img"}"\n'
+                           f'memory = {MEMORY}\nvcpus = {VCPUS}\nname = "{name}"\n')
+        log = self.root / f"var/log/xen/console/guest-{name}.log"
+        self.live.add(name)
+        t0 = time.monotonic()
+        proc = subprocess.Popen([self.xm, "create", str(cfgfile)], env=self.env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        try:
+            seen, exited = wait_marker(log, proc, may_exit=True)
+            if exited is None:
+                proc.wait()
+                exited = time.monotonic()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            proc.stderr.close()
+        self._run(self.xm, "destroy", name)
+        self.live.discard(name)
+        return seen - t0, exited - t0
+
+    def _boot_qemu(self, argv: list[str]) -> float:
+        self.n += 1
+        serial = self.root / f"raw{self.n}.log"
+        t0 = time.monotonic()
+        proc = subprocess.Popen(argv + ["-serial", f"file:{serial}"], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.procs.append(proc)
+        try:
+            seen, _ = wait_marker(serial, proc)
+        finally:
+            proc.kill()
+            proc.wait()
+            proc.stderr.close()
+            self.procs.remove(proc)
+        return seen - t0
+
+    def boot_raw(self) -> float:
+        return self._boot_qemu(raw_argv(self.pyxen_argv))
+
+    def boot_naive(self) -> float:
+        return self._boot_qemu(self.naive)
+
+
+def _qemus_under(root: Path) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"qemu-system" in cmd and f"{root}/".encode() in cmd:
+                pids.append(int(d.name))
+    return pids
+
+
+def host_info(bench: Bench) -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "")
+    qver = subprocess.run([bench.qemu, "--version"], capture_output=True, text=True).stdout.splitlines()
+    try:
+        manifest = json.loads((bench.image / "manifest.json").read_text())
+    except (OSError, ValueError):
+        manifest = {}
+    return {"nproc": os.cpu_count(), "cpu": cpu, "accel": ACCEL, "host_kernel": platform.release(),
+            "qemu": qver[0] if qver else "", "guest_kernel": manifest.get("kernel_version", ""),
+            "python": platform.python_version()}
+
+
+# ------------------------------------------------------------ the run
+def run(runs: int = 5, progress=print) -> dict:
+    """Warm up each side once, then *runs* timed boots of each, alternating
+    which of pyxen and raw goes first; naive last in every round."""
+    samples = {"raw": [], "pyxen": [], "pyxen_create": [], "naive": []}
+    with Bench() as b:
+        host = host_info(b)
+        host["loadavg_1min"] = round(os.getloadavg()[0], 2)  # other work on the host skews TCG timings
+        for i in range(runs + 1):
+            order = ("pyxen", "raw") if i % 2 == 0 else ("raw", "pyxen")
+            for side in order + ("naive",):
+                if side == "pyxen":
+                    t, created = b.boot_pyxen()
+                else:
+                    t, created = (b.boot_raw() if side == "raw" else b.boot_naive()), None
+                if i == 0:
+                    progress(f"warm-up {side}: {t:.2f} s")
+                    continue
+                samples[side].append(round(t, 4))
+                if created is not None:
+                    samples["pyxen_create"].append(round(created, 4))
+                progress(f"run {i}/{runs} {side}: {t:.2f} s")
+        summary = {k: summarize(v) for k, v in samples.items()}
+        return {
+            "benchmark": "boot",
+            "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "host": host,
+            "config": {"runs": runs, "memory": MEMORY, "vcpus": VCPUS, "accel": ACCEL,
+                       "marker": MARKER.decode(), "poll_ms": POLL * 1000, "xm": b.xm,
+                       "kernel": b.kernel, "cmdline": b.pyxen_argv[b.pyxen_argv.index("-append") + 1],
+                       "raw_argv": raw_argv(b.pyxen_argv) + ["-serial", "file:<log>"],
+                       "naive_argv": b.naive + ["-serial", "file:<log>"]},
+            "samples": samples,
+            "summary": summary,
+            "compare": compare(summary["raw"]["median"], summary["pyxen"]["median"]),
+        }
