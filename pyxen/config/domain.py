@@ -115,7 +115,7 @@ class DomainConfig:
             raise ConfigError(f"builder: expected 'linux' or 'hvm', got {builder!r}")
         acts = {k: _str(values, k, d) for k, d in
                 (("on_poweroff", "destroy"), ("on_reboot", "restart"), ("on_crash", "restart"))}
-        restart = values.get("restart")
+        restart = _str(values, "restart", "")
         if restart:
             if restart not in _RESTART_MAP:
                 raise ConfigError(f"restart: expected onreboot, always or never, got {restart!r}")
