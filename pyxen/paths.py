@@ -58,6 +58,10 @@ class Paths:
     def save_dir(self) -> Path:
         return self.lib / "save"
 
+    @property
+    def dump_dir(self) -> Path:
+        return self._p("var/xen/dump")
+
     # --- var/run/pyxen: sockets and pids, gone after a host reboot
     @property
     def run(self) -> Path:

@@ -155,6 +155,20 @@ class Api:
             await dom.vcpu_pin(str(body.get("vcpu", "")), str(body.get("cpus", "")))
         elif op == "sched-credit":
             await dom.sched_credit(_opt_int(body, "weight"), _opt_int(body, "cap"))
+        elif op == "vcpu-set":
+            await dom.vcpu_set(_req_int(body, "vcpus"))
+        elif op == "mem-set":
+            await dom.mem_set(_req_int(body, "memory"))
+        elif op == "mem-max":
+            await dom.mem_max(_req_int(body, "memory"))
+        elif op == "sysrq":
+            await dom.sysrq(str(body.get("key", "")))
+        elif op == "rename":
+            await dom.rename(str(body.get("name", "")))
+        elif op == "dump-core":
+            path = await dom.dump_core(body.get("file") or None, bool(body.get("live")),
+                                       bool(body.get("crash")), bool(body.get("reset")))
+            return web.json_response({"file": path})
         elif op in ("shutdown", "reboot"):
             reason = "reboot" if op == "reboot" else body.get("reason", "poweroff")
             if reason not in ("poweroff", "halt", "reboot"):
@@ -241,6 +255,13 @@ def _opt_int(body: dict, key: str) -> int | None:
         return int(v)
     except (TypeError, ValueError):
         raise InvalidRequest(f"{key} must be an integer, got {v!r}") from None
+
+
+def _req_int(body: dict, key: str) -> int:
+    v = _opt_int(body, key)
+    if v is None:
+        raise InvalidRequest(f"{key} is required")
+    return v
 
 
 def _uptime() -> float:

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import time
+import uuid as uuidlib
 from typing import TYPE_CHECKING
 
 from ..config import sxp
@@ -26,6 +27,7 @@ from ..hypervisor.qemu import process
 from ..hypervisor.qemu.kcache import boot_kernel
 from ..hypervisor.qemu.qmp import QmpSession, QMPError
 from .console import ConsoleRelay
+from .control import ControlChannel, ControlError
 from .errors import Conflict, InvalidRequest, XendError
 
 if TYPE_CHECKING:
@@ -52,6 +54,7 @@ class Domain:
         self.halted = asyncio.Event()     # shut down or crashed, and preserved
         self.qmp: QmpSession | None = None
         self.console: ConsoleRelay | None = None
+        self.control: ControlChannel | None = None
         self.vcpu_tids: list[int] = []
         self._exit_watch = None
         self._expect_exit = False
@@ -112,11 +115,12 @@ class Domain:
         argv = qargv.build(self.cfg, rt)
         log.info("%s: starting QEMU: %s", self.name, " ".join(argv))
         try:
-            self.pid = await loop.run_in_executor(None, process.start, argv, rt.pidfile)
+            self.pid = await loop.run_in_executor(None, process.start, argv, rt.pidfile, rt.qemu_log)
         except process.QemuStartError as e:
             raise XendError(f"QEMU failed to start domain {self.name}: {e}") from None
         self.persist()
         await self._connect(rt)
+        await self.setup_cpus_and_memory()
         self.apply_placement(initial=True)
         self.state = "running"
         self.start_time = time.time()
@@ -133,6 +137,8 @@ class Domain:
         self.console = ConsoleRelay(self.name, str(rt.console_sock),
                                     self.reg.config["console-limit"] * 1024)
         await self.console.start()
+        self.control = ControlChannel(self.name, str(rt.control_sock))
+        await self.control.connect()
         await self._export_console()
         await self.refresh_vcpus()
 
@@ -206,6 +212,18 @@ class Domain:
                          "crash" if reason == "crash" else ("reboot" if reason == "reboot" else "poweroff"),
                          action)
                 self.shutdown_reason = reason
+                ran = time.time() - self.start_time
+                if reason == "crash" and action.endswith("restart") and \
+                        ran < self.reg.config["minimum-restart-time"]:
+                    log.error("%s: crashed after only %.0f s (< minimum-restart-time %d s); destroying "
+                              "instead of restarting", self.name, ran, self.reg.config["minimum-restart-time"])
+                    action = "destroy"
+                if action.startswith("coredump-"):
+                    await self._coredump_locked(None)
+                    action = action.split("-", 1)[1]
+                if action == "rename-restart":
+                    await self._rename_restart_locked(reason)
+                    return
                 if action.endswith("restart"):
                     if reason != "reboot":
                         await self.qmp.execute("system_reset")
@@ -234,7 +252,9 @@ class Domain:
         if self._expect_exit or self.pid is None:
             return
         if not process.alive(self.pid):
-            await self._qemu_died()
+            # A task of its own: handling the death closes this QMP session,
+            # whose watcher task is the one calling us.
+            asyncio.get_running_loop().create_task(self._qemu_died())
 
     async def _qemu_died(self) -> None:
         if self._expect_exit or self.state in ("dying",) or self.gone.is_set():
@@ -244,7 +264,10 @@ class Domain:
         async with self.lock:
             await self._release()
             self.shutdown_reason = "crash"
-            if self.cfg.on_crash.endswith("restart"):
+            ran = time.time() - self.start_time
+            if self.cfg.on_crash.endswith("restart") and ran < self.reg.config["minimum-restart-time"]:
+                log.error("%s: ran only %.0f s (< minimum-restart-time); not restarting", self.name, ran)
+            elif self.cfg.on_crash.endswith("restart"):
                 try:
                     self.state = "creating"
                     self.persist()
@@ -259,6 +282,125 @@ class Domain:
                 self.halted.set()
                 return
             self._finish_destroy()
+
+    # ---------------------------------------------------- vCPUs and memory
+    async def setup_cpus_and_memory(self) -> None:
+        """Before the guest runs: balloon down to 'memory' when maxmem is larger."""
+        if self.cfg.maxmem and self.cfg.maxmem > self.cfg.memory:
+            await self.qmp.execute("balloon", {"value": self.cfg.memory << 20})
+
+    async def vcpu_set(self, n: int) -> None:
+        """Bring vCPUs 0..n-1 online and the rest offline, inside the guest."""
+        async with self.lock:
+            self._require_live()
+            maxv = qargv.max_vcpus(self.cfg)
+            if not 1 <= n <= maxv:
+                raise InvalidRequest(f"vcpus must be 1-{maxv} for domain {self.name} (maxvcpus {maxv}), got {n}")
+            order = list(range(1, maxv))
+            # Offline from the top down, online from the bottom up.
+            for i in (order if n > self.cfg.vcpus else reversed(order)):
+                want = "online" if i < n else "offline"
+                try:
+                    await self.control.request(f"cpu {i} {want}")
+                except ControlError as e:
+                    raise XendError(str(e)) from None
+            self.cfg.vcpus = n
+            self.persist(config=True)
+
+    async def mem_set(self, mib: int) -> None:
+        async with self.lock:
+            self._require_live()
+            ceiling = max(self.cfg.memory, self.cfg.maxmem or 0, self._boot_memory())
+            limit = min(self.cfg.maxmem or ceiling, self._boot_memory())
+            if not 16 <= mib <= limit:
+                raise InvalidRequest(f"memory for domain {self.name} must be 16-{limit} MiB (maxmem), got {mib}")
+            await self.qmp.execute("balloon", {"value": mib << 20})
+            self.cfg.memory = mib
+            self.persist(config=True)
+
+    async def mem_max(self, mib: int) -> None:
+        async with self.lock:
+            boot = self._boot_memory()
+            if mib < self.cfg.memory:
+                raise InvalidRequest(f"maxmem {mib} MiB is below the domain's current memory ({self.cfg.memory} MiB)")
+            if self.pid and mib > boot:
+                raise InvalidRequest(f"maxmem cannot exceed {boot} MiB while domain {self.name} runs "
+                                     "(its memory size is fixed at boot)")
+            self.cfg.maxmem = mib
+            self.persist(config=True)
+
+    def _boot_memory(self) -> int:
+        """The RAM QEMU was started with (the balloon ceiling)."""
+        if self.pid:
+            args = process.cmdline(self.pid)
+            if "-m" in args:
+                try:
+                    return int(args[args.index("-m") + 1].rstrip("M"))
+                except (ValueError, IndexError):
+                    pass
+        return max(self.cfg.memory, self.cfg.maxmem or 0)
+
+    # --------------------------------------------------------- misc control
+    async def sysrq(self, key: str) -> None:
+        if len(key) != 1 or not key.isalnum():
+            raise InvalidRequest(f"Invalid sysrq key {key!r}")
+        async with self.lock:
+            self._require_live()
+            await self.qmp.execute("send-key", {"keys": [
+                {"type": "qcode", "data": "alt"}, {"type": "qcode", "data": "sysrq"},
+                {"type": "qcode", "data": key.lower()}]})
+
+    async def dump_core(self, path: str | None, live: bool, crash: bool, reset: bool) -> str:
+        async with self.lock:
+            self._require_live()
+            path = await self._coredump_locked(path, live)
+            if crash:
+                await self._destroy_locked()
+            elif reset:
+                await self.qmp.execute("system_reset")
+            return path
+
+    async def _coredump_locked(self, path: str | None, live: bool = False) -> str:
+        if path is None:
+            d = self.reg.paths.dump_dir
+            d.mkdir(parents=True, exist_ok=True)
+            path = str(d / time.strftime(f"%Y-%m%d-%H%M.%S-{self.name}.{self.domid}.core"))
+        was_paused = self.paused
+        if not live and not was_paused:
+            await self.qmp.execute("stop")
+        try:
+            await self.qmp.execute("dump-guest-memory", {"paging": False, "protocol": f"file:{path}"},
+                                   timeout=600)
+        except QMPError as e:
+            raise XendError(f"dump of domain {self.name} failed: {e}") from None
+        finally:
+            if not live and not was_paused and self.state == "running":
+                await self.qmp.execute("cont")
+        log.info("%s: core dumped to %s", self.name, path)
+        return path
+
+    async def rename(self, new: str) -> None:
+        async with self.lock:
+            self.reg.check_name_free(new, self)
+            old = self.cfg.name
+            self.cfg.name = new
+            try:
+                self.persist(config=True)
+            except Exception:
+                self.cfg.name = old
+                raise
+            log.info("%s: renamed to %s", old, new)
+
+    async def _rename_restart_locked(self, reason: str) -> None:
+        """Keep this (stopped) domain as Domain-<uuid>; start a fresh one under the name."""
+        cfg = DomainConfig.from_sxp(self.cfg.to_sxp())
+        cfg.uuid = str(uuidlib.uuid4())
+        self.cfg.name = f"Domain-{self.uuid}"
+        self.state = "crashed" if reason == "crash" else "shutdown"
+        self.persist(config=True)
+        self.halted.set()
+        log.info("%s: preserved as %s; restarting", cfg.name, self.cfg.name)
+        asyncio.get_running_loop().create_task(self.reg.create_config(cfg))
 
     # ------------------------------------------------------------ operations
     def _require_live(self) -> None:
@@ -327,6 +469,9 @@ class Domain:
         if self.console is not None:
             await self.console.close()
             self.console = None
+        if self.control is not None:
+            await self.control.close()
+            self.control = None
         shutil.rmtree(self.reg.paths.domain_run(self.domid), ignore_errors=True)
         cgroups.remove(self.uuid)
 
@@ -345,6 +490,8 @@ class Domain:
             await self.qmp.close()
         if self.console is not None:
             await self.console.close()
+        if self.control is not None:
+            await self.control.close()
 
     # ------------------------------------------------------- CPU placement
     def apply_placement(self, initial: bool) -> None:
@@ -419,9 +566,8 @@ class Domain:
     def vcpu_info(self) -> list[dict]:
         host = set(range(os.cpu_count() or 1))
         out = []
-        maxv = self.cfg.maxvcpus or self.cfg.vcpus
-        for i in range(max(maxv, len(self.vcpu_tids))):
-            if i < len(self.vcpu_tids) and self.pid:
+        for i in range(max(qargv.max_vcpus(self.cfg), len(self.vcpu_tids))):
+            if i < len(self.vcpu_tids) and i < self.cfg.vcpus and self.pid:
                 tid = self.vcpu_tids[i]
                 st, secs, cpu = process.thread_stat(self.pid, tid)
                 aff = process.thread_affinity(tid)
@@ -464,7 +610,7 @@ class Domain:
         return {
             "domid": self.domid, "name": self.name, "uuid": self.uuid,
             "memory": self.cfg.memory, "maxmem": self.cfg.maxmem or self.cfg.memory,
-            "vcpus": self.cfg.vcpus, "online_vcpus": len(self.vcpu_tids) or self.cfg.vcpus,
+            "vcpus": qargv.max_vcpus(self.cfg), "online_vcpus": self.cfg.vcpus,
             "state": state, "status": self.status_code(), "cpu_time": self.cpu_time(),
             "start_time": self.start_time, "up_time": time.time() - self.start_time,
             "shutdown_reason": self.shutdown_reason, "accel": self.accel,

@@ -63,14 +63,32 @@ class Domains:
         return domid
 
     # ---------------------------------------------------------------- create
-    def _validate(self, cfg: DomainConfig) -> None:
-        if cfg.name == "Domain-0" or cfg.name.isdigit():
-            raise InvalidRequest(f"Invalid domain name {cfg.name!r}")
+    def check_name_free(self, name: str, owner: Domain | None = None) -> None:
+        if not name or name == "Domain-0" or name.isdigit() or "/" in name:
+            raise InvalidRequest(f"Invalid domain name {name!r}")
         for d in self.by_uuid.values():
-            if d.name == cfg.name:
-                raise Conflict(f"Domain '{cfg.name}' already exists with ID '{d.domid}'")
+            if d.name == name and d is not owner:
+                raise Conflict(f"Domain '{name}' already exists with ID '{d.domid}'")
+
+    def _check_memory(self, cfg: DomainConfig) -> None:
+        """Refuse up front a domain the host cannot hold (never OOM later)."""
+        from .host import dom0_memory_mib
+        need = max(cfg.memory, cfg.maxmem or 0)
+        used = sum(max(d.cfg.memory, d.cfg.maxmem or 0) for d in self.by_uuid.values() if d.pid or
+                   d.state == "creating")
+        floor = self.config["dom0-min-mem"]
+        free = dom0_memory_mib() - floor - used
+        if need > free:
+            raise InvalidRequest(f"Not enough memory for domain {cfg.name}: it needs {need} MiB, "
+                                 f"{max(free, 0)} MiB are free for domains (host {dom0_memory_mib()} MiB, "
+                                 f"dom0-min-mem {floor} MiB, domains {used} MiB)")
+
+    def _validate(self, cfg: DomainConfig) -> None:
+        self.check_name_free(cfg.name)
+        for d in self.by_uuid.values():
             if d.uuid == cfg.uuid:
                 raise Conflict(f"Domain with UUID {cfg.uuid} already exists as '{d.name}'")
+        self._check_memory(cfg)
         files = []
         if cfg.builder == "linux":
             files.append(("kernel", cfg.kernel))
@@ -97,6 +115,9 @@ class Domains:
             cfg = DomainConfig.from_sxp(sxp.from_string(config_sxp))
         except (ConfigError, sxp.SxpError) as e:
             raise InvalidRequest(f"invalid domain config: {e}") from None
+        return await self.create_config(cfg, paused)
+
+    async def create_config(self, cfg: DomainConfig, paused: bool = False) -> Domain:
         accel = await self.accel.get()
         async with self._create_lock:
             self._validate(cfg)

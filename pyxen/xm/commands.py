@@ -312,6 +312,69 @@ def cmd_sched_credit(ctx, opts, args):
     return 0
 
 
+@command("vcpu-set", "<Domain> <vCPUs>", "Set the number of active VCPUs for allowed for the domain.",
+         min_args=2, max_args=2)
+def cmd_vcpu_set(ctx, opts, args):
+    ctx.client.post(f"/api/domains/{_dom(args[0])}/vcpu-set", {"vcpus": _int_arg(args[1], "vCPUs")})
+    return 0
+
+
+def parse_mem(text: str) -> int:
+    """Xen's size argument: MiB, or with a k/m/g suffix."""
+    t = text.strip()
+    mult = {"k": 1 / 1024, "m": 1, "g": 1024}
+    unit = 1
+    if t and t[-1].lower() in mult:
+        unit, t = mult[t[-1].lower()], t[:-1]
+    try:
+        value = int(t)
+    except ValueError:
+        raise XmError(f"Invalid memory size: {text!r}") from None
+    if value < 0:
+        raise XmError(f"Invalid memory size: {text!r}")
+    return int(value * unit)
+
+
+@command("mem-set", "<Domain> <Mem>", "Set the current memory usage for a domain.", min_args=2, max_args=2)
+def cmd_mem_set(ctx, opts, args):
+    ctx.client.post(f"/api/domains/{_dom(args[0])}/mem-set", {"memory": parse_mem(args[1])})
+    return 0
+
+
+@command("mem-max", "<Domain> <Mem>", "Set the maximum amount reservation for a domain.",
+         min_args=2, max_args=2)
+def cmd_mem_max(ctx, opts, args):
+    ctx.client.post(f"/api/domains/{_dom(args[0])}/mem-max", {"memory": parse_mem(args[1])})
+    return 0
+
+
+@command("sysrq", "<Domain> <letter>", "Send a sysrq to a domain.", min_args=2, max_args=2)
+def cmd_sysrq(ctx, opts, args):
+    ctx.client.post(f"/api/domains/{_dom(args[0])}/sysrq", {"key": args[1]})
+    return 0
+
+
+@command("rename", "<Domain> <NewDomainName>", "Rename a domain.", min_args=2, max_args=2)
+def cmd_rename(ctx, opts, args):
+    ctx.client.post(f"/api/domains/{_dom(args[0])}/rename", {"name": args[1]})
+    return 0
+
+
+@command("dump-core", "[-L|--live] [-C|--crash] [-R|--reset] <Domain> [Filename]",
+         "Dump core for a specific domain.",
+         (Opt("L", "live", "Dump core without pausing the domain."),
+          Opt("C", "crash", "Crash domain after dumping core."),
+          Opt("R", "reset", "Reset domain after dumping core.")), min_args=1, max_args=2)
+def cmd_dump_core(ctx, opts, args):
+    if "crash" in opts and "reset" in opts:
+        raise XmError("You may not specify more than one '-CR' option.")
+    file = os.path.abspath(args[1]) if len(args) > 1 else None
+    print(f"Dumping core of domain: {args[0]} ...")
+    ctx.client.post(f"/api/domains/{_dom(args[0])}/dump-core",
+                    {"file": file, "live": "live" in opts, "crash": "crash" in opts, "reset": "reset" in opts})
+    return 0
+
+
 # -------------------------------------------------------------- devices
 @command("block-list", "<Domain> [--long]", "List virtual block devices for a domain.",
          (Opt("l", "long", "List the devices in SXP."),), min_args=1, max_args=1)

@@ -32,8 +32,16 @@ class Runtime:
         return self.run_dir / "qmp.sock"
 
     @property
+    def control_sock(self) -> Path:
+        return self.run_dir / "control.sock"
+
+    @property
     def console_sock(self) -> Path:
         return self.run_dir / "console.sock"
+
+    @property
+    def qemu_log(self) -> Path:
+        return self.console_log.parent.parent / f"qemu-dm-{self.console_log.stem.removeprefix('guest-')}.log"
 
     @property
     def pidfile(self) -> Path:
@@ -45,9 +53,14 @@ def _chardev_path(p: Path) -> str:
     return str(p).replace(",", ",,")
 
 
+def max_vcpus(cfg: DomainConfig) -> int:
+    return max(cfg.maxvcpus or cfg.vcpus, cfg.vcpus)
+
+
 def kernel_cmdline(cfg: DomainConfig) -> str:
     args = cfg.kernel_args()
-    return " ".join(x for x in ("console=ttyS0", FAST_CMDLINE, args) if x)
+    boot_cpus = f"maxcpus={cfg.vcpus}" if max_vcpus(cfg) > cfg.vcpus else ""
+    return " ".join(x for x in ("console=ttyS0", FAST_CMDLINE, boot_cpus, args) if x)
 
 
 def build(cfg: DomainConfig, rt: Runtime) -> list[str]:
@@ -56,25 +69,33 @@ def build(cfg: DomainConfig, rt: Runtime) -> list[str]:
          "-uuid", cfg.uuid,
          "-machine", "pc",
          "-nodefaults", "-no-user-config", "-display", "none",
-         "-m", f"{cfg.memory}M"]
+         # Boot with the ceiling (maxmem); xend balloons down to 'memory'.
+         "-m", f"{max(cfg.memory, cfg.maxmem or 0)}M"]
     if rt.accel == "kvm":
         a += ["-accel", "kvm", "-cpu", "host"]
     else:
         # A 64 MiB translation cache instead of the 1 GiB default per guest.
         a += ["-accel", "tcg,tb-size=64"]
-    maxv = cfg.maxvcpus or cfg.vcpus
-    a += ["-smp", f"{cfg.vcpus},maxcpus={maxv}" if maxv > cfg.vcpus else str(cfg.vcpus)]
+    # Every vCPU up to maxvcpus exists from the start; the guest kernel brings
+    # up only 'vcpus' of them (maxcpus=) and xm vcpu-set onlines/offlines the
+    # rest through the control channel, as Xen's cpu/N/availability did.
+    # (QEMU 7.2 crashes when a hot-unplugged vCPU slot is plugged again.)
+    a += ["-smp", str(max_vcpus(cfg))]
     a += ["-chardev", f"socket,id=qmp,path={_chardev_path(rt.qmp_sock)},server=on,wait=off",
           "-mon", "chardev=qmp,mode=control",
           "-chardev", (f"socket,id=con0,path={_chardev_path(rt.console_sock)},server=on,wait=off,"
                        f"logfile={_chardev_path(rt.console_log)},logappend=on"),
-          "-serial", "chardev:con0"]
+          "-serial", "chardev:con0",
+          "-device", "virtio-serial-pci,id=vser0",
+          "-chardev", f"socket,id=ctl,path={_chardev_path(rt.control_sock)},server=on,wait=off",
+          "-device", "virtserialport,bus=vser0.0,chardev=ctl,name=org.pyxen.control"]
     # The toolstack, not QEMU, decides what a guest poweroff or panic means:
     # QEMU stops and reports, xend applies on_poweroff/on_crash.  A guest
     # reboot resets in place (the common on_reboot=restart costs nothing);
     # xend sees the RESET event and applies any other on_reboot action.
     a += ["-action", "shutdown=pause", "-action", "panic=pause",
-          "-device", "pvpanic"]
+          "-device", "pvpanic-pci",
+          "-device", "virtio-balloon-pci,id=balloon0"]
     if cfg.builder == "linux":
         a += ["-kernel", rt.kernel or cfg.kernel]
         if cfg.ramdisk:
@@ -95,5 +116,7 @@ def build(cfg: DomainConfig, rt: Runtime) -> list[str]:
         a += ["-blockdev", json.dumps({"driver": d.fmt, "file": f"f{i}", "node-name": f"d{i}",
                                        "read-only": d.readonly})]
         a += ["-device", f"virtio-blk-pci,drive=d{i},serial={d.vdev},id=vbd-{d.vdev}"]
-    a += ["-S", "-daemonize", "-pidfile", str(rt.pidfile)]
+    # -D keeps a daemonized QEMU's stderr open (it would go to /dev/null):
+    # errors and guest faults land in the domain's qemu-dm log.
+    a += ["-S", "-daemonize", "-pidfile", str(rt.pidfile), "-d", "guest_errors", "-D", str(rt.qemu_log)]
     return a

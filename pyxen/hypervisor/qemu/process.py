@@ -22,11 +22,18 @@ class QemuStartError(RuntimeError):
     pass
 
 
-def start(argv: list[str], pidfile: Path, timeout: float = 60.0) -> int:
-    """Run QEMU (which daemonizes) and return the daemon's pid."""
+def start(argv: list[str], pidfile: Path, log: Path, timeout: float = 60.0) -> int:
+    """Run QEMU (which daemonizes) and return the daemon's pid.
+
+    QEMU's stdout and stderr go to *log* (the argv carries ``-D`` so that a
+    daemonized QEMU keeps stderr): its errors, even a crash long after start,
+    end up in the domain's qemu-dm log instead of /dev/null."""
+    log.parent.mkdir(parents=True, exist_ok=True)
     try:
-        res = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
-                             timeout=timeout, start_new_session=True)
+        with open(log, "ab") as out:
+            start_at = out.tell()
+            res = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                 timeout=timeout, start_new_session=True)
     except FileNotFoundError:
         raise QemuStartError(f"QEMU binary not found: {argv[0]}") from None
     except subprocess.TimeoutExpired:
@@ -35,7 +42,12 @@ def start(argv: list[str], pidfile: Path, timeout: float = 60.0) -> int:
             kill(pid)
         raise QemuStartError(f"QEMU did not start within {timeout:.0f} s") from None
     if res.returncode != 0:
-        err = res.stderr.decode(errors="replace").strip().splitlines()
+        try:
+            with open(log, "rb") as f:
+                f.seek(start_at)
+                err = f.read().decode(errors="replace").strip().splitlines()
+        except OSError:
+            err = []
         msg = err[-1] if err else f"exit status {res.returncode}"
         pid = read_pidfile(pidfile)
         if pid:

@@ -71,8 +71,10 @@ class QmpSession:
     async def close(self) -> None:
         """Drop the connection (QEMU keeps running)."""
         self._closing = True
+        me = asyncio.current_task()
         for t in self._tasks:
-            t.cancel()
+            if t is not me:
+                t.cancel()
         try:
             await asyncio.wait_for(self.client.disconnect(), 5)
         except Exception:

@@ -1,0 +1,122 @@
+"""Issue 6 on real guests: vCPUs, memory, sysrq, core dumps, rename, on_crash,
+scheduler weights and host memory accounting."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from test_lifecycle import poll
+
+
+def test_vcpu_set_mem_set_sysrq_dump_rename(make_host):
+    h = make_host("(accel tcg)\n(minimum-restart-time 0)\n")
+    h.xm("create", str(h.config("run", vcpus=2, maxvcpus=3, memory=128, maxmem=192)))
+    with h.console("run") as con:
+        con.login()
+        out, _ = con.run("cat /sys/devices/system/cpu/online /sys/devices/system/cpu/present")
+        assert out.split() == ["0-1", "0-2"]
+        assert [ln.split()[3] for ln in h.xm("vcpu-list", "run").stdout.splitlines()[1:]][2] == "-"
+
+        h.xm("vcpu-set", "run", "3")
+        assert con.run("cat /sys/devices/system/cpu/online")[0].strip() == "0-2"
+        assert h.domains()["run"]["vcpus"] == 3
+        h.xm("vcpu-set", "run", "1")
+        assert con.run("cat /sys/devices/system/cpu/online")[0].strip() == "0"
+        rows = [ln.split() for ln in h.xm("vcpu-list", "run").stdout.splitlines()[1:]]
+        assert [(r[2], r[3], r[4]) for r in rows][1:] == [("1", "-", "--p"), ("2", "-", "--p")]
+        res = h.xm("vcpu-set", "run", "4", check=False)
+        assert res.returncode == 1 and "vcpus must be 1-3" in res.stderr
+
+        def memtotal():
+            return int(con.run("grep MemTotal /proc/meminfo")[0].split()[1]) // 1024
+        start = memtotal()
+        h.xm("mem-set", "run", "96")
+        poll(lambda: memtotal() <= start - 24, 30, 0.5, "the balloon to inflate")
+        assert h.domains()["run"]["mem"] == 96
+        h.xm("mem-set", "run", "192")
+        poll(lambda: memtotal() >= start + 40, 30, 0.5, "the balloon to deflate")
+        res = h.xm("mem-set", "run", "500", check=False)
+        assert res.returncode == 1 and "maxmem" in res.stderr
+        res = h.xm("mem-max", "run", "64", check=False)
+        assert res.returncode == 1 and "below the domain's current memory" in res.stderr
+
+        h.xm("sysrq", "run", "s")
+        con.expect("Emergency Sync", 30)
+
+    core = h.root / "run.core"
+    res = h.xm("dump-core", "run", str(core))
+    assert "Dumping core of domain: run ..." in res.stdout
+    assert core.read_bytes()[:4] == b"\x7fELF" and core.stat().st_size > 128 << 20
+    assert "p" not in h.domains()["run"]["state"]          # resumed after the dump
+
+    h.xm("rename", "run", "walk")
+    assert "walk" in h.domains() and "run" not in h.domains()
+    assert "(name walk)" in h.xm("list", "-l", "walk").stdout
+    h.xend("restart")
+    assert "walk" in h.domains()                           # the new name persisted
+
+
+def test_on_crash_restart_after_panic_and_qemu_kill(make_host):
+    h = make_host("(accel tcg)\n(minimum-restart-time 0)\n")
+    h.xm("create", str(h.config("crashy", on_crash="restart")))
+    domid = h.domains()["crashy"]["id"]
+    with h.console("crashy") as con:
+        con.login()
+        con.send("echo c > /proc/sysrq-trigger\r")
+        con.expect("Kernel panic", 60)
+        con.expect("pyxen-init: started", 120)             # reset and booted again
+    assert h.domains()["crashy"]["id"] == domid
+    assert "guest crash; on_crash=restart" in (h.root / "var/log/xen/xend.log").read_text()
+
+    # QEMU itself dies: the domain is restarted with a fresh QEMU.
+    [pid] = h.qemu_pids()
+    os.kill(pid, signal.SIGKILL)
+    poll(lambda: h.qemu_pids() and h.qemu_pids() != [pid], 60, what="a new QEMU")
+    with h.console("crashy") as con:
+        con.wait_login_prompt()
+
+    h.xm("create", str(h.config("keep", on_crash="preserve")))
+    with h.console("keep") as con:
+        con.login()
+        con.send("echo c > /proc/sysrq-trigger\r")
+        con.expect("Kernel panic", 60)
+    poll(lambda: h.domains()["keep"]["state"] == "----c-", 30, what="crashed state")
+    h.xm("destroy", "keep")
+    assert "keep" not in h.domains()
+
+
+def test_crash_loop_protection(host):
+    """A domain that crashes within minimum-restart-time is not restarted."""
+    host.xm("create", str(host.config("loop", on_crash="restart")))
+    with host.console("loop") as con:
+        con.login()
+        con.send("echo c > /proc/sysrq-trigger\r")
+    poll(lambda: "loop" not in host.domains(), 60, what="the domain to be destroyed")
+    assert "minimum-restart-time" in (host.root / "var/log/xen/xend.log").read_text()
+
+
+def test_credit_weights_share_a_cpu_two_to_one(host):
+    for name, weight in (("heavy", 512), ("light", 256)):
+        host.xm("create", str(host.config(name, cpus="0", cpu_weight=weight)))
+    for name in ("heavy", "light"):
+        with host.console(name) as con:
+            con.login()
+            con.run("(while :; do :; done) & echo started")
+    rows = host.domains()
+    t0 = {n: rows[n]["time"] for n in ("heavy", "light")}
+    poll(lambda: host.domains()["light"]["time"] - t0["light"] >= 2.0, 60, 0.25, "CPU time")
+    rows = host.domains()
+    heavy = rows["heavy"]["time"] - t0["heavy"]
+    light = rows["light"]["time"] - t0["light"]
+    assert 1.5 <= heavy / light <= 2.6, (heavy, light)
+
+
+def test_dom0_min_mem_refuses_what_does_not_fit(make_host):
+    total = int(open("/proc/meminfo").readline().split()[1]) // 1024
+    h = make_host(f"(accel tcg)\n(dom0-min-mem {total - 200})\n")
+    h.xm("create", str(h.config("fits", memory=128)))
+    res = h.xm("create", str(h.config("toobig", memory=128)), check=False)
+    assert res.returncode == 1 and "Not enough memory for domain toobig" in res.stderr
+    assert "toobig" not in h.domains() and len(h.qemu_pids()) == 1
