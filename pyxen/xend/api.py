@@ -43,9 +43,10 @@ async def errors(request, handler):
 
 
 class Api:
-    def __init__(self, domains: Domains, log_path):
+    def __init__(self, domains: Domains, log_path, ring=None):
         self.domains = domains
         self.log_path = log_path
+        self.ring = ring
         self._qemu_version = None
 
     def app(self) -> web.Application:
@@ -53,6 +54,8 @@ class Api:
         r = app.router
         r.add_get("/api/host", self.get_host)
         r.add_get("/api/log", self.get_log)
+        r.add_get("/api/dmesg", self.get_dmesg)
+        r.add_post("/api/dmesg/clear", self.clear_dmesg)
         r.add_get("/api/domains", self.list_domains)
         r.add_post("/api/domains", self.create)
         r.add_get("/api/domains/{dom}", self.get_domain)
@@ -114,9 +117,24 @@ class Api:
             text = ""
         return web.json_response({"log": text})
 
+    async def get_dmesg(self, request):
+        return web.json_response({"lines": list(self.ring.lines) if self.ring else []})
+
+    async def clear_dmesg(self, request):
+        if self.ring:
+            self.ring.lines.clear()
+        return web.json_response({"ok": True})
+
     async def list_domains(self, request):
         long = request.query.get("long") in ("1", "true")
         out = [self._dom0(long)] + [self._dom_info(d, long) for d in self.domains.all()]
+        if request.query.get("stats") in ("1", "true"):
+            doms = self.domains.all()
+            stats = await asyncio.gather(*(d.io_stats() for d in doms))
+            for info, st in zip(out[1:], stats):
+                info["stats"] = st
+            out[0]["stats"] = {"vbds": 0, "vbd_rd": 0, "vbd_wr": 0, "vbd_oo": 0, "vbd_rsect": 0,
+                               "vbd_wsect": 0, "nets": 0, "net_tx": 0, "net_rx": 0}
         return web.json_response({"domains": out})
 
     async def get_domain(self, request):

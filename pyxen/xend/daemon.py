@@ -32,12 +32,29 @@ class StartupError(Exception):
     pass
 
 
+class Ring(logging.Handler):
+    """The 'hypervisor console' xm dmesg prints: lifecycle messages, newest last."""
+
+    def __init__(self, size: int = 2000):
+        super().__init__(logging.INFO)
+        import collections
+        self.lines = collections.deque(maxlen=size)
+        self.setFormatter(logging.Formatter("(XEN) [%(asctime)s] %(message)s"))
+
+    def emit(self, record):
+        if record.name.startswith(("pyxen.domain", "pyxen.accel", "pyxen.xend", "pyxen.cgroups")):
+            self.lines.append(self.format(record))
+
+
+RING = Ring()
+
+
 def setup_logging(paths: Paths, cfg: XendConfig) -> None:
     logfile = cfg["logfile"] or str(paths.xend_log)
     handler = logging.handlers.RotatingFileHandler(logfile, maxBytes=1 << 20, backupCount=5)
     handler.setFormatter(logging.Formatter("[%(asctime)s %(process)d] %(levelname)s (%(name)s) %(message)s"))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [handler, RING]
     root.setLevel(getattr(logging, cfg["loglevel"], logging.DEBUG))
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("asyncio").setLevel(logging.WARNING)
@@ -59,7 +76,7 @@ async def serve(paths: Paths, cfg: XendConfig, ready) -> None:
     domains = Domains(paths, cfg, store, accel)
     accel.start()
     await domains.adopt_all()
-    api = Api(domains, paths.xend_log)
+    api = Api(domains, paths.xend_log, RING)
     runner = web.AppRunner(api.app(), handle_signals=False, access_log=None)
     await runner.setup()
     # xm finds the socket at the default path (or $XM_SERVER); a configured

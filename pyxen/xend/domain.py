@@ -59,6 +59,7 @@ class Domain:
         self._exit_watch = None
         self._expect_exit = False
         self._handling = False
+        self._shutdown_task: asyncio.Task | None = None
 
     # ------------------------------------------------------------ identity
     @property
@@ -436,6 +437,24 @@ class Domain:
                     {"type": "qcode", "data": "delete"}]})
             else:
                 await self.qmp.execute("system_powerdown")
+                # Like a request left in xenstore, the shutdown stays pending:
+                # a guest still booting (no acpid yet) misses one button press,
+                # so press again until it acts or the request times out.
+                if self._shutdown_task is None or self._shutdown_task.done():
+                    self._shutdown_task = asyncio.get_running_loop().create_task(self._repress())
+
+    async def _repress(self, interval: float = 3.0) -> None:
+        deadline = time.monotonic() + self.reg.config["device-destroy-timeout"]
+        while time.monotonic() < deadline:
+            await asyncio.sleep(interval)
+            if self.gone.is_set() or self.state != "running" or self.qmp is None or self._handling:
+                return
+            if self.paused:
+                continue
+            try:
+                await self.qmp.execute("system_powerdown")
+            except Exception:
+                return
 
     async def destroy(self) -> None:
         async with self.lock:
@@ -562,6 +581,31 @@ class Domain:
                         "be-path": f"/local/domain/0/backend/vbd/{self.domid}/{idx}",
                         "dev": d.vdev, "uname": d.uname, "mode": d.mode, "type": d.devtype})
         return out
+
+    async def io_stats(self) -> dict:
+        """Block and network counters for xentop (block from QEMU, net from the taps)."""
+        st = {"vbds": len(self.cfg.disks), "vbd_rd": 0, "vbd_wr": 0, "vbd_oo": 0, "vbd_rsect": 0,
+              "vbd_wsect": 0, "nets": len(self.cfg.vifs), "net_tx": 0, "net_rx": 0}
+        if self.qmp is not None and self.state == "running":
+            try:
+                for dev in await self.qmp.execute("query-blockstats", timeout=5):
+                    b = dev.get("stats", {})
+                    st["vbd_rd"] += b.get("rd_operations", 0)
+                    st["vbd_wr"] += b.get("wr_operations", 0)
+                    st["vbd_rsect"] += b.get("rd_bytes", 0) // 512
+                    st["vbd_wsect"] += b.get("wr_bytes", 0) // 512
+            except Exception as e:
+                log.debug("%s: blockstats unavailable: %s", self.name, e)
+        for i, vif in enumerate(self.cfg.vifs):
+            name = vif.get("vifname") or f"vif{self.domid}.{i}"
+            base = f"/sys/class/net/{name}/statistics"
+            try:
+                # The tap's receive side is what the domain transmitted.
+                st["net_tx"] += int(open(f"{base}/rx_bytes").read())
+                st["net_rx"] += int(open(f"{base}/tx_bytes").read())
+            except OSError:
+                pass
+        return st
 
     def vcpu_info(self) -> list[dict]:
         host = set(range(os.cpu_count() or 1))

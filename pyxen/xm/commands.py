@@ -248,6 +248,33 @@ def cmd_info(ctx, opts, args):
     return 0
 
 
+@command("dmesg", "[-c|--clear]", "Read and/or clear Xend's message buffer.",
+         (Opt("c", "clear", "Clear the contents of the message buffer."),), max_args=0)
+def cmd_dmesg(ctx, opts, args):
+    if "clear" in opts:
+        ctx.client.post("/api/dmesg/clear")
+        return 0
+    lines = ctx.client.get("/api/dmesg")["lines"]
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    return 0
+
+
+@command("top", "[-b] [-d SECONDS] [-i N]", "Monitor a host and the domains in real time (xentop).",
+         (Opt("b", "batch", "Batch mode: print plain text to stdout."),
+          Opt("d", "delay", "Seconds between updates.", "SECONDS"),
+          Opt("i", "iterations", "Number of updates before exiting.", "N")), max_args=0)
+def cmd_top(ctx, opts, args):
+    from .top import main as top_main
+    argv = []
+    if "batch" in opts:
+        argv.append("-b")
+    if "delay" in opts:
+        argv += ["-d", opts["delay"]]
+    if "iterations" in opts:
+        argv += ["-i", opts["iterations"]]
+    return top_main(argv, ctx.client)
+
+
 @command("log", "", "Print xend log.", max_args=0)
 def cmd_log(ctx, opts, args):
     sys.stdout.write(ctx.client.get("/api/log")["log"])

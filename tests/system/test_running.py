@@ -120,3 +120,56 @@ def test_dom0_min_mem_refuses_what_does_not_fit(make_host):
     res = h.xm("create", str(h.config("toobig", memory=128)), check=False)
     assert res.returncode == 1 and "Not enough memory for domain toobig" in res.stderr
     assert "toobig" not in h.domains() and len(h.qemu_pids()) == 1
+
+
+def test_top_batch_dmesg_uptime_info(host):
+    host.xm("create", str(host.config("watch")))
+    with host.console("watch") as con:
+        con.login()
+        con.run("(while :; do :; done) & echo started")
+    out = host.xm("top", "-b", "-i", "2", "-d", "1").stdout.splitlines()
+    assert out[0].startswith("xentop - ") and "(tcg)" in out[0]
+    assert out[1].startswith("2 domains: ")
+    headers = [i for i, ln in enumerate(out) if ln.lstrip().startswith("NAME")]
+    assert len(headers) == 2                      # two iterations
+    second = {ln.split()[0]: ln.split() for ln in out[headers[1] + 1:]}
+    assert float(second["watch"][3]) > 30.0        # CPU(%) of a busy guest
+    assert second["watch"][1] == "-----r" or second["watch"][1] == "--b---" or "r" in second["watch"][1]
+    assert "xentop - " in host.run("xentop", "-b", "-i", "1").stdout
+    dmesg = host.xm("dmesg").stdout
+    assert dmesg.startswith("(XEN) ") and "watch: started (domid" in dmesg
+    host.xm("dmesg", "-c")
+    assert host.xm("dmesg").stdout == ""
+    up = host.xm("uptime").stdout.splitlines()
+    assert up[0].split() == ["Name", "ID", "Uptime"]
+    assert any(ln.split()[0] == "watch" for ln in up[1:])
+    info = dict((k.strip(), v.strip()) for k, v in (ln.split(":", 1) for ln in host.xm("info").stdout.splitlines()))
+    for k in ("nr_cpus", "total_memory", "free_memory", "xen_major", "xen_minor", "xen_pagesize", "cores_per_socket"):
+        assert info[k].isdigit(), k
+    assert info["cc_compiler"].startswith("gcc version") and info["accelerator"] == "tcg"
+
+
+def test_xendomains_auto_start_and_shutdown_stop(host):
+    """Without XENDOMAINS_SAVE: start creates the auto domains, stop shuts them down."""
+    auto = host.root / "etc/xen/auto"
+    for n in ("auto1", "auto2"):
+        cfg = host.config(n)
+        (auto / n).symlink_to(cfg)
+    (host.root / "etc/default").mkdir(parents=True)
+    (host.root / "etc/default/xendomains").write_text(
+        'XENDOMAINS_SAVE=""\nXENDOMAINS_CREATE_USLEEP=0\nXENDOMAINS_SHUTDOWN="--wait"\n')
+    res = host.run("xendomains", "start", check=True)
+    assert "auto1" in res.stdout and "auto2" in res.stdout
+    assert {"auto1", "auto2"} <= set(host.domains())
+    with host.console("auto1") as con:
+        con.wait_login_prompt()
+    assert host.run("xendomains", "status").returncode == 0
+    host.run("xendomains", "start", check=True)          # idempotent: nothing created twice
+    assert len(host.qemu_pids()) == 2
+    host.xm("destroy", "auto2")
+    res = host.run("xendomains", "status")
+    assert res.returncode == 3 and "auto2" in res.stdout
+    res = host.run("xendomains", "stop", check=True)
+    assert set(host.domains()) == {"Domain-0"}
+    log = (host.root / "var/log/xen/console/guest-auto1.log").read_text(errors="replace")
+    assert "The system is going down" in log            # a clean shutdown, not a kill
