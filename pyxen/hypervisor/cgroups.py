@@ -75,16 +75,20 @@ def weight_to_v2(weight: int) -> int:
     return max(1, min(10000, round(weight * 100 / 256)))   # 256 -> 100, the default weight
 
 
-def apply(uuid: str, pid: int, weight: int, cap: int) -> None:
-    """Put *pid* (all its threads) in the domain's group with weight and cap."""
+def apply(uuid: str, pid: int, weight: int, cap: int, period_us: int = PERIOD_US) -> None:
+    """Put *pid* (all its threads) in the domain's group with weight and cap
+    (cap: % of one CPU per *period_us*; SEDF's period maps onto it)."""
     d = _ensure(uuid)
+    quota = cap * period_us // 100
     if version() == 1:
         _write(d / "cpu.shares", str(weight_to_v1(weight)))
-        _write(d / "cpu.cfs_period_us", str(PERIOD_US))
-        _write(d / "cpu.cfs_quota_us", str(cap * PERIOD_US // 100) if cap > 0 else "-1")
+        # Lower the quota before changing the period so the pair stays valid.
+        _write(d / "cpu.cfs_quota_us", "-1")
+        _write(d / "cpu.cfs_period_us", str(period_us))
+        _write(d / "cpu.cfs_quota_us", str(quota) if cap > 0 else "-1")
     else:
         _write(d / "cpu.weight", str(weight_to_v2(weight)))
-        _write(d / "cpu.max", f"{cap * PERIOD_US // 100} {PERIOD_US}" if cap > 0 else f"max {PERIOD_US}")
+        _write(d / "cpu.max", f"{quota} {period_us}" if cap > 0 else f"max {period_us}")
     procs = (d / "cgroup.procs").read_text().split()
     if str(pid) not in procs:
         _write(d / "cgroup.procs", str(pid))

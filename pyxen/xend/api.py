@@ -82,7 +82,8 @@ class Api:
              "memory": host.dom0_memory_mib(), "maxmem": host.dom0_memory_mib(),
              "vcpus": __import__("os").cpu_count(), "online_vcpus": __import__("os").cpu_count(),
              "state": "r-----", "status": 2, "cpu_time": host.host_cpu_seconds(),
-             "start_time": START_TIME, "up_time": _uptime(), "cpu_weight": 256, "cpu_cap": 0}
+             "start_time": START_TIME, "up_time": _uptime(), "cpu_weight": 256, "cpu_cap": 0,
+             "sedf": {"period": 100.0, "slice": 0.0, "latency": 0.0, "extratime": 1, "weight": 256}}
         if long:
             d["sxp"] = ["domain", ["domid", 0], ["uuid", host.DOM0_UUID], ["vcpus", d["vcpus"]],
                         ["memory", d["memory"]], ["maxmem", d["maxmem"]], ["name", "Domain-0"],
@@ -173,6 +174,10 @@ class Api:
             await dom.vcpu_pin(str(body.get("vcpu", "")), str(body.get("cpus", "")))
         elif op == "sched-credit":
             await dom.sched_credit(_opt_int(body, "weight"), _opt_int(body, "cap"))
+        elif op == "sched-sedf":
+            await dom.sched_sedf(_opt_float(body, "period"), _opt_float(body, "slice"),
+                                 _opt_float(body, "latency"), _opt_int(body, "extratime"),
+                                 _opt_int(body, "weight"))
         elif op == "vcpu-set":
             await dom.vcpu_set(_req_int(body, "vcpus"))
         elif op == "mem-set":
@@ -273,6 +278,16 @@ def _opt_int(body: dict, key: str) -> int | None:
         return int(v)
     except (TypeError, ValueError):
         raise InvalidRequest(f"{key} must be an integer, got {v!r}") from None
+
+
+def _opt_float(body: dict, key: str) -> float | None:
+    v = body.get(key)
+    if v is None or v == "":
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"{key} must be a number, got {v!r}") from None
 
 
 def _req_int(body: dict, key: str) -> int:

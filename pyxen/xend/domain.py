@@ -60,6 +60,9 @@ class Domain:
         self._expect_exit = False
         self._handling = False
         self._shutdown_task: asyncio.Task | None = None
+        # SEDF's view (xm sched-sedf): period and latency in ms; the slice and
+        # extratime are derived from cpu_cap, the weight is cpu_weight.
+        self.sedf = {"period": 100.0, "latency": 0.0}
 
     # ------------------------------------------------------------ identity
     @property
@@ -80,7 +83,7 @@ class Domain:
     def runtime_record(self) -> dict:
         return {"domid": self.domid, "state": self.state, "paused": self.paused, "pid": self.pid,
                 "start_time": self.start_time, "shutdown_reason": self.shutdown_reason,
-                "accel": self.accel}
+                "accel": self.accel, "sedf": self.sedf}
 
     def persist(self, config: bool = False) -> None:
         st = self.reg.store
@@ -516,7 +519,7 @@ class Domain:
     def apply_placement(self, initial: bool) -> None:
         """Scheduler weight/cap through cgroups; at start, the config's cpus."""
         try:
-            cgroups.apply(self.uuid, self.pid, self.cfg.cpu_weight, self.cfg.cpu_cap)
+            cgroups.apply(self.uuid, self.pid, self.cfg.cpu_weight, self.cfg.cpu_cap, self._period_us())
         except cgroups.CgroupError as e:
             log.warning("%s: scheduler parameters not enforced: %s", self.name, e)
         if not initial or self.cfg.cpus is None:
@@ -560,11 +563,43 @@ class Domain:
                     raise InvalidRequest(f"cap must be 0 (none) to {100 * (os.cpu_count() or 1)}, got {cap}")
                 self.cfg.cpu_cap = cap
             self.persist(config=True)
-            if self.pid and self.state == "running":
-                try:
-                    cgroups.apply(self.uuid, self.pid, self.cfg.cpu_weight, self.cfg.cpu_cap)
-                except cgroups.CgroupError as e:
-                    raise XendError(f"cannot apply scheduler parameters: {e}") from None
+            self._enforce_sched()
+
+    def _period_us(self) -> int:
+        return max(1000, min(1_000_000, int(self.sedf["period"] * 1000)))
+
+    def _enforce_sched(self) -> None:
+        if self.pid and self.state == "running":
+            try:
+                cgroups.apply(self.uuid, self.pid, self.cfg.cpu_weight, self.cfg.cpu_cap, self._period_us())
+            except cgroups.CgroupError as e:
+                raise XendError(f"cannot apply scheduler parameters: {e}") from None
+
+    def sedf_info(self) -> dict:
+        period = self.sedf["period"]
+        return {"period": period, "slice": self.cfg.cpu_cap * period / 100.0, "latency": self.sedf["latency"],
+                "extratime": 0 if self.cfg.cpu_cap else 1, "weight": self.cfg.cpu_weight}
+
+    async def sched_sedf(self, period=None, slice_=None, latency=None, extratime=None, weight=None) -> None:
+        """SEDF on cgroups: a slice without extratime is a cap of slice/period;
+        with extratime the domain may use spare CPU (no cap); weight is the share."""
+        async with self.lock:
+            cur = self.sedf_info()
+            period = cur["period"] if period is None else float(period)
+            slice_ = cur["slice"] if slice_ is None else float(slice_)
+            extratime = cur["extratime"] if extratime is None else int(extratime)
+            if not 1 <= period <= 1000:
+                raise InvalidRequest(f"period must be 1-1000 ms, got {period:g}")
+            if not 0 <= slice_ <= period:
+                raise InvalidRequest(f"slice must be 0-{period:g} ms (the period), got {slice_:g}")
+            if extratime not in (0, 1):
+                raise InvalidRequest(f"extratime must be 0 or 1, got {extratime}")
+            if weight is not None and int(weight) > 0:
+                self.cfg.cpu_weight = min(65535, int(weight))
+            self.cfg.cpu_cap = 0 if extratime or slice_ == 0 else max(1, round(100 * slice_ / period))
+            self.sedf = {"period": period, "latency": cur["latency"] if latency is None else float(latency)}
+            self.persist(config=True)
+            self._enforce_sched()
 
     def devices(self, cls: str) -> list[dict]:
         """Devices of class vbd (the config's disks) as block-list shows them."""
@@ -658,7 +693,7 @@ class Domain:
             "state": state, "status": self.status_code(), "cpu_time": self.cpu_time(),
             "start_time": self.start_time, "up_time": time.time() - self.start_time,
             "shutdown_reason": self.shutdown_reason, "accel": self.accel,
-            "cpu_weight": self.cfg.cpu_weight, "cpu_cap": self.cfg.cpu_cap,
+            "cpu_weight": self.cfg.cpu_weight, "cpu_cap": self.cfg.cpu_cap, "sedf": self.sedf_info(),
             "lifecycle": self.state,
         }
 

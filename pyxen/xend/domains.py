@@ -171,6 +171,8 @@ class Domains:
             dom.start_time = rec.get("start_time") or dom.start_time
             dom.shutdown_reason = rec.get("shutdown_reason")
             dom.accel = rec.get("accel", "tcg")
+            if isinstance(rec.get("sedf"), dict):
+                dom.sedf.update(rec["sedf"])
             self.by_uuid[u] = dom
             await self._adopt_one(dom)
 

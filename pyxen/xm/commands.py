@@ -402,6 +402,67 @@ def cmd_dump_core(ctx, opts, args):
     return 0
 
 
+def _num_arg(value: str, what: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise XmError(f"{what} must be a number, got {value!r}") from None
+
+
+@command("sched-sedf", "[<Domain> [-p ms] [-s ms] [-l ms] [-e 0|1] [-w weight]]",
+         "Get/set EDF parameters (enforced as a CPU cap and share; see the README).",
+         (Opt("p", "period", "Relative deadline (ms).", "MS"), Opt("s", "slice", "Worst-case execution time (ms).", "MS"),
+          Opt("l", "latency", "Scaled period (ms) when domain performs heavy I/O.", "MS"),
+          Opt("e", "extra", "Flag (0 or 1) controls if domain can run in extra time.", "FLAG"),
+          Opt("w", "weight", "CPU period weight (int).", "WEIGHT")), max_args=6)
+def cmd_sched_sedf(ctx, opts, args):
+    sets = {}
+    if len(args) == 6:
+        # Xen 3.0's positional form: <Dom> period slice latency extratime weight, in ns.
+        p, sl, lat = (_num_arg(a, "sedf parameter") / 1e6 for a in args[1:4])
+        sets = {"period": p, "slice": sl, "latency": lat, "extratime": int(_num_arg(args[4], "extratime")),
+                "weight": int(_num_arg(args[5], "weight"))}
+        args = args[:1]
+    elif len(args) > 1:
+        raise XmError(f"'xm sched-sedf' takes a domain and options, or the 3.0 form with 5 values.\n\n"
+                      f"{usage('sched-sedf')}".rstrip())
+    for key, name in (("period", "period"), ("slice", "slice"), ("latency", "latency")):
+        if key in opts:
+            sets[name] = _num_arg(opts[key], key)
+    if "extra" in opts:
+        sets["extratime"] = int(_num_arg(opts["extra"], "extratime"))
+    if "weight" in opts:
+        sets["weight"] = int(_num_arg(opts["weight"], "weight"))
+    if sets:
+        if not args:
+            raise XmError("Must specify a domain to set parameters.")
+        ctx.client.post(f"/api/domains/{_dom(args[0])}/sched-sedf", sets)
+        return 0
+    doms = [ctx.client.get(f"/api/domains/{_dom(args[0])}")] if args else ctx.client.get("/api/domains")["domains"]
+    print(fmt.SEDF_HEADER)
+    for d in doms:
+        print(fmt.sedf_row(d))
+    return 0
+
+
+@command("sched-bvt", "<Domain> <mcuadv> <warpback> <warpvalue> <warpl> <warpu>",
+         "Set Borrowed Virtual Time parameters (3.0): mcuadv maps to the credit weight "
+         "(weight = 2560/mcuadv); the warp values do not apply and are ignored.", min_args=6, max_args=6)
+def cmd_sched_bvt(ctx, opts, args):
+    mcuadv = int(_num_arg(args[1], "mcuadv"))
+    if mcuadv <= 0:
+        raise XmError(f"mcuadv must be positive, got {mcuadv}")
+    ctx.client.post(f"/api/domains/{_dom(args[0])}/sched-credit", {"weight": max(1, 2560 // mcuadv)})
+    return 0
+
+
+@command("sched-bvt-ctxallow", "<Allow>", "Set the BVT context switch allowance (3.0; accepted, no effect).",
+         min_args=1, max_args=1)
+def cmd_sched_bvt_ctxallow(ctx, opts, args):
+    _num_arg(args[0], "allowance")
+    return 0
+
+
 # -------------------------------------------------------------- devices
 @command("block-list", "<Domain> [--long]", "List virtual block devices for a domain.",
          (Opt("l", "long", "List the devices in SXP."),), min_args=1, max_args=1)

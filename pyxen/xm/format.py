@@ -87,3 +87,13 @@ def block_long(d: dict) -> str:
                                   ["device-type", d["type"]], ["state", d["state"]],
                                   ["backend", d["be-path"]], ["uname", d["uname"]], ["dev", d["dev"]],
                                   ["mode", d["mode"]]]])
+
+
+SEDF_HEADER = "%-33s %4s %-4s %-4s %-7s %-5s %-6s" % ("Name", "ID", "Period(ms)", "Slice(ms)", "Lat(ms)",
+                                                     "Extra", "Weight")
+
+
+def sedf_row(d: dict) -> str:
+    s = d["sedf"]
+    return "%-32s %5s %9.1f %9.1f %7.1f %6d %6d" % (d["name"], d["domid"], s["period"], s["slice"],
+                                                  s["latency"], s["extratime"], s["weight"])

@@ -173,3 +173,20 @@ def test_xendomains_auto_start_and_shutdown_stop(host):
     assert set(host.domains()) == {"Domain-0"}
     log = (host.root / "var/log/xen/console/guest-auto1.log").read_text(errors="replace")
     assert "The system is going down" in log            # a clean shutdown, not a kill
+
+
+def test_sched_sedf_and_bvt_map_onto_cgroups(host):
+    from pyxen.hypervisor import cgroups
+    host.xm("create", str(host.config("edf")))
+    uuid = [ln for ln in host.xm("list", "-l", "edf").stdout.splitlines() if "(uuid " in ln][0].split()[1][:-1]
+    out = host.xm("sched-sedf", "edf").stdout.splitlines()
+    assert out[0] == "Name                                ID Period(ms) Slice(ms) Lat(ms) Extra Weight"
+    host.xm("sched-sedf", "edf", "-p", "20", "-s", "5", "-e", "0")
+    assert host.xm("sched-sedf", "edf").stdout.splitlines()[1].split()[2:] == ["20.0", "5.0", "0.0", "0", "256"]
+    assert cgroups.read(uuid) == (256, 25)            # a 5/20 ms slice is a 25% cap
+    host.xm("sched-sedf", "edf", "-e", "1", "-w", "768")
+    assert cgroups.read(uuid) == (768, 0)
+    host.xm("sched-bvt", "edf", "20", "0", "0", "0", "0")  # mcuadv 20 -> weight 128
+    assert host.xm("sched-credit", "-d", "edf").stdout.splitlines()[1].split()[2:] == ["128", "0"]
+    res = host.xm("sched-sedf", "edf", "-p", "10", "-s", "50", check=False)
+    assert res.returncode == 1 and "slice must be" in res.stderr

@@ -46,3 +46,10 @@ def test_block_list_layout():
     row = fmt.block_row({"idx": 51713, "backend-id": 0, "handle": 51713, "state": 4, "event-ch": 0,
                          "ring-ref": 0, "be-path": "/local/domain/0/backend/vbd/3/51713"})
     assert row == "51713  0    51713   4      0      0     /local/domain/0/backend/vbd/3/51713  "
+
+
+def test_sedf_layout():
+    assert fmt.SEDF_HEADER == "Name" + " " * 32 + "ID Period(ms) Slice(ms) Lat(ms) Extra Weight"
+    row = fmt.sedf_row({"name": "d", "domid": 4, "sedf": {"period": 20.0, "slice": 5.0, "latency": 0.0,
+                                                         "extratime": 0, "weight": 256}})
+    assert row == "d                                    4      20.0       5.0     0.0      0    256"
