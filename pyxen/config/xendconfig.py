@@ -50,6 +50,12 @@ OPTIONS: tuple[XendOption, ...] = (
                ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
     XendOption("xend-http-server", "bool", False, "Serve the HTTP API on TCP xend-address:xend-port."),
     XendOption("xend-port", "int", 8000, "TCP port of the HTTP API."),
+    XendOption("xend-http-auth", "choice", "token",
+               "Authentication on the TCP HTTP API: 'token' (Authorization: Bearer <token from "
+               "xend-http-token-file>) or 'none' (only if you really mean it).", ("token", "none"), origin="pyxen"),
+    XendOption("xend-http-token-file", "str", "",
+               "File holding the API token (default <root>/etc/xen/xend-http-token, created 0600 at start).",
+               origin="pyxen"),
     XendOption("xend-address", "str", "", "Address of the HTTP API; 'localhost' prevents remote connections, '' means all.",
                example="localhost"),
     XendOption("xend-unix-server", "bool", True, "Serve the API on the Unix socket (xm needs it)."),

@@ -8,13 +8,15 @@ error with its status.  xm is a client of exactly this API.
 from __future__ import annotations
 
 import asyncio
+import hmac
+import json
 import logging
 import time
 
 from aiohttp import WSMsgType, web
 
 from ..hypervisor.qemu.accel import qemu_version
-from . import host
+from . import apispec, host, metrics
 from .console import ConsoleBusy, ConsoleClient
 from .domains import Domains
 from .errors import Conflict, InvalidRequest, NoSuchDomain, XendError
@@ -43,15 +45,19 @@ async def errors(request, handler):
 
 
 class Api:
-    def __init__(self, domains: Domains, log_path, ring=None):
+    def __init__(self, domains: Domains, log_path, ring=None, token: str | None = None):
         self.domains = domains
         self.log_path = log_path
         self.ring = ring
+        self.token = token          # required on TCP connections when set
         self._qemu_version = None
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[errors], client_max_size=16 * 1024 * 1024)
+        app = web.Application(middlewares=[self.auth, errors], client_max_size=16 * 1024 * 1024)
         r = app.router
+        r.add_get("/api/openapi.json", self.get_openapi)
+        r.add_get("/api/events", self.events)
+        r.add_get("/metrics", self.metrics)
         r.add_get("/api/host", self.get_host)
         r.add_get("/api/log", self.get_log)
         r.add_get("/api/dmesg", self.get_dmesg)
@@ -64,6 +70,20 @@ class Api:
         r.add_get("/api/domains/{dom}/vcpus", self.vcpus)
         r.add_get("/api/domains/{dom}/devices/{cls}", self.devices)
         return app
+
+    # ------------------------------------------------------------------ auth
+    @web.middleware
+    async def auth(self, request, handler):
+        """Unix-socket clients are root (the socket is 0600); TCP needs the token."""
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        if isinstance(peer, tuple) and self.token is not None:
+            got = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(got.encode(), f"Bearer {self.token}".encode()):
+                log.warning("refused %s %s from %s: %s", request.method, request.path, peer[0],
+                            "bad token" if got else "no credentials")
+                return web.json_response({"error": "authentication required", "code": "unauthorized"},
+                                         status=401, headers={"WWW-Authenticate": "Bearer"})
+        return await handler(request)
 
     # ---------------------------------------------------------------- helpers
     async def _body(self, request) -> dict:
@@ -117,6 +137,36 @@ class Api:
         except FileNotFoundError:
             text = ""
         return web.json_response({"log": text})
+
+    async def get_openapi(self, request):
+        return web.json_response(apispec.openapi())
+
+    async def metrics(self, request):
+        doms = self.domains.all()
+        stats = await asyncio.gather(*(d.io_stats() for d in doms))
+        body = metrics.render(self.domains, {d.uuid: st for d, st in zip(doms, stats)})
+        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    async def events(self, request):
+        """Server-sent events: one 'event:' per domain change, a comment every 15 s."""
+        q: asyncio.Queue = asyncio.Queue(maxsize=1000)
+        self.domains.subscribers.add(q)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        try:
+            await resp.prepare(request)
+            await resp.write(b": pyxen xend events\n\n")
+            while True:
+                try:
+                    ev = await asyncio.wait_for(q.get(), 15)
+                except asyncio.TimeoutError:
+                    await resp.write(b": keepalive\n\n")
+                    continue
+                await resp.write(f"event: {ev['event']}\ndata: {json.dumps(ev)}\n\n".encode())
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.domains.subscribers.discard(q)
+        return resp
 
     async def get_dmesg(self, request):
         return web.json_response({"lines": list(self.ring.lines) if self.ring else []})
@@ -205,6 +255,7 @@ class Api:
                     raise Conflict(f"Domain {dom.name} did not shut down within {timeout:.0f} s") from None
         else:
             raise InvalidRequest(f"Operation not implemented: {op}")
+        # (every op above is listed in apispec.OPS, which documents it)
         return web.json_response({"ok": True})
 
     async def _stopped(self, dom) -> None:

@@ -12,6 +12,7 @@ import fcntl
 import logging
 import logging.handlers
 import os
+import secrets
 import signal
 from pathlib import Path
 
@@ -60,6 +61,19 @@ def setup_logging(paths: Paths, cfg: XendConfig) -> None:
     logging.getLogger("asyncio").setLevel(logging.WARNING)
 
 
+def load_token(path: Path) -> str:
+    """The API token: read it, or create a random one (0600) on first start."""
+    try:
+        token = path.read_text().strip()
+        if token:
+            return token
+    except FileNotFoundError:
+        pass
+    token = secrets.token_urlsafe(32)
+    atomic_write(path, (token + "\n").encode(), 0o600)
+    return token
+
+
 def take_lock(paths: Paths) -> int:
     fd = os.open(paths.run / "xend.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -76,7 +90,11 @@ async def serve(paths: Paths, cfg: XendConfig, ready) -> None:
     domains = Domains(paths, cfg, store, accel)
     accel.start()
     await domains.adopt_all()
-    api = Api(domains, paths.xend_log, RING)
+    token = None
+    if cfg["xend-http-server"] and cfg["xend-http-auth"] == "token":
+        token = load_token(Path(cfg["xend-http-token-file"]) if cfg["xend-http-token-file"]
+                           else paths.etc / "xend-http-token")
+    api = Api(domains, paths.xend_log, RING, token)
     runner = web.AppRunner(api.app(), handle_signals=False, access_log=None)
     await runner.setup()
     # xm finds the socket at the default path (or $XM_SERVER); a configured
@@ -98,8 +116,11 @@ async def serve(paths: Paths, cfg: XendConfig, ready) -> None:
         tcp = web.TCPSite(runner, host, cfg["xend-port"])
         await tcp.start()
         sites.append(tcp)
-        log.warning("HTTP API also on TCP %s:%d (no authentication yet: keep it on localhost)",
-                    host or "*", cfg["xend-port"])
+        if token is None:
+            log.warning("HTTP API on TCP %s:%d WITHOUT authentication (xend-http-auth none)",
+                        host or "*", cfg["xend-port"])
+        else:
+            log.info("HTTP API on TCP %s:%d, bearer token required", host or "*", cfg["xend-port"])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for s in (signal.SIGTERM, signal.SIGINT):

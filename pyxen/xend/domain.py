@@ -90,6 +90,11 @@ class Domain:
         if config:
             st.put(f"{self.key}/config", sxp.to_string(self.cfg.to_sxp()).encode())
         st.put_json(f"{self.key}/runtime", self.runtime_record())
+        # Every state change is persisted, so this is where observers hear of it.
+        seen = (self.state, self.paused, self.name, self.cfg.vcpus, self.cfg.memory, self.domid)
+        if seen != getattr(self, "_last_emitted", None) and self.state != "creating":
+            self._last_emitted = seen
+            self.reg.emit("changed", self)
 
     def forget(self) -> None:
         self.reg.store.delete(f"{self.key}/runtime")
@@ -502,6 +507,7 @@ class Domain:
         self.forget()
         self.reg.remove(self)
         self.gone.set()
+        self.reg.emit("destroyed", self)
         log.info("%s: destroyed (domid %d)", self.name, self.domid)
 
     async def detach(self) -> None:

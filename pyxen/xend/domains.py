@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 
 from ..config import sxp
 from ..config.domain import DomainConfig
@@ -34,6 +35,20 @@ class Domains:
         self.accel = accel
         self.by_uuid: dict[str, Domain] = {}
         self._create_lock = asyncio.Lock()
+        self.subscribers: set[asyncio.Queue] = set()
+
+    # ---------------------------------------------------------------- events
+    def emit(self, kind: str, dom: Domain) -> None:
+        """Tell every event-stream subscriber about a domain's change."""
+        if not self.subscribers:
+            return
+        ev = {"time": time.time(), "event": kind, "domid": dom.domid, "name": dom.name, "uuid": dom.uuid,
+              "state": dom.flags() if kind != "destroyed" else "-----d", "lifecycle": dom.state}
+        for q in list(self.subscribers):
+            try:
+                q.put_nowait(ev)
+            except asyncio.QueueFull:
+                pass        # a stalled client loses events, xend does not block
 
     # ---------------------------------------------------------------- lookup
     def all(self) -> list[Domain]:
@@ -142,6 +157,7 @@ class Domains:
                 raise XendError(f"creating domain {cfg.name} failed: {e}") from None
             raise
         log.info("%s: started (domid %d, %s)", cfg.name, domid, accel)
+        self.emit("created", dom)
         return dom
 
     # ----------------------------------------------------------------- adopt

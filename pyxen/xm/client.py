@@ -72,6 +72,36 @@ class Client:
             raise XmError(msg, code)
         return doc
 
+    def stream(self, path: str):
+        """Yield (event, data) pairs from a server-sent-events resource."""
+        conn = _UnixConnection(self.sock, None)
+        try:
+            try:
+                conn.request("GET", path, headers={"Accept": "text/event-stream"})
+                resp = conn.getresponse()
+            except OSError as e:
+                raise self._connect_error(e) from None
+            if resp.status >= 400:
+                raise XmError(f"xend refused the event stream (HTTP {resp.status})")
+            event, data = None, []
+            while True:
+                line = resp.fp.readline()
+                if not line:
+                    return
+                line = line.decode(errors="replace").rstrip("\r\n")
+                if line == "":
+                    if event is not None:
+                        yield event, json.loads("\n".join(data)) if data else None
+                    event, data = None, []
+                elif line.startswith(":"):
+                    continue
+                elif line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].strip())
+        finally:
+            conn.close()
+
     def get(self, path: str):
         return self.request("GET", path)
 

@@ -275,6 +275,25 @@ def cmd_top(ctx, opts, args):
     return top_main(argv, ctx.client)
 
 
+@command("events", "[--json] [-n N]", "Follow domain state changes as they happen.",
+         (Opt(None, "json", "One JSON object per line."),
+          Opt("n", "count", "Exit after N events.", "N")), max_args=0)
+def cmd_events(ctx, opts, args):
+    import json as _json
+    limit = _int_arg(opts["count"], "count") if "count" in opts else None
+    seen = 0
+    for event, data in ctx.client.stream("/api/events"):
+        if "json" in opts:
+            print(_json.dumps(data), flush=True)
+        else:
+            stamp = time.strftime("%H:%M:%S", time.localtime(data["time"]))
+            print(f"{stamp} {event:<9} {data['name']} (id={data['domid']}) {data['state']}", flush=True)
+        seen += 1
+        if limit is not None and seen >= limit:
+            break
+    return 0
+
+
 @command("log", "", "Print xend log.", max_args=0)
 def cmd_log(ctx, opts, args):
     sys.stdout.write(ctx.client.get("/api/log")["log"])

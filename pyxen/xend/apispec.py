@@ -1,0 +1,104 @@
+"""The table of xend's API resources: the one source for routing and for
+the OpenAPI document served at ``/api/openapi.json``.
+
+Each domain operation is a POST to ``/api/domains/{dom}/<op>`` with a JSON
+body; the table gives its fields, so the document, validation messages and
+``xm`` stay in step.
+"""
+
+from __future__ import annotations
+
+from .. import __version__
+
+# name -> (summary, {field: (json type, description, required)})
+OPS: dict[str, tuple[str, dict]] = {
+    "pause": ("Pause the domain's vCPUs.", {}),
+    "unpause": ("Resume a paused domain.", {}),
+    "destroy": ("Terminate the domain immediately.", {}),
+    "shutdown": ("Ask the guest to power off, halt or reboot.", {
+        "reason": ("string", "poweroff (default), halt or reboot", False),
+        "wait": ("boolean", "return once the domain has gone", False)}),
+    "reboot": ("Ask the guest to reboot.", {}),
+    "sysrq": ("Send a magic SysRq key.", {"key": ("string", "one letter", True)}),
+    "rename": ("Rename the domain.", {"name": ("string", "the new name", True)}),
+    "mem-set": ("Set the memory target (balloon).", {"memory": ("integer", "MiB", True)}),
+    "mem-max": ("Set the memory ceiling.", {"memory": ("integer", "MiB", True)}),
+    "vcpu-set": ("Set the number of online vCPUs.", {"vcpus": ("integer", "count", True)}),
+    "vcpu-pin": ("Pin vCPUs to host CPUs.", {"vcpu": ("string", "a vCPU number or all", True),
+                                            "cpus": ("string", "e.g. 0-3,^1 or all", True)}),
+    "sched-credit": ("Set credit scheduler weight and cap.", {
+        "weight": ("integer", "1-65535", False), "cap": ("integer", "% of one CPU, 0 = none", False)}),
+    "sched-sedf": ("Set SEDF parameters.", {
+        "period": ("number", "ms", False), "slice": ("number", "ms", False), "latency": ("number", "ms", False),
+        "extratime": ("integer", "0 or 1", False), "weight": ("integer", "share", False)}),
+    "dump-core": ("Dump the guest's memory as an ELF core.", {
+        "file": ("string", "absolute path (default under var/xen/dump)", False),
+        "live": ("boolean", "do not pause", False), "crash": ("boolean", "destroy afterwards", False),
+        "reset": ("boolean", "reset afterwards", False)}),
+}
+
+# (method, path, summary, request fields or None, tag)
+ROUTES: list[tuple[str, str, str, dict | None, str]] = [
+    ("GET", "/api/host", "Host information (xm info).", None, "host"),
+    ("GET", "/api/log", "xend's log (xm log).", None, "host"),
+    ("GET", "/api/dmesg", "xend's message ring (xm dmesg).", None, "host"),
+    ("POST", "/api/dmesg/clear", "Clear the message ring.", {}, "host"),
+    ("GET", "/api/domains", "All domains, Domain-0 first (?long=1 adds the SXP, ?stats=1 I/O counters).",
+     None, "domains"),
+    ("POST", "/api/domains", "Create a domain from its SXP config (xm create).", {
+        "config": ("string", "the domain's (vm ...) SXP", True),
+        "paused": ("boolean", "leave it paused", False),
+        "notes": ("array", "messages for xend's log", False)}, "domains"),
+    ("GET", "/api/domains/{dom}", "One domain (name, id or uuid).", None, "domains"),
+    ("GET", "/api/domains/{dom}/vcpus", "The domain's vCPUs (xm vcpu-list).", None, "domains"),
+    ("GET", "/api/domains/{dom}/devices/{cls}", "The domain's devices of class vbd or vif.", None, "devices"),
+    ("GET", "/api/domains/{dom}/console", "The serial console as a websocket (binary frames).", None, "console"),
+    ("GET", "/api/events", "Domain state changes as server-sent events.", None, "events"),
+    ("GET", "/metrics", "Prometheus metrics.", None, "metrics"),
+    ("GET", "/api/openapi.json", "This document.", None, "meta"),
+]
+
+
+def _schema(fields: dict) -> dict:
+    props = {}
+    for name, (typ, desc, _req) in fields.items():
+        props[name] = {"type": typ, "description": desc}
+        if typ == "array":
+            props[name]["items"] = {"type": "string"}
+    req = [n for n, (_, _, r) in fields.items() if r]
+    s = {"type": "object", "properties": props, "additionalProperties": True}
+    if req:
+        s["required"] = req
+    return s
+
+
+def openapi() -> dict:
+    err = {"description": "error", "content": {"application/json": {"schema": {
+        "type": "object", "properties": {"error": {"type": "string"}, "code": {"type": "string"}},
+        "required": ["error", "code"]}}}}
+    paths: dict = {}
+
+    def op(method, path, summary, fields, tag):
+        params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                  for p in ("dom", "cls") if "{" + p + "}" in path]
+        o = {"summary": summary, "tags": [tag], "parameters": params,
+             "responses": {"200": {"description": "ok"}, "400": err, "404": err, "409": err, "500": err}}
+        if method == "POST" and path == "/api/domains":
+            o["responses"]["201"] = {"description": "created"}
+        if fields is not None and method == "POST":
+            o["requestBody"] = {"required": bool([f for f in fields.values() if f[2]]),
+                                "content": {"application/json": {"schema": _schema(fields)}}}
+        paths.setdefault(path, {})[method.lower()] = o
+
+    for route in ROUTES:
+        op(*route)
+    for name, (summary, fields) in OPS.items():
+        op("POST", f"/api/domains/{{dom}}/{name}", summary, fields, "operations")
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "xend (pyxen)", "version": __version__,
+                 "description": "xend's HTTP API: the operations of xm as JSON resources."},
+        "components": {"securitySchemes": {"token": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"token": []}, {}],
+        "paths": paths,
+    }
