@@ -60,6 +60,7 @@ class Domain:
         self._expect_exit = False
         self._handling = False
         self._shutdown_task: asyncio.Task | None = None
+        self.announced = False   # 'created' was published; later changes are too
         # SEDF's view (xm sched-sedf): period and latency in ms; the slice and
         # extratime are derived from cpu_cap, the weight is cpu_weight.
         self.sedf = {"period": 100.0, "latency": 0.0}
@@ -92,7 +93,7 @@ class Domain:
         st.put_json(f"{self.key}/runtime", self.runtime_record())
         # Every state change is persisted, so this is where observers hear of it.
         seen = (self.state, self.paused, self.name, self.cfg.vcpus, self.cfg.memory, self.domid)
-        if seen != getattr(self, "_last_emitted", None) and self.state != "creating":
+        if seen != getattr(self, "_last_emitted", None) and self.announced:
             self._last_emitted = seen
             self.reg.emit("changed", self)
 

@@ -158,6 +158,8 @@ class Domains:
             raise
         log.info("%s: started (domid %d, %s)", cfg.name, domid, accel)
         self.emit("created", dom)
+        dom.announced = True
+        dom._last_emitted = (dom.state, dom.paused, dom.name, dom.cfg.vcpus, dom.cfg.memory, dom.domid)
         return dom
 
     # ----------------------------------------------------------------- adopt
@@ -190,6 +192,7 @@ class Domains:
             if isinstance(rec.get("sedf"), dict):
                 dom.sedf.update(rec["sedf"])
             self.by_uuid[u] = dom
+            dom.announced = True
             await self._adopt_one(dom)
 
     async def _adopt_one(self, dom: Domain) -> None:
