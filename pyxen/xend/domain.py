@@ -17,6 +17,7 @@ import time
 import uuid as uuidlib
 from typing import TYPE_CHECKING
 
+from .. import faults
 from ..config import sxp
 from ..config.domain import DomainConfig
 from ..config.specs import disk_number, format_cpuset, parse_cpuset
@@ -129,6 +130,7 @@ class Domain:
         except process.QemuStartError as e:
             raise XendError(f"QEMU failed to start domain {self.name}: {e}") from None
         self.persist()
+        faults.point("create-after-qemu-start")
         await self._connect(rt)
         await self.setup_cpus_and_memory()
         self.apply_placement(initial=True)
@@ -218,6 +220,7 @@ class Domain:
             async with self.lock:
                 action = {"poweroff": self.cfg.on_poweroff, "halt": self.cfg.on_poweroff,
                           "reboot": self.cfg.on_reboot, "crash": self.cfg.on_crash}[reason]
+                faults.point("guest-exit")
                 log.info("%s: guest %s; on_%s=%s", self.name, reason,
                          "crash" if reason == "crash" else ("reboot" if reason == "reboot" else "poweroff"),
                          action)
@@ -475,6 +478,7 @@ class Domain:
         self.state = "dying"
         self._expect_exit = True
         self.persist()
+        faults.point("destroy-after-dying")
         await self._release()
         self._finish_destroy()
 

@@ -66,6 +66,10 @@ def kernel_cmdline(cfg: DomainConfig) -> str:
 def build(cfg: DomainConfig, rt: Runtime) -> list[str]:
     a = [rt.qemu,
          "-name", f"{cfg.name},debug-threads=on",
+         # seccomp: no obsolete syscalls and no resource control from inside
+         # QEMU.  (elevateprivileges=deny also forbids the setsid() of
+         # -daemonize, and spawn=deny its fork, so those two stay allowed.)
+         "-sandbox", "on,obsolete=deny,resourcecontrol=deny",
          "-uuid", cfg.uuid,
          "-machine", "pc",
          "-nodefaults", "-no-user-config", "-display", "none",
