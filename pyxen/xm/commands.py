@@ -347,8 +347,8 @@ def cmd_network_attach(ctx, opts, args):
          (Opt("f", "force", "Remove the device's backend even if the guest does not release it."),),
          min_args=2, max_args=2)
 def cmd_network_detach(ctx, opts, args):
-    force = "&force=1" if "force" in opts else ""
-    ctx.client.delete(f"/api/domains/{_dom(args[0])}/devices/vif/{quote(args[1], safe='')}?{force}")
+    query = "?force=1" if "force" in opts else ""
+    ctx.client.delete(f"/api/domains/{_dom(args[0])}/devices/vif/{quote(args[1], safe='')}{query}")
     return 0
 
 

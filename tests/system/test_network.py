@@ -146,7 +146,7 @@ def test_bridged_guests_spoofing_rate_and_hotplug(lab, net_host):
     assert "inet 10.1.0.1/24" in lab.exec(h_ns, "ip", "-4", "addr", "show", "xenbr0").stdout
 
     common = dict(netmask="255.255.255.0", gateway="10.1.0.1")
-    host.xm("create", guest_config(host, "g1", ip="10.1.0.11", **common,
+    host.xm("create", guest_config(host, "g1", ip="10.1.0.11", hostname="web1", **common,
                                    vif=["ip=10.1.0.11", "model=e1000"]))
     host.xm("create", guest_config(host, "g2", ip="10.1.0.12", **common,
                                    vif=["ip=10.1.0.12, rate=4Mb/s"]))
@@ -176,6 +176,9 @@ def test_bridged_guests_spoofing_rate_and_hotplug(lab, net_host):
                          "/sys/bus/pci/devices/*/device")
         assert out.split()[0] == macs[0]
         assert "0x100e" in out.split()           # the model=e1000 NIC is there
+        # ip/netmask/gateway/hostname from the config, applied by the guest.
+        out, _ = con.run("hostname; ip -4 addr show eth0; ip route")
+        assert out.startswith("web1\n") and "inet 10.1.0.11/24" in out and "default via 10.1.0.1" in out
         for target in ("10.1.0.12", "10.1.0.1", "10.1.0.254"):   # guest, host, the LAN via eth0
             out, rc = con.run(f"ping -c 2 -W 5 {target}", timeout=30)
             assert rc == 0, out
@@ -274,7 +277,7 @@ def test_nat_dhcp_and_routed_guests_with_own_scripts(lab, net_host):
     host.xend("restart")
     assert (host.root / "my-network.log").read_text() == "start\n"
 
-    host.xm("create", guest_config(host, "nat", dhcp="dhcp", vif=[""]))
+    host.xm("create", guest_config(host, "nat", dhcp="dhcp", vif=["vifname=natguest0"]))
     host.xm("create", guest_config(host, "routed", ip="198.51.100.50", netmask="255.255.255.0",
                                    vif=[f"script={own_vif}, ip=198.51.100.50"]))
     nat_id, routed_id = host.domains()["nat"]["id"], host.domains()["routed"]["id"]
@@ -286,7 +289,8 @@ def test_nat_dhcp_and_routed_guests_with_own_scripts(lab, net_host):
     assert env["domid"] == str(routed_id) and env["devid"] == "0" and env["domname"] == "routed"
     assert env["XENBUS_PATH"] == f"backend/vif/{routed_id}/0" and MAC_RE.match(env["mac"])
 
-    assert any(f"--interface=vif{nat_id}.0" in c for c in lab.commands(h_ns))   # its DHCP server
+    assert " natguest0: " in lab.links(h_ns)                                  # vifname= names the tap
+    assert any("--interface=natguest0" in c for c in lab.commands(h_ns))      # its DHCP server
     with host.console("nat") as con:
         con.login()
         want = f"inet 10.0.{nat_id}.1/24"
