@@ -8,9 +8,13 @@ Every function acts on the network namespace of the calling process.
 from __future__ import annotations
 
 import errno
+import logging
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+
+# pyroute2 logs every netlink message at DEBUG; xend's log says what matters.
+logging.getLogger("pyroute2").setLevel(logging.WARNING)
 
 # Xen gave every backend vif this address so that a bridge, which takes the
 # lowest MAC of its ports, never takes a guest-facing port's.

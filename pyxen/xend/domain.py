@@ -56,6 +56,9 @@ class Domain:
         # Device ids of cfg.vifs, in the same order: stable while the domain
         # runs (the tap vif<domid>.<devid> and QEMU's ids derive from them).
         self.vif_devids: list[int] = []
+        # Xen never reuses a device id in a domain's life (nextDeviceID): a
+        # NIC a guest has not released yet still holds its QEMU ids.
+        self.vif_next_devid = 0
         self._device_gone: dict[str, asyncio.Event] = {}
         self._exit_watch = None
         self._expect_exit = False
@@ -80,7 +83,8 @@ class Domain:
     def runtime_record(self) -> dict:
         return {"domid": self.domid, "state": self.state, "paused": self.paused, "pid": self.pid,
                 "start_time": self.start_time, "shutdown_reason": self.shutdown_reason,
-                "accel": self.accel, "vif_devids": self.vif_devids}
+                "accel": self.accel, "vif_devids": self.vif_devids,
+                "vif_next_devid": self.vif_next_devid}
 
     def persist(self, config: bool = False) -> None:
         st = self.reg.store
@@ -459,7 +463,8 @@ class Domain:
                 raise Conflict(f"Domain {self.name} is paused; unpause it to attach a device")
             spec = dict(spec)
             names = {self.reg.net.vif_name(self.domid, d, s) for d, s in self.vifs()}
-            devid = max(self.vif_devids, default=-1) + 1
+            devid = max(max(self.vif_devids, default=-1) + 1, self.vif_next_devid)
+            self.vif_next_devid = devid + 1
             if self.reg.net.vif_name(self.domid, devid, spec) in names:
                 raise Conflict(f"Domain {self.name} already has a vif named {spec['vifname']}")
             with self.reg.mac_for(spec, self):

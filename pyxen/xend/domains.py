@@ -209,6 +209,7 @@ class Domains:
             devids = rec.get("vif_devids")
             if isinstance(devids, list) and len(devids) == len(cfg.vifs):
                 dom.vif_devids = [int(x) for x in devids]
+            dom.vif_next_devid = int(rec.get("vif_next_devid") or 0)
             self.by_uuid[u] = dom
             await self._adopt_one(dom)
 
