@@ -60,12 +60,9 @@ class Lab:
         return sh("ip", "netns", "exec", ns, *argv, check=check)
 
     def wire(self, ns_a: str, if_a: str, addr_a: str, ns_b: str, if_b: str, addr_b: str) -> None:
-        """A veth pair: if_a (addr_a) in ns_a <-> if_b (addr_b) in ns_b."""
-        tmp_a, tmp_b = f"va{self.tag}", f"vb{self.tag}"
-        sh("ip", "link", "add", tmp_a, "type", "veth", "peer", "name", tmp_b)
-        for tmp, ns, name, addr in ((tmp_a, ns_a, if_a, addr_a), (tmp_b, ns_b, if_b, addr_b)):
-            sh("ip", "link", "set", tmp, "netns", ns)
-            self.exec(ns, "ip", "link", "set", tmp, "name", name)
+        """A veth pair: if_a (addr_a) in ns_a <-> if_b (addr_b) in ns_b (made there directly)."""
+        sh("ip", "link", "add", if_a, "netns", ns_a, "type", "veth", "peer", "name", if_b, "netns", ns_b)
+        for ns, name, addr in ((ns_a, if_a, addr_a), (ns_b, if_b, addr_b)):
             self.exec(ns, "ip", "addr", "add", addr, "dev", name)
             self.exec(ns, "ip", "link", "set", name, "up")
 
