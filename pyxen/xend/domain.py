@@ -465,8 +465,9 @@ class Domain:
             names = {self.reg.net.vif_name(self.domid, d, s) for d, s in self.vifs()}
             devid = max(max(self.vif_devids, default=-1) + 1, self.vif_next_devid)
             self.vif_next_devid = devid + 1
-            if self.reg.net.vif_name(self.domid, devid, spec) in names:
-                raise Conflict(f"Domain {self.name} already has a vif named {spec['vifname']}")
+            name = self.reg.net.vif_name(self.domid, devid, spec)
+            if name in names:
+                raise Conflict(f"Domain {self.name} already has a vif named {name}")
             with self.reg.mac_for(spec, self):
                 tap, mtu = await self.reg.net.vif_up(self, devid, spec)
                 try:
@@ -477,7 +478,7 @@ class Domain:
                     except (QMPError, QmpTimeout):
                         await self._quiet_qmp("netdev_del", {"id": f"vif{devid}"})
                         raise
-                except (QMPError, QmpTimeout, XendError) as e:
+                except (QMPError, QmpTimeout) as e:
                     await self.reg.net.vif_down(self, devid, spec)
                     raise XendError(f"Device {devid} (vif) could not be connected. {e}") from None
                 self.cfg.vifs.append(spec)
