@@ -59,6 +59,9 @@ class Domain:
         # Xen never reuses a device id in a domain's life (nextDeviceID): a
         # NIC a guest has not released yet still holds its QEMU ids.
         self.vif_next_devid = 0
+        # The vifs whose host side this domain made (and so must unmake):
+        # never another's interface that happened to have the same name.
+        self.vifs_up: set[int] = set()
         self._device_gone: dict[str, asyncio.Event] = {}
         self._exit_watch = None
         self._expect_exit = False
@@ -84,7 +87,7 @@ class Domain:
         return {"domid": self.domid, "state": self.state, "paused": self.paused, "pid": self.pid,
                 "start_time": self.start_time, "shutdown_reason": self.shutdown_reason,
                 "accel": self.accel, "vif_devids": self.vif_devids,
-                "vif_next_devid": self.vif_next_devid}
+                "vif_next_devid": self.vif_next_devid, "vifs_up": sorted(self.vifs_up)}
 
     def persist(self, config: bool = False) -> None:
         st = self.reg.store
@@ -127,6 +130,8 @@ class Domain:
         # here leaves the taps made so far to _release (create rolls back).
         for devid, spec in self.vifs():
             rt.nics.append((devid, *await self.reg.net.vif_up(self, devid, spec)))
+            self.vifs_up.add(devid)
+            self.persist()
         argv = qargv.build(self.cfg, rt)
         log.info("%s: starting QEMU: %s", self.name, " ".join(argv))
         try:
@@ -352,7 +357,9 @@ class Domain:
         shutil.rmtree(self.reg.paths.domain_run(self.domid), ignore_errors=True)
         cgroups.remove(self.uuid)
         for devid, spec in self.vifs():
-            await self.reg.net.vif_down(self, devid, spec)
+            if devid in self.vifs_up:
+                await self.reg.net.vif_down(self, devid, spec)
+                self.vifs_up.discard(devid)
 
     def _finish_destroy(self) -> None:
         self.pid = None
@@ -483,6 +490,7 @@ class Domain:
                     raise XendError(f"Device {devid} (vif) could not be connected. {e}") from None
                 self.cfg.vifs.append(spec)
                 self.vif_devids.append(devid)
+                self.vifs_up.add(devid)
             self.persist(config=True)
             log.info("%s: vif %d attached (%s, %s)", self.name, devid, tap, spec["mac"])
             return devid
@@ -519,6 +527,7 @@ class Domain:
             await self._quiet_qmp("netdev_del", {"id": f"vif{devid}"})
             del self.cfg.vifs[i]
             del self.vif_devids[i]
+            self.vifs_up.discard(devid)
             self.persist(config=True)
             await self.reg.net.vif_down(self, devid, spec)
             log.info("%s: vif %d detached", self.name, devid)

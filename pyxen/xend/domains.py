@@ -138,11 +138,15 @@ class Domains:
             if disk.target and disk.kind != "nbd" and not os.path.exists(disk.target):
                 raise InvalidRequest(f"disk {disk.vdev}: {disk.target} does not exist")
         names: set[str] = set()
+        taken = {self.net.vif_name(d.domid, devid, v): d.name for d in self.by_uuid.values()
+                 for devid, v in d.vifs()}
         for devid, v in enumerate(cfg.vifs):
             self.net.vif_script(v)          # the script must exist before anything is made
             name = v.get("vifname")
             if name and name in names:
                 raise InvalidRequest(f"vif {devid}: vifname {name} is used twice in domain {cfg.name}")
+            if name and name in taken:
+                raise Conflict(f"vif {devid}: vifname {name} is in use by domain {taken[name]}")
             names.add(name)
 
     async def create(self, config_sxp: str, paused: bool = False) -> Domain:
@@ -206,10 +210,18 @@ class Domains:
             dom.start_time = rec.get("start_time") or dom.start_time
             dom.shutdown_reason = rec.get("shutdown_reason")
             dom.accel = rec.get("accel", "tcg")
-            devids = rec.get("vif_devids")
-            if isinstance(devids, list) and len(devids) == len(cfg.vifs):
-                dom.vif_devids = [int(x) for x in devids]
-            dom.vif_next_devid = int(rec.get("vif_next_devid") or 0)
+            try:
+                devids = rec.get("vif_devids")
+                if isinstance(devids, list) and len(devids) == len(cfg.vifs):
+                    dom.vif_devids = [int(x) for x in devids]
+                dom.vif_next_devid = int(rec.get("vif_next_devid") or 0)
+                up = rec.get("vifs_up")
+                # A record from before vifs_up was kept: every vif was brought up.
+                dom.vifs_up = {int(x) for x in up} if isinstance(up, list) else {d for d, _ in dom.vifs()}
+            except (TypeError, ValueError) as e:
+                log.error("%s: bad vif record (%s); assuming every vif is up", cfg.name, e)
+                dom.vif_devids = []
+                dom.vifs_up = {d for d, _ in dom.vifs()}
             self.by_uuid[u] = dom
             await self._adopt_one(dom)
 

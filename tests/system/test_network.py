@@ -376,6 +376,18 @@ def test_bad_vif_and_vnet_specs_fail_clearly(lab, net_host, tmp_path):
         assert_nothing_left(host)
     assert not re.search(r" vif\d+\.\d+[:@]", lab.links(ns))     # no tap left behind
 
+    # A vifname that is taken: refused, and the interface that has it is untouched.
+    host.xm("create", guest_config(host, "owner", vif=["vifname=web0, ip=10.5.0.1"]))
+    res = host.xm("create", guest_config(host, "thief", vif=["vifname=web0"]), check=False)
+    assert_clean_error(res, "vifname web0 is in use by domain owner")
+    lab.exec(ns, "ip", "link", "add", "web1", "type", "bridge")      # not a domain's
+    res = host.xm("create", guest_config(host, "thief", vif=["vifname=web1"]), check=False)
+    assert_clean_error(res, "host interface web1 already exists")
+    links = lab.links(ns)
+    assert re.search(r" web0: .* master xenbr0 ", links) and " web1: " in links
+    assert "pyxen_web0" in lab.exec(ns, "nft", "list", "tables").stdout
+    assert set(host.domains()) == {"Domain-0", "owner"}
+
     bad = tmp_path / "bad.sxp"
     bad.write_text("(vnet (id 98) (security conf))")
     assert_clean_error(host.xm("vnet-create", str(bad), check=False), str(bad), "security 'conf'")
