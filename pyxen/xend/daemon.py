@@ -25,6 +25,7 @@ from . import layout
 from .accel import Accelerator
 from .api import Api
 from .domains import Domains
+from .network import HostNetwork
 
 log = logging.getLogger("pyxen.xend")
 
@@ -87,8 +88,11 @@ def take_lock(paths: Paths) -> int:
 async def serve(paths: Paths, cfg: XendConfig, ready) -> None:
     store = FileStore(paths.state)
     accel = Accelerator(paths, cfg, store)
-    domains = Domains(paths, cfg, store, accel)
+    net = HostNetwork(paths, cfg, store)
+    domains = Domains(paths, cfg, store, accel, net)
     accel.start()
+    # The network (network-script, vnets) before the domains that use it.
+    await net.start()
     await domains.adopt_all()
     token = None
     if cfg["xend-http-server"] and cfg["xend-http-auth"] == "token":
@@ -131,6 +135,7 @@ async def serve(paths: Paths, cfg: XendConfig, ready) -> None:
     log.info("xend stopping; domains keep running")
     await runner.cleanup()
     await domains.detach_all()
+    await net.stop(len(domains.all()))
     try:
         sock.unlink()
     except FileNotFoundError:
