@@ -199,6 +199,12 @@ class Domain:
         await self._connect(rt)
         st = await self.qmp.execute("query-status")
         self.paused = st.get("status") in ("paused", "suspended") and self.state == "running"
+        if self.state == "running" and st.get("status") in ("shutdown", "guest-panicked"):
+            # The guest powered off or panicked while no xend was watching:
+            # apply its on_* action now, as if the event had just arrived.
+            self.paused = False
+            reason = "crash" if st["status"] == "guest-panicked" else (self.shutdown_reason or "poweroff")
+            asyncio.get_running_loop().create_task(self._guest_exited(reason))
         self.apply_placement(initial=False)
         log.info("%s: adopted QEMU pid %d (domid %d, %s)", self.name, self.pid, self.domid, st.get("status"))
         return True

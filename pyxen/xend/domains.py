@@ -41,6 +41,7 @@ class Domains:
         self.by_uuid: dict[str, Domain] = {}
         self._create_lock = asyncio.Lock()
         self.subscribers: set[asyncio.Queue] = set()
+        self._reserved_macs: set[str] = set()   # handed out, not yet in a config
 
     # ---------------------------------------------------------------- events
     def emit(self, kind: str, dom: Domain) -> None:
@@ -54,7 +55,6 @@ class Domains:
                 q.put_nowait(ev)
             except asyncio.QueueFull:
                 pass        # a stalled client loses events, xend does not block
-        self._reserved_macs: set[str] = set()   # handed out, not yet in a config
 
     # ---------------------------------------------------------------- lookup
     def all(self) -> list[Domain]:

@@ -72,8 +72,9 @@ class Client:
             raise XmError(msg, code)
         return doc
 
-    def stream(self, path: str):
-        """Yield (event, data) pairs from a server-sent-events resource."""
+    def stream(self, path: str, on_open=None):
+        """Yield (event, data) pairs from a server-sent-events resource;
+        *on_open()* is called once xend has accepted the subscription."""
         conn = _UnixConnection(self.sock, None)
         try:
             try:
@@ -83,6 +84,8 @@ class Client:
                 raise self._connect_error(e) from None
             if resp.status >= 400:
                 raise XmError(f"xend refused the event stream (HTTP {resp.status})")
+            if on_open:
+                on_open()
             event, data = None, []
             while True:
                 line = resp.fp.readline()

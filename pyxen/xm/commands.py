@@ -281,8 +281,13 @@ def cmd_top(ctx, opts, args):
 def cmd_events(ctx, opts, args):
     import json as _json
     limit = _int_arg(opts["count"], "count") if "count" in opts else None
+    if limit is not None and limit <= 0:
+        return 0
     seen = 0
-    for event, data in ctx.client.stream("/api/events"):
+    # The note on stderr tells a watching script (or person) that from here on
+    # nothing is missed.
+    ready = lambda: print("# following xend events (Ctrl-C stops)", file=sys.stderr, flush=True)  # noqa: E731
+    for event, data in ctx.client.stream("/api/events", on_open=ready):
         if "json" in opts:
             print(_json.dumps(data), flush=True)
         else:

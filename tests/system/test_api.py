@@ -49,7 +49,9 @@ def test_http_api_auth_ops_events_metrics_openapi(make_host):
     assert "refused POST /api/domains from 127.0.0.1: bad token" in log
 
     # Follow the event stream while we work (through xm, over the Unix socket).
-    ev = subprocess.Popen(["xm", "events", "--json", "-n", "4"], env=h.env, stdout=subprocess.PIPE, text=True)
+    ev = subprocess.Popen(["xm", "events", "--json", "-n", "4"], env=h.env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    assert ev.stderr.readline().startswith("# following xend events")   # subscribed: nothing missed
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(ev.stdout), daemon=True)
     reader.start()
