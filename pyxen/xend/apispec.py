@@ -49,10 +49,20 @@ ROUTES: list[tuple[str, str, str, dict | None, str]] = [
         "config": ("string", "the domain's (vm ...) SXP", True),
         "paused": ("boolean", "leave it paused", False),
         "notes": ("array", "messages for xend's log", False)}, "domains"),
+    ("POST", "/api/domains/from-file", "Create a domain from an uploaded config file: SXP (vm ...) or "
+     "xl.cfg KEY=VALUE; Python configs are refused (xend never runs Python).", {
+        "file": ("string", "the config file's text", True),
+        "filename": ("string", "its name; the domain's name when the config has none", False),
+        "paused": ("boolean", "leave it paused", False)}, "domains"),
     ("GET", "/api/domains/{dom}", "One domain (name, id or uuid).", None, "domains"),
     ("GET", "/api/domains/{dom}/vcpus", "The domain's vCPUs (xm vcpu-list).", None, "domains"),
     ("GET", "/api/domains/{dom}/devices/{cls}", "The domain's devices of class vbd or vif.", None, "devices"),
     ("GET", "/api/domains/{dom}/console", "The serial console as a websocket (binary frames).", None, "console"),
+    ("GET", "/api/domains/{dom}/vnc", "The domain's VNC display as a websocket (for noVNC); a plain GET "
+     "says whether there is one (409 when there is none).", None, "console"),
+    ("POST", "/api/login", "Trade the API token for a browser session cookie (HttpOnly, SameSite=Strict).",
+     {"token": ("string", "the contents of xend-http-token", True)}, "auth"),
+    ("POST", "/api/logout", "End the browser session.", {}, "auth"),
     ("GET", "/api/events", "Domain state changes as server-sent events.", None, "events"),
     ("GET", "/metrics", "Prometheus metrics.", None, "metrics"),
     ("GET", "/api/openapi.json", "This document.", None, "meta"),
