@@ -69,6 +69,10 @@ ROUTES: list[tuple[str, str, str, dict | None, str]] = [
 ]
 
 
+# Reachable without credentials (the login call itself).
+PUBLIC = {"/api/login"}
+
+
 def _schema(fields: dict) -> dict:
     props = {}
     for name, (typ, desc, _req) in fields.items():
@@ -86,13 +90,23 @@ def openapi() -> dict:
     err = {"description": "error", "content": {"application/json": {"schema": {
         "type": "object", "properties": {"error": {"type": "string"}, "code": {"type": "string"}},
         "required": ["error", "code"]}}}}
+    # aiohttp's HTTP layer answers a malformed request (e.g. a control
+    # character in a header) with a text/plain 400 before xend sees it.
+    bad = {"description": "invalid request", "content": {**err["content"], "text/plain": {
+        "schema": {"type": "string"}}}}
     paths: dict = {}
 
     def op(method, path, summary, fields, tag):
         params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
                   for p in ("dom", "cls") if "{" + p + "}" in path]
         o = {"summary": summary, "tags": [tag], "parameters": params,
-             "responses": {"200": {"description": "ok"}, "400": err, "404": err, "409": err, "500": err}}
+             "responses": {"200": {"description": "ok"}, "400": bad, "401": err, "404": err, "409": err,
+                           "500": err}}
+        if path == "/metrics":
+            o["responses"]["200"] = {"description": "Prometheus text exposition format",
+                                     "content": {"text/plain": {"schema": {"type": "string"}}}}
+        if path in PUBLIC:
+            o["security"] = []
         if method == "POST" and path == "/api/domains":
             o["responses"]["201"] = {"description": "created"}
         if fields is not None and method == "POST":
@@ -108,7 +122,11 @@ def openapi() -> dict:
         "openapi": "3.0.3",
         "info": {"title": "xend (pyxen)", "version": __version__,
                  "description": "xend's HTTP API: the operations of xm as JSON resources."},
-        "components": {"securitySchemes": {"token": {"type": "http", "scheme": "bearer"}}},
-        "security": [{"token": []}, {}],
+        "components": {"securitySchemes": {
+            "token": {"type": "http", "scheme": "bearer",
+                      "description": "the contents of xend-http-token (TCP only: the Unix socket is root's)"},
+            "session": {"type": "apiKey", "in": "cookie", "name": "xend_session",
+                        "description": "a browser session from POST /api/login"}}},
+        "security": [{"token": []}, {"session": []}],
         "paths": paths,
     }
