@@ -121,6 +121,8 @@ class Web:
     def __init__(self, api):
         self.api = api
         self.sessions = Sessions()
+        if not (STATIC / "vendor" / "xterm.js").exists():
+            log.warning("web console bundles missing in %s: run 'make web'", STATIC / "vendor")
 
     def add_routes(self, r: web.UrlDispatcher) -> None:
         r.add_get("/", self.index)
