@@ -143,6 +143,14 @@ function follow() {
   for (const kind of ["created", "changed", "destroyed"]) events.addEventListener(kind, onEvent);
   // After a reconnect events may have been missed: resynchronise.
   events.addEventListener("open", () => refresh().catch(() => {}));
+  // EventSource gives up on an HTTP error (e.g. 401 once the session has
+  // expired): find out why through the API, which shows the login if so.
+  events.addEventListener("error", () => {
+    if (events && events.readyState === EventSource.CLOSED) {
+      events = null;
+      refresh().then(() => { if (!events) follow(); }).catch(() => {});
+    }
+  });
 }
 
 // ------------------------------------------------------------------ create
@@ -180,8 +188,12 @@ function openConsole(name) {
   const ws = new WebSocket(`${proto}//${location.host}/api/domains/${encodeURIComponent(name)}/console`);
   ws.binaryType = "arraybuffer";
   const enc = new TextEncoder();
-  ws.onmessage = (m) => term && term.write(new Uint8Array(m.data));
-  ws.onclose = () => term && term.write("\r\n[console closed]\r\n");
+  let gotData = false;
+  ws.onmessage = (m) => { gotData = true; if (term) term.write(new Uint8Array(m.data)); };
+  ws.onclose = (e) => {
+    if (term) term.write("\r\n[console closed]\r\n");
+    if (e.code === 1006 && !gotData) say(`${name}: the console is not available (another client may be attached)`, true);
+  };
   term.onData((s) => { if (ws.readyState === WebSocket.OPEN) ws.send(enc.encode(s)); });
   consoleWs = ws;
   term.focus();
