@@ -10,9 +10,13 @@ STAMP   := $(VENV)/.pyxen-deps
 # for virtual networks, nftables (ip= anti-spoofing, network-nat's NAT) and
 # dnsmasq-base (vif-nat's DHCP; the binary only, no system service).
 APT_PKGS := qemu-system-x86 qemu-utils busybox-static lz4 zstd xz-utils cpio e2fsprogs \
-            python3-venv iproute2 procps nftables dnsmasq-base
+            python3-venv iproute2 procps nftables dnsmasq-base chromium
+# (chromium: the web console's tests drive it headless through Playwright.
+#  node and npm build the front-end bundles: `make web` installs Debian's
+#  nodejs/npm only when no npm is present, so a NodeSource node is left alone.)
+WEB_STAMP := pyxen/web/static/vendor/.built
 
-.PHONY: all deps image demo test unit bench clean
+.PHONY: all deps image web demo test unit bench clean
 
 all: image
 
@@ -31,10 +35,20 @@ deps: $(STAMP)
 image: deps
 	$(VENV)/bin/pyxen-image build
 
-demo: image
+# Front-end packages (xterm.js, noVNC) from npm, pinned by web/package-lock.json,
+# bundled into the package: xend's page fetches nothing at run time.
+$(WEB_STAMP): web/package.json web/package-lock.json web/build.mjs
+	@command -v npm >/dev/null || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm; }
+	cd web && npm ci --no-audit --no-fund && node build.mjs
+	touch $@
+
+web: $(WEB_STAMP)
+
+demo: image web
 	PATH=$(BINDIR):$$PATH $(PY) -m pyxen.demo
 
-test: image
+test: image web
 	PATH=$(BINDIR):$$PATH $(PY) -m pytest -q tests
 
 unit: deps
@@ -44,4 +58,4 @@ bench: image
 	PATH=$(BINDIR):$$PATH $(PY) -m bench
 
 clean:
-	rm -rf build *.egg-info .pytest_cache
+	rm -rf build *.egg-info .pytest_cache web/node_modules pyxen/web/static/vendor

@@ -19,6 +19,7 @@ from ..config.errors import ConfigError
 from ..config.specs import VIF_KEYS, parse_vif
 from ..hypervisor.qemu.accel import qemu_version
 from . import apispec, host, metrics
+from . import web as webui
 from .console import ConsoleBusy, ConsoleClient
 from .domains import Domains
 from .errors import Conflict, InvalidRequest, NoSuchDomain, XendError
@@ -53,10 +54,12 @@ class Api:
         self.ring = ring
         self.token = token          # required on TCP connections when set
         self._qemu_version = None
+        self.web = webui.Web(self)
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self.auth, errors], client_max_size=16 * 1024 * 1024)
         r = app.router
+        self.web.add_routes(r)      # the page, browser login, uploads, VNC proxy
         r.add_get("/api/openapi.json", self.get_openapi)
         r.add_get("/api/events", self.events)
         r.add_get("/metrics", self.metrics)
@@ -82,16 +85,30 @@ class Api:
     # ------------------------------------------------------------------ auth
     @web.middleware
     async def auth(self, request, handler):
-        """Unix-socket clients are root (the socket is 0600); TCP needs the token."""
+        """Unix-socket clients are root (the socket is 0600); TCP needs the token,
+        or the session cookie a browser got for it from POST /api/login."""
         peer = request.transport.get_extra_info("peername") if request.transport else None
-        if isinstance(peer, tuple) and self.token is not None:
+        if isinstance(peer, tuple) and self.token is not None and not webui.is_public(request):
             got = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(got.encode(), f"Bearer {self.token}".encode()):
-                log.warning("refused %s %s from %s: %s", request.method, request.path, peer[0],
-                            "bad token" if got else "no credentials")
+            sid = request.cookies.get(webui.COOKIE)
+            if got:
+                ok, why = self.token_ok(got.removeprefix("Bearer ")) and got.startswith("Bearer "), "bad token"
+            elif sid:
+                ok, why = self.web.sessions.valid(sid), "unknown or expired session"
+                if ok and not webui.same_origin(request):
+                    ok, why = False, f"session cookie from foreign origin {request.headers.get('Origin')}"
+            else:
+                ok, why = False, "no credentials"
+            if not ok:
+                log.warning("refused %s %s from %s: %s", request.method, request.path, peer[0], why)
                 return web.json_response({"error": "authentication required", "code": "unauthorized"},
                                          status=401, headers={"WWW-Authenticate": "Bearer"})
         return await handler(request)
+
+    def token_ok(self, token: str) -> bool:
+        if self.token is None:
+            return True
+        return hmac.compare_digest(token.encode(), self.token.encode())
 
     # ---------------------------------------------------------------- helpers
     async def _body(self, request) -> dict:
@@ -355,6 +372,8 @@ class Api:
             raise Conflict(f"Domain {dom.name} has no console (state {dom.state})")
         relay = dom.console
         ws = web.WebSocketResponse(heartbeat=30)
+        if not ws.can_prepare(request).ok:      # (found by schemathesis: was a text/plain 400)
+            raise InvalidRequest(f"Domain {dom.name}'s console is a websocket: use xm console or the web page")
 
         class Ws(ConsoleClient):
             async def send(self, data):

@@ -49,14 +49,28 @@ ROUTES: list[tuple[str, str, str, dict | None, str]] = [
         "config": ("string", "the domain's (vm ...) SXP", True),
         "paused": ("boolean", "leave it paused", False),
         "notes": ("array", "messages for xend's log", False)}, "domains"),
+    ("POST", "/api/domains/from-file", "Create a domain from an uploaded config file: SXP (vm ...) or "
+     "xl.cfg KEY=VALUE; Python configs are refused (xend never runs Python).", {
+        "file": ("string", "the config file's text", True),
+        "filename": ("string", "its name; the domain's name when the config has none", False),
+        "paused": ("boolean", "leave it paused", False)}, "domains"),
     ("GET", "/api/domains/{dom}", "One domain (name, id or uuid).", None, "domains"),
     ("GET", "/api/domains/{dom}/vcpus", "The domain's vCPUs (xm vcpu-list).", None, "domains"),
     ("GET", "/api/domains/{dom}/devices/{cls}", "The domain's devices of class vbd or vif.", None, "devices"),
     ("GET", "/api/domains/{dom}/console", "The serial console as a websocket (binary frames).", None, "console"),
+    ("GET", "/api/domains/{dom}/vnc", "The domain's VNC display as a websocket (for noVNC); a plain GET "
+     "says whether there is one (409 when there is none).", None, "console"),
+    ("POST", "/api/login", "Trade the API token for a browser session cookie (HttpOnly, SameSite=Strict).",
+     {"token": ("string", "the contents of xend-http-token", True)}, "auth"),
+    ("POST", "/api/logout", "End the browser session.", {}, "auth"),
     ("GET", "/api/events", "Domain state changes as server-sent events.", None, "events"),
     ("GET", "/metrics", "Prometheus metrics.", None, "metrics"),
     ("GET", "/api/openapi.json", "This document.", None, "meta"),
 ]
+
+
+# Reachable without credentials (the login call itself).
+PUBLIC = {"/api/login"}
 
 
 def _schema(fields: dict) -> dict:
@@ -76,13 +90,23 @@ def openapi() -> dict:
     err = {"description": "error", "content": {"application/json": {"schema": {
         "type": "object", "properties": {"error": {"type": "string"}, "code": {"type": "string"}},
         "required": ["error", "code"]}}}}
+    # aiohttp's HTTP layer answers a malformed request (e.g. a control
+    # character in a header) with a text/plain 400 before xend sees it.
+    bad = {"description": "invalid request", "content": {**err["content"], "text/plain": {
+        "schema": {"type": "string"}}}}
     paths: dict = {}
 
     def op(method, path, summary, fields, tag):
         params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
                   for p in ("dom", "cls") if "{" + p + "}" in path]
         o = {"summary": summary, "tags": [tag], "parameters": params,
-             "responses": {"200": {"description": "ok"}, "400": err, "404": err, "409": err, "500": err}}
+             "responses": {"200": {"description": "ok"}, "400": bad, "401": err, "404": err, "409": err,
+                           "500": err}}
+        if path == "/metrics":
+            o["responses"]["200"] = {"description": "Prometheus text exposition format",
+                                     "content": {"text/plain": {"schema": {"type": "string"}}}}
+        if path in PUBLIC:
+            o["security"] = []
         if method == "POST" and path == "/api/domains":
             o["responses"]["201"] = {"description": "created"}
         if fields is not None and method == "POST":
@@ -98,7 +122,11 @@ def openapi() -> dict:
         "openapi": "3.0.3",
         "info": {"title": "xend (pyxen)", "version": __version__,
                  "description": "xend's HTTP API: the operations of xm as JSON resources."},
-        "components": {"securitySchemes": {"token": {"type": "http", "scheme": "bearer"}}},
-        "security": [{"token": []}, {}],
+        "components": {"securitySchemes": {
+            "token": {"type": "http", "scheme": "bearer",
+                      "description": "the contents of xend-http-token (TCP only: the Unix socket is root's)"},
+            "session": {"type": "apiKey", "in": "cookie", "name": "xend_session",
+                        "description": "a browser session from POST /api/login"}}},
+        "security": [{"token": []}, {"session": []}],
         "paths": paths,
     }

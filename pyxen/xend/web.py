@@ -1,0 +1,222 @@
+"""xend's web console: the static page, browser sessions, uploaded configs
+and the VNC websocket proxy.
+
+The page (``pyxen/web/static``) is plain HTML/JS; its front-end libraries
+(xterm.js, noVNC) are bundled by ``make web`` into ``static/vendor`` so that
+nothing is fetched at run time.  Browsers cannot put a bearer token on an
+EventSource or a WebSocket, so the page trades the token for a session
+cookie (``POST /api/login``: HttpOnly, SameSite=Strict) that the API's auth
+middleware accepts like the token.
+
+Uploaded configs are SXP ``(vm ...)`` or xl.cfg ``KEY=VALUE`` files.  xend
+never evaluates Python: an xm config that needs Python is refused with a
+message pointing at ``xm create``, which evaluates it on the client side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from pathlib import Path, PurePosixPath
+
+from aiohttp import WSMsgType, web
+
+from ..config import sxp, xmconfig
+from ..config.domain import DomainConfig
+from ..config.errors import ConfigError
+from .errors import Conflict, InvalidRequest
+
+log = logging.getLogger("pyxen.api")
+
+STATIC = Path(__file__).resolve().parent.parent / "web" / "static"
+COOKIE = "xend_session"
+SESSION_TTL = 12 * 3600
+
+
+class Sessions:
+    """Browser sessions: random ids held in memory (a restart logs browsers out)."""
+
+    def __init__(self, ttl: float = SESSION_TTL):
+        self.ttl = ttl
+        self._expiry: dict[str, float] = {}
+
+    def new(self) -> str:
+        self._purge()
+        sid = secrets.token_urlsafe(32)
+        self._expiry[sid] = time.monotonic() + self.ttl
+        return sid
+
+    def valid(self, sid: str | None) -> bool:
+        if not sid:
+            return False
+        exp = self._expiry.get(sid)
+        if exp is None or exp < time.monotonic():
+            self._expiry.pop(sid, None)
+            return False
+        return True
+
+    def drop(self, sid: str | None) -> None:
+        self._expiry.pop(sid or "", None)
+
+    def _purge(self) -> None:
+        now = time.monotonic()
+        for sid in [s for s, e in self._expiry.items() if e < now]:
+            del self._expiry[sid]
+
+
+def is_public(request: web.Request) -> bool:
+    """The page's own files and the login call need no credentials: they hold no secrets."""
+    path = request.path
+    if request.method in ("GET", "HEAD") and (path == "/" or path.startswith("/ui/")):
+        return True
+    return request.method == "POST" and path == "/api/login"
+
+
+def same_origin(request: web.Request) -> bool:
+    """A cookie-authenticated request must not come from another site's page (CSRF)."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    from urllib.parse import urlsplit
+    return urlsplit(origin).netloc == request.host
+
+
+# ------------------------------------------------------------------ uploads
+CONFIG_SUFFIXES = (".cfg", ".sxp", ".conf")
+
+
+def config_from_upload(text: str, filename: str) -> tuple[DomainConfig, list[str]]:
+    """An uploaded config file (SXP or xl.cfg syntax) as a DomainConfig, and its notes."""
+    filename = PurePosixPath(filename or "upload").name or "upload"
+    if not text.strip():
+        raise InvalidRequest(f"{filename}: the config file is empty")
+    if text.lstrip().startswith("("):
+        try:
+            return DomainConfig.from_sxp(sxp.from_string(text)), []
+        except (ConfigError, sxp.SxpError) as e:
+            raise InvalidRequest(f"{filename}: invalid SXP domain config: {e}") from None
+    try:
+        values = xmconfig.parse_xl(text, filename)
+    except ConfigError as e:
+        raise InvalidRequest(f"{e}; xend reads SXP (vm ...) or xl.cfg KEY=VALUE configs and never "
+                             "runs Python: create this one with 'xm create' on the host") from None
+    if not values.get("name"):
+        stem = filename
+        for suf in CONFIG_SUFFIXES:
+            if stem.endswith(suf) and len(stem) > len(suf):
+                stem = stem[:-len(suf)]
+                break
+        values["name"] = stem
+    try:
+        cfg = DomainConfig.from_values(values)
+    except ConfigError as e:
+        raise InvalidRequest(f"{filename}: {e}") from None
+    return cfg, xmconfig.notes_for(values, set())
+
+
+# ----------------------------------------------------------------- handlers
+class Web:
+    def __init__(self, api):
+        self.api = api
+        self.sessions = Sessions()
+        if not (STATIC / "vendor" / "xterm.js").exists():
+            log.warning("web console bundles missing in %s: run 'make web'", STATIC / "vendor")
+
+    def add_routes(self, r: web.UrlDispatcher) -> None:
+        r.add_get("/", self.index)
+        r.add_static("/ui/", STATIC, follow_symlinks=False, append_version=False)
+        r.add_post("/api/login", self.login)
+        r.add_post("/api/logout", self.logout)
+        r.add_post("/api/domains/from-file", self.create_from_file)
+        r.add_get("/api/domains/{dom}/vnc", self.vnc)
+
+    async def index(self, request):
+        raise web.HTTPFound("/ui/index.html")
+
+    async def login(self, request):
+        body = await self.api._body(request)
+        token = body.get("token")
+        if not isinstance(token, str):
+            raise InvalidRequest("'token' (the contents of xend-http-token) is required")
+        if not self.api.token_ok(token):
+            peer = request.transport.get_extra_info("peername") if request.transport else None
+            log.warning("refused login from %s: bad token", peer[0] if isinstance(peer, tuple) else "local")
+            return web.json_response({"error": "wrong token", "code": "unauthorized"}, status=401)
+        resp = web.json_response({"ok": True})
+        resp.set_cookie(COOKIE, self.sessions.new(), max_age=SESSION_TTL, path="/",
+                        httponly=True, samesite="Strict", secure=request.secure)
+        return resp
+
+    async def logout(self, request):
+        self.sessions.drop(request.cookies.get(COOKIE))
+        resp = web.json_response({"ok": True})
+        resp.del_cookie(COOKIE, path="/")
+        return resp
+
+    async def create_from_file(self, request):
+        body = await self.api._body(request)
+        text, filename = body.get("file"), body.get("filename") or "upload"
+        if not isinstance(text, str):
+            raise InvalidRequest("'file' (the text of an SXP or xl.cfg config) is required")
+        if not isinstance(filename, str):
+            raise InvalidRequest("'filename' must be a string")
+        cfg, notes = config_from_upload(text, filename)
+        dom = await self.api.domains.create_config(cfg, paused=bool(body.get("paused")))
+        for n in notes:
+            log.info("%s: %s", dom.name, n)
+        return web.json_response({"domid": dom.domid, "name": dom.name, "uuid": dom.uuid,
+                                  "notes": notes}, status=201)
+
+    async def vnc(self, request):
+        """A websocket carrying the domain's VNC (RFB) stream, for noVNC.
+
+        A domain offers its display through ``vnc_address()`` (a Unix socket
+        path or a (host, port) pair, or None); PV domains have none.
+        """
+        ref = request.match_info["dom"]
+        if self.api._is_dom0(ref):
+            raise InvalidRequest("Domain-0 has no VNC display here")
+        dom = self.api.domains.lookup(ref)
+        getter = getattr(dom, "vnc_address", None)
+        addr = getter() if callable(getter) else None
+        if addr is None:
+            raise Conflict(f"Domain {dom.name} has no VNC display (only HVM guests have a screen)")
+        ws = web.WebSocketResponse(protocols=("binary",), heartbeat=30)
+        if not ws.can_prepare(request).ok:     # a plain GET asks whether there is a display
+            return web.json_response({"name": dom.name, "display": "vnc", "websocket": request.path})
+        return await relay_vnc(request, ws, addr)
+
+
+async def relay_vnc(request, ws: web.WebSocketResponse, addr) -> web.WebSocketResponse:
+    """Pump bytes between a websocket and a VNC server until either side ends."""
+    try:
+        if isinstance(addr, (str, Path)):
+            reader, writer = await asyncio.open_unix_connection(str(addr))
+        else:
+            reader, writer = await asyncio.open_connection(*addr)
+    except OSError as e:
+        raise Conflict(f"the VNC display is not reachable: {e.strerror or e}") from None
+    await ws.prepare(request)
+
+    async def upstream():
+        while data := await reader.read(65536):
+            await ws.send_bytes(data)
+        await ws.close()        # the display went away: end the browser's session too
+
+    pump = asyncio.ensure_future(upstream())
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.BINARY:
+                writer.write(msg.data)
+                await writer.drain()
+            elif msg.type == WSMsgType.ERROR:
+                break
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    finally:
+        pump.cancel()
+        writer.close()
+        await ws.close()
+    return ws
