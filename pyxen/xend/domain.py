@@ -198,7 +198,8 @@ class Domain:
         rt = self.runtime()
         await self._connect(rt)
         st = await self.qmp.execute("query-status")
-        self.paused = st.get("status") in ("paused", "suspended") and self.state == "running"
+        # A domain created paused (-p) never ran: QEMU calls that "prelaunch".
+        self.paused = st.get("status") in ("paused", "suspended", "prelaunch") and self.state == "running"
         if self.state == "running" and st.get("status") in ("shutdown", "guest-panicked"):
             # The guest powered off or panicked while no xend was watching:
             # apply its on_* action now, as if the event had just arrived.

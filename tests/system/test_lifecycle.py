@@ -103,7 +103,10 @@ def test_domains_survive_xend_restart_and_kill9(host):
     pids = sorted(host.qemu_pids())
     assert len(pids) == 2
 
+    host.xm("create", "-p", str(host.config("created-paused")))
     host.xend("restart")
+    assert host.domains()["created-paused"]["state"] == "--p---"    # paused before it ever ran
+    host.xm("destroy", "created-paused")
     after = host.domains()
     assert {n: after[n]["id"] for n in ("keep1", "keep2")} == {n: before[n]["id"] for n in ("keep1", "keep2")}
     assert sorted(host.qemu_pids()) == pids
