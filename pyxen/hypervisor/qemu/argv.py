@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...config.domain import DomainConfig
+from ...config.specs import DiskSpec
 
 try:
     from .kernel import FAST_CMDLINE
@@ -63,6 +64,40 @@ def kernel_cmdline(cfg: DomainConfig) -> str:
     return " ".join(x for x in ("console=ttyS0", FAST_CMDLINE, boot_cpus, args) if x)
 
 
+# File-backed disks go straight to QEMU (no loop device).  Chosen by
+# measurement (bench/disk.py, bench/README.md): see FILE_AIO/FILE_CACHE_DIRECT.
+FILE_AIO = "threads"
+FILE_CACHE_DIRECT = False
+
+
+def disk_nodes(d: DiskSpec) -> list[dict]:
+    """The two -blockdev / blockdev-add nodes of a disk: protocol, then format.
+
+    Node names come from the vdev (unique in a domain) so hotplug can name
+    them again: f-<vdev> (protocol) and d-<vdev> (format).
+    """
+    proto_name, fmt_name = f"f-{d.vdev}", f"d-{d.vdev}"
+    if d.kind == "nbd":
+        host, port = d.target.split()
+        proto = {"driver": "nbd", "server": {"type": "inet", "host": host, "port": port},
+                 "node-name": proto_name, "read-only": d.readonly}
+    else:
+        proto = {"driver": "host_device" if d.kind == "phy" else "file", "filename": d.target,
+                 "node-name": proto_name, "read-only": d.readonly, "aio": FILE_AIO,
+                 "cache": {"direct": FILE_CACHE_DIRECT}}
+    fmt = {"driver": d.fmt, "file": proto_name, "node-name": fmt_name, "read-only": d.readonly}
+    return [proto, fmt]
+
+
+def disk_device_props(d: DiskSpec) -> dict:
+    """The guest-side device: virtio-blk whose serial is the Xen vdev name."""
+    return {"driver": "virtio-blk-pci", "drive": f"d-{d.vdev}", "serial": d.vdev, "id": f"vbd-{d.vdev}"}
+
+
+def disk_device(d: DiskSpec) -> str:
+    return ",".join(f"{k}={v}" if k != "driver" else v for k, v in disk_device_props(d).items())
+
+
 def build(cfg: DomainConfig, rt: Runtime) -> list[str]:
     a = [rt.qemu,
          "-name", f"{cfg.name},debug-threads=on",
@@ -101,21 +136,12 @@ def build(cfg: DomainConfig, rt: Runtime) -> list[str]:
         if cfg.ramdisk:
             a += ["-initrd", cfg.ramdisk]
         a += ["-append", kernel_cmdline(cfg)]
-    for i, d in enumerate(cfg.disks):
+    for d in cfg.disks:
         if not d.target:
             continue
-        if d.kind == "nbd":
-            host, port = d.target.split()
-            proto = {"driver": "nbd", "server": {"type": "inet", "host": host, "port": port},
-                     "node-name": f"f{i}", "read-only": d.readonly}
-        else:
-            proto = {"driver": "host_device" if d.kind == "phy" else "file", "filename": d.target,
-                     "node-name": f"f{i}", "read-only": d.readonly, "aio": "threads",
-                     "cache": {"direct": False}}
-        a += ["-blockdev", json.dumps(proto)]
-        a += ["-blockdev", json.dumps({"driver": d.fmt, "file": f"f{i}", "node-name": f"d{i}",
-                                       "read-only": d.readonly})]
-        a += ["-device", f"virtio-blk-pci,drive=d{i},serial={d.vdev},id=vbd-{d.vdev}"]
+        for node in disk_nodes(d):
+            a += ["-blockdev", json.dumps(node)]
+        a += ["-device", disk_device(d)]
     # -D keeps a daemonized QEMU's stderr open (it would go to /dev/null):
     # errors and guest faults land in the domain's qemu-dm log.
     a += ["-S", "-daemonize", "-pidfile", str(rt.pidfile), "-d", "guest_errors", "-D", str(rt.qemu_log)]
