@@ -85,6 +85,10 @@ def disk_nodes(d: DiskSpec) -> list[dict]:
         proto = {"driver": "host_device" if d.kind == "phy" else "file", "filename": d.target,
                  "node-name": proto_name, "read-only": d.readonly, "aio": FILE_AIO,
                  "cache": {"direct": FILE_CACHE_DIRECT}}
+        if d.mode == "w!":
+            # The user overrode the sharing guard; QEMU's own image lock
+            # would refuse the second writer, so it is lifted for this disk.
+            proto["locking"] = "off"
     fmt = {"driver": d.fmt, "file": proto_name, "node-name": fmt_name, "read-only": d.readonly}
     return [proto, fmt]
 
