@@ -65,7 +65,10 @@ def kernel_cmdline(cfg: DomainConfig) -> str:
 
 
 # File-backed disks go straight to QEMU (no loop device).  Chosen by
-# measurement (bench/disk.py, bench/README.md): see FILE_AIO/FILE_CACHE_DIRECT.
+# measurement (bench/disk.py, bench/README.md "Disk"): the host page cache
+# (cache.direct=off) doubles guest reads and costs writes nothing, guest
+# flushes still reach the disk; aio=threads equals io_uring within noise
+# and works on every host kernel.
 FILE_AIO = "threads"
 FILE_CACHE_DIRECT = False
 
