@@ -6,9 +6,11 @@ BINDIR  ?= /usr/local/sbin
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.pyxen-deps
 # Debian packages: QEMU and its tools, busybox for the guest initramfs,
-# decompressors for kernel payloads, e2fsprogs for disk images in tests.
+# decompressors for kernel payloads, e2fsprogs for disk images in tests;
+# for virtual networks, nftables (ip= anti-spoofing, network-nat's NAT) and
+# dnsmasq-base (vif-nat's DHCP; the binary only, no system service).
 APT_PKGS := qemu-system-x86 qemu-utils busybox-static lz4 zstd xz-utils cpio e2fsprogs \
-            python3-venv iproute2 procps
+            python3-venv iproute2 procps nftables dnsmasq-base
 
 .PHONY: all deps image demo test unit bench clean
 

@@ -33,9 +33,13 @@ def image() -> Path:
 
 
 class Host:
-    def __init__(self, root: Path, image: Path, xend_config: str = "(accel tcg)\n"):
+    def __init__(self, root: Path, image: Path, xend_config: str = "(accel tcg)\n",
+                 netns: str | None = None):
         self.root = root
         self.image = image
+        # A network namespace xend (and so its QEMUs, taps and scripts) runs
+        # in: network tests keep every bridge, tap and packet inside it.
+        self.netns = netns
         self.env = dict(os.environ, PYXEN_ROOT=str(root), PYXEN_IMAGES=str(image.parent))
         (root / "etc/xen").mkdir(parents=True)
         (root / "etc/xen/xend-config.sxp").write_text(xend_config)
@@ -50,7 +54,8 @@ class Host:
         return self.run("xm", *args, check=check, timeout=timeout)
 
     def xend(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return self.run("xend", *args, check=check)
+        prefix = ("ip", "netns", "exec", self.netns) if self.netns else ()
+        return self.run(*prefix, "xend", *args, check=check)
 
     def config(self, name: str, **values) -> Path:
         """Write an xm config booting the default image; values override."""
@@ -104,9 +109,9 @@ class Host:
 def make_host(image):
     hosts = []
 
-    def make(xend_config: str = "(accel tcg)\n", start: bool = True) -> Host:
+    def make(xend_config: str = "(accel tcg)\n", start: bool = True, netns: str | None = None) -> Host:
         root = Path(tempfile.mkdtemp(prefix="px", dir="/tmp"))
-        h = Host(root, image, textwrap.dedent(xend_config))
+        h = Host(root, image, textwrap.dedent(xend_config), netns)
         hosts.append(h)
         if start:
             h.xend("start")

@@ -6,6 +6,7 @@ raises ConfigError naming the entry and what is wrong with it.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 
@@ -125,6 +126,76 @@ def disk_from_parts(uname: str, vdev: str, mode: str, backend: str = "0", entry:
 VIF_KEYS = ("type", "mac", "bridge", "ip", "script", "backend", "vifname", "rate", "model",
             "accel", "policy", "label", "be_mac")
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+# Xen's rate grammar: <n>[GMK](B|b)/s[@<n>[m|u]s]; B is bytes, b bits,
+# multipliers are powers of 1000, the credit interval defaults to 50 ms.
+_RATE_RE = re.compile(r"^([0-9]+)([GMK]?)([Bb])/s(?:@([0-9]+)([mu]?)s)?$")
+# Linux interface names: at most 15 bytes, no '/', ':', ',' (QEMU's option
+# separator) or white space, and not '.' or '..'.
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@+-]{1,15}$")
+# Emulated NIC models QEMU offers on PCI; 'virtio' names the PV NIC.
+NIC_MODELS = {"virtio": "virtio-net-pci", "virtio-net": "virtio-net-pci", "virtio-net-pci": "virtio-net-pci",
+              "e1000": "e1000", "e1000e": "e1000e", "rtl8139": "rtl8139", "ne2k_pci": "ne2k_pci",
+              "pcnet": "pcnet", "i82551": "i82551", "i82557b": "i82557b", "i82559er": "i82559er",
+              "vmxnet3": "vmxnet3"}
+
+
+def parse_rate(text: str) -> tuple[int, int]:
+    """A vif rate ('10Mb/s', '1MB/s@20ms') as (bytes per second, interval in microseconds)."""
+    m = _RATE_RE.match(text.strip())
+    if not m:
+        raise ConfigError(f"bad rate {text!r} (expected e.g. 10Mb/s, 500KB/s or 1MB/s@20ms)")
+    n, mult, unit, every, every_unit = m.groups()
+    bps = int(n) * {"": 1, "K": 1000, "M": 1000 ** 2, "G": 1000 ** 3}[mult]
+    if unit == "b":
+        bps //= 8
+    interval = 50_000 if every is None else int(every) * {"": 1_000_000, "m": 1000, "u": 1}[every_unit]
+    if bps <= 0 or interval <= 0:
+        raise ConfigError(f"bad rate {text!r}: must be more than zero")
+    return bps, interval
+
+
+def valid_ifname(name: str) -> bool:
+    return bool(_IFNAME_RE.match(name)) and name not in (".", "..")
+
+
+def _check_vif_value(k: str, v: str) -> str | None:
+    """Why value *v* of vif key *k* is unusable, or None."""
+    if k == "mac":
+        if not _MAC_RE.match(v):
+            return f"bad mac {v!r}"
+        if int(v[:2], 16) & 1:
+            return f"bad mac {v!r}: a multicast address cannot name a NIC"
+    elif k in ("bridge", "vifname"):
+        if not valid_ifname(v):
+            return f"bad {k} {v!r}: not a valid interface name (1-15 letters, digits, . _ - @ +)"
+    elif k == "ip":
+        for addr in v.split():
+            try:
+                net = ipaddress.ip_network(addr, strict=False)
+            except ValueError:
+                net = None
+            if net is None or net.version != 4:
+                return f"bad ip {addr!r}: expected an IPv4 address or network"
+        if not v.split():
+            return "ip: empty"
+    elif k == "rate":
+        try:
+            parse_rate(v)
+        except ConfigError as e:
+            return str(e)
+    elif k == "model":
+        if v not in NIC_MODELS:
+            return f"unknown model {v!r} (use one of {', '.join(sorted(NIC_MODELS))})"
+    elif k == "type":
+        if v not in ("ioemu", "vif", "netfront"):
+            return f"bad type {v!r} (use ioemu or vif)"
+    elif k == "backend":
+        if v not in ("0", "Domain-0"):
+            return f"backend {v!r}: only Domain-0 (0) serves network backends"
+    elif k == "script":
+        if not v or any(c.isspace() for c in v):
+            return f"bad script {v!r}"
+    return None
 
 
 def parse_vif(entry: str) -> dict:
@@ -140,10 +211,20 @@ def parse_vif(entry: str) -> dict:
         k, v = (x.strip() for x in part.split("=", 1))
         if k not in VIF_KEYS:
             raise ConfigError(f"Invalid vif specifier {entry!r}: Invalid vif option: {k}")
-        if k == "mac" and not _MAC_RE.match(v):
-            raise ConfigError(f"Invalid vif specifier {entry!r}: bad mac {v!r}")
+        why = _check_vif_value(k, v)
+        if why:
+            raise ConfigError(f"Invalid vif specifier {entry!r}: {why}")
         out[k] = v
     return out
+
+
+def vif_model(spec: dict, hvm: bool = False) -> str:
+    """The QEMU device for a vif: its model, else virtio (rtl8139 for an HVM type=ioemu NIC)."""
+    if "model" in spec:
+        return NIC_MODELS[spec["model"]]
+    if hvm and spec.get("type") == "ioemu":
+        return "rtl8139"
+    return "virtio-net-pci"
 
 
 # ---------------------------------------------------------------- xl disks

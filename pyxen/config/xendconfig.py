@@ -115,6 +115,16 @@ OPTIONS: tuple[XendOption, ...] = (
                "Also export each domain's console on TCP port 9600+domid (or the domain's 'console' port).",
                origin="pyxen"),
     XendOption("xend-console-address", "str", "localhost", "Address the TCP consoles listen on.", origin="pyxen"),
+    XendOption("vnet-dev", "str", "",
+               "Interface vnets tunnel over (VXLAN underlay); '' means the interface of the default route.",
+               example="eth0", origin="pyxen"),
+    XendOption("vnet-group", "str", "224.10.0.1", "Multicast group vnets flood broadcasts to (Xen's vnet group).",
+               origin="pyxen"),
+    XendOption("vnet-port", "int", 1798, "UDP port of vnet traffic (Xen's vnet port).", origin="pyxen"),
+    XendOption("vnet-peers", "str", "",
+               "Space-separated addresses of hosts that get every vnet broadcast by unicast too, "
+               "for networks that do not carry multicast (what 'vn peer-add' did).",
+               example="'192.0.2.2 192.0.2.3'", origin="pyxen"),
 )
 
 BY_NAME = {o.name: o for o in OPTIONS}

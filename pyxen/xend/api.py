@@ -13,6 +13,8 @@ import time
 
 from aiohttp import WSMsgType, web
 
+from ..config.errors import ConfigError
+from ..config.specs import VIF_KEYS, parse_vif
 from ..hypervisor.qemu.accel import qemu_version
 from . import host
 from .console import ConsoleBusy, ConsoleClient
@@ -63,6 +65,12 @@ class Api:
         r.add_get("/api/domains/{dom}/console", self.console)
         r.add_get("/api/domains/{dom}/vcpus", self.vcpus)
         r.add_get("/api/domains/{dom}/devices/{cls}", self.devices)
+        r.add_post("/api/domains/{dom}/devices/{cls}", self.device_attach)
+        r.add_delete("/api/domains/{dom}/devices/{cls}/{dev}", self.device_detach)
+        r.add_get("/api/vnets", self.list_vnets)
+        r.add_post("/api/vnets", self.create_vnet)
+        r.add_get("/api/vnets/{vnet}", self.get_vnet)
+        r.add_delete("/api/vnets/{vnet}", self.delete_vnet)
         return app
 
     # ---------------------------------------------------------------- helpers
@@ -231,6 +239,61 @@ class Api:
             return web.json_response({"devices": []})
         dom = self.domains.lookup(ref)
         return web.json_response({"devices": dom.devices(cls)})
+
+    async def device_attach(self, request):
+        ref, cls = request.match_info["dom"], request.match_info["cls"]
+        body = await self._body(request)
+        if cls != "vif":
+            raise InvalidRequest(f"attaching a device of class {cls!r} is not implemented")
+        if self._is_dom0(ref):
+            raise InvalidRequest("Domain 0 has no virtual network interfaces to attach")
+        dom = self.domains.lookup(ref)
+        config = body.get("config") or {}
+        if not isinstance(config, dict):
+            raise InvalidRequest("'config' must be an object of vif settings")
+        for k, v in config.items():
+            if k not in VIF_KEYS:
+                raise InvalidRequest(f"Invalid argument: {k}={v}")
+            if not isinstance(v, str) or not v or "," in v:
+                raise InvalidRequest(f"Invalid argument: {k}={v}")
+        try:
+            spec = parse_vif(",".join(f"{k}={v}" for k, v in config.items()))
+        except ConfigError as e:
+            raise InvalidRequest(str(e)) from None
+        devid = await dom.network_attach(spec)
+        return web.json_response({"devid": devid}, status=201)
+
+    async def device_detach(self, request):
+        ref, cls, dev = request.match_info["dom"], request.match_info["cls"], request.match_info["dev"]
+        if cls != "vif":
+            raise InvalidRequest(f"detaching a device of class {cls!r} is not implemented")
+        if self._is_dom0(ref):
+            raise InvalidRequest("Domain 0 has no virtual network interfaces to detach")
+        dom = self.domains.lookup(ref)
+        await dom.network_detach(dev, force=request.query.get("force") in ("1", "true"))
+        return web.json_response({"ok": True})
+
+    # ------------------------------------------------------------------ vnets
+    async def list_vnets(self, request):
+        net = self.domains.net
+        return web.json_response({"vnets": [{"id": v.id, "sxp": v.to_sxp()}
+                                             for v in sorted(net.vnets.values(), key=lambda v: v.id)]})
+
+    async def get_vnet(self, request):
+        v = self.domains.net.lookup_vnet(request.match_info["vnet"])
+        return web.json_response({"id": v.id, "sxp": v.to_sxp()})
+
+    async def create_vnet(self, request):
+        body = await self._body(request)
+        config = body.get("config")
+        if not isinstance(config, str):
+            raise InvalidRequest("'config' (the vnet's SXP) is required")
+        v = await self.domains.net.vnet_create(config)
+        return web.json_response({"id": v.id, "sxp": v.to_sxp()}, status=201)
+
+    async def delete_vnet(self, request):
+        await self.domains.net.vnet_delete(request.match_info["vnet"])
+        return web.json_response({"ok": True})
 
     async def console(self, request):
         ref = request.match_info["dom"]

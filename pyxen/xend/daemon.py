@@ -24,6 +24,7 @@ from . import layout
 from .accel import Accelerator
 from .api import Api
 from .domains import Domains
+from .network import HostNetwork
 
 log = logging.getLogger("pyxen.xend")
 
@@ -73,8 +74,11 @@ def take_lock(paths: Paths) -> int:
 async def serve(paths: Paths, cfg: XendConfig, ready) -> None:
     store = FileStore(paths.state)
     accel = Accelerator(paths, cfg, store)
-    domains = Domains(paths, cfg, store, accel)
+    net = HostNetwork(paths, cfg, store)
+    domains = Domains(paths, cfg, store, accel, net)
     accel.start()
+    # The network (network-script, vnets) before the domains that use it.
+    await net.start()
     await domains.adopt_all()
     api = Api(domains, paths.xend_log, RING)
     runner = web.AppRunner(api.app(), handle_signals=False, access_log=None)
@@ -110,6 +114,7 @@ async def serve(paths: Paths, cfg: XendConfig, ready) -> None:
     log.info("xend stopping; domains keep running")
     await runner.cleanup()
     await domains.detach_all()
+    await net.stop(len(domains.all()))
     try:
         sock.unlink()
     except FileNotFoundError:

@@ -56,11 +56,20 @@ class Domain:
         self.console: ConsoleRelay | None = None
         self.control: ControlChannel | None = None
         self.vcpu_tids: list[int] = []
+        # Device ids of cfg.vifs, in the same order: stable while the domain
+        # runs (the tap vif<domid>.<devid> and QEMU's ids derive from them).
+        self.vif_devids: list[int] = []
+        # Xen never reuses a device id in a domain's life (nextDeviceID): a
+        # NIC a guest has not released yet still holds its QEMU ids.
+        self.vif_next_devid = 0
+        # The vifs whose host side this domain made (and so must unmake):
+        # never another's interface that happened to have the same name.
+        self.vifs_up: set[int] = set()
+        self._device_gone: dict[str, asyncio.Event] = {}
         self._exit_watch = None
         self._expect_exit = False
         self._handling = False
         self._shutdown_task: asyncio.Task | None = None
-        self._unplugged: dict[str, asyncio.Future] = {}   # device id -> DEVICE_DELETED
 
     # ------------------------------------------------------------ identity
     @property
@@ -81,7 +90,8 @@ class Domain:
     def runtime_record(self) -> dict:
         return {"domid": self.domid, "state": self.state, "paused": self.paused, "pid": self.pid,
                 "start_time": self.start_time, "shutdown_reason": self.shutdown_reason,
-                "accel": self.accel}
+                "accel": self.accel, "vif_devids": self.vif_devids,
+                "vif_next_devid": self.vif_next_devid, "vifs_up": sorted(self.vifs_up)}
 
     def persist(self, config: bool = False) -> None:
         st = self.reg.store
@@ -99,6 +109,12 @@ class Domain:
                              console_log=p.console_log_dir / f"guest-{self.name}.log",
                              accel=self.accel, qemu=self.reg.config["qemu-binary"])
 
+    def vifs(self) -> list[tuple[int, dict]]:
+        """(devid, spec) of each vif; devids are 0.. unless hotplug made gaps."""
+        if len(self.vif_devids) != len(self.cfg.vifs):
+            self.vif_devids = list(range(len(self.cfg.vifs)))
+        return list(zip(self.vif_devids, self.cfg.vifs))
+
     # --------------------------------------------------------------- start
     async def start(self, paused: bool) -> None:
         """Start QEMU for this domain (state must already be persisted)."""
@@ -114,6 +130,12 @@ class Domain:
         if self.cfg.builder == "linux":
             rt.kernel = await loop.run_in_executor(None, boot_kernel, self.cfg.kernel,
                                                    self.reg.paths.images / "cache")
+        # The vifs' host side first: QEMU opens each tap by name.  A failure
+        # here leaves the taps made so far to _release (create rolls back).
+        for devid, spec in self.vifs():
+            rt.nics.append((devid, *await self.reg.net.vif_up(self, devid, spec)))
+            self.vifs_up.add(devid)
+            self.persist()
         argv = qargv.build(self.cfg, rt)
         log.info("%s: starting QEMU: %s", self.name, " ".join(argv))
         try:
@@ -190,12 +212,12 @@ class Domain:
                 self._persist_quietly()
             else:
                 asyncio.create_task(self._guest_exited("reboot"))
-        elif name == "DEVICE_DELETED" and data.get("device") in self._unplugged:
-            fut = self._unplugged.pop(data["device"])
-            if not fut.done():
-                fut.set_result(True)
         elif name == "GUEST_PANICKED":
             asyncio.create_task(self._guest_exited("crash"))
+        elif name == "DEVICE_DELETED":
+            gone = self._device_gone.get(data.get("device") or "")
+            if gone is not None:
+                gone.set()
         if name in ("STOP", "RESUME"):
             self._persist_quietly()
 
@@ -498,6 +520,10 @@ class Domain:
             self.control = None
         shutil.rmtree(self.reg.paths.domain_run(self.domid), ignore_errors=True)
         cgroups.remove(self.uuid)
+        for devid, spec in self.vifs():
+            if devid in self.vifs_up:
+                await self.reg.net.vif_down(self, devid, spec)
+                self.vifs_up.discard(devid)
 
     def _finish_destroy(self) -> None:
         self.pid = None
@@ -633,11 +659,10 @@ class Domain:
             self._require_live()
             disk = self._find_disk(str(ref))
             dev_id = f"vbd-{disk.vdev}"
-            fut = asyncio.get_running_loop().create_future()
-            self._unplugged[dev_id] = fut
+            gone = self._device_gone[dev_id] = asyncio.Event()
             try:
                 await self.qmp.execute("device_del", {"id": dev_id})
-                await asyncio.wait_for(fut, timeout)
+                await asyncio.wait_for(gone.wait(), timeout)
             except asyncio.TimeoutError:
                 if not force:
                     raise XendError(f"Domain {self.name} did not release {disk.vdev} within {timeout:.0f} s "
@@ -647,7 +672,7 @@ class Domain:
                 if not force:
                     raise XendError(f"block-detach {disk.vdev} failed: {e}") from None
             finally:
-                self._unplugged.pop(dev_id, None)
+                self._device_gone.pop(dev_id, None)
             for node in (f"d-{disk.vdev}", f"f-{disk.vdev}"):
                 try:
                     await self.qmp.execute("blockdev-del", {"node-name": node})
@@ -664,7 +689,9 @@ class Domain:
             log.error("%s: cannot persist config: %s", self.name, e)
 
     def devices(self, cls: str) -> list[dict]:
-        """Devices of class vbd (the config's disks) as block-list shows them."""
+        """Devices of class vbd (the config's disks) or vif, as block-list / network-list show them."""
+        if cls == "vif":
+            return self.vif_devices()
         if cls != "vbd":
             return []
         out = []
@@ -703,6 +730,95 @@ class Domain:
             except OSError:
                 pass
         return st
+
+    def vif_devices(self) -> list[dict]:
+        # No Xen rings or event channels here: those columns show -1, Xen's
+        # own value for a field a device does not have.
+        out = []
+        for devid, spec in self.vifs():
+            out.append({"idx": devid, "backend-id": 0, "handle": devid, "mac": spec.get("mac", ""),
+                        "state": 4 if self.pid else 6, "event-ch": -1, "tx-ring-ref": -1,
+                        "rx-ring-ref": -1, "be-path": f"/local/domain/0/backend/vif/{self.domid}/{devid}",
+                        "vifname": self.reg.net.vif_name(self.domid, devid, spec),
+                        "config": dict(spec)})
+        return out
+
+    # ------------------------------------------------------------ hotplug
+    async def network_attach(self, spec: dict) -> int:
+        """Plug a new vif into the running guest; returns its devid."""
+        async with self.lock:
+            self._require_live()
+            if self.paused:
+                raise Conflict(f"Domain {self.name} is paused; unpause it to attach a device")
+            spec = dict(spec)
+            names = {self.reg.net.vif_name(self.domid, d, s) for d, s in self.vifs()}
+            devid = max(max(self.vif_devids, default=-1) + 1, self.vif_next_devid)
+            self.vif_next_devid = devid + 1
+            name = self.reg.net.vif_name(self.domid, devid, spec)
+            if name in names:
+                raise Conflict(f"Domain {self.name} already has a vif named {name}")
+            with self.reg.mac_for(spec, self):
+                tap, mtu = await self.reg.net.vif_up(self, devid, spec)
+                try:
+                    await self.qmp.execute("netdev_add", qargv.netdev_props(devid, tap))
+                    try:
+                        await self.qmp.execute("device_add", qargv.nic_props(
+                            devid, spec, self.cfg.builder == "hvm", mtu))
+                    except (QMPError, QmpTimeout):
+                        await self._quiet_qmp("netdev_del", {"id": f"vif{devid}"})
+                        raise
+                except (QMPError, QmpTimeout) as e:
+                    await self.reg.net.vif_down(self, devid, spec)
+                    raise XendError(f"Device {devid} (vif) could not be connected. {e}") from None
+                self.cfg.vifs.append(spec)
+                self.vif_devids.append(devid)
+                self.vifs_up.add(devid)
+            self.persist(config=True)
+            log.info("%s: vif %d attached (%s, %s)", self.name, devid, tap, spec["mac"])
+            return devid
+
+    async def network_detach(self, ref, force: bool = False) -> None:
+        """Unplug vif *ref* (its devid): the guest releases the NIC, then its host side goes."""
+        async with self.lock:
+            self._require_live()
+            try:
+                devid = int(str(ref))
+            except ValueError:
+                raise InvalidRequest(f"Invalid device id {ref!r}") from None
+            if devid not in self.vif_devids:
+                raise InvalidRequest(f"Device {devid} not connected")
+            i = self.vif_devids.index(devid)
+            spec = self.cfg.vifs[i]
+            nic = f"nic{devid}"
+            gone = self._device_gone[nic] = asyncio.Event()
+            try:
+                await self.qmp.execute("device_del", {"id": nic})
+                limit = 5 if force else self.reg.config["device-destroy-timeout"]
+                try:
+                    await asyncio.wait_for(gone.wait(), limit)
+                except asyncio.TimeoutError:
+                    if not force:
+                        raise XendError(f"Device {devid} (vif) could not be disconnected: the guest did not "
+                                        f"release it within {limit} s (xm network-detach -f forces it)") from None
+                    log.warning("%s: guest kept vif %d; removing its backend anyway (-f)", self.name, devid)
+            except (QMPError, QmpTimeout) as e:
+                if not force:
+                    raise XendError(f"Device {devid} (vif) could not be disconnected: {e}") from None
+            finally:
+                self._device_gone.pop(nic, None)
+            await self._quiet_qmp("netdev_del", {"id": f"vif{devid}"})
+            del self.cfg.vifs[i]
+            del self.vif_devids[i]
+            self.vifs_up.discard(devid)
+            self.persist(config=True)
+            await self.reg.net.vif_down(self, devid, spec)
+            log.info("%s: vif %d detached", self.name, devid)
+
+    async def _quiet_qmp(self, cmd: str, args: dict) -> None:
+        try:
+            await self.qmp.execute(cmd, args)
+        except (QMPError, QmpTimeout) as e:
+            log.warning("%s: %s %s: %s", self.name, cmd, args, e)
 
     def vcpu_info(self) -> list[dict]:
         host = set(range(os.cpu_count() or 1))

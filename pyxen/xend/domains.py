@@ -12,30 +12,36 @@ import asyncio
 import logging
 import os
 import stat
+from contextlib import contextmanager
 
 from ..config import sxp
 from ..config.domain import DomainConfig
 from ..config.errors import ConfigError
 from ..config.xendconfig import XendConfig
 from ..hypervisor.qemu import process
+from ..net import mac as macs
 from ..paths import Paths
 from ..storage import guard
 from ..store import Store, StoreError
 from .accel import Accelerator
 from .domain import Domain
 from .errors import Conflict, InvalidRequest, NoSuchDomain, XendError
+from .network import HostNetwork
 
 log = logging.getLogger("pyxen.domains")
 
 
 class Domains:
-    def __init__(self, paths: Paths, config: XendConfig, store: Store, accel: Accelerator):
+    def __init__(self, paths: Paths, config: XendConfig, store: Store, accel: Accelerator,
+                 net: HostNetwork | None = None):
         self.paths = paths
         self.config = config
         self.store = store
         self.accel = accel
+        self.net = net or HostNetwork(paths, config, store)
         self.by_uuid: dict[str, Domain] = {}
         self._create_lock = asyncio.Lock()
+        self._reserved_macs: set[str] = set()   # handed out, not yet in a config
 
     # ---------------------------------------------------------------- lookup
     def all(self) -> list[Domain]:
@@ -55,6 +61,46 @@ class Domains:
     def remove(self, dom: Domain) -> None:
         if self.by_uuid.get(dom.uuid) is dom:
             del self.by_uuid[dom.uuid]
+
+    # ------------------------------------------------------------------ MACs
+    def used_macs(self) -> set[str]:
+        used = {macs.normal(v["mac"]) for d in self.by_uuid.values() for v in d.cfg.vifs if v.get("mac")}
+        return used | self._reserved_macs
+
+    def _assign_macs(self, cfg: DomainConfig) -> None:
+        """Give each vif without a MAC a random one, unique on this host (written into cfg)."""
+        used = self.used_macs()
+        mine: set[str] = set()
+        for i, v in enumerate(cfg.vifs):
+            if v.get("mac"):
+                m = macs.normal(v["mac"])
+                if m in mine:
+                    raise InvalidRequest(f"vif {i}: MAC {m} is used twice in domain {cfg.name}")
+                if m in used:
+                    log.warning("%s: vif %d: MAC %s is also used by another domain", cfg.name, i, m)
+                mine.add(m)
+        for v in cfg.vifs:
+            if not v.get("mac"):
+                v["mac"] = macs.allocate(used | mine)
+                mine.add(v["mac"])
+
+    @contextmanager
+    def mac_for(self, spec: dict, dom: Domain):
+        """A MAC for a vif being attached to *dom*, held for the duration of the attach."""
+        own = {macs.normal(v["mac"]) for v in dom.cfg.vifs if v.get("mac")}
+        if spec.get("mac"):
+            m = macs.normal(spec["mac"])
+            if m in own:
+                raise InvalidRequest(f"MAC {m} is already used by another vif of {dom.name}")
+            if m in self.used_macs():
+                log.warning("%s: MAC %s is also used by another domain", dom.name, m)
+        else:
+            m = spec["mac"] = macs.allocate(self.used_macs())
+        self._reserved_macs.add(m)
+        try:
+            yield m
+        finally:
+            self._reserved_macs.discard(m)
 
     # ------------------------------------------------------------------- ids
     def _alloc_domid(self) -> int:
@@ -114,6 +160,17 @@ class Domains:
                 raise InvalidRequest(f"disk {disk.uname}: virtual device {disk.vdev} is used twice")
             vdevs.add(disk.vdev)
             self.check_disk_target(disk)
+        names: set[str] = set()
+        taken = {self.net.vif_name(d.domid, devid, v): d.name for d in self.by_uuid.values()
+                 for devid, v in d.vifs()}
+        for devid, v in enumerate(cfg.vifs):
+            self.net.vif_script(v)          # the script must exist before anything is made
+            name = v.get("vifname")
+            if name and name in names:
+                raise InvalidRequest(f"vif {devid}: vifname {name} is used twice in domain {cfg.name}")
+            if name and name in taken:
+                raise Conflict(f"vif {devid}: vifname {name} is in use by domain {taken[name]}")
+            names.add(name)
         self.check_sharing(cfg.name, cfg.disks)
 
     @staticmethod
@@ -161,6 +218,9 @@ class Domains:
         accel = await self.accel.get()
         async with self._create_lock:
             self._validate(cfg)
+            # MACs go into the config before it is persisted, so they stay the
+            # same across reboot, save/restore and migration.
+            self._assign_macs(cfg)
             try:
                 domid = self._alloc_domid()
                 dom = Domain(self, cfg, domid)
@@ -211,6 +271,18 @@ class Domains:
             dom.start_time = rec.get("start_time") or dom.start_time
             dom.shutdown_reason = rec.get("shutdown_reason")
             dom.accel = rec.get("accel", "tcg")
+            try:
+                devids = rec.get("vif_devids")
+                if isinstance(devids, list) and len(devids) == len(cfg.vifs):
+                    dom.vif_devids = [int(x) for x in devids]
+                dom.vif_next_devid = int(rec.get("vif_next_devid") or 0)
+                up = rec.get("vifs_up")
+                # A record from before vifs_up was kept: every vif was brought up.
+                dom.vifs_up = {int(x) for x in up} if isinstance(up, list) else {d for d, _ in dom.vifs()}
+            except (TypeError, ValueError) as e:
+                log.error("%s: bad vif record (%s); assuming every vif is up", cfg.name, e)
+                dom.vif_devids = []
+                dom.vifs_up = {d for d, _ in dom.vifs()}
             self.by_uuid[u] = dom
             await self._adopt_one(dom)
 

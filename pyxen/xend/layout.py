@@ -1,5 +1,6 @@
-"""Laying out a fresh PYXEN_ROOT: directories, default xend-config.sxp and
-the example domain configs, adapted to boot the default guest image."""
+"""Laying out a fresh PYXEN_ROOT: directories, default xend-config.sxp, the
+network and vif scripts, and the example domain configs, adapted to boot
+the default guest image."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 from importlib import resources
 
 from ..config.xendconfig import default_file_text
+from ..net import scripts
 from ..paths import Paths
 from ..store import atomic_write
 
@@ -29,3 +31,6 @@ def ensure(paths: Paths) -> None:
             continue
         text = resources.files("pyxen.data.examples").joinpath(name).read_text()
         atomic_write(dest, text.replace("@IMAGES@", str(paths.images)).encode(), 0o644)
+    written = scripts.install(paths.scripts)
+    if written:
+        log.info("installed scripts in %s: %s", paths.scripts, " ".join(written))

@@ -77,3 +77,6 @@ class Client:
 
     def post(self, path: str, body: dict | None = None):
         return self.request("POST", path, body or {})
+
+    def delete(self, path: str):
+        return self.request("DELETE", path)

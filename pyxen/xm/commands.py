@@ -433,6 +433,89 @@ def cmd_block_detach(ctx, opts, args):
     return 0
 
 
+NETWORK_ATTACH_KEYS = ("type", "mac", "bridge", "ip", "script", "backend", "vifname", "rate", "model", "accel")
+
+
+@command("network-attach", "<Domain> [type=<type>] [mac=<mac>] [bridge=<bridge>] [ip=<ip>] "
+         "[script=<script>] [backend=<BackDomain>] [vifname=<name>] [rate=<rate>] [model=<model>]",
+         "Create a new virtual network device.", min_args=1, max_args=11)
+def cmd_network_attach(ctx, opts, args):
+    config = {}
+    for a in args[1:]:
+        k, sep, v = a.partition("=")
+        if not sep or not v or k not in NETWORK_ATTACH_KEYS:
+            raise XmError(f"Invalid argument: {a}\n\n{usage('network-attach')}".rstrip())
+        config[k] = v
+    ctx.client.post(f"/api/domains/{_dom(args[0])}/devices/vif", {"config": config})
+    return 0
+
+
+@command("network-detach", "<Domain> <DevId> [-f|--force]", "Destroy a domain's virtual network device.",
+         (Opt("f", "force", "Remove the device's backend even if the guest does not release it."),),
+         min_args=2, max_args=2)
+def cmd_network_detach(ctx, opts, args):
+    query = "?force=1" if "force" in opts else ""
+    ctx.client.delete(f"/api/domains/{_dom(args[0])}/devices/vif/{quote(args[1], safe='')}{query}")
+    return 0
+
+
+@command("network-list", "<Domain> [--long]", "List virtual network interfaces for a domain.",
+         (Opt("l", "long", "List the devices in SXP."),), min_args=1, max_args=1)
+def cmd_network_list(ctx, opts, args):
+    devs = ctx.client.get(f"/api/domains/{_dom(args[0])}/devices/vif")["devices"]
+    if "long" in opts:
+        sys.stdout.write("".join(fmt.network_long(d) for d in devs))
+    else:
+        # Xen prints the header only above at least one device.
+        for i, d in enumerate(devs):
+            if i == 0:
+                print(fmt.NETWORK_HEADER)
+            print(fmt.network_row(d))
+    return 0
+
+
+# ------------------------------------------------------------------ vnets
+@command("vnet-list", "[-l|--long] [<VnetId> ...]", "List Vnets.",
+         (Opt("l", "long", "List Vnets as SXP."),))
+def cmd_vnet_list(ctx, opts, args):
+    if args:
+        # Naming vnets implies the long form, as in Xen.
+        for a in args:
+            sys.stdout.write(sxp.pretty(ctx.client.get(f"/api/vnets/{quote(a, safe='')}")["sxp"]))
+        return 0
+    for v in ctx.client.get("/api/vnets")["vnets"]:
+        if "long" in opts:
+            sys.stdout.write(sxp.pretty(v["sxp"]))
+        else:
+            print(v["id"])
+    return 0
+
+
+@command("vnet-create", "<ConfigFile>", "Create a vnet from ConfigFile.", min_args=1, max_args=1)
+def cmd_vnet_create(ctx, opts, args):
+    fn = args[0]
+    try:
+        with open(fn) as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise XmError(f"File not found: {fn}") from None
+    except OSError as e:
+        raise XmError(f"Unable to read vnet config file {fn}: {e.strerror}") from None
+    from ..net.vnet import VnetConfig, VnetError
+    try:
+        VnetConfig.parse(text, fn)          # a clear error naming the file, before xend
+    except VnetError as e:
+        raise XmError(str(e)) from None
+    ctx.client.post("/api/vnets", {"config": text})
+    return 0
+
+
+@command("vnet-delete", "<VnetId>", "Delete a Vnet.", min_args=1, max_args=1)
+def cmd_vnet_delete(ctx, opts, args):
+    ctx.client.delete(f"/api/vnets/{quote(args[0], safe='')}")
+    return 0
+
+
 @command("help", "[--long] [<Command>]", "Display this message or help for a command.",
          (Opt(None, "long", "Show the full list of subcommands."),), common=True, max_args=1)
 def cmd_help(ctx, opts, args):

@@ -87,3 +87,27 @@ def block_long(d: dict) -> str:
                                   ["device-type", d["type"]], ["state", d["state"]],
                                   ["backend", d["be-path"]], ["uname", d["uname"]], ["dev", d["dev"]],
                                   ["mode", d["mode"]]]])
+
+
+NETWORK_HEADER = "Idx BE     MAC Addr.     handle state evt-ch tx-/rx-ring-ref BE-path"
+
+
+def network_row(d: dict) -> str:
+    return ("%(idx)-3d "
+            "%(backend-id)-3d"
+            "%(mac)-17s    "
+            "%(handle)-3d   "
+            "%(state)-3d    "
+            "%(event-ch)-3d   "
+            "%(tx-ring-ref)-5d/%(rx-ring-ref)-5d   "
+            "%(be-path)-30s  " % d)
+
+
+def network_long(d: dict) -> str:
+    from ..config import sxp
+    fields = [["backend-id", d["backend-id"]], ["mac", d["mac"]], ["handle", d["handle"]],
+              ["state", d["state"]], ["backend", d["be-path"]], ["tx-ring-ref", d["tx-ring-ref"]],
+              ["rx-ring-ref", d["rx-ring-ref"]], ["event-channel", d["event-ch"]],
+              ["vifname", d["vifname"]]]
+    fields += [[k, v] for k, v in d.get("config", {}).items() if k not in ("mac", "vifname")]
+    return sxp.pretty([d["idx"], ["vif"] + fields])

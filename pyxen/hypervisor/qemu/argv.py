@@ -7,11 +7,11 @@ accelerator): no processes, no I/O except reading the disk paths it names.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...config.domain import DomainConfig
-from ...config.specs import DiskSpec
+from ...config.specs import DiskSpec, vif_model
 
 try:
     from .kernel import FAST_CMDLINE
@@ -27,6 +27,9 @@ class Runtime:
     accel: str                 # kvm | tcg
     qemu: str = "qemu-system-x86_64"
     kernel: str | None = None  # the file to boot (may be a cached vmlinux)
+    # One (devid, host tap name, MTU) per entry of cfg.vifs, in order: xend
+    # has created the taps, QEMU opens them by name.
+    nics: list[tuple[int, str, int | None]] = field(default_factory=list)
 
     @property
     def qmp_sock(self) -> Path:
@@ -105,6 +108,29 @@ def disk_device(d: DiskSpec) -> str:
     return ",".join(f"{k}={v}" if k != "driver" else v for k, v in disk_device_props(d).items())
 
 
+def netdev_props(devid: int, tap: str) -> dict:
+    """The -netdev / netdev_add properties of vif *devid* on host tap *tap*."""
+    return {"type": "tap", "id": f"vif{devid}", "ifname": tap, "script": "no", "downscript": "no"}
+
+
+def nic_props(devid: int, spec: dict, hvm: bool = False, mtu: int | None = None) -> dict:
+    """The -device / device_add properties of vif *devid*'s NIC (its MAC is already set)."""
+    # No option ROM: guests boot from -kernel or disk, never by PXE, and the
+    # ROM costs start-up time and memory.
+    props = {"driver": vif_model(spec, hvm), "netdev": f"vif{devid}", "mac": spec["mac"],
+             "id": f"nic{devid}", "romfile": ""}
+    if mtu and mtu < 1500 and props["driver"] == "virtio-net-pci":
+        # A smaller host side (a vnet's VXLAN) is told to a virtio guest,
+        # which then uses that MTU instead of losing its large frames.
+        props["host_mtu"] = mtu
+    return props
+
+
+def _kv(props: dict, first: str) -> str:
+    rest = ",".join(f"{k}={v}" for k, v in props.items() if k != first)
+    return f"{props[first]},{rest}"
+
+
 def build(cfg: DomainConfig, rt: Runtime) -> list[str]:
     a = [rt.qemu,
          "-name", f"{cfg.name},debug-threads=on",
@@ -149,6 +175,10 @@ def build(cfg: DomainConfig, rt: Runtime) -> list[str]:
         for node in disk_nodes(d):
             a += ["-blockdev", json.dumps(node)]
         a += ["-device", disk_device(d)]
+    # NICs after the disks, in vif order, so the guest names them eth0, eth1, ...
+    for spec, (devid, tap, mtu) in zip(cfg.vifs, rt.nics):
+        a += ["-netdev", _kv(netdev_props(devid, tap), "type"),
+              "-device", _kv(nic_props(devid, spec, cfg.builder == "hvm", mtu), "driver")]
     # -D keeps a daemonized QEMU's stderr open (it would go to /dev/null):
     # errors and guest faults land in the domain's qemu-dm log.
     a += ["-S", "-daemonize", "-pidfile", str(rt.pidfile), "-d", "guest_errors", "-D", str(rt.qemu_log)]
