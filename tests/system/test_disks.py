@@ -304,3 +304,85 @@ def test_real_lvm_snapshot_clone(host, tmp_path):
         subprocess.run(["vgremove", "-q", "-f", vg])
         subprocess.run(["pvremove", "-q", loop])
         subprocess.run(["losetup", "-d", loop])
+
+
+# ------------------------------------------------------------------ NFS root
+GANESHA_CONF = """\
+NFS_CORE_PARAM {{ Protocols = 4; NFS_Port = 2049; Enable_NLM = false; Enable_RQUOTA = false; }}
+NFSV4 {{ Graceless = true; RecoveryBackend = fs; RecoveryRoot = {recov}; Only_Numeric_Owners = true; }}
+EXPORT {{
+    Export_Id = 1; Path = {export}; Pseudo = {export}; Access_Type = RW; Squash = No_Root_Squash;
+    Protocols = 4; Transports = TCP; SecType = sys;
+    FSAL {{ Name = VFS; }}
+}}
+LOG {{ Default_Log_Level = EVENT; }}
+"""
+
+
+@pytest.fixture
+def netns():
+    """A network namespace for xend, its bridge and the NFS server; removed with all it ran."""
+    name = f"pxnfs{os.getpid() % 100000}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
+    yield name
+    for pid in subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    subprocess.run(["ip", "netns", "del", name])
+
+
+def test_nfs_root_static_ip_and_dhcp(make_host, netns, tmp_path):
+    """root='/dev/nfs' with nfs_server/nfs_root, served by nfs-ganesha (userspace:
+    this host's kernel has no nfsd), once with ip/netmask on a bridge and once
+    with dhcp='dhcp' behind vif-nat."""
+    if shutil.which("ganesha.nfsd") is None:
+        pytest.fail("nfs-ganesha is not installed (make deps installs it)")
+    nsx = ("ip", "netns", "exec", netns)
+    subprocess.run([*nsx, "ip", "link", "add", "nfsbr0", "type", "bridge"], check=True)
+    subprocess.run([*nsx, "ip", "addr", "add", "10.44.0.1/24", "dev", "nfsbr0"], check=True)
+    subprocess.run([*nsx, "ip", "link", "set", "nfsbr0", "up"], check=True)
+    host = make_host(netns=netns)
+    export = tmp_path / "export"
+    export.mkdir()
+    initrd = (host.image / "initrd.img").read_bytes()
+    cpio = subprocess.run(["lz4", "-dc"], input=initrd, capture_output=True, check=True).stdout \
+        if initrd.startswith(b"\x02\x21\x4c\x18") else initrd
+    subprocess.run(["cpio", "-idm", "--quiet"], input=cpio, cwd=export, check=True)
+    (export / "etc" / "marker").write_text("pyxen nfs root\n")
+    (tmp_path / "recov").mkdir()
+    conf = tmp_path / "ganesha.conf"
+    conf.write_text(GANESHA_CONF.format(export=export, recov=tmp_path / "recov"))
+    log = tmp_path / "ganesha.log"
+    subprocess.Popen([*nsx, "ganesha.nfsd", "-F", "-f", str(conf), "-L", str(log),
+                      "-p", str(tmp_path / "ganesha.pid")])
+    poll(lambda: ":2049 " in subprocess.run([*nsx, "ss", "-ltn"], capture_output=True, text=True).stdout,
+         30, what="nfs-ganesha to listen")
+
+    host.xm("create", str(host.config("nfsstatic", root="/dev/nfs", nfs_server="10.44.0.1",
+                                      nfs_root=str(export), ip="10.44.0.2", netmask="255.255.255.0",
+                                      hostname="nfsstatic", vif=["bridge=nfsbr0"], extra="rw")))
+    with host.console("nfsstatic") as con:
+        con.login()
+        out, rc = con.run("cat /etc/marker; grep ' / ' /proc/mounts")
+        assert rc == 0 and "pyxen nfs root" in out, out
+        assert re.search(r"^10\.44\.0\.1:\S+ / nfs4? rw", out, re.M), out
+        _, rc = con.run("echo from-static-guest > /root-written && sync")
+        assert rc == 0
+    assert (export / "root-written").read_text() == "from-static-guest\n"
+    host.xm("destroy", "nfsstatic")
+
+    # DHCP: vif-nat hands the guest 10.0.<domid>.1 and is itself 10.0.<domid>.254,
+    # where the same namespace's NFS server answers.
+    # Domain ids are never reused, so this second guest is domain 2.
+    cfg = host.config("nfsdhcp", root="/dev/nfs", nfs_server="10.0.2.254", nfs_root=str(export),
+                      dhcp="dhcp", vif=["script=vif-nat"])
+    host.xm("create", str(cfg))
+    assert host.domains()["nfsdhcp"]["id"] == 2, host.domains()
+    with host.console("nfsdhcp") as con:
+        con.login()
+        out, rc = con.run("cat /etc/marker; ip -4 addr show eth0; grep ' / ' /proc/mounts")
+        assert rc == 0 and "pyxen nfs root" in out and "inet 10.0.2.1/" in out, out
+    host.xm("destroy", "nfsdhcp")
