@@ -13,9 +13,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import boot
+from . import boot, disk
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "boot.json"
+DISK_JSON = Path(__file__).resolve().parent / "results" / "disk.json"
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -40,13 +41,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=5, help="timed boots per side (default 5)")
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON,
                     help=f"where to write the results (default {DEFAULT_JSON})")
+    ap.add_argument("--disk-json", type=Path, default=DISK_JSON,
+                    help=f"where to write the disk results (default {DISK_JSON})")
+    ap.add_argument("--only", choices=("boot", "disk"), help="run just one benchmark")
     args = ap.parse_args(argv)
     if args.runs < 1:
         ap.error("--runs must be at least 1")
-    result = boot.run(args.runs, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
-    print(boot.format_table(result))
-    write_json(args.json, result)
-    print(f"results written to {args.json}")
+    progress = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    if args.only in (None, "boot"):
+        result = boot.run(args.runs, progress=progress)
+        print(boot.format_table(result))
+        write_json(args.json, result)
+        print(f"results written to {args.json}")
+    if args.only in (None, "disk"):
+        result = disk.run(progress=progress)
+        print(disk.format_table(result))
+        write_json(args.disk_json, result)
+        print(f"results written to {args.disk_json}")
     return 0
 
 

@@ -169,7 +169,7 @@ class DomainConfig:
             vcpus=vcpus, maxvcpus=maxvcpus, cpus=cpus, on_watchdog=wd,
             cpu_weight=_int(values, "cpu_weight", 256, minimum=1), cpu_cap=cpu_cap,
             kernel=kernel, ramdisk=_str(values, "ramdisk", ""),
-            root=_str(values, "root", ""), extra=_str(values, "extra", ""),
+            root=_str(values, "root", ""), extra=_nfs_extra(values),
             cmdline=None if cmdline is None else str(cmdline),
             ip=str(values["_ip_param"]) if "_ip_param" in values else _ip_param(values),
             console_port=_int(values, "console", None, minimum=1),
@@ -290,6 +290,20 @@ def _hvm_values(values: dict) -> dict:
             continue
         out[k] = _int(values, k) if BY_NAME[k].kind == "int" else _str(values, k)
     return out
+
+
+def _nfs_extra(values: dict) -> str:
+    """'extra', with Xen's nfsroot=<nfs_server>:<nfs_root> in front when nfs_root is set."""
+    extra = _str(values, "extra", "")
+    nfs_root = _str(values, "nfs_root", "")
+    if not nfs_root:
+        return extra
+    server = _str(values, "nfs_server", "")
+    if not server:
+        raise ConfigError("nfs_root: an NFS root needs nfs_server too")
+    if not nfs_root.startswith("/"):
+        raise ConfigError(f"nfs_root: expected an absolute path on the server, got {nfs_root!r}")
+    return " ".join(x for x in (f"nfsroot={server}:{nfs_root}", extra) if x)
 
 
 def _ip_param(values: dict) -> str:

@@ -62,6 +62,10 @@ MODULES = (
     "isofs",            # CD/ISO images
 )
 
+# NFS root (root=/dev/nfs): shipped, but loaded by /init only for an NFS
+# root (lib/modules/<kver>/nfs-load-order), so other boots pay nothing.
+NFS_MODULES = ("nfsv4", "nfsv3")
+
 # initrd compression: the one the guest kernel unpacks fastest under TCG.
 # Measured in the guest (dmesg "Trying to unpack rootfs" -> "Freeing initrd
 # memory", 3.6 MiB cpio, three runs each):
@@ -375,6 +379,7 @@ def inputs_digest() -> str:
     h = hashlib.sha256()
     h.update(f"builder={BUILDER_VERSION}\ncompression={INITRD_COMPRESSION}\n".encode())
     h.update(("modules=" + ",".join(MODULES) + "\n").encode())
+    h.update(("nfs-modules=" + ",".join(NFS_MODULES) + "\n").encode())
     for p in _source_files():
         rel = p.relative_to(INITRAMFS_SRC).as_posix()
         h.update(f"file={rel}\n".encode())
@@ -477,6 +482,16 @@ def build_initramfs(ksrc: KernelSource, password_hash: str | None) -> tuple[Init
         fs.add_file(f"{base}/{rel}", _read_module(path), 0o644)
         order.append(rel)
     fs.add_file(f"{base}/load-order", "".join(f"{r}\n" for r in order).encode())
+    nfs_mods, _, nfs_missing = resolve_modules(ksrc, NFS_MODULES)
+    nfs_order = []
+    for rel, path in nfs_mods:
+        if rel.endswith((".xz", ".zst", ".gz")):
+            rel = rel.rsplit(".", 1)[0]
+        if rel not in order:
+            fs.add_file(f"{base}/{rel}", _read_module(path), 0o644)
+            nfs_order.append(rel)
+    fs.add_file(f"{base}/nfs-load-order", "".join(f"{r}\n" for r in nfs_order).encode())
+    missing = missing + [m for m in nfs_missing if m not in missing]
     return fs, order, built_in, missing
 
 

@@ -267,6 +267,11 @@ class Api:
             path = await dom.dump_core(body.get("file") or None, bool(body.get("live")),
                                        bool(body.get("crash")), bool(body.get("reset")))
             return web.json_response({"file": path})
+        elif op == "block-attach":
+            await dom.block_attach(str(body.get("uname", "")), str(body.get("vdev", "")),
+                                   str(body.get("mode", "")), str(body.get("backend") or "0"))
+        elif op == "block-detach":
+            await dom.block_detach(str(body.get("dev", "")), bool(body.get("force")))
         elif op in ("shutdown", "reboot"):
             reason = "reboot" if op == "reboot" else body.get("reason", "poweroff")
             if reason not in ("poweroff", "halt", "reboot"):

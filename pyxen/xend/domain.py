@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from .. import faults
 from ..config import sxp
 from ..config.domain import DomainConfig
-from ..config.specs import disk_number, format_cpuset, parse_cpuset
+from ..config.specs import disk_from_parts, disk_number, format_cpuset, parse_cpuset
 from ..config.errors import ConfigError
 from ..hypervisor import cgroups
 from ..hypervisor.qemu import argv as qargv
@@ -649,6 +649,97 @@ class Domain:
             self.sedf = {"period": period, "latency": cur["latency"] if latency is None else float(latency)}
             self.persist(config=True)
             self._enforce_sched()
+
+    # ------------------------------------------------------- block hotplug
+    async def block_attach(self, uname: str, vdev: str, mode: str, backend: str = "0") -> None:
+        """xm block-attach: a new virtio disk in the running guest, kept in the config."""
+        try:
+            disk = disk_from_parts(uname, vdev, mode, backend or "0")
+        except ConfigError as e:
+            raise InvalidRequest(str(e)) from None
+        if not disk.target:
+            raise InvalidRequest(f"Invalid disk specifier {uname!r}: block-attach needs a target")
+        if disk.devtype == "cdrom" or disk.ioemu:
+            raise InvalidRequest(f"block-attach of {disk.vdev}: only plain disks can be hot-plugged")
+        async with self.lock:
+            self._require_live()
+            if any(d.vdev == disk.vdev for d in self.cfg.disks):
+                raise Conflict(f"Domain {self.name} already has a device {disk.vdev}")
+            # The registry's create lock: no create or other attach can take
+            # the same disk between the guard's check and the config update.
+            async with self.reg._create_lock:
+                self.reg.check_disk_target(disk)
+                self.reg.check_sharing(self.name, [disk])
+                self.cfg.disks.append(disk)
+                self.persist(config=True)
+            added: list[str] = []
+            try:
+                for node in qargv.disk_nodes(disk):
+                    await self.qmp.execute("blockdev-add", node)
+                    added.append(node["node-name"])
+                await self.qmp.execute("device_add", qargv.disk_device_props(disk))
+            except (QMPError, QmpTimeout, OSError) as e:
+                for node in reversed(added):
+                    try:
+                        await self.qmp.execute("blockdev-del", {"node-name": node})
+                    except Exception:
+                        pass
+                self.cfg.disks.remove(disk)
+                self._persist_config_quietly()
+                raise XendError(f"block-attach {disk.uname} as {disk.vdev} failed: {e}") from None
+            log.info("%s: attached %s as %s (%s)", self.name, disk.uname, disk.vdev, disk.mode)
+
+    def _find_disk(self, ref: str):
+        for d in self.cfg.disks:
+            if d.vdev == ref:
+                return d
+        if ref.isdigit():
+            for d in self.cfg.disks:
+                try:
+                    if disk_number(d.vdev) == int(ref):
+                        return d
+                except ConfigError:
+                    pass
+        raise InvalidRequest(f"Device {ref} not connected to domain {self.name}")
+
+    async def block_detach(self, ref: str, force: bool = False, timeout: float = 30.0) -> None:
+        """xm block-detach: the guest lets go of the disk, then QEMU drops it.
+
+        Unplugging needs the guest's consent (ACPI eject); -f still waits for
+        it but then drops the disk from the config even if the guest refused.
+        """
+        async with self.lock:
+            self._require_live()
+            disk = self._find_disk(str(ref))
+            dev_id = f"vbd-{disk.vdev}"
+            gone = self._device_gone[dev_id] = asyncio.Event()
+            try:
+                await self.qmp.execute("device_del", {"id": dev_id})
+                await asyncio.wait_for(gone.wait(), timeout)
+            except asyncio.TimeoutError:
+                if not force:
+                    raise XendError(f"Domain {self.name} did not release {disk.vdev} within {timeout:.0f} s "
+                                    "(use -f to drop it from the configuration anyway)") from None
+                log.warning("%s: guest did not release %s; dropped from the config (-f)", self.name, disk.vdev)
+            except (QMPError, QmpTimeout) as e:
+                if not force:
+                    raise XendError(f"block-detach {disk.vdev} failed: {e}") from None
+            finally:
+                self._device_gone.pop(dev_id, None)
+            for node in (f"d-{disk.vdev}", f"f-{disk.vdev}"):
+                try:
+                    await self.qmp.execute("blockdev-del", {"node-name": node})
+                except (QMPError, QmpTimeout) as e:
+                    log.warning("%s: blockdev-del %s: %s", self.name, node, e)
+            self.cfg.disks.remove(disk)
+            self.persist(config=True)
+            log.info("%s: detached %s (%s)", self.name, disk.vdev, disk.uname)
+
+    def _persist_config_quietly(self) -> None:
+        try:
+            self.persist(config=True)
+        except Exception as e:
+            log.error("%s: cannot persist config: %s", self.name, e)
 
     def devices(self, cls: str) -> list[dict]:
         """Devices of class vbd (the config's disks) or vif, as block-list / network-list show them."""

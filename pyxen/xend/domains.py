@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import time
+import stat
 from contextlib import contextmanager
 
 from ..config import sxp
@@ -21,6 +22,7 @@ from ..config.xendconfig import XendConfig
 from ..hypervisor.qemu import process
 from ..net import mac as macs
 from ..paths import Paths
+from ..storage import guard
 from ..store import Store, StoreError
 from .accel import Accelerator
 from .domain import Domain
@@ -167,9 +169,12 @@ class Domains:
             from .domain import host_cpus
             for spec in (cfg.cpus if isinstance(cfg.cpus, list) else [cfg.cpus]):
                 host_cpus(spec)
+        vdevs = set()
         for disk in cfg.disks:
-            if disk.target and disk.kind != "nbd" and not os.path.exists(disk.target):
-                raise InvalidRequest(f"disk {disk.vdev}: {disk.target} does not exist")
+            if disk.vdev in vdevs:
+                raise InvalidRequest(f"disk {disk.uname}: virtual device {disk.vdev} is used twice")
+            vdevs.add(disk.vdev)
+            self.check_disk_target(disk)
         names: set[str] = set()
         taken = {self.net.vif_name(d.domid, devid, v): d.name for d in self.by_uuid.values()
                  for devid, v in d.vifs()}
@@ -181,6 +186,41 @@ class Domains:
             if name and name in taken:
                 raise Conflict(f"vif {devid}: vifname {name} is in use by domain {taken[name]}")
             names.add(name)
+        self.check_sharing(cfg.name, cfg.disks)
+
+    @staticmethod
+    def check_disk_target(disk) -> None:
+        if not disk.target or disk.kind == "nbd":
+            return
+        if not os.path.exists(disk.target):
+            raise InvalidRequest(f"disk {disk.vdev}: {disk.target} does not exist")
+        if disk.kind == "phy" and not stat.S_ISBLK(os.stat(disk.target).st_mode):
+            raise InvalidRequest(f"disk {disk.vdev}: phy:{disk.target} is not a block device (use file: for images)")
+        if not os.access(disk.target, os.R_OK if disk.readonly else os.R_OK | os.W_OK):
+            raise InvalidRequest(f"disk {disk.vdev}: {disk.target} is not "
+                                 f"{'readable' if disk.readonly else 'readable and writable'}")
+
+    def exported_disks(self, exclude=None) -> list:
+        """Every disk every domain of this host holds, whatever its state.
+
+        Domains adopted after a restart, paused, shut down (preserved) and
+        saved-but-reserved ones are all in the registry, so all count.
+        """
+        # A rename-restart corpse (Domain-<uuid>, QEMU stopped) hands its
+        # disks to the domain restarted under its name.
+        return [(d.name, disk) for d in self.by_uuid.values()
+                if d is not exclude and not (d.name == f"Domain-{d.uuid}" and d.state != "running")
+                for disk in d.cfg.disks]
+
+    def check_sharing(self, name: str, disks: list) -> None:
+        """The sharing guard over the whole registry; w! overrides are logged."""
+        existing = guard.exports(self.exported_disks())
+        try:
+            warnings = guard.check(name, disks, existing)
+        except guard.SharingError as e:
+            raise Conflict(str(e)) from None
+        for w in warnings:
+            log.warning("%s", w)
 
     async def create(self, config_sxp: str, paused: bool = False) -> Domain:
         try:

@@ -501,6 +501,23 @@ def cmd_block_list(ctx, opts, args):
     return 0
 
 
+@command("block-attach", "<Domain> <BackDev> <FrontDev> <Mode> [BackDomain]",
+         "Create a new virtual block device.", min_args=4, max_args=5)
+def cmd_block_attach(ctx, opts, args):
+    ctx.client.post(f"/api/domains/{_dom(args[0])}/block-attach",
+                    {"uname": args[1], "vdev": args[2], "mode": args[3],
+                     "backend": args[4] if len(args) > 4 else "0"})
+    return 0
+
+
+@command("block-detach", "<Domain> <DevId> [-f|--force]", "Destroy a domain's virtual block device.",
+         (Opt("f", "force", "Drop the device even if the guest does not release it."),),
+         min_args=2, max_args=2)
+def cmd_block_detach(ctx, opts, args):
+    ctx.client.post(f"/api/domains/{_dom(args[0])}/block-detach", {"dev": args[1], "force": "force" in opts})
+    return 0
+
+
 NETWORK_ATTACH_KEYS = ("type", "mac", "bridge", "ip", "script", "backend", "vifname", "rate", "model", "accel")
 
 

@@ -13,7 +13,8 @@ from pyxen.config.specs import parse_disk, parse_vif
 from pyxen.config.xendconfig import XendConfig, XendConfigError, default_file_text, OPTIONS
 from pyxen.config import xmconfig
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "shared/reference/examples-3.0.0"
+EXAMPLES = next(d / "shared/reference/examples-3.0.0" for d in Path(__file__).resolve().parents
+                if (d / "shared/reference/examples-3.0.0").is_dir())
 
 
 def load(*args, path=None):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...config.domain import DomainConfig
-from ...config.specs import vif_model
+from ...config.specs import DiskSpec, vif_model
 
 try:
     from .kernel import FAST_CMDLINE
@@ -65,6 +65,47 @@ def kernel_cmdline(cfg: DomainConfig) -> str:
     args = cfg.kernel_args()
     boot_cpus = f"maxcpus={cfg.vcpus}" if max_vcpus(cfg) > cfg.vcpus else ""
     return " ".join(x for x in ("console=ttyS0", FAST_CMDLINE, boot_cpus, args) if x)
+
+
+# File-backed disks go straight to QEMU (no loop device).  Chosen by
+# measurement (bench/disk.py, bench/README.md "Disk"): the host page cache
+# (cache.direct=off) doubles guest reads and costs writes nothing, guest
+# flushes still reach the disk; aio=threads equals io_uring within noise
+# and works on every host kernel.
+FILE_AIO = "threads"
+FILE_CACHE_DIRECT = False
+
+
+def disk_nodes(d: DiskSpec) -> list[dict]:
+    """The two -blockdev / blockdev-add nodes of a disk: protocol, then format.
+
+    Node names come from the vdev (unique in a domain) so hotplug can name
+    them again: f-<vdev> (protocol) and d-<vdev> (format).
+    """
+    proto_name, fmt_name = f"f-{d.vdev}", f"d-{d.vdev}"
+    if d.kind == "nbd":
+        host, port = d.target.split()
+        proto = {"driver": "nbd", "server": {"type": "inet", "host": host, "port": port},
+                 "node-name": proto_name, "read-only": d.readonly}
+    else:
+        proto = {"driver": "host_device" if d.kind == "phy" else "file", "filename": d.target,
+                 "node-name": proto_name, "read-only": d.readonly, "aio": FILE_AIO,
+                 "cache": {"direct": FILE_CACHE_DIRECT}}
+        if d.mode == "w!":
+            # The user overrode the sharing guard; QEMU's own image lock
+            # would refuse the second writer, so it is lifted for this disk.
+            proto["locking"] = "off"
+    fmt = {"driver": d.fmt, "file": proto_name, "node-name": fmt_name, "read-only": d.readonly}
+    return [proto, fmt]
+
+
+def disk_device_props(d: DiskSpec) -> dict:
+    """The guest-side device: virtio-blk whose serial is the Xen vdev name."""
+    return {"driver": "virtio-blk-pci", "drive": f"d-{d.vdev}", "serial": d.vdev, "id": f"vbd-{d.vdev}"}
+
+
+def disk_device(d: DiskSpec) -> str:
+    return ",".join(f"{k}={v}" if k != "driver" else v for k, v in disk_device_props(d).items())
 
 
 def netdev_props(devid: int, tap: str) -> dict:
@@ -132,21 +173,12 @@ def build(cfg: DomainConfig, rt: Runtime) -> list[str]:
         if cfg.ramdisk:
             a += ["-initrd", cfg.ramdisk]
         a += ["-append", kernel_cmdline(cfg)]
-    for i, d in enumerate(cfg.disks):
+    for d in cfg.disks:
         if not d.target:
             continue
-        if d.kind == "nbd":
-            host, port = d.target.split()
-            proto = {"driver": "nbd", "server": {"type": "inet", "host": host, "port": port},
-                     "node-name": f"f{i}", "read-only": d.readonly}
-        else:
-            proto = {"driver": "host_device" if d.kind == "phy" else "file", "filename": d.target,
-                     "node-name": f"f{i}", "read-only": d.readonly, "aio": "threads",
-                     "cache": {"direct": False}}
-        a += ["-blockdev", json.dumps(proto)]
-        a += ["-blockdev", json.dumps({"driver": d.fmt, "file": f"f{i}", "node-name": f"d{i}",
-                                       "read-only": d.readonly})]
-        a += ["-device", f"virtio-blk-pci,drive=d{i},serial={d.vdev},id=vbd-{d.vdev}"]
+        for node in disk_nodes(d):
+            a += ["-blockdev", json.dumps(node)]
+        a += ["-device", disk_device(d)]
     # NICs after the disks, in vif order, so the guest names them eth0, eth1, ...
     for spec, (devid, tap, mtu) in zip(cfg.vifs, rt.nics):
         a += ["-netdev", _kv(netdev_props(devid, tap), "type"),
