@@ -10,9 +10,11 @@ with the same interface, so nothing else in pyxen touches state files.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -64,16 +66,18 @@ def _check_key(key: str) -> None:
         raise StoreError(f"invalid store key {key!r}")
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write *data* to *path* so that readers see all of it or none of it."""
+def _atomic(path: Path, fill, mode: int) -> None:
+    """Create *path* from *fill(file)* so readers see the old or the new file,
+    never a torn one: temp file beside it, fsync, rename, fsync the directory."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            fill(f)
             f.flush()
+            os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -81,11 +85,35 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         except FileNotFoundError:
             pass
         raise
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
     try:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write *data* to *path* atomically."""
+    _atomic(path, lambda f: f.write(data), mode)
+
+
+def atomic_copy(src: Path, dest: Path, mode: int = 0o644) -> None:
+    """Copy *src* to *dest* atomically, streaming (no whole-file read)."""
+    def fill(f):
+        with open(src, "rb") as inp:
+            shutil.copyfileobj(inp, f, 1 << 20)
+    _atomic(dest, fill, mode)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 class FileStore(Store):

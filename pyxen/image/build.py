@@ -534,19 +534,11 @@ def load_manifest(dest: Path) -> dict | None:
         return None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _files_intact(dest: Path, manifest: dict) -> bool:
     for name, info in (manifest.get("files") or {}).items():
         p = dest / name
         try:
-            if p.stat().st_size != info["size"] or _sha256(p) != info["sha256"]:
+            if p.stat().st_size != info["size"] or kfile.file_sha256(p) != info["sha256"]:
                 return False
         except (OSError, KeyError, TypeError):
             return False
@@ -651,7 +643,7 @@ def build_image(dest: Path, password: str | None = None, force: bool = False,
             "modules_builtin": built_in,
             "modules_missing": missing,
             "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "files": {n: {"sha256": _sha256(dest / n), "size": (dest / n).stat().st_size}
+            "files": {n: {"sha256": kfile.file_sha256(dest / n), "size": (dest / n).stat().st_size}
                       for n in files},
         }
         if pw_hash:

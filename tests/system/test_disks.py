@@ -23,17 +23,8 @@ from pathlib import Path
 import pytest
 
 from pyxen.storage import lvm
+from pyxen.testing.wait import poll
 
-
-def poll(fn, timeout=60.0, interval=0.2, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def sparse(path: Path, size: int) -> Path:

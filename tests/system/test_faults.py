@@ -7,7 +7,7 @@ import concurrent.futures
 import os
 import subprocess
 
-from test_lifecycle import poll
+from pyxen.testing.wait import poll
 
 
 def start_faulty(h, point: str) -> None:

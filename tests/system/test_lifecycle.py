@@ -8,17 +8,8 @@ import signal
 import time
 
 import pytest
+from pyxen.testing.wait import poll
 
-
-def poll(fn, timeout=60.0, interval=0.1, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def test_create_console_pause_shutdown_recreate_destroy(host):

@@ -20,19 +20,10 @@ import uuid
 
 import pytest
 from test_errors import assert_clean_error, assert_nothing_left
+from pyxen.testing.wait import poll
 
 MAC_RE = re.compile(r"^00:16:3e:[0-7][0-9a-f]:[0-9a-f]{2}:[0-9a-f]{2}$")
 
-
-def poll(fn, timeout=60.0, interval=0.2, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def sh(*argv, check=True) -> subprocess.CompletedProcess:

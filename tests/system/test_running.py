@@ -7,7 +7,7 @@ import os
 import signal
 import time
 
-from test_lifecycle import poll
+from pyxen.testing.wait import poll
 
 
 def test_vcpu_set_mem_set_sysrq_dump_rename(make_host):

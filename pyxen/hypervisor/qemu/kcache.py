@@ -9,7 +9,6 @@ kernels without a PVH note (or that cannot be extracted) are booted as given.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -18,14 +17,6 @@ from pathlib import Path
 from . import kernel as kmod
 
 log = logging.getLogger("pyxen.qemu")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 _memo: dict[tuple, str] = {}
@@ -44,7 +35,7 @@ def boot_kernel(path: str, cache_dir: Path) -> str:
             return hit
         if not kmod.is_bzimage(p):
             return path
-        digest = _sha256(p)
+        digest = kmod.file_sha256(p)
     except OSError:
         return path
     result = _boot_kernel(p, path, digest, cache_dir)

@@ -15,7 +15,6 @@ import os
 import shutil
 import struct
 import subprocess
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -68,62 +67,8 @@ _SHT_NOTE = 7
 _XEN_ELFNOTE_PHYS32_ENTRY = 18
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write *data* to *path* so readers see either the old or the new file,
-    never a torn one: temp file in the same directory, fsync, rename, then
-    fsync the directory so the rename itself survives a crash."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_copy(src: Path, dest: Path, mode: int = 0o644) -> None:
-    """Copy *src* to *dest* atomically (see atomic_write) without reading the
-    whole file into memory."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
-            out.flush()
-            os.fchmod(out.fileno(), mode)
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(dest.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
+# Atomic file writes live with the state store; the image builder uses them too.
+from ...store import atomic_copy, atomic_write, file_sha256  # noqa: E402,F401
 
 
 def is_bzimage(path: Path) -> bool:
