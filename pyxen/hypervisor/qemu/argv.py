@@ -26,6 +26,12 @@ class Runtime:
     accel: str                 # kvm | tcg
     qemu: str = "qemu-system-x86_64"
     kernel: str | None = None  # the file to boot (may be a cached vmlinux)
+    # A restore asks for the concrete machine type the guest was saved on
+    # ("pc" is an alias that moves with QEMU upgrades).
+    machine: str = "pc"
+    # "defer": wait for a migration stream (restore) instead of booting;
+    # everything else on the command line stays identical to the saved one.
+    incoming: str | None = None
 
     @property
     def qmp_sock(self) -> Path:
@@ -54,7 +60,7 @@ def build(cfg: DomainConfig, rt: Runtime) -> list[str]:
     a = [rt.qemu,
          "-name", f"{cfg.name},debug-threads=on",
          "-uuid", cfg.uuid,
-         "-machine", "pc",
+         "-machine", rt.machine,
          "-nodefaults", "-no-user-config", "-display", "none",
          "-m", f"{cfg.memory}M"]
     if rt.accel == "kvm":
@@ -95,5 +101,7 @@ def build(cfg: DomainConfig, rt: Runtime) -> list[str]:
         a += ["-blockdev", json.dumps({"driver": d.fmt, "file": f"f{i}", "node-name": f"d{i}",
                                        "read-only": d.readonly})]
         a += ["-device", f"virtio-blk-pci,drive=d{i},serial={d.vdev},id=vbd-{d.vdev}"]
+    if rt.incoming:
+        a += ["-incoming", rt.incoming]
     a += ["-S", "-daemonize", "-pidfile", str(rt.pidfile)]
     return a
