@@ -19,6 +19,7 @@ from ..config.xendconfig import XendConfig
 from ..hypervisor.qemu import process
 from ..paths import Paths
 from ..store import Store, StoreError
+from . import checkpoint
 from .accel import Accelerator
 from .domain import Domain
 from .errors import Conflict, InvalidRequest, NoSuchDomain, XendError
@@ -98,6 +99,36 @@ class Domains:
         except (ConfigError, sxp.SxpError) as e:
             raise InvalidRequest(f"invalid domain config: {e}") from None
         accel = await self.accel.get()
+        dom = await self._launch(cfg, accel, paused)
+        log.info("%s: started (domid %d, %s)", cfg.name, dom.domid, accel)
+        return dom
+
+    async def restore(self, path: str, paused: bool = False) -> Domain:
+        """``xm restore``: a new domain (new id; same name, uuid and config)
+        running on from the state in save file *path*.  The file is checked
+        before anything starts, and left as it is."""
+        if not isinstance(path, str) or not os.path.isabs(path):
+            raise InvalidRequest(f"save file must be an absolute path, got {path!r}")
+        loop = asyncio.get_running_loop()
+        try:
+            info = await loop.run_in_executor(None, checkpoint.read_header, path)
+        except checkpoint.SaveFileError as e:
+            raise InvalidRequest(str(e)) from None
+        try:
+            cfg = DomainConfig.from_sxp(sxp.from_string(info.config))
+        except (ConfigError, sxp.SxpError) as e:
+            raise InvalidRequest(f"{path}: the saved domain config is invalid: {e}") from None
+        accel = await self.accel.get()
+        saved = info.meta.get("accel")
+        if saved and saved != accel:
+            raise InvalidRequest(f"{path} was saved from a {saved.upper()} guest; this host runs guests "
+                                 f"under {accel.upper()}, which cannot continue it")
+        dom = await self._launch(cfg, accel, paused, restore=info)
+        log.info("%s: restored from %s (domid %d, %s)", cfg.name, path, dom.domid, accel)
+        return dom
+
+    async def _launch(self, cfg: DomainConfig, accel: str, paused: bool,
+                      restore: checkpoint.SaveInfo | None = None) -> Domain:
         async with self._create_lock:
             self._validate(cfg)
             try:
@@ -111,16 +142,16 @@ class Domains:
                 raise XendError(str(e)) from None
         try:
             async with dom.lock:
-                await dom.start(paused)
+                await dom.start(paused, restore=restore)
         except BaseException as e:
-            log.error("%s: create failed: %s", cfg.name, e)
-            await dom.destroy()
+            log.error("%s: %s failed: %s", cfg.name, "restore" if restore else "create", e)
+            await dom.destroy(force=True)
             if isinstance(e, XendError):
                 raise
             if isinstance(e, (OSError, StoreError)):
-                raise XendError(f"creating domain {cfg.name} failed: {e}") from None
+                raise XendError(f"{'restoring' if restore else 'creating'} domain {cfg.name} "
+                                f"failed: {e}") from None
             raise
-        log.info("%s: started (domid %d, %s)", cfg.name, domid, accel)
         return dom
 
     # ----------------------------------------------------------------- adopt
@@ -150,6 +181,7 @@ class Domains:
             dom.start_time = rec.get("start_time") or dom.start_time
             dom.shutdown_reason = rec.get("shutdown_reason")
             dom.accel = rec.get("accel", "tcg")
+            dom.job = rec.get("job")
             self.by_uuid[u] = dom
             await self._adopt_one(dom)
 
@@ -161,10 +193,11 @@ class Domains:
             if dom.pid and process.is_ours(dom.pid, dom.uuid):
                 process.kill(dom.pid)
                 await process.wait_exit(dom.pid, 5)
-            await dom.destroy()
+            await dom.destroy(force=True)
             return
         try:
             if await dom.adopt():
+                await dom.recover_job()
                 return
         except Exception as e:
             log.error("%s: cannot reconnect to QEMU pid %s: %s", dom.name, dom.pid, e)
@@ -177,6 +210,11 @@ class Domains:
                 dom.pid = None
             log.info("%s: preserved %s domain kept", dom.name, dom.state)
             return
+        if dom.job:
+            # A save past its commit point ends with the domain gone anyway.
+            await dom.recover_job()
+            if dom.gone.is_set():
+                return
         log.error("%s: QEMU (pid %s) went away while xend was not running", dom.name, dom.pid)
         await dom._qemu_died()
 
