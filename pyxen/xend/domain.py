@@ -16,7 +16,6 @@ booting, so it shares the ``creating`` state and its roll-back.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import os
 import shutil
@@ -54,7 +53,6 @@ RESTORE_BASE = 120.0        # a restore gets this long plus ...
 RESTORE_RATE = 20 << 20     # ... its stream length at this many bytes/s
 MIGRATION_DONE = ("completed", "failed", "cancelled")
 MIGRATION_BUSY = ("setup", "active", "cancelling", "device", "pre-switchover", "wait-unplug")
-PIPE_SIZE = 1 << 20         # the default pipe-max-size; fewer wake-ups than 64 KiB
 
 
 class Domain:
@@ -80,6 +78,7 @@ class Domain:
         self.job: dict | None = None           # a save in flight (persisted)
         self._mig_status: str | None = None    # from QEMU's MIGRATION events
         self._mig_changed = asyncio.Event()
+        self._marks: dict[str, float] = {}      # when each step of a save/restore ended
 
     # ------------------------------------------------------------ identity
     @property
@@ -123,6 +122,7 @@ class Domain:
         """Start QEMU for this domain (state must already be persisted).
         With *restore*, QEMU loads the saved state instead of booting."""
         rt = self.runtime()
+        self._marks = {"start": time.monotonic()}
         if restore is not None:
             rt.incoming = "defer"
             rt.machine = str(restore.meta.get("machine") or rt.machine)
@@ -145,6 +145,7 @@ class Domain:
             raise XendError(f"QEMU failed to start domain {self.name}: {e}") from None
         self.persist()
         await self._connect(rt)
+        self._marks["qemu"] = time.monotonic()
         if restore is not None:
             await self._load(restore)
         self.apply_placement(initial=True)
@@ -423,14 +424,20 @@ class Domain:
         self.job = {"op": "save", "phase": "saving", "file": target, "tmp": tmp,
                     "resume": resume, "checkpoint": keep}
         stream = 0
+        self._marks = {"start": t0}
         try:
             try:
                 self.persist()
                 if resume:
                     await self.qmp.execute("stop")
-                stream, digest = await self._stream_out(fd, len(checkpoint.encode_header(config, meta, 0, b"")))
+                else:
+                    await self._leave_postmigrate()
+                self._marks["stop"] = time.monotonic()
+                offset = len(checkpoint.encode_header(config, meta, 0, b""))
+                stream, digest = await self._stream_out(fd, tmp, offset)
                 header = checkpoint.encode_header(config, meta, stream, digest)
                 await loop.run_in_executor(None, checkpoint.finish_file, fd, header)
+                self._marks["sync"] = time.monotonic()
             finally:
                 os.close(fd)
             # The commit point: from here an xend restart finishes the save.
@@ -441,7 +448,7 @@ class Domain:
             await self._save_failed(tmp, resume)
             if isinstance(e, OSError):
                 raise XendError(f"Cannot save domain {self.name} to {target}: "
-                                f"{checkpoint.describe_oserror(e)}{self._still()}") from None
+                                f"{e.strerror or e}{self._still()}") from None
             if isinstance(e, (QMPError, StoreError)):
                 raise XendError(f"Cannot save domain {self.name} to {target}: {e}{self._still()}") from None
             if isinstance(e, XendError):
@@ -451,11 +458,15 @@ class Domain:
             await loop.run_in_executor(None, checkpoint.fsync_dir, target)
         except OSError as e:
             log.warning("%s: fsync of %s's directory failed: %s", self.name, target, e.strerror)
-        elapsed = time.monotonic() - t0
-        log.info("%s: saved to %s (%d bytes of QEMU state, %.2f s)", self.name, target, stream, elapsed)
+        self._marks["commit"] = time.monotonic()
+        times = _phases(self._marks, ("stop", "stream", "hash", "sync", "commit"))
         await self._finish_save(resume, keep)
+        elapsed = time.monotonic() - t0
+        log.info("%s: saved to %s: %d bytes of QEMU state in %.2f s (%s; %s %.2f s)", self.name, target,
+                 stream, elapsed, ", ".join(f"{k} {v:.2f} s" for k, v in times.items()),
+                 "resume" if keep else "destroy", time.monotonic() - self._marks["commit"])
         return {"file": target, "bytes": os.path.getsize(target), "stream_bytes": stream,
-                "seconds": round(elapsed, 3)}
+                "seconds": round(elapsed, 3), "phases": times}
 
     def _still(self) -> str:
         if self.gone.is_set() or self.pid is None or not process.alive(self.pid):
@@ -472,85 +483,85 @@ class Domain:
                 "host": socket.gethostname(), "domid": self.domid, "paused": self.paused,
                 "memory": self.cfg.memory}
 
-    async def _stream_out(self, fd: int, offset: int) -> tuple[int, bytes]:
-        """Run QEMU's outgoing migration into *fd* at *offset* through a pipe
-        that a worker thread drains and hashes.  Returns (bytes, digest)."""
+    async def _stream_out(self, fd: int, tmp: str, offset: int) -> tuple[int, bytes]:
+        """Run QEMU's outgoing migration straight into *fd* (the temp file
+        *tmp*) from *offset* on, while a worker thread hashes what it
+        writes.  Returns (stream length, digest)."""
         loop = asyncio.get_running_loop()
         await self.qmp.execute("migrate-set-capabilities", {"capabilities": [
             {"capability": "events", "state": True}]})
         await self.qmp.execute("migrate-set-parameters", {"max-bandwidth": SAVE_BANDWIDTH})
-        r, w = os.pipe()
-        try:
-            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:
-            pass        # a smaller pipe only costs speed
-        pump = checkpoint.Pump(r, fd, offset)
-        try:
-            await self.qmp.send_fd(w, "pyxen-save")
-        except BaseException:
-            os.close(r)
-            raise
-        finally:
-            os.close(w)
+        # QEMU gets a copy of this descriptor, sharing its file offset.
+        os.lseek(fd, offset, os.SEEK_SET)
+        await self.qmp.send_fd(fd, "pyxen-save")
+        follower = checkpoint.Follower(tmp, offset)
         self._mig_status = None
         self._mig_changed.clear()
-        task = loop.run_in_executor(None, pump.run)
+        task = loop.run_in_executor(None, follower.run)
         try:
             try:
                 await self.qmp.execute("migrate", {"uri": "fd:pyxen-save"})
             except BaseException:
                 await self._quietly("closefd", {"fdname": "pyxen-save"})
                 raise
-            await self._watch_save(pump, task)
+            await self._watch_save(fd, task)
+            self._marks["stream"] = time.monotonic()
+            # QEMU flushed everything before it reported completion.
+            end = os.fstat(fd).st_size
+            follower.finish(end)
+            digest = await task
+            self._marks["hash"] = time.monotonic()
+            return end - offset, digest
         except BaseException:
-            # Make sure QEMU lets go of the pipe so the worker sees EOF, and
-            # that the migration is over before anyone resumes the guest (a
-            # migration that fails late stops the guest again).
+            follower.cancel()
             await self._quietly("migrate_cancel")
+            # A migration that fails late stops the guest again: let it end
+            # before anyone resumes the guest.
+            await self._migration_settled()
             try:
                 await asyncio.wait_for(asyncio.shield(task), 30)
             except BaseException:
                 pass
-            await self._migration_settled()
             raise
-        return await task, pump.hash.digest()
 
-    async def _watch_save(self, pump: "checkpoint.Pump", task) -> None:
-        """Until QEMU reports the migration done and the worker has the
-        last byte.  Raises on a QEMU failure, a write error or a stall."""
+    async def _watch_save(self, fd: int, task) -> None:
+        """Until QEMU reports the migration complete.  Raises on a QEMU
+        failure (ENOSPC included), a hashing error or a stall."""
         last, last_t = -1, time.monotonic()
         while True:
-            if task.done():
-                task.result()      # a write error (ENOSPC) surfaces here
-                if self._mig_status not in MIGRATION_DONE:
-                    # EOF before QEMU said why: ask it.
-                    info = await self.qmp.execute("query-migrate")
-                    self._mig_status = info.get("status")
-                    if self._mig_status not in MIGRATION_DONE:
-                        raise XendError("QEMU closed the save stream early")
-                if self._mig_status == "completed":
-                    return
+            if self._mig_status == "completed":
+                return
             if self._mig_status in ("failed", "cancelled"):
                 info = await self._quietly("query-migrate") or {}
                 raise XendError(f"QEMU could not save the guest: "
                                 f"{info.get('error-desc') or 'migration ' + self._mig_status}")
-            if pump.done != last:
-                last, last_t = pump.done, time.monotonic()
+            if task.done():
+                task.result()           # the hashing worker failed
+            size = os.fstat(fd).st_size
+            if size != last:
+                last, last_t = size, time.monotonic()
             elif time.monotonic() - last_t > SAVE_STALL:
                 raise XendError(f"the save made no progress for {SAVE_STALL:.0f} s")
             self._mig_changed.clear()
-            # Events wake us at once; the timeout is the stall check (and a
-            # fallback if QEMU's event went missing).
-            waits = [asyncio.ensure_future(self._mig_changed.wait()), asyncio.ensure_future(asyncio.shield(task))]
             try:
-                await asyncio.wait(waits, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waits:
-                    w.cancel()
-            if not task.done() and self._mig_status not in MIGRATION_DONE and time.monotonic() - last_t > 2:
+                # Events wake this at once; the timeout is for the stall
+                # check, and the poll a fallback should an event go missing.
+                await asyncio.wait_for(self._mig_changed.wait(), 1.0)
+            except asyncio.TimeoutError:
                 info = await self._quietly("query-migrate") or {}
                 if info.get("status") in MIGRATION_DONE:
                     self._mig_status = info["status"]
+
+    async def _leave_postmigrate(self) -> None:
+        """A paused guest whose last save completed (xm save -c) sits in
+        QEMU's 'postmigrate' state, from which QEMU refuses to migrate
+        again; running is the only way out, so it runs for an instant."""
+        st = await self.qmp.execute("query-status")
+        if st.get("status") == "postmigrate":
+            log.info("%s: paused after an earlier save; resuming it for an instant to save again",
+                     self.name)
+            await self.qmp.execute("cont")
+            await self.qmp.execute("stop")
 
     async def _migration_settled(self, timeout: float = 10.0) -> None:
         """Until QEMU's outgoing migration is no longer under way."""
@@ -657,6 +668,9 @@ class Domain:
         fd = os.open(info.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             os.lseek(fd, info.stream_offset, os.SEEK_SET)
+            # QEMU reads in 32 KiB steps: a wide readahead on its (shared)
+            # file description keeps the disk ahead of it.
+            os.posix_fadvise(fd, info.stream_offset, info.stream_length, os.POSIX_FADV_SEQUENTIAL)
             await self.qmp.send_fd(fd, "pyxen-restore")
         finally:
             os.close(fd)
@@ -687,9 +701,11 @@ class Domain:
                     problem = f"QEMU could not load it (migration {self._mig_status})"
             except QMPError as e:
                 problem = f"QEMU could not load it: {e}"
+            self._marks["load"] = time.monotonic()
             # Even when QEMU failed, the checksum tells a damaged file (the
             # likely cause) from an incompatible one.
             intact = await vtask
+            self._marks["verify"] = time.monotonic()
         except OSError as e:
             raise XendError(f"Unable to read save file {info.path}: {e.strerror}") from None
         except BaseException:
@@ -702,7 +718,9 @@ class Domain:
             m = info.meta
             raise XendError(f"Cannot restore {info.path}: {problem} (saved by QEMU {m.get('qemu', '?')}, "
                             f"machine {m.get('machine', '?')}, {m.get('accel', '?')})")
-        log.info("%s: loaded %d bytes of saved state from %s", self.name, info.stream_length, info.path)
+        times = _phases(self._marks, ("qemu", "load", "verify"))
+        log.info("%s: loaded %d bytes of saved state from %s (%s)", self.name, info.stream_length, info.path,
+                 ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
 
     # ------------------------------------------------------- CPU placement
     def apply_placement(self, initial: bool) -> None:
@@ -896,3 +914,13 @@ def _save_target(path: str) -> str:
     if not os.access(d, os.W_OK):
         raise InvalidRequest(f"Unable to create save file {path}: directory {d} is not writable")
     return path
+
+
+def _phases(marks: dict, order: tuple) -> dict:
+    """Seconds each step took, from the monotonic times it ended."""
+    out, prev = {}, marks["start"]
+    for k in order:
+        if k in marks:
+            out[k] = round(marks[k] - prev, 3)
+            prev = marks[k]
+    return out

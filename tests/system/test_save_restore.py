@@ -154,6 +154,11 @@ def test_save_restore_round_trip(host, tmp_path):
     host.xm("save", "-c", "sr", str(cp), timeout=120)
     assert host.domains()["sr"]["id"] == row["id"]
     assert_counting_on(host, "sr", before)
+    # A paused domain checkpoints and stays paused, again and again.
+    host.xm("pause", "sr")
+    for i in range(2):
+        host.xm("save", "-c", "sr", str(tmp_path / f"paused{i}"), timeout=120)
+        assert host.domains()["sr"]["state"] == "--p---"
     host.xm("destroy", "sr")
     # ... which restores paused with -p, and continues from the checkpoint.
     host.xm("restore", "-p", str(cp), timeout=120)

@@ -3,12 +3,12 @@ the restore side of the QEMU argv.  Nothing here starts QEMU."""
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import re
 import struct
 import threading
+import time
 
 import pytest
 
@@ -21,9 +21,9 @@ META = {"qemu": "7.2.22", "machine": "pc-i440fx-7.2", "accel": "tcg", "paused": 
 STREAM = bytes(range(256)) * 64 + b"QEVM-end"
 
 
-def make(tmp_path, stream: bytes = STREAM, name="d.chk", **kw) -> tuple:
+def make(tmp_path, stream: bytes = STREAM, name="d.chk", algorithm=ck.ALGORITHM, **kw) -> tuple:
     head = ck.encode_header(kw.get("config", CONFIG), kw.get("meta", META), len(stream),
-                            hashlib.sha256(stream).digest())
+                            ck.new_hash(algorithm, stream).digest(), algorithm)
     p = tmp_path / name
     p.write_bytes(head + stream)
     return p, head
@@ -38,9 +38,16 @@ def test_round_trip_and_xen_compatible_start(tmp_path):
     assert raw[20:20 + n].decode() == CONFIG
     info = ck.read_header(str(p))
     assert info.config == CONFIG and info.meta == META and info.version == 1
-    assert info.algorithm == "sha256"
+    assert info.algorithm == "xxh3-128" and len(info.stream_digest) == 16
     assert info.stream_offset == len(head) == ck.header_size(len(CONFIG), len(head) - ck.header_size(len(CONFIG), 0))
     assert raw[info.stream_offset:] == STREAM and info.stream_length == len(STREAM)
+    assert ck.Verifier(info).run() is True
+
+
+def test_sha256_files_read_too(tmp_path):
+    p, head = make(tmp_path, algorithm="sha256")
+    info = ck.read_header(str(p))
+    assert info.algorithm == "sha256" and info.stream_digest == hashlib.sha256(STREAM).digest()
     assert ck.Verifier(info).run() is True
 
 
@@ -110,49 +117,42 @@ def test_newer_format_version_is_refused(tmp_path):
         ck.read_header(str(p))
 
 
-def test_pump_copies_and_hashes_at_an_offset(tmp_path):
-    r, w = os.pipe()
-    out = os.open(tmp_path / "o", os.O_RDWR | os.O_CREAT)
-    pump = ck.Pump(r, out, 100)
-    data = os.urandom(3 << 20)
-
-    def feed():
-        with open(w, "wb") as f:
-            f.write(data)
-    t = threading.Thread(target=feed)
+def test_follower_hashes_a_growing_file(tmp_path):
+    path = tmp_path / "growing"
+    data = os.urandom(5 << 20) + b"tail"
+    out = open(path, "wb")
+    out.write(b"H" * 100)            # the header's place
+    out.flush()
+    fol = ck.Follower(str(path), 100)
+    res = []
+    t = threading.Thread(target=lambda: res.append(fol.run()))
     t.start()
-    assert pump.run() == len(data)
-    t.join()
-    assert pump.hash.digest() == hashlib.sha256(data).digest()
-    os.close(out)
-    got = (tmp_path / "o").read_bytes()
-    assert got[:100] == b"\0" * 100 and got[100:] == data
-
-
-def test_pump_write_error_closes_the_pipe():
-    """A full disk (here /dev/full) ends the pump with ENOSPC, and the
-    writer (QEMU) sees EPIPE instead of blocking forever."""
-    r, w = os.pipe()
-    full = os.open("/dev/full", os.O_WRONLY)
-    pump = ck.Pump(r, full, 0)
-    errs = []
-
-    def feed():
-        try:
-            with open(w, "wb") as f:
-                for _ in range(64):
-                    f.write(b"x" * 65536)
-        except BrokenPipeError as e:
-            errs.append(e)
-    t = threading.Thread(target=feed)
-    t.start()
-    with pytest.raises(OSError) as e:
-        pump.run()
+    # Odd-sized writes, with pauses in which the follower catches up.
+    for i in range(0, len(data), 300_001):
+        out.write(data[i:i + 300_001])
+        out.flush()
+        if i % 3 == 0:
+            time.sleep(0.003)
+    out.close()
+    fol.finish(100 + len(data))
     t.join(10)
-    os.close(full)
-    assert e.value.errno == errno.ENOSPC
-    assert ck.describe_oserror(e.value) == "No space left on device"
-    assert not t.is_alive() and errs
+    assert res == [ck.new_hash(ck.ALGORITHM, data).digest()]
+
+
+def test_follower_cancel_and_short_file(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 1000)
+    fol = ck.Follower(str(path), 0)
+    res = []
+    t = threading.Thread(target=lambda: res.append(fol.run()))
+    t.start()
+    fol.cancel()
+    t.join(10)
+    assert res == [None]
+    fol = ck.Follower(str(path), 0)
+    fol.finish(2000)                  # QEMU claims more than the file holds
+    with pytest.raises(OSError, match="shorter than the stream"):
+        fol.run()
 
 
 def test_argv_for_a_restore(tmp_path):
