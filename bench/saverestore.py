@@ -28,7 +28,6 @@ unit-tested without booting anything.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil

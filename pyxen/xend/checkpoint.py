@@ -57,10 +57,11 @@ import errno
 import hashlib
 import json
 import os
+import re
 import stat
 import struct
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import xxhash
 
@@ -78,7 +79,8 @@ MAX_META = 1 << 20
 DIGEST_FIELD = 64
 CHUNK = 1 << 20
 WRITEBACK_STEP = 32 << 20
-TAIL = struct.Struct(">16sQ64s")   # algorithm, L, stream digest (then the header digest)
+TAIL = struct.Struct(">16sQ64s")
+_MACHINE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")   # algorithm, L, stream digest (then the header digest)
 
 
 class SaveFileError(Exception):
@@ -97,7 +99,6 @@ class SaveInfo:
     stream_length: int
     stream_digest: bytes
     file_size: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------ layout
@@ -196,7 +197,10 @@ def _parse(f, path: str, size: int) -> SaveInfo:
         config = cfg.decode()
         meta = json.loads(mj)
         if not isinstance(meta, dict):
-            raise ValueError("not an object")
+            raise ValueError("metadata is not an object")
+        # It ends up on QEMU's command line: a machine type name, no options.
+        if not _MACHINE.fullmatch(str(meta.get("machine", "pc"))):
+            raise ValueError(f"bad machine type {meta.get('machine')!r}")
     except ValueError as e:
         raise SaveFileError(f"{path} is corrupt: unreadable header ({e})") from None
     digest_len = new_hash(algorithm).digest_size

@@ -5,6 +5,9 @@ guest's tmpfs every 0.1 s) shows the guest carried on rather than rebooted:
 after a restore the file must still hold an unbroken run from 1, longer
 than before, and still growing; the console log must show the guest's init
 starting exactly once.
+
+The full-disk case uses an 8 MiB tmpfs mounted for the test (and unmounted
+after it) as the save directory.
 """
 
 from __future__ import annotations
@@ -14,9 +17,6 @@ import re
 import signal
 import subprocess
 import time
-from pathlib import Path
-
-import pytest
 
 from pyxen.store import FileStore
 

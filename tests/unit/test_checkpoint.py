@@ -4,6 +4,7 @@ the restore side of the QEMU argv.  Nothing here starts QEMU."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import struct
@@ -39,7 +40,8 @@ def test_round_trip_and_xen_compatible_start(tmp_path):
     info = ck.read_header(str(p))
     assert info.config == CONFIG and info.meta == META and info.version == 1
     assert info.algorithm == "xxh3-128" and len(info.stream_digest) == 16
-    assert info.stream_offset == len(head) == ck.header_size(len(CONFIG), len(head) - ck.header_size(len(CONFIG), 0))
+    meta_len = len(json.dumps(META, sort_keys=True, separators=(",", ":")))
+    assert info.stream_offset == len(head) == ck.header_size(len(CONFIG), meta_len)
     assert raw[info.stream_offset:] == STREAM and info.stream_length == len(STREAM)
     assert ck.Verifier(info).run() is True
 
@@ -104,6 +106,12 @@ def test_foreign_files(tmp_path):
         ck.read_header(str(tmp_path / "missing"))
     with pytest.raises(ck.SaveFileError, match="Unable to read save file .*: Is a directory"):
         ck.read_header(str(tmp_path))
+
+
+def test_machine_type_cannot_smuggle_qemu_options(tmp_path):
+    p, _ = make(tmp_path, meta=dict(META, machine="pc,memory-backend=x"))
+    with pytest.raises(ck.SaveFileError, match="bad machine type"):
+        ck.read_header(str(p))
 
 
 def test_newer_format_version_is_refused(tmp_path):
