@@ -1,6 +1,7 @@
-"""Run every benchmark: ``python -m bench [--runs N] [--json PATH]``.
+"""Run every benchmark: ``python -m bench [--only NAME] [--runs N] [--json PATH]
+[--save-runs N] [--save-json PATH]``.
 
-Prints a plain table per benchmark and writes the boot results as JSON
+Prints a plain table per benchmark and writes each one's results as JSON
 (atomically: a temp file in the same directory, then a rename).
 """
 
@@ -13,10 +14,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import boot, disk
+from . import boot, disk, saverestore
 
-DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "boot.json"
-DISK_JSON = Path(__file__).resolve().parent / "results" / "disk.json"
+RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_JSON = RESULTS / "boot.json"
+SAVE_JSON = RESULTS / "saverestore.json"
+DISK_JSON = RESULTS / "disk.json"
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -38,15 +41,19 @@ def write_json(path: Path, data: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench",
                                  description="Run pyxen's benchmarks; print tables, write JSON.")
+    ap.add_argument("--only", choices=("boot", "disk", "saverestore"), help="run just this benchmark")
     ap.add_argument("--runs", type=int, default=5, help="timed boots per side (default 5)")
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON,
-                    help=f"where to write the results (default {DEFAULT_JSON})")
+                    help=f"where to write the boot results (default {DEFAULT_JSON})")
     ap.add_argument("--disk-json", type=Path, default=DISK_JSON,
                     help=f"where to write the disk results (default {DISK_JSON})")
-    ap.add_argument("--only", choices=("boot", "disk"), help="run just one benchmark")
+    ap.add_argument("--save-runs", type=int, default=3,
+                    help="timed save/restore rounds per guest size (default 3)")
+    ap.add_argument("--save-json", type=Path, default=SAVE_JSON,
+                    help=f"where to write the save/restore results (default {SAVE_JSON})")
     args = ap.parse_args(argv)
-    if args.runs < 1:
-        ap.error("--runs must be at least 1")
+    if args.runs < 1 or args.save_runs < 1:
+        ap.error("--runs and --save-runs must be at least 1")
     progress = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     if args.only in (None, "boot"):
         result = boot.run(args.runs, progress=progress)
@@ -58,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         print(disk.format_table(result))
         write_json(args.disk_json, result)
         print(f"results written to {args.disk_json}")
+    if args.only in (None, "saverestore"):
+        result = saverestore.run(args.save_runs, progress=progress)
+        print(saverestore.format_table(result))
+        write_json(args.save_json, result)
+        print(f"results written to {args.save_json}")
     return 0
 
 

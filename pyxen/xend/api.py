@@ -69,6 +69,7 @@ class Api:
         r.add_post("/api/dmesg/clear", self.clear_dmesg)
         r.add_get("/api/domains", self.list_domains)
         r.add_post("/api/domains", self.create)
+        r.add_post("/api/domains/restore", self.restore)
         r.add_get("/api/domains/{dom}", self.get_domain)
         r.add_post("/api/domains/{dom}/{op}", self.domain_op)
         r.add_get("/api/domains/{dom}/console", self.console)
@@ -231,12 +232,20 @@ class Api:
             log.info("%s: %s", dom.name, str(n)[:500])
         return web.json_response({"domid": dom.domid, "name": dom.name, "uuid": dom.uuid}, status=201)
 
+    async def restore(self, request):
+        body = await self._body(request)
+        path = body.get("file")
+        if not isinstance(path, str) or not path:
+            raise InvalidRequest("'file' (the save file's absolute path) is required")
+        dom = await self.domains.restore(path, paused=bool(body.get("paused")))
+        return web.json_response({"domid": dom.domid, "name": dom.name, "uuid": dom.uuid}, status=201)
+
     async def domain_op(self, request):
         ref, op = request.match_info["dom"], request.match_info["op"]
         body = await self._body(request)
         if self._is_dom0(ref):
             verb = {"destroy": "destroyed", "shutdown": "shutdown", "reboot": "rebooted",
-                    "pause": "paused", "unpause": "unpaused"}.get(op, op)
+                    "pause": "paused", "unpause": "unpaused", "save": "saved"}.get(op, op)
             raise InvalidRequest(f"Domain 0 cannot be {verb}")
         dom = self.domains.lookup(ref)
         if op == "pause":
@@ -245,6 +254,12 @@ class Api:
             await dom.unpause()
         elif op == "destroy":
             await dom.destroy()
+        elif op == "save":
+            path = body.get("file")
+            if not isinstance(path, str) or not path:
+                raise InvalidRequest("'file' (where to save, an absolute path) is required")
+            res = await dom.save(path, keep=bool(body.get("checkpoint")))
+            return web.json_response(res)
         elif op == "vcpu-pin":
             await dom.vcpu_pin(str(body.get("vcpu", "")), str(body.get("cpus", "")))
         elif op == "sched-credit":

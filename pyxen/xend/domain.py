@@ -5,6 +5,12 @@ States (``self.state``): ``creating`` → ``running`` → (``shutdown`` |
 Paused is a flag beside ``running``, as in Xen.  Every change that must
 survive an xend crash is persisted through the store before it is acted on,
 so an xend that restarts mid-operation can finish or roll it back.
+
+A long operation (today: save) is a *job*, recorded in ``self.job`` and in
+the persisted runtime record.  While one runs, the domain's lock is held
+and other operations on the domain are refused at once rather than queued
+behind it.  A restore is a create that loads QEMU's state instead of
+booting, so it shares the ``creating`` state and its roll-back.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import asyncio
 import logging
 import os
 import shutil
+import socket
+import tempfile
 import time
 import uuid as uuidlib
 from typing import TYPE_CHECKING
@@ -27,6 +35,8 @@ from ..hypervisor.qemu import argv as qargv
 from ..hypervisor.qemu import process
 from ..hypervisor.qemu.kcache import boot_kernel
 from ..hypervisor.qemu.qmp import QmpSession, QMPError, QmpTimeout
+from ..store import StoreError
+from . import checkpoint
 from .console import ConsoleRelay
 from .control import ControlChannel, ControlError
 from .errors import Conflict, InvalidRequest, XendError
@@ -37,6 +47,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("pyxen.domain")
 
 SHUTDOWN_REASONS = {"poweroff": 0, "reboot": 1, "suspend": 2, "crash": 3, "halt": 4}
+
+# Saving to a file: QEMU's default cap (128 MiB/s) would make the disk wait
+# for QEMU; libvirt also lifts it for saves.
+SAVE_BANDWIDTH = 1 << 40
+SAVE_STALL = 60.0           # seconds without a byte of stream before a save is abandoned
+RESTORE_BASE = 120.0        # a restore gets this long plus ...
+RESTORE_RATE = 20 << 20     # ... its stream length at this many bytes/s
+MIGRATION_DONE = ("completed", "failed", "cancelled")
+MIGRATION_BUSY = ("setup", "active", "cancelling", "device", "pre-switchover", "wait-unplug")
 
 
 class Domain:
@@ -75,6 +94,10 @@ class Domain:
         # SEDF's view (xm sched-sedf): period and latency in ms; the slice and
         # extratime are derived from cpu_cap, the weight is cpu_weight.
         self.sedf = {"period": 100.0, "latency": 0.0}
+        self.job: dict | None = None           # a save in flight (persisted)
+        self._mig_status: str | None = None    # from QEMU's MIGRATION events
+        self._mig_changed = asyncio.Event()
+        self._marks: dict[str, float] = {}      # when each step of a save/restore ended
 
     # ------------------------------------------------------------ identity
     @property
@@ -96,7 +119,8 @@ class Domain:
         return {"domid": self.domid, "state": self.state, "paused": self.paused, "pid": self.pid,
                 "start_time": self.start_time, "shutdown_reason": self.shutdown_reason,
                 "accel": self.accel, "sedf": self.sedf, "vif_devids": self.vif_devids,
-                "vif_next_devid": self.vif_next_devid, "vifs_up": sorted(self.vifs_up)}
+                "vif_next_devid": self.vif_next_devid, "vifs_up": sorted(self.vifs_up),
+                "job": self.job}
 
     def persist(self, config: bool = False) -> None:
         st = self.reg.store
@@ -126,9 +150,14 @@ class Domain:
         return list(zip(self.vif_devids, self.cfg.vifs))
 
     # --------------------------------------------------------------- start
-    async def start(self, paused: bool) -> None:
-        """Start QEMU for this domain (state must already be persisted)."""
+    async def start(self, paused: bool, restore: "checkpoint.SaveInfo | None" = None) -> None:
+        """Start QEMU for this domain (state must already be persisted).
+        With *restore*, QEMU loads the saved state instead of booting."""
         rt = self.runtime()
+        self._marks = {"start": time.monotonic()}
+        if restore is not None:
+            rt.incoming = "defer"
+            rt.machine = str(restore.meta.get("machine") or rt.machine)
         if rt.run_dir.exists():
             shutil.rmtree(rt.run_dir, ignore_errors=True)
         rt.run_dir.mkdir(parents=True, mode=0o700)
@@ -155,7 +184,11 @@ class Domain:
         self.persist()
         faults.point("create-after-qemu-start")
         await self._connect(rt)
-        await self.setup_cpus_and_memory()
+        self._marks["qemu"] = time.monotonic()
+        if restore is not None:
+            await self._load(restore)
+        else:
+            await self.setup_cpus_and_memory()
         self.apply_placement(initial=True)
         self.state = "running"
         self.start_time = time.time()
@@ -213,6 +246,12 @@ class Domain:
     # --------------------------------------------------------------- events
     async def _on_event(self, ev: dict) -> None:
         name, data = ev.get("event"), ev.get("data", {})
+        if name == "MIGRATION":
+            self._mig_status = data.get("status")
+            self._mig_changed.set()
+            return
+        if name in ("STOP", "RESUME") and self.job:
+            return        # the job stops and resumes the guest itself
         if name == "STOP" and self.state == "running" and not self._handling:
             self.paused = True
         elif name == "RESUME":
@@ -304,7 +343,9 @@ class Domain:
             asyncio.get_running_loop().create_task(self._qemu_died())
 
     async def _qemu_died(self) -> None:
-        if self._expect_exit or self.state in ("dying",) or self.gone.is_set():
+        # A create or restore whose QEMU dies fails, and its caller rolls it
+        # back: on_crash=restart must not boot a domain that never started.
+        if self._expect_exit or self.state in ("dying", "creating") or self.gone.is_set():
             return
         self._expect_exit = True
         log.error("%s: QEMU (pid %s) died unexpectedly; on_crash=%s", self.name, self.pid, self.cfg.on_crash)
@@ -451,10 +492,17 @@ class Domain:
 
     # ------------------------------------------------------------ operations
     def _require_live(self) -> None:
+        self._refuse_if_busy()
         if self.state != "running" or self.qmp is None:
             raise Conflict(f"Domain {self.name} is not running (state {self.state})")
 
+    def _refuse_if_busy(self) -> None:
+        if self.job:
+            raise Conflict(f"Domain {self.name} is busy: {self.job.get('op', 'an operation')} "
+                           "in progress")
+
     async def pause(self) -> None:
+        self._refuse_if_busy()
         async with self.lock:
             self._require_live()
             await self.qmp.execute("stop")
@@ -462,6 +510,7 @@ class Domain:
             self.persist()
 
     async def unpause(self) -> None:
+        self._refuse_if_busy()
         async with self.lock:
             self._require_live()
             await self.qmp.execute("cont")
@@ -470,6 +519,7 @@ class Domain:
 
     async def shutdown(self, reason: str) -> None:
         """Ask the guest to power off, halt or reboot (it does the work)."""
+        self._refuse_if_busy()
         async with self.lock:
             self._require_live()
             self.shutdown_reason = reason if reason == "halt" else None
@@ -502,7 +552,11 @@ class Domain:
             except Exception:
                 return
 
-    async def destroy(self) -> None:
+    async def destroy(self, force: bool = False) -> None:
+        """Stop QEMU and forget the domain.  Refused while a job runs, except
+        for xend's own roll-backs (*force*)."""
+        if not force:
+            self._refuse_if_busy()
         async with self.lock:
             await self._destroy_locked()
 
@@ -564,6 +618,330 @@ class Domain:
         if self.control is not None:
             await self.control.close()
 
+    # ------------------------------------------------------ save / restore
+    async def save(self, path: str, keep: bool = False) -> dict:
+        """``xm save``: write the guest's state and config to *path*, then
+        destroy the domain (or, with *keep* — ``-c`` — let it run on).
+        On any failure the file is not created and the guest runs again
+        (unless it was paused before)."""
+        self._refuse_if_busy()
+        async with self.lock:
+            self._require_live()
+            return await self._save_locked(path, keep)
+
+    async def _save_locked(self, path: str, keep: bool) -> dict:
+        loop = asyncio.get_running_loop()
+        target = _save_target(path)
+        t0 = time.monotonic()
+        config = sxp.to_string(self.cfg.to_sxp())
+        meta = await self._save_meta()
+        resume = not self.paused
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".pyxen-save",
+                                       dir=os.path.dirname(target))
+        except OSError as e:
+            raise XendError(f"Unable to create save file {target}: {e.strerror}") from None
+        self.job = {"op": "save", "phase": "saving", "file": target, "tmp": tmp,
+                    "resume": resume, "checkpoint": keep}
+        stream = 0
+        self._marks = {"start": t0}
+        try:
+            try:
+                self.persist()
+                if resume:
+                    await self.qmp.execute("stop")
+                else:
+                    await self._leave_postmigrate()
+                self._marks["stop"] = time.monotonic()
+                offset = len(checkpoint.encode_header(config, meta, 0, b""))
+                stream, digest = await self._stream_out(fd, tmp, offset)
+                header = checkpoint.encode_header(config, meta, stream, digest)
+                await loop.run_in_executor(None, checkpoint.finish_file, fd, header)
+                self._marks["sync"] = time.monotonic()
+            finally:
+                os.close(fd)
+            # The commit point: from here an xend restart finishes the save.
+            self.job["phase"] = "commit"
+            self.persist()
+            os.replace(tmp, target)
+        except BaseException as e:
+            await self._save_failed(tmp, resume)
+            if isinstance(e, OSError):
+                raise XendError(f"Cannot save domain {self.name} to {target}: "
+                                f"{e.strerror or e}{self._still()}") from None
+            if isinstance(e, (QMPError, StoreError)):
+                raise XendError(f"Cannot save domain {self.name} to {target}: {e}{self._still()}") from None
+            if isinstance(e, XendError):
+                raise type(e)(f"{e}{self._still()}") from None
+            raise
+        try:
+            await loop.run_in_executor(None, checkpoint.fsync_dir, target)
+        except OSError as e:
+            log.warning("%s: fsync of %s's directory failed: %s", self.name, target, e.strerror)
+        self._marks["commit"] = time.monotonic()
+        times = _phases(self._marks, ("stop", "stream", "hash", "sync", "commit"))
+        await self._finish_save(resume, keep)
+        elapsed = time.monotonic() - t0
+        log.info("%s: saved to %s: %d bytes of QEMU state in %.2f s (%s; %s %.2f s)", self.name, target,
+                 stream, elapsed, ", ".join(f"{k} {v:.2f} s" for k, v in times.items()),
+                 "resume" if keep else "destroy", time.monotonic() - self._marks["commit"])
+        return {"file": target, "bytes": os.path.getsize(target), "stream_bytes": stream,
+                "seconds": round(elapsed, 3), "phases": times}
+
+    def _still(self) -> str:
+        if self.gone.is_set() or self.pid is None or not process.alive(self.pid):
+            return ""
+        return f"; domain {self.name} is still {'paused' if self.paused else 'running'}"
+
+    async def _save_meta(self) -> dict:
+        version = await self.qmp.execute("query-version")
+        q = version.get("qemu", {})
+        machine = await self.qmp.execute("qom-get", {"path": "/machine", "property": "type"})
+        return {"qemu": f"{q.get('major')}.{q.get('minor')}.{q.get('micro')}",
+                "machine": str(machine).removesuffix("-machine"), "accel": self.accel,
+                "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "host": socket.gethostname(), "domid": self.domid, "paused": self.paused,
+                "memory": self.cfg.memory}
+
+    async def _stream_out(self, fd: int, tmp: str, offset: int) -> tuple[int, bytes]:
+        """Run QEMU's outgoing migration straight into *fd* (the temp file
+        *tmp*) from *offset* on, while a worker thread hashes what it
+        writes.  Returns (stream length, digest)."""
+        loop = asyncio.get_running_loop()
+        await self.qmp.execute("migrate-set-capabilities", {"capabilities": [
+            {"capability": "events", "state": True}]})
+        await self.qmp.execute("migrate-set-parameters", {"max-bandwidth": SAVE_BANDWIDTH})
+        # QEMU gets a copy of this descriptor, sharing its file offset.
+        os.lseek(fd, offset, os.SEEK_SET)
+        await self.qmp.send_fd(fd, "pyxen-save")
+        follower = checkpoint.Follower(tmp, offset)
+        self._mig_status = None
+        self._mig_changed.clear()
+        task = loop.run_in_executor(None, follower.run)
+        try:
+            try:
+                await self.qmp.execute("migrate", {"uri": "fd:pyxen-save"})
+            except BaseException:
+                await self._quietly("closefd", {"fdname": "pyxen-save"})
+                raise
+            await self._watch_save(fd, task)
+            self._marks["stream"] = time.monotonic()
+            # QEMU flushed everything before it reported completion.
+            end = os.fstat(fd).st_size
+            follower.finish(end)
+            digest = await task
+            self._marks["hash"] = time.monotonic()
+            return end - offset, digest
+        except BaseException:
+            follower.cancel()
+            await self._quietly("migrate_cancel")
+            # A migration that fails late stops the guest again: let it end
+            # before anyone resumes the guest.
+            await self._migration_settled()
+            try:
+                await asyncio.wait_for(asyncio.shield(task), 30)
+            except BaseException:
+                pass
+            raise
+
+    async def _watch_save(self, fd: int, task) -> None:
+        """Until QEMU reports the migration complete.  Raises on a QEMU
+        failure (ENOSPC included), a hashing error or a stall."""
+        last, last_t = -1, time.monotonic()
+        while True:
+            if self._mig_status == "completed":
+                return
+            if self._mig_status in ("failed", "cancelled"):
+                info = await self._quietly("query-migrate") or {}
+                raise XendError(f"QEMU could not save the guest: "
+                                f"{info.get('error-desc') or 'migration ' + self._mig_status}")
+            if task.done():
+                task.result()           # the hashing worker failed
+            size = os.fstat(fd).st_size
+            if size != last:
+                last, last_t = size, time.monotonic()
+            elif time.monotonic() - last_t > SAVE_STALL:
+                raise XendError(f"the save made no progress for {SAVE_STALL:.0f} s")
+            self._mig_changed.clear()
+            try:
+                # Events wake this at once; the timeout is for the stall
+                # check, and the poll a fallback should an event go missing.
+                await asyncio.wait_for(self._mig_changed.wait(), 1.0)
+            except asyncio.TimeoutError:
+                info = await self._quietly("query-migrate") or {}
+                if info.get("status") in MIGRATION_DONE:
+                    self._mig_status = info["status"]
+
+    async def _leave_postmigrate(self) -> None:
+        """A paused guest whose last save completed (xm save -c) sits in
+        QEMU's 'postmigrate' state, from which QEMU refuses to migrate
+        again; running is the only way out, so it runs for an instant."""
+        st = await self.qmp.execute("query-status")
+        if st.get("status") == "postmigrate":
+            log.info("%s: paused after an earlier save; resuming it for an instant to save again",
+                     self.name)
+            await self.qmp.execute("cont")
+            await self.qmp.execute("stop")
+
+    async def _migration_settled(self, timeout: float = 10.0) -> None:
+        """Until QEMU's outgoing migration is no longer under way."""
+        deadline = time.monotonic() + timeout
+        while self.pid and process.alive(self.pid):
+            info = await self._quietly("query-migrate")
+            if info is None or info.get("status") not in MIGRATION_BUSY:
+                return
+            if time.monotonic() > deadline:
+                log.warning("%s: migration still under way after %.0f s", self.name, timeout)
+                return
+            await asyncio.sleep(0.05)
+
+    async def _quietly(self, cmd: str, args: dict | None = None):
+        if self.qmp is None:
+            return None
+        try:
+            return await self.qmp.execute(cmd, args, timeout=10)
+        except Exception as e:
+            log.debug("%s: %s: %s", self.name, cmd, e)
+            return None
+
+    async def _save_failed(self, tmp: str, resume: bool) -> None:
+        """Roll a save back: no file, and the guest as it was."""
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.error("%s: cannot remove %s: %s", self.name, tmp, e.strerror)
+        if resume and self.pid and process.alive(self.pid) and self.qmp is not None:
+            if await self._quietly("cont") is not None:
+                self.paused = False
+        self.job = None
+        self._persist_quietly()
+
+    async def _finish_save(self, resume: bool, keep: bool) -> None:
+        if keep:
+            # The file is safe by now: a failure to resume is logged, not
+            # reported as a failed save.
+            if resume:
+                if await self._quietly("cont") is not None:
+                    self.paused = False
+                else:
+                    log.error("%s: could not resume the guest after its checkpoint", self.name)
+            self.job = None
+            self._persist_quietly()
+        else:
+            await self._destroy_locked()
+
+    async def recover_job(self) -> None:
+        """After an xend restart: finish a save that had passed its commit
+        point, roll back one that had not.  QEMU may be gone."""
+        job = self.job
+        if not job:
+            return
+        alive = self.qmp is not None and self.pid is not None and process.alive(self.pid)
+        if job.get("op") != "save":
+            log.error("%s: unknown interrupted job %r dropped", self.name, job)
+            self.job = None
+            self.persist()
+            return
+        tmp, target = job.get("tmp"), job.get("file")
+        if job.get("phase") == "commit":
+            log.info("%s: finishing the save to %s interrupted by xend's exit", self.name, target)
+            if tmp and os.path.exists(tmp):
+                os.replace(tmp, target)
+                checkpoint.fsync_dir(target)
+            if job.get("checkpoint"):
+                if alive:
+                    async with self.lock:
+                        await self._finish_save(bool(job.get("resume")), True)
+                else:
+                    self.job = None       # QEMU died: a crash, handled as one
+                    self.persist()
+                return
+            async with self.lock:
+                await self._destroy_locked()
+            return
+        log.info("%s: rolling back the save to %s interrupted by xend's exit", self.name, target)
+        if tmp:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        if alive:
+            await self._quietly("migrate_cancel")
+            await self._migration_settled()
+            if job.get("resume"):
+                if await self._quietly("cont") is not None:
+                    self.paused = False
+            else:
+                self.paused = True
+        self.job = None
+        self.persist()
+
+    async def _load(self, info: "checkpoint.SaveInfo") -> None:
+        """Restore: QEMU (started with ``-incoming defer``) reads the stream
+        straight from the save file while a worker hashes the same bytes;
+        the guest may run only if the digest matches."""
+        loop = asyncio.get_running_loop()
+        await self.qmp.execute("migrate-set-capabilities", {"capabilities": [
+            {"capability": "events", "state": True}]})
+        fd = os.open(info.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.lseek(fd, info.stream_offset, os.SEEK_SET)
+            # QEMU reads in 32 KiB steps: a wide readahead on its (shared)
+            # file description keeps the disk ahead of it.
+            os.posix_fadvise(fd, info.stream_offset, info.stream_length, os.POSIX_FADV_SEQUENTIAL)
+            await self.qmp.send_fd(fd, "pyxen-restore")
+        finally:
+            os.close(fd)
+        self._mig_status = None
+        self._mig_changed.clear()
+        verifier = checkpoint.Verifier(info)
+        vtask = loop.run_in_executor(None, verifier.run)
+        problem = None
+        try:
+            try:
+                await self.qmp.execute("migrate-incoming", {"uri": "fd:pyxen-restore"})
+                deadline = time.monotonic() + RESTORE_BASE + info.stream_length / RESTORE_RATE
+                # QEMU's main loop is busy while it reads a file, so this waits
+                # on events and on the process, not on query-migrate.
+                while self._mig_status not in MIGRATION_DONE:
+                    if not process.alive(self.pid):
+                        problem = "QEMU exited while loading it"
+                        break
+                    if time.monotonic() > deadline:
+                        problem = "QEMU did not finish loading it in time"
+                        break
+                    self._mig_changed.clear()
+                    try:
+                        await asyncio.wait_for(self._mig_changed.wait(), 0.5)
+                    except asyncio.TimeoutError:
+                        pass
+                if problem is None and self._mig_status != "completed":
+                    problem = f"QEMU could not load it (migration {self._mig_status})"
+            except QMPError as e:
+                problem = f"QEMU could not load it: {e}"
+            self._marks["load"] = time.monotonic()
+            # Even when QEMU failed, the checksum tells a damaged file (the
+            # likely cause) from an incompatible one.
+            intact = await vtask
+            self._marks["verify"] = time.monotonic()
+        except OSError as e:
+            raise XendError(f"Unable to read save file {info.path}: {e.strerror}") from None
+        except BaseException:
+            verifier.cancel()
+            raise
+        if not intact:
+            raise InvalidRequest(f"{info.path} is corrupt: the checksum of its QEMU state does not "
+                                 f"match; domain {self.name} was not restored")
+        if problem is not None:
+            m = info.meta
+            raise XendError(f"Cannot restore {info.path}: {problem} (saved by QEMU {m.get('qemu', '?')}, "
+                            f"machine {m.get('machine', '?')}, {m.get('accel', '?')})")
+        times = _phases(self._marks, ("qemu", "load", "verify"))
+        log.info("%s: loaded %d bytes of saved state from %s (%s)", self.name, info.stream_length, info.path,
+                 ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
+
     # ------------------------------------------------------- CPU placement
     def apply_placement(self, initial: bool) -> None:
         """Scheduler weight/cap through cgroups; at start, the config's cpus."""
@@ -585,6 +963,7 @@ class Domain:
             raise XendError(f"cannot pin vCPU thread {tid} to {format_cpuset(cpus)}: {e.strerror}") from None
 
     async def vcpu_pin(self, vcpu: str, spec: str) -> None:
+        self._refuse_if_busy()
         async with self.lock:
             self._require_live()
             cpus = host_cpus(spec)
@@ -602,6 +981,7 @@ class Domain:
                 self._pin(tid, cpus)
 
     async def sched_credit(self, weight: int | None, cap: int | None) -> None:
+        self._refuse_if_busy()
         async with self.lock:
             if weight is not None:
                 if not 1 <= weight <= 65535:
@@ -973,3 +1353,31 @@ def affinity_text(cpus: set[int], host: set[int]) -> str:
     if host <= cpus:
         return "any cpu"
     return format_cpuset(cpus)
+
+
+def _save_target(path: str) -> str:
+    """Check where ``xm save`` may write: an absolute path in an existing
+    directory, not itself a directory."""
+    if not isinstance(path, str) or not path:
+        raise InvalidRequest("a save file name is required")
+    if not os.path.isabs(path):
+        raise InvalidRequest(f"save file must be an absolute path, got {path!r}")
+    path = os.path.normpath(path)
+    d = os.path.dirname(path)
+    if not os.path.isdir(d):
+        raise InvalidRequest(f"Unable to create save file {path}: directory {d} does not exist")
+    if os.path.isdir(path):
+        raise InvalidRequest(f"Unable to create save file {path}: it is a directory")
+    if not os.access(d, os.W_OK):
+        raise InvalidRequest(f"Unable to create save file {path}: directory {d} is not writable")
+    return path
+
+
+def _phases(marks: dict, order: tuple) -> dict:
+    """Seconds each step took, from the monotonic times it ended."""
+    out, prev = {}, marks["start"]
+    for k in order:
+        if k in marks:
+            out[k] = round(marks[k] - prev, 3)
+            prev = marks[k]
+    return out

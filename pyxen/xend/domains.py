@@ -24,6 +24,7 @@ from ..net import mac as macs
 from ..paths import Paths
 from ..storage import guard
 from ..store import Store, StoreError
+from . import checkpoint
 from .accel import Accelerator
 from .domain import Domain
 from .errors import Conflict, InvalidRequest, NoSuchDomain, XendError
@@ -231,6 +232,36 @@ class Domains:
 
     async def create_config(self, cfg: DomainConfig, paused: bool = False) -> Domain:
         accel = await self.accel.get()
+        dom = await self._launch(cfg, accel, paused)
+        log.info("%s: started (domid %d, %s)", cfg.name, dom.domid, accel)
+        return dom
+
+    async def restore(self, path: str, paused: bool = False) -> Domain:
+        """``xm restore``: a new domain (new id; same name, uuid and config)
+        running on from the state in save file *path*.  The file is checked
+        before anything starts, and left as it is."""
+        if not isinstance(path, str) or not os.path.isabs(path):
+            raise InvalidRequest(f"save file must be an absolute path, got {path!r}")
+        loop = asyncio.get_running_loop()
+        try:
+            info = await loop.run_in_executor(None, checkpoint.read_header, path)
+        except checkpoint.SaveFileError as e:
+            raise InvalidRequest(str(e)) from None
+        try:
+            cfg = DomainConfig.from_sxp(sxp.from_string(info.config))
+        except (ConfigError, sxp.SxpError) as e:
+            raise InvalidRequest(f"{path}: the saved domain config is invalid: {e}") from None
+        accel = await self.accel.get()
+        saved = info.meta.get("accel")
+        if saved and saved != accel:
+            raise InvalidRequest(f"{path} was saved from a {saved.upper()} guest; this host runs guests "
+                                 f"under {accel.upper()}, which cannot continue it")
+        dom = await self._launch(cfg, accel, paused, restore=info)
+        log.info("%s: restored from %s (domid %d, %s)", cfg.name, path, dom.domid, accel)
+        return dom
+
+    async def _launch(self, cfg: DomainConfig, accel: str, paused: bool,
+                      restore: checkpoint.SaveInfo | None = None) -> Domain:
         async with self._create_lock:
             self._validate(cfg)
             # MACs go into the config before it is persisted, so they stay the
@@ -247,16 +278,16 @@ class Domains:
                 raise XendError(str(e)) from None
         try:
             async with dom.lock:
-                await dom.start(paused)
+                await dom.start(paused, restore=restore)
         except BaseException as e:
-            log.error("%s: create failed: %s", cfg.name, e)
-            await dom.destroy()
+            log.error("%s: %s failed: %s", cfg.name, "restore" if restore else "create", e)
+            await dom.destroy(force=True)
             if isinstance(e, XendError):
                 raise
             if isinstance(e, (OSError, StoreError)):
-                raise XendError(f"creating domain {cfg.name} failed: {e}") from None
+                raise XendError(f"{'restoring' if restore else 'creating'} domain {cfg.name} "
+                                f"failed: {e}") from None
             raise
-        log.info("%s: started (domid %d, %s)", cfg.name, domid, accel)
         self.emit("created", dom)
         dom.announced = True
         dom._last_emitted = (dom.state, dom.paused, dom.name, dom.cfg.vcpus, dom.cfg.memory, dom.domid)
@@ -303,6 +334,7 @@ class Domains:
                 log.error("%s: bad vif record (%s); assuming every vif is up", cfg.name, e)
                 dom.vif_devids = []
                 dom.vifs_up = {d for d, _ in dom.vifs()}
+            dom.job = rec.get("job")
             self.by_uuid[u] = dom
             dom.announced = True
             await self._adopt_one(dom)
@@ -315,10 +347,11 @@ class Domains:
             if dom.pid and process.is_ours(dom.pid, dom.uuid):
                 process.kill(dom.pid)
                 await process.wait_exit(dom.pid, 5)
-            await dom.destroy()
+            await dom.destroy(force=True)
             return
         try:
             if await dom.adopt():
+                await dom.recover_job()
                 return
         except Exception as e:
             log.error("%s: cannot reconnect to QEMU pid %s: %s", dom.name, dom.pid, e)
@@ -331,6 +364,11 @@ class Domains:
                 dom.pid = None
             log.info("%s: preserved %s domain kept", dom.name, dom.state)
             return
+        if dom.job:
+            # A save past its commit point ends with the domain gone anyway.
+            await dom.recover_job()
+            if dom.gone.is_set():
+                return
         log.error("%s: QEMU (pid %s) went away while xend was not running", dom.name, dom.pid)
         await dom._qemu_died()
 

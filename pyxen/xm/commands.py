@@ -208,6 +208,28 @@ _simple("pause", "Pause execution of a domain.")
 _simple("unpause", "Unpause a paused domain.")
 
 
+# ------------------------------------------------------- save / restore
+# xend runs with cwd /, so xm sends absolute paths.
+@command("save", "[-c|--checkpoint] <Domain> <File>",
+         "Save a domain state to restore later.",
+         (Opt("c", "checkpoint", "Leave the domain running after saving it."),),
+         common=True, min_args=2, max_args=2)
+def cmd_save(ctx, opts, args):
+    dom, path = args
+    ctx.client.post(f"/api/domains/{_dom(dom)}/save",
+                    {"file": os.path.abspath(path), "checkpoint": "checkpoint" in opts})
+    return 0
+
+
+@command("restore", "<File> [-p|--paused]", "Restore a domain from a saved state.",
+         (Opt("p", "paused", "Do not unpause the domain after restoring it."),),
+         common=True, min_args=1, max_args=1)
+def cmd_restore(ctx, opts, args):
+    ctx.client.post("/api/domains/restore", {"file": os.path.abspath(args[0]),
+                                             "paused": "paused" in opts})
+    return 0
+
+
 @command("domid", "<DomainName>", "Convert a domain name to domain id.", min_args=1, max_args=1)
 def cmd_domid(ctx, opts, args):
     print(ctx.client.get(f"/api/domains/{_dom(args[0])}")["domid"])

@@ -30,6 +30,12 @@ class Runtime:
     # One (devid, host tap name, MTU) per entry of cfg.vifs, in order: xend
     # has created the taps, QEMU opens them by name.
     nics: list[tuple[int, str, int | None]] = field(default_factory=list)
+    # A restore asks for the concrete machine type the guest was saved on
+    # ("pc" is an alias that moves with QEMU upgrades).
+    machine: str = "pc"
+    # "defer": wait for a migration stream (restore) instead of booting;
+    # everything else on the command line stays identical to the saved one.
+    incoming: str | None = None
 
     @property
     def qmp_sock(self) -> Path:
@@ -139,7 +145,7 @@ def build(cfg: DomainConfig, rt: Runtime) -> list[str]:
          # -daemonize, and spawn=deny its fork, so those two stay allowed.)
          "-sandbox", "on,obsolete=deny,resourcecontrol=deny",
          "-uuid", cfg.uuid,
-         "-machine", "pc",
+         "-machine", rt.machine,
          "-nodefaults", "-no-user-config", "-display", "none",
          # Boot with the ceiling (maxmem); xend balloons down to 'memory'.
          "-m", f"{max(cfg.memory, cfg.maxmem or 0)}M"]
@@ -183,6 +189,8 @@ def build(cfg: DomainConfig, rt: Runtime) -> list[str]:
     for spec, (devid, tap, mtu) in zip(cfg.vifs, rt.nics):
         a += ["-netdev", _kv(netdev_props(devid, tap), "type"),
               "-device", _kv(nic_props(devid, spec, cfg.builder == "hvm", mtu), "driver")]
+    if rt.incoming:
+        a += ["-incoming", rt.incoming]
     # -D keeps a daemonized QEMU's stderr open (it would go to /dev/null):
     # errors and guest faults land in the domain's qemu-dm log.
     a += ["-S", "-daemonize", "-pidfile", str(rt.pidfile), "-d", "guest_errors", "-D", str(rt.qemu_log)]

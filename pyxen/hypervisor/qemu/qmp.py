@@ -45,6 +45,12 @@ class QmpSession:
         log.debug("%s: qmp %s -> %s", self.name, cmd, res)
         return res
 
+    async def send_fd(self, fd: int, name: str) -> None:
+        """Hand QEMU a copy of *fd* under *name* (``fd:<name>`` in a migration
+        URI).  The caller keeps, and closes, its own copy."""
+        self.client.send_fd_scm(fd)
+        await self.execute("getfd", {"fdname": name})
+
     async def _events(self) -> None:
         try:
             async for ev in self.client.events:
