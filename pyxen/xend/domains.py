@@ -1,4 +1,5 @@
-"""The domain registry: ids, names, creation, lookup and re-adoption.
+"""The domain registry: ids, names, creation (from a config, or restored
+from a save file), lookup and re-adoption.
 
 Owns the host-wide invariants: names and uuids are unique, domain ids start
 at 1 and are never reused while the host's state lives (the counter is
