@@ -31,6 +31,9 @@ OPS: dict[str, tuple[str, dict]] = {
     "sched-sedf": ("Set SEDF parameters.", {
         "period": ("number", "ms", False), "slice": ("number", "ms", False), "latency": ("number", "ms", False),
         "extratime": ("integer", "0 or 1", False), "weight": ("integer", "share", False)}),
+    "save": ("Save the domain to a file and stop it (xm save); with checkpoint it keeps running.", {
+        "file": ("string", "absolute path of the save file", True),
+        "checkpoint": ("boolean", "keep the domain running (xm save -c)", False)}),
     "dump-core": ("Dump the guest's memory as an ELF core.", {
         "file": ("string", "absolute path (default under var/xen/dump)", False),
         "live": ("boolean", "do not pause", False), "crash": ("boolean", "destroy afterwards", False),
@@ -53,6 +56,9 @@ ROUTES: list[tuple[str, str, str, dict | None, str]] = [
      "xl.cfg KEY=VALUE; Python configs are refused (xend never runs Python).", {
         "file": ("string", "the config file's text", True),
         "filename": ("string", "its name; the domain's name when the config has none", False),
+        "paused": ("boolean", "leave it paused", False)}, "domains"),
+    ("POST", "/api/domains/restore", "Restore a domain from a save file (xm restore).", {
+        "file": ("string", "absolute path of the save file", True),
         "paused": ("boolean", "leave it paused", False)}, "domains"),
     ("GET", "/api/domains/{dom}", "One domain (name, id or uuid).", None, "domains"),
     ("GET", "/api/domains/{dom}/vcpus", "The domain's vCPUs (xm vcpu-list).", None, "domains"),
