@@ -190,3 +190,35 @@ def test_sched_sedf_and_bvt_map_onto_cgroups(host):
     assert host.xm("sched-credit", "-d", "edf").stdout.splitlines()[1].split()[2:] == ["128", "0"]
     res = host.xm("sched-sedf", "edf", "-p", "10", "-s", "50", check=False)
     assert res.returncode == 1 and "slice must be" in res.stderr
+
+
+def test_xendomains_save_cycle_survives_host_restart(host):
+    """xendomains stop; xend stop; xend start; xendomains start: both domains
+    come back from their save files with their state, nothing lost."""
+    save = host.root / "var/lib/xendomains-save"
+    (host.root / "etc/default").mkdir(parents=True, exist_ok=True)
+    (host.root / "etc/default/xendomains").write_text(
+        f'XENDOMAINS_SAVE="{save}"\nXENDOMAINS_CREATE_USLEEP=0\n')
+    for n in ("cyc1", "cyc2"):
+        (host.root / "etc/xen/auto" / n).symlink_to(host.config(n))
+    host.run("xendomains", "start", check=True)
+    for n in ("cyc1", "cyc2"):
+        with host.console(n) as con:
+            con.login()
+            con.run(f"echo {n}-state > /tmp/keep")
+    host.run("xendomains", "stop", check=True)
+    assert set(host.domains()) == {"Domain-0"}
+    assert sorted(p.name for p in save.iterdir()) == ["cyc1", "cyc2"]
+    assert all(p.read_bytes()[:16] == b"LinuxGuestRecord" for p in save.iterdir())
+    host.xend("stop")
+    host.xend("start")
+    res = host.run("xendomains", "start", check=True)
+    assert "Restoring" in res.stdout
+    assert {"cyc1", "cyc2"} <= set(host.domains()) and len(host.qemu_pids()) == 2   # restored, not re-created
+    assert list(save.iterdir()) == []
+    for n in ("cyc1", "cyc2"):
+        with host.console(n) as con:
+            con.login()
+            out, _ = con.run("cat /tmp/keep")
+            assert out.strip() == f"{n}-state"                 # the running state came back
+    assert host.run("xendomains", "status").returncode == 0
