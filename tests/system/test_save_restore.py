@@ -16,6 +16,8 @@ import os
 import re
 import signal
 import subprocess
+
+import pytest
 import time
 
 from pyxen.store import FileStore
@@ -83,10 +85,23 @@ def uuid_of(host, name: str) -> str:
     return re.search(r"\(uuid (\S+)\)", host.xm("list", "-l", name).stdout).group(1)
 
 
-def test_save_restore_round_trip(host, tmp_path):
+@pytest.fixture
+def bridge():
+    """An isolated bridge (no uplink, no address) for the guest's vif.  xend
+    stays in the host's mount namespace, which the full-disk check needs
+    (ip netns exec would give xend a mount namespace of its own)."""
+    name = f"pxsr{os.getpid() % 100000}"
+    subprocess.run(["ip", "link", "add", name, "type", "bridge"], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "link", "del", name], check=False)
+
+
+def test_save_restore_round_trip(host, bridge, tmp_path):
     disk = host.root / "data.img"
     disk.write_bytes(b"\0" * (4 << 20))
-    host.xm("create", str(host.config("sr", disk=[f"file:{disk},xvdb,w"], vif=[f"mac={MAC}"])))
+    host.xm("create", str(host.config("sr", disk=[f"file:{disk},xvdb,w"], vif=[f"mac={MAC}, bridge={bridge}"])))
     domid = host.domains()["sr"]["id"]
     uuid = uuid_of(host, "sr")
     before = start_counter(host, "sr", "echo before-save | dd of=/dev/xvdb bs=512 count=1 conv=sync,fsync")
