@@ -352,10 +352,16 @@ def cmd_vcpu_pin(ctx, opts, args):
 
 
 def _int_arg(value: str, what: str) -> int:
+    return _number(value, what, int)
+
+
+def _number(value: str, what: str, kind=float):
+    """A numeric argument, or the one-line error naming it."""
     try:
-        return int(value)
+        return kind(value)
     except ValueError:
-        raise XmError(f"{what} must be an integer, got {value!r}") from None
+        noun = "an integer" if kind is int else "a number"
+        raise XmError(f"{what} must be {noun}, got {value!r}") from None
 
 
 @command("sched-credit", "[-d <Domain> [-w[=WEIGHT]|-c[=CAP]]]",
@@ -449,10 +455,7 @@ def cmd_dump_core(ctx, opts, args):
 
 
 def _num_arg(value: str, what: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        raise XmError(f"{what} must be a number, got {value!r}") from None
+    return _number(value, what, float)
 
 
 @command("sched-sedf", "[<Domain> [-p ms] [-s ms] [-l ms] [-e 0|1] [-w weight]]",

@@ -21,21 +21,13 @@ import pytest
 import time
 
 from pyxen.store import FileStore
+from pyxen.testing.wait import poll
 
 COUNTER = ("(i=0; while :; do i=$((i+1)); echo $i >> /tmp/count; usleep 100000; done) "
            ">/dev/null 2>&1 & :")
 MAC = "00:16:3e:5a:7e:01"
 
 
-def poll(fn, timeout=60.0, interval=0.05, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def assert_clean_error(res, *needles, code=1):
