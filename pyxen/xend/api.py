@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import json
 import logging
+import os
 import time
 
 from aiohttp import WSMsgType, web
@@ -126,7 +127,7 @@ class Api:
     def _dom0(self, long: bool) -> dict:
         d = {"domid": 0, "name": "Domain-0", "uuid": host.DOM0_UUID,
              "memory": host.dom0_memory_mib(), "maxmem": host.dom0_memory_mib(),
-             "vcpus": __import__("os").cpu_count(), "online_vcpus": __import__("os").cpu_count(),
+             "vcpus": os.cpu_count(), "online_vcpus": os.cpu_count(),
              "state": "r-----", "status": 2, "cpu_time": host.host_cpu_seconds(),
              "start_time": START_TIME, "up_time": _uptime(), "cpu_weight": 256, "cpu_cap": 0,
              "sedf": {"period": 100.0, "slice": 0.0, "latency": 0.0, "extratime": 1, "weight": 256}}

@@ -398,8 +398,8 @@ class Domain:
     async def mem_set(self, mib: int) -> None:
         async with self.lock:
             self._require_live()
-            ceiling = max(self.cfg.memory, self.cfg.maxmem or 0, self._boot_memory())
-            limit = min(self.cfg.maxmem or ceiling, self._boot_memory())
+            boot = self._boot_memory()
+            limit = min(self.cfg.maxmem or boot, boot)
             if not 16 <= mib <= limit:
                 raise InvalidRequest(f"memory for domain {self.name} must be 16-{limit} MiB (maxmem), got {mib}")
             await self.qmp.execute("balloon", {"value": mib << 20})
@@ -1275,8 +1275,11 @@ class Domain:
             return []
         return [process.thread_stat(self.pid, t) for t in self.vcpu_tids]
 
-    def flags(self) -> str:
-        stats = self.vcpu_stats() if self.state == "running" and not self.paused else []
+    def flags(self, stats: list | None = None) -> str:
+        if self.state != "running" or self.paused:
+            stats = []
+        elif stats is None:
+            stats = self.vcpu_stats()
         running = any(s[0] == "R" for s in stats)
         f = ["-"] * 6
         if self.state == "running" and not self.paused:
@@ -1291,16 +1294,17 @@ class Domain:
             f[5] = "d"
         return "".join(f)
 
-    def cpu_time(self) -> float:
-        return sum(s[1] for s in self.vcpu_stats())
+    def cpu_time(self, stats: list | None = None) -> float:
+        return sum(s[1] for s in (self.vcpu_stats() if stats is None else stats))
 
     def info(self) -> dict:
-        state = self.flags()
+        stats = self.vcpu_stats()          # one /proc read per vCPU for both fields
+        state = self.flags(stats)
         return {
             "domid": self.domid, "name": self.name, "uuid": self.uuid,
             "memory": self.cfg.memory, "maxmem": self.cfg.maxmem or self.cfg.memory,
             "vcpus": qargv.max_vcpus(self.cfg), "online_vcpus": self.cfg.vcpus,
-            "state": state, "status": self.status_code(), "cpu_time": self.cpu_time(),
+            "state": state, "status": self.status_code(), "cpu_time": self.cpu_time(stats),
             "start_time": self.start_time, "up_time": time.time() - self.start_time,
             "shutdown_reason": self.shutdown_reason, "accel": self.accel,
             "cpu_weight": self.cfg.cpu_weight, "cpu_cap": self.cfg.cpu_cap, "sedf": self.sedf_info(),

@@ -36,7 +36,6 @@ class Command:
     min_args: int = 0
     max_args: int | None = None
     aliases: tuple[str, ...] = ()
-    passthrough: bool = False     # handler parses its own words (xm create var=value)
 
 
 COMMANDS: dict[str, Command] = {}
@@ -47,10 +46,9 @@ DEPRECATED: dict[str, str] = {
 }
 
 
-def command(name, args, help, opts=(), common=False, min_args=0, max_args=None, passthrough=False):
+def command(name, args, help, opts=(), common=False, min_args=0, max_args=None):
     def deco(fn):
-        COMMANDS[name] = Command(name, args, help, fn, tuple(opts), common, min_args, max_args,
-                                 passthrough=passthrough)
+        COMMANDS[name] = Command(name, args, help, fn, tuple(opts), common, min_args, max_args)
         return fn
     return deco
 
@@ -74,7 +72,7 @@ CREATE_OPTS = (
 
 
 @command("create", "<ConfigFile> [options] [vars]", "Create a domain based on <ConfigFile>.",
-         CREATE_OPTS, common=True, passthrough=True)
+         CREATE_OPTS, common=True)
 def cmd_create(ctx, opts, args):
     # Imported here: the config evaluator is the heaviest part of xm and
     # only create needs it (keeps every other command quick to start).

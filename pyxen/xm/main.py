@@ -24,11 +24,9 @@ def parse_opts(cmd, argv: list[str]) -> tuple[dict, list[str]]:
             by_flag["-" + o.short] = o.long
         by_flag["--" + o.long] = o.long
     try:
-        if cmd.passthrough:
-            # xm create: options may come before or after the config and vars.
-            pairs, rest = getopt.gnu_getopt(argv, shorts, longs)
-        else:
-            pairs, rest = getopt.gnu_getopt(argv, shorts, longs)
+        # Options may come before or after the arguments (xm create's config
+        # and var=value words included).
+        pairs, rest = getopt.gnu_getopt(argv, shorts, longs)
     except getopt.GetoptError as e:
         raise XmError(f"{e.msg}\n\n{usage(cmd.name)}".rstrip()) from None
     opts = {}

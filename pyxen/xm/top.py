@@ -35,11 +35,9 @@ def row(d: dict, pct: float, total_kib: int) -> str:
 
 
 def summary(domains: list[dict], info: dict, now: float) -> list[str]:
-    flags = "".join(d["state"] for d in domains)
     counts = {k: sum(1 for d in domains if k in d["state"]) for k in "rbpcds"}
     total = int(info.get("total_memory", 0)) * 1024
     free = int(info.get("free_memory", 0)) * 1024
-    del flags
     return [
         f"xentop - {time.strftime('%H:%M:%S', time.localtime(now))}   Xen {info.get('xen_major')}."
         f"{info.get('xen_minor')}{info.get('xen_extra')} ({info.get('accelerator')})",
