@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(VENV)/bin/pip install -q --upgrade pip >/dev/null
 	$(VENV)/bin/pip install -q -c constraints.txt -e '.[test]'
 	@mkdir -p $(BINDIR)
-	ln -sf $(VENV)/bin/xend $(VENV)/bin/xm $(VENV)/bin/xentop $(VENV)/bin/xendomains $(VENV)/bin/pyxen-image $(BINDIR)/
+	ln -sf $(VENV)/bin/xend $(VENV)/bin/xm $(VENV)/bin/xentop $(VENV)/bin/xendomains $(VENV)/bin/pyxen-image $(VENV)/bin/pyxen $(BINDIR)/
 	touch $@
 
 deps: $(STAMP)

@@ -29,6 +29,10 @@ class GuestConsole:
                                    timeout=timeout, maxread=65536)
         self.transcript = bytearray()
         self.child.logfile_read = _Tee(self.transcript)
+        # xm console switches the terminal to raw mode (no echo) once it is
+        # attached: from then on every key reaches the guest.
+        if not self.child.waitnoecho(timeout):
+            raise GuestError(f"{dom}: xm console did not attach within {timeout:.0f} s; output:\n{self.tail()}")
 
     # ---------------------------------------------------------------- waits
     def expect(self, pattern, timeout: float | None = None) -> bytes:

@@ -246,7 +246,8 @@ class Api:
         body = await self._body(request)
         if self._is_dom0(ref):
             verb = {"destroy": "destroyed", "shutdown": "shutdown", "reboot": "rebooted",
-                    "pause": "paused", "unpause": "unpaused", "save": "saved"}.get(op, op)
+                    "pause": "paused", "unpause": "unpaused", "save": "saved",
+                    "migrate": "migrated"}.get(op, op)
             raise InvalidRequest(f"Domain 0 cannot be {verb}")
         dom = self.domains.lookup(ref)
         if op == "pause":
@@ -260,6 +261,14 @@ class Api:
             if not isinstance(path, str) or not path:
                 raise InvalidRequest("'file' (where to save, an absolute path) is required")
             res = await dom.save(path, keep=bool(body.get("checkpoint")))
+            return web.json_response(res)
+        elif op == "migrate":
+            from .migration import migrate
+            host = body.get("host")
+            if not isinstance(host, str) or not host:
+                raise InvalidRequest("'host' (the destination) is required")
+            res = await migrate(dom, host, _opt_int(body, "port"), bool(body.get("live")),
+                                _opt_float(body, "resource"), _opt_int(body, "downtime"))
             return web.json_response(res)
         elif op == "vcpu-pin":
             await dom.vcpu_pin(str(body.get("vcpu", "")), str(body.get("cpus", "")))

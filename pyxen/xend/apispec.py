@@ -34,6 +34,13 @@ OPS: dict[str, tuple[str, dict]] = {
     "save": ("Save the domain to a file and stop it (xm save); with checkpoint it keeps running.", {
         "file": ("string", "absolute path of the save file", True),
         "checkpoint": ("boolean", "keep the domain running (xm save -c)", False)}),
+    "migrate": ("Move the domain to another host's xend (xm migrate); progress arrives as 'migrating' "
+                "events on /api/events.", {
+        "host": ("string", "the destination host (name or address)", True),
+        "port": ("integer", "its relocation port (default xend-relocation-port)", False),
+        "live": ("boolean", "pre-copy while the guest runs (xm migrate -l)", False),
+        "resource": ("number", "bandwidth limit in MiB/s (xm migrate -r)", False),
+        "downtime": ("integer", "the longest pause allowed at the switch-over, ms", False)}),
     "dump-core": ("Dump the guest's memory as an ELF core.", {
         "file": ("string", "absolute path (default under var/xen/dump)", False),
         "live": ("boolean", "do not pause", False), "crash": ("boolean", "destroy afterwards", False),

@@ -25,6 +25,7 @@ from . import layout
 from .accel import Accelerator
 from .api import Api
 from .domains import Domains
+from .errors import XendError
 from .network import HostNetwork
 
 log = logging.getLogger("pyxen.xend")
@@ -94,6 +95,11 @@ async def serve(paths: Paths, cfg: XendConfig, ready) -> None:
     # The network (network-script, vnets) before the domains that use it.
     await net.start()
     await domains.adopt_all()
+    relocation = None
+    if cfg["xend-relocation-server"]:
+        from .migration import RelocationServer
+        relocation = RelocationServer(domains)
+        await relocation.start()
     token = None
     if cfg["xend-http-server"] and cfg["xend-http-auth"] == "token":
         token = load_token(Path(cfg["xend-http-token-file"]) if cfg["xend-http-token-file"]
@@ -133,6 +139,8 @@ async def serve(paths: Paths, cfg: XendConfig, ready) -> None:
     ready(None)
     await stop.wait()
     log.info("xend stopping; domains keep running")
+    if relocation is not None:
+        await relocation.stop()
     await runner.cleanup()
     await domains.detach_all()
     await net.stop(len(domains.all()))
@@ -167,6 +175,10 @@ def run(paths: Paths, ready=lambda err: None) -> int:
             ready(err)
     try:
         asyncio.run(serve(paths, cfg, once))
+    except XendError as e:
+        log.error("xend cannot start: %s", e)
+        once(str(e))
+        return 1
     except Exception as e:
         log.exception("xend failed")
         once(f"{type(e).__name__}: {e}")

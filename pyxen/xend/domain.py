@@ -98,6 +98,9 @@ class Domain:
         self._mig_status: str | None = None    # from QEMU's MIGRATION events
         self._mig_changed = asyncio.Event()
         self._marks: dict[str, float] = {}      # when each step of a save/restore ended
+        # QEMU's wall-clock time of the last STOP and RESUME (a migration's
+        # downtime is the target's RESUME minus the source's STOP).
+        self.last_runstate_change: dict[str, float] = {}
 
     # ------------------------------------------------------------ identity
     @property
@@ -150,14 +153,21 @@ class Domain:
         return list(zip(self.vif_devids, self.cfg.vifs))
 
     # --------------------------------------------------------------- start
-    async def start(self, paused: bool, restore: "checkpoint.SaveInfo | None" = None) -> None:
+    async def start(self, paused: bool, restore: "checkpoint.SaveInfo | None" = None,
+                    machine: str | None = None) -> None:
         """Start QEMU for this domain (state must already be persisted).
-        With *restore*, QEMU loads the saved state instead of booting."""
+        With *restore*, QEMU loads the saved state instead of booting.  In
+        state ``incoming`` (a migration arriving) QEMU is left waiting for
+        the stream, on the source's *machine* type."""
         rt = self.runtime()
         self._marks = {"start": time.monotonic()}
         if restore is not None:
             rt.incoming = "defer"
             rt.machine = str(restore.meta.get("machine") or rt.machine)
+        incoming = self.state == "incoming"
+        if incoming:
+            rt.incoming = "defer"
+            rt.machine = machine or rt.machine
         if rt.run_dir.exists():
             shutil.rmtree(rt.run_dir, ignore_errors=True)
         rt.run_dir.mkdir(parents=True, mode=0o700)
@@ -185,6 +195,8 @@ class Domain:
         faults.point("create-after-qemu-start")
         await self._connect(rt)
         self._marks["qemu"] = time.monotonic()
+        if incoming:
+            return              # the relocation server feeds it (migration.py)
         if restore is not None:
             await self._load(restore)
         else:
@@ -250,7 +262,10 @@ class Domain:
             self._mig_status = data.get("status")
             self._mig_changed.set()
             return
-        if name in ("STOP", "RESUME") and self.job:
+        if name in ("STOP", "RESUME"):
+            ts = ev.get("timestamp") or {}
+            self.last_runstate_change[name] = ts.get("seconds", 0) + ts.get("microseconds", 0) / 1e6
+        if name in ("STOP", "RESUME") and (self.job or self.state == "incoming"):
             return        # the job stops and resumes the guest itself
         if name == "STOP" and self.state == "running" and not self._handling:
             self.paused = True
@@ -839,6 +854,10 @@ class Domain:
         if not job:
             return
         alive = self.qmp is not None and self.pid is not None and process.alive(self.pid)
+        if job.get("op") == "migrate":
+            from . import migration
+            await migration.recover(self)
+            return
         if job.get("op") != "save":
             log.error("%s: unknown interrupted job %r dropped", self.name, job)
             self.job = None
@@ -1284,8 +1303,8 @@ class Domain:
         f = ["-"] * 6
         if self.state == "running" and not self.paused:
             f[0 if running else 1] = "r" if running else "b"
-        if self.paused and self.state == "running":
-            f[2] = "p"
+        if (self.paused and self.state == "running") or self.state == "incoming":
+            f[2] = "p"       # an arriving migration is paused until the source commits
         if self.state == "shutdown":
             f[3] = "s"
         if self.state == "crashed":

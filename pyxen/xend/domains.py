@@ -48,12 +48,12 @@ class Domains:
         self._reserved_macs: set[str] = set()   # handed out, not yet in a config
 
     # ---------------------------------------------------------------- events
-    def emit(self, kind: str, dom: Domain) -> None:
+    def emit(self, kind: str, dom: Domain, **extra) -> None:
         """Tell every event-stream subscriber about a domain's change."""
         if not self.subscribers:
             return
         ev = {"time": time.time(), "event": kind, "domid": dom.domid, "name": dom.name, "uuid": dom.uuid,
-              "state": dom.flags() if kind != "destroyed" else "-----d", "lifecycle": dom.state}
+              "state": dom.flags() if kind != "destroyed" else "-----d", "lifecycle": dom.state, **extra}
         for q in list(self.subscribers):
             try:
                 q.put_nowait(ev)
@@ -261,8 +261,25 @@ class Domains:
         log.info("%s: restored from %s (domid %d, %s)", cfg.name, path, dom.domid, accel)
         return dom
 
+    async def prepare_incoming(self, cfg: DomainConfig, accel: str, machine: str) -> Domain:
+        """A migration arriving: the domain, checked like a create (name,
+        uuid, memory, disks, kernel, vif scripts), with a QEMU waiting for
+        the stream.  State ``incoming`` until the source commits; an xend
+        restart meanwhile rolls it back."""
+        mine = await self.accel.get()
+        if accel != mine:
+            raise InvalidRequest(f"domain {cfg.name} runs under {accel.upper()} on the source; this host "
+                                 f"runs guests under {mine.upper()}, which cannot continue it")
+        for d in self.by_uuid.values():
+            if d.uuid == cfg.uuid and d.job and d.job.get("op") == "migrate":
+                raise Conflict(f"domain {cfg.name} is migrating away from this host: "
+                               "a domain cannot migrate to the host it runs on")
+        return await self._launch(cfg, accel, True, machine=machine)
+
     async def _launch(self, cfg: DomainConfig, accel: str, paused: bool,
-                      restore: checkpoint.SaveInfo | None = None) -> Domain:
+                      restore: checkpoint.SaveInfo | None = None, machine: str | None = None) -> Domain:
+        incoming = machine is not None
+        what = "restore" if restore else ("incoming migration" if incoming else "create")
         async with self._create_lock:
             self._validate(cfg)
             # MACs go into the config before it is persisted, so they stay the
@@ -272,6 +289,8 @@ class Domains:
                 domid = self._alloc_domid()
                 dom = Domain(self, cfg, domid)
                 dom.accel = accel
+                if incoming:
+                    dom.state = "incoming"
                 self.by_uuid[cfg.uuid] = dom
                 dom.persist(config=True)
             except StoreError as e:
@@ -279,16 +298,17 @@ class Domains:
                 raise XendError(str(e)) from None
         try:
             async with dom.lock:
-                await dom.start(paused, restore=restore)
+                await dom.start(paused, restore=restore, machine=machine)
         except BaseException as e:
-            log.error("%s: %s failed: %s", cfg.name, "restore" if restore else "create", e)
+            log.error("%s: %s failed: %s", cfg.name, what, e)
             await dom.destroy(force=True)
             if isinstance(e, XendError):
                 raise
             if isinstance(e, (OSError, StoreError)):
-                raise XendError(f"{'restoring' if restore else 'creating'} domain {cfg.name} "
-                                f"failed: {e}") from None
+                raise XendError(f"{what} of domain {cfg.name} failed: {e}") from None
             raise
+        if incoming:
+            return dom          # announced when the source commits
         self.emit("created", dom)
         dom.announced = True
         dom._last_emitted = (dom.state, dom.paused, dom.name, dom.cfg.vcpus, dom.cfg.memory, dom.domid)
@@ -341,10 +361,12 @@ class Domains:
             await self._adopt_one(dom)
 
     async def _adopt_one(self, dom: Domain) -> None:
-        if dom.state in ("creating", "dying"):
-            # Interrupted create or destroy: roll back / finish — never keep half a domain.
+        if dom.state in ("creating", "dying", "incoming"):
+            # Interrupted create, destroy or arriving migration: roll back /
+            # finish — never keep half a domain.  (An arriving domain runs
+            # only once the source has committed, and that sets "running".)
             log.info("%s: %s was interrupted; cleaning up", dom.name,
-                     "create" if dom.state == "creating" else "destroy")
+                     {"creating": "create", "dying": "destroy"}.get(dom.state, "incoming migration"))
             if dom.pid and process.is_ours(dom.pid, dom.uuid):
                 process.kill(dom.pid)
                 await process.wait_exit(dom.pid, 5)

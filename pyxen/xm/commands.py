@@ -228,6 +228,41 @@ def cmd_restore(ctx, opts, args):
     return 0
 
 
+@command("migrate", "<Domain> <Host> [-l|--live] [-p|--port N] [-r|--resource MB/s] [--downtime MS]",
+         "Migrate a domain to another machine (its xend must run the relocation server).",
+         (Opt("l", "live", "Use live migration: copy memory while the guest runs, then a short stop."),
+          Opt("p", "port", "Use the given relocation port (default xend-relocation-port, 8002).", "N"),
+          Opt("r", "resource", "Limit the bandwidth the migration uses, in MiB/s.", "MB/s"),
+          Opt(None, "downtime", "The longest pause allowed at the switch-over, in ms (default: start at "
+              "50 ms and allow more while pre-copy does not converge).", "MS"),
+          Opt(None, "progress", "Print progress even when stderr is not a terminal.")),
+         common=True, min_args=2, max_args=2)
+def cmd_migrate(ctx, opts, args):
+    dom, host = args
+    body = {"host": host, "live": "live" in opts}
+    if "port" in opts:
+        body["port"] = _int_arg(opts["port"], "port")
+        if not 0 < body["port"] < 65536:
+            raise XmError(f"port must be 1-65535, got {opts['port']}")
+    if "resource" in opts:
+        body["resource"] = _num_arg(opts["resource"], "resource")
+        if body["resource"] <= 0:
+            raise XmError(f"resource must be a positive number of MiB/s, got {opts['resource']}")
+    if "downtime" in opts:
+        body["downtime"] = _int_arg(opts["downtime"], "downtime")
+        if not 1 <= body["downtime"] <= 60000:
+            raise XmError(f"downtime must be 1-60000 ms, got {opts['downtime']}")
+    show = "progress" in opts or sys.stderr.isatty()
+    if show:
+        from .progress import MigrationProgress
+        with MigrationProgress(ctx.client, dom, sys.stderr) as prog:
+            res = ctx.client.post(f"/api/domains/{_dom(dom)}/migrate", body)
+            prog.done(res)
+    else:
+        ctx.client.post(f"/api/domains/{_dom(dom)}/migrate", body)
+    return 0
+
+
 @command("domid", "<DomainName>", "Convert a domain name to domain id.", min_args=1, max_args=1)
 def cmd_domid(ctx, opts, args):
     print(ctx.client.get(f"/api/domains/{_dom(args[0])}")["domid"])

@@ -29,7 +29,9 @@ def raw_terminal(fd: int):
         return
     old = termios.tcgetattr(fd)
     try:
-        tty.setraw(fd)
+        # TCSANOW, not setraw's default TCSAFLUSH: what was typed while xm
+        # was still connecting reaches the guest instead of being dropped.
+        tty.setraw(fd, termios.TCSANOW)
         yield
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, old)

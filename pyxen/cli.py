@@ -1,0 +1,61 @@
+"""``pyxen``: host administration that is not a domain operation.
+
+    pyxen ca [--cn NAME] [--force]
+        create this pool's CA in <root>/etc/xen/pki
+    pyxen cert NAME [--ip ADDR]... [--dns NAME]... [--out DIR]
+        issue a host certificate signed by that CA; without --out it is this
+        host's own, with --out DIR it is written (with the CA certificate) to
+        DIR for copying to host NAME's etc/xen/pki
+
+Relocation (xm migrate) checks both hosts' certificates against the CA
+and the target's name against the address it was asked for: give every
+address other hosts use to reach it as --ip or --dns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import pki
+from .paths import Paths
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        print(f"Error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _Parser(prog="pyxen", description="pyxen host administration")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    ca = sub.add_parser("ca", help="create the pool's certificate authority")
+    ca.add_argument("--cn", default="pyxen host CA", help="the CA's common name")
+    ca.add_argument("--force", action="store_true", help="replace an existing CA")
+    cert = sub.add_parser("cert", help="issue a host certificate")
+    cert.add_argument("name", help="the host's name (its certificate's common name)")
+    cert.add_argument("--ip", action="append", default=[], help="an address the host is reached at")
+    cert.add_argument("--dns", action="append", default=[], help="another DNS name of the host")
+    cert.add_argument("--out", type=Path, help="write here instead of this host's etc/xen/pki")
+    a = p.parse_args(argv)
+    d = pki.pki_dir(Paths.from_env().etc)
+    try:
+        if a.cmd == "ca":
+            path = pki.make_ca(d, a.cn, a.force)
+        else:
+            path = pki.make_host_cert(d, a.name, a.ip, a.dns, a.out)
+    except pki.PkiError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"Error: {e.filename or ''}: {e.strerror}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

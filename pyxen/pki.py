@@ -1,0 +1,212 @@
+"""The host CA and per-host certificates, and the TLS contexts built on them.
+
+Xen 3.0 migrated domains in the clear and trusted any peer its
+hosts-allow regexes let in (manual §9.3).  pyxen authenticates both ends of
+a relocation (and, when asked, the TCP HTTP API) with X.509: one CA per
+pool of hosts, one certificate per host that serves as both server and
+client certificate.  The files live in ``etc/xen/pki``:
+
+==================  ======  ============================================
+file                mode    what
+==================  ======  ============================================
+``ca-cert.pem``     0644    the pool's CA: the only trust anchor
+``ca-key.pem``      0600    the CA's key; only on the host that issues
+``host-cert.pem``   0644    this host's certificate (signed by the CA)
+``host-key.pem``    0600    its key
+==================  ======  ============================================
+
+``pyxen ca`` makes the CA; ``pyxen cert NAME --ip ADDR`` issues a host
+certificate (for this host or, with ``--out DIR``, for another one to copy
+over).  Keys are ECDSA P-256: small, and a handshake costs well under a
+millisecond.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from .store import atomic_write
+
+CA_CERT, CA_KEY = "ca-cert.pem", "ca-key.pem"
+HOST_CERT, HOST_KEY = "host-cert.pem", "host-key.pem"
+VALID_DAYS = 3650
+
+
+class PkiError(Exception):
+    """A missing, unreadable or invalid certificate or key; the message says which."""
+
+
+def pki_dir(etc: Path) -> Path:
+    return etc / "pki"
+
+
+def _key():
+    from cryptography.hazmat.primitives.asymmetric import ec
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _pem_key(key) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _pem_cert(cert) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _name(cn: str):
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "pyxen"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def make_ca(directory: Path, cn: str = "pyxen host CA", force: bool = False) -> Path:
+    """Create the CA in *directory*; refuses to replace one unless *force*."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    directory.mkdir(parents=True, exist_ok=True)
+    if (directory / CA_CERT).exists() and not force:
+        raise PkiError(f"{directory / CA_CERT} already exists (use --force to replace the CA: "
+                       "every host certificate it issued stops being trusted)")
+    key = _key()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder()
+            .subject_name(_name(cn)).issuer_name(_name(cn))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                         content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False,
+                                         encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256()))
+    # The key first: a CA certificate without its key would be useless.
+    atomic_write(directory / CA_KEY, _pem_key(key), 0o600)
+    atomic_write(directory / CA_CERT, _pem_cert(cert), 0o644)
+    return directory / CA_CERT
+
+
+def _load_ca(directory: Path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    try:
+        cert = x509.load_pem_x509_certificate((directory / CA_CERT).read_bytes())
+        key = serialization.load_pem_private_key((directory / CA_KEY).read_bytes(), None)
+    except FileNotFoundError as e:
+        raise PkiError(f"no CA here: {e.filename} does not exist (create one with `pyxen ca`)") from None
+    except (ValueError, TypeError) as e:
+        raise PkiError(f"the CA in {directory} is unreadable: {e}") from None
+    return cert, key
+
+
+def make_host_cert(ca_dir: Path, name: str, ips: list[str] = (), dns: list[str] = (),
+                   out: Path | None = None) -> Path:
+    """Issue a certificate for host *name* (also valid for *ips* and *dns*
+    names), signed by the CA in *ca_dir*; written with the CA certificate
+    into *out* (default *ca_dir*)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+    if not name or any(c.isspace() for c in name):
+        raise PkiError(f"invalid host name {name!r}")
+    sans: list = []
+    for n in [name, *dns]:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(n)))
+        except ValueError:
+            sans.append(x509.DNSName(n))
+    for ip in ips:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(ip)))
+        except ValueError:
+            raise PkiError(f"--ip {ip}: not an IP address") from None
+    ca_cert, ca_key = _load_ca(ca_dir)
+    key = _key()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder()
+            .subject_name(_name(name)).issuer_name(ca_cert.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            # One certificate per host, used both to serve (a migration
+            # arriving) and as a client (a migration leaving).
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                  ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    out = out or ca_dir
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / HOST_KEY, _pem_key(key), 0o600)
+    atomic_write(out / HOST_CERT, _pem_cert(cert), 0o644)
+    if out.resolve() != ca_dir.resolve():
+        atomic_write(out / CA_CERT, _pem_cert(ca_cert), 0o644)
+    return out / HOST_CERT
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def for_host(cls, etc: Path, cert: str = "", key: str = "", ca: str = "") -> "TlsFiles":
+        d = pki_dir(etc)
+        return cls(Path(ca) if ca else d / CA_CERT, Path(cert) if cert else d / HOST_CERT,
+                   Path(key) if key else d / HOST_KEY)
+
+    def check(self) -> None:
+        for what, p in (("CA certificate", self.ca), ("host certificate", self.cert), ("host key", self.key)):
+            if not p.is_file():
+                raise PkiError(f"TLS {what} {p} does not exist (make them with `pyxen ca` and `pyxen cert`)")
+            if not os.access(p, os.R_OK):
+                raise PkiError(f"TLS {what} {p} is not readable")
+
+    def _context(self, purpose) -> ssl.SSLContext:
+        self.check()
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if purpose is ssl.Purpose.CLIENT_AUTH
+                             else ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        try:
+            ctx.load_verify_locations(cafile=str(self.ca))
+            ctx.load_cert_chain(str(self.cert), str(self.key))
+        except (ssl.SSLError, OSError) as e:
+            raise PkiError(f"cannot load TLS files ({self.cert}, {self.key}, {self.ca}): {e}") from None
+        # Both ends prove who they are: the CA is the pool's only trust anchor.
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+    def server_context(self) -> ssl.SSLContext:
+        ctx = self._context(ssl.Purpose.CLIENT_AUTH)
+        # No session tickets: nothing arrives unasked on a connection that
+        # afterwards carries a strict request/reply protocol.
+        ctx.num_tickets = 0
+        return ctx
+
+    def client_context(self) -> ssl.SSLContext:
+        ctx = self._context(ssl.Purpose.SERVER_AUTH)
+        ctx.check_hostname = True    # the target must be the host we asked for
+        return ctx
+
+
+def peer_name(sock: ssl.SSLSocket) -> str:
+    """The common name of the peer's (verified) certificate."""
+    cert = sock.getpeercert() or {}
+    for rdn in cert.get("subject", ()):
+        for k, v in rdn:
+            if k == "commonName":
+                return v
+    return "?"

@@ -1,0 +1,303 @@
+"""The relocation protocol: what two xends say to each other over one
+connection (TCP port 8002, inside TLS unless configured otherwise) to move
+a domain.  Framing and message parsing here are pure; ``Link`` does the
+blocking I/O on a connected socket (xend runs it in worker threads).
+
+Every frame is a 5-byte header — type (one ASCII letter) and payload
+length (big-endian u32) — and the payload:
+
+====  ===================  ===============================================
+type  payload              meaning
+====  ===================  ===============================================
+C     SXP, UTF-8, <= 1 MiB a control message (below)
+D     bytes, <= 1 MiB      a piece of QEMU's migration stream
+E     empty                the stream is complete (the source QEMU said so)
+A     empty                the source gave up on the stream
+====  ===================  ===============================================
+
+The conversation (S = source, T = target)::
+
+    S: (receive (version 1) (config (vm ...)) (accel tcg) (machine pc-i440fx-7.2)
+                (qemu 7.2.0) (live 1) (host NAME))
+    T: (ok (domid 7))                         or (err (type T) (value MESSAGE))
+    S: D D D ... E                            (or ... A)
+    T: (ok loaded)                            or (err ...)
+    S: (commit)                               or (abort (reason ...))
+    T: (ok running)                           or (err ...)
+
+While D frames flow only S writes; T reports a failure by one C frame
+(err ...) and then reads and drops the rest until E or A, so S finds the
+error without the two ever writing at once.  The config travels as SXP
+and is parsed, never evaluated: a peer cannot make xend run code.
+"""
+
+from __future__ import annotations
+
+import re
+import select
+import socket
+import ssl
+import struct
+import time
+from dataclasses import dataclass
+
+from ..config import sxp
+
+VERSION = 1
+HEADER = struct.Struct(">cI")
+CTRL, DATA, END, ABORT = b"C", b"D", b"E", b"A"
+MAX_CTRL = 1 << 20
+MAX_DATA = 1 << 20
+_MACHINE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_ACCELS = ("tcg", "kvm")
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol (or the link broke); the message says how."""
+
+
+class PeerError(Exception):
+    """The peer answered (err ...): *kind* and its message."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+# ------------------------------------------------------------- framing
+def frame(kind: bytes, payload: bytes = b"") -> bytes:
+    return HEADER.pack(kind, len(payload)) + payload
+
+
+def parse_header(head: bytes) -> tuple[bytes, int]:
+    """(type, length) of a frame header, or ProtocolError."""
+    if len(head) != HEADER.size:
+        raise ProtocolError("truncated frame header")
+    kind, n = HEADER.unpack(head)
+    if kind == CTRL:
+        if n > MAX_CTRL:
+            raise ProtocolError(f"control message of {n} bytes (at most {MAX_CTRL})")
+    elif kind == DATA:
+        if n > MAX_DATA:
+            raise ProtocolError(f"data frame of {n} bytes (at most {MAX_DATA})")
+    elif kind in (END, ABORT):
+        if n:
+            raise ProtocolError(f"{kind.decode()} frame with a payload")
+    else:
+        raise ProtocolError(f"unknown frame type {kind!r}")
+    return kind, n
+
+
+def encode_msg(msg: list) -> bytes:
+    return frame(CTRL, sxp.to_string(msg).encode())
+
+
+def decode_msg(payload: bytes) -> list:
+    """A control message: one SXP list whose head is a symbol."""
+    try:
+        value = sxp.from_string(payload.decode("utf-8"))
+    except (UnicodeDecodeError, sxp.SxpError) as e:
+        raise ProtocolError(f"unreadable control message: {e}") from None
+    if not isinstance(value, list) or not value or not isinstance(value[0], str):
+        raise ProtocolError("control message is not an (op ...) expression")
+    return value
+
+
+# ------------------------------------------------------------- messages
+@dataclass
+class Receive:
+    """The source's request: a domain to receive, and what the stream needs."""
+    config: list               # the (vm ...) SXP
+    accel: str
+    machine: str
+    qemu: str
+    live: bool
+    host: str
+
+    def to_msg(self) -> list:
+        return ["receive", ["version", VERSION], ["config", self.config], ["accel", self.accel],
+                ["machine", self.machine], ["qemu", self.qemu], ["live", int(self.live)],
+                ["host", self.host]]
+
+
+def parse_receive(msg: list) -> Receive:
+    if msg[0] != "receive":
+        raise ProtocolError(f"expected (receive ...), got ({msg[0]} ...)")
+    version = sxp.child_value(msg, "version")
+    if str(version) != str(VERSION):
+        raise ProtocolError(f"relocation protocol version {version!r} (this xend speaks {VERSION})")
+    cfg = sxp.child_value(msg, "config")
+    if not isinstance(cfg, list) or not cfg or cfg[0] != "vm":
+        raise ProtocolError("(receive ...) has no (config (vm ...))")
+    accel = str(sxp.child_value(msg, "accel", ""))
+    if accel not in _ACCELS:
+        raise ProtocolError(f"unknown accelerator {accel!r}")
+    machine = str(sxp.child_value(msg, "machine", ""))
+    if not _MACHINE.fullmatch(machine):
+        raise ProtocolError(f"bad machine type {machine!r}")
+    live = str(sxp.child_value(msg, "live", "0"))
+    if live not in ("0", "1"):
+        raise ProtocolError(f"bad live flag {live!r}")
+    return Receive(config=cfg, accel=accel, machine=machine,
+                   qemu=str(sxp.child_value(msg, "qemu", "?"))[:32], live=live == "1",
+                   host=str(sxp.child_value(msg, "host", "?"))[:255])
+
+
+def ok(*values) -> list:
+    return ["ok", *values]
+
+
+def err(kind: str, message: str) -> list:
+    return ["err", ["type", kind], ["value", message]]
+
+
+def check_reply(msg: list, want: str | None = None) -> list:
+    """The values of an (ok ...) reply (whose first value is *want* when
+    given); PeerError for (err ...), ProtocolError for anything else."""
+    if msg[0] == "err":
+        raise PeerError(str(sxp.child_value(msg, "type", "error")),
+                        str(sxp.child_value(msg, "value", "unknown error"))[:2000])
+    if msg[0] != "ok":
+        raise ProtocolError(f"expected (ok ...) or (err ...), got ({msg[0]} ...)")
+    if want is not None and (len(msg) < 2 or (msg[1] if isinstance(msg[1], str) else
+                                               (msg[1][0] if msg[1] else None)) != want):
+        raise ProtocolError(f"expected (ok {want} ...), got {sxp.to_string(msg)[:200]}")
+    return msg[1:]
+
+
+# ------------------------------------------------------------- the link
+class Link:
+    """Blocking frame I/O on a connected (TLS or plain) socket.
+
+    One thread at a time uses a Link: an SSL connection must not be read
+    and written concurrently.  *timeout* bounds every wait for the peer.
+    """
+
+    def __init__(self, sock: socket.socket, timeout: float = 60.0):
+        self.sock = sock
+        self.timeout = timeout
+        sock.settimeout(timeout)
+        self.sent = 0            # stream bytes sent / received
+        self._head = bytearray(HEADER.size)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    # -- raw
+    def _recv_exact(self, mv: memoryview) -> None:
+        got = 0
+        while got < len(mv):
+            try:
+                n = self.sock.recv_into(mv[got:])
+            except socket.timeout:
+                raise ProtocolError(f"the peer sent nothing for {self.timeout:.0f} s") from None
+            except (OSError, ssl.SSLError) as e:
+                raise ProtocolError(f"the connection broke: {e}") from None
+            if not n:
+                raise ProtocolError("the peer closed the connection")
+            got += n
+
+    def _send(self, data) -> None:
+        try:
+            self.sock.sendall(data)
+        except socket.timeout:
+            raise ProtocolError(f"the peer took nothing for {self.timeout:.0f} s") from None
+        except (OSError, ssl.SSLError) as e:
+            raise ProtocolError(f"the connection broke: {e}") from None
+
+    def read_frame(self, buf: memoryview | None = None) -> tuple[bytes, memoryview | bytes]:
+        self._recv_exact(memoryview(self._head))
+        kind, n = parse_header(bytes(self._head))
+        if buf is None or kind != DATA:
+            data = bytearray(n)
+            self._recv_exact(memoryview(data))
+            return kind, bytes(data)
+        self._recv_exact(buf[:n])
+        return kind, buf[:n]
+
+    # -- messages
+    def send(self, msg: list) -> None:
+        self._send(encode_msg(msg))
+
+    def recv(self, timeout: float | None = None) -> list:
+        """The next control message (data frames are a protocol error here)."""
+        if timeout is not None:
+            self.sock.settimeout(timeout)
+        try:
+            kind, payload = self.read_frame()
+        finally:
+            self.sock.settimeout(self.timeout)
+        if kind != CTRL:
+            raise ProtocolError(f"expected a control message, got a {kind.decode()} frame")
+        return decode_msg(payload)
+
+    def request(self, msg: list, want: str | None = None, timeout: float | None = None) -> list:
+        self.send(msg)
+        return check_reply(self.recv(timeout), want)
+
+    def pending(self) -> bool:
+        """Whether the peer has sent something not yet read."""
+        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            return True
+        try:
+            r, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return True        # reading will report what went wrong
+        return bool(r)
+
+    # -- the stream, source side
+    def pump_out(self, src: socket.socket, progress=None) -> None:
+        """Send everything QEMU writes into *src* as D frames, until QEMU
+        closes it.  A control message from the target meanwhile can only
+        be an error: raised as PeerError."""
+        buf = bytearray(HEADER.size + MAX_DATA)
+        mv = memoryview(buf)
+        src.settimeout(None)
+        checked = time.monotonic()
+        while True:
+            try:
+                n = src.recv_into(mv[HEADER.size:])
+            except OSError as e:
+                raise ProtocolError(f"reading QEMU's stream failed: {e}") from None
+            if not n:
+                return
+            HEADER.pack_into(buf, 0, DATA, n)
+            self._send(mv[:HEADER.size + n])
+            self.sent += n
+            now = time.monotonic()
+            if now - checked > 0.05:
+                checked = now
+                if progress:
+                    progress(self.sent)
+                if self.pending():
+                    check_reply(self.recv())
+                    raise ProtocolError("the target sent a message in the middle of the stream")
+
+    def end(self, kind: bytes = END) -> None:
+        self._send(frame(kind))
+
+    # -- the stream, target side
+    def pump_in(self, dst: socket.socket) -> tuple[bytes, str | None]:
+        """Write the D frames into *dst* (QEMU's end) until E or A.
+        Returns (E or A, None) — or, when QEMU stopped taking the stream,
+        tells the source (err ...) at once, drains to E/A and returns
+        (E or A, why)."""
+        buf = bytearray(MAX_DATA)
+        mv = memoryview(buf)
+        problem = None
+        while True:
+            kind, data = self.read_frame(mv)
+            if kind in (END, ABORT):
+                return kind, problem
+            if kind == CTRL:
+                raise ProtocolError("unexpected control message in the middle of the stream")
+            self.sent += len(data)
+            if problem is None:
+                try:
+                    dst.sendall(data)
+                except OSError as e:
+                    problem = f"the target QEMU stopped reading the stream ({e.strerror or e})"
+                    self.send(err("stream", problem))
