@@ -19,7 +19,7 @@ from aiohttp import WSMsgType, web
 from ..config.errors import ConfigError
 from ..config.specs import VIF_KEYS, parse_vif
 from ..hypervisor.qemu.accel import qemu_version
-from . import apispec, host, metrics, passthrough
+from . import apispec, host, metrics, passthrough, vtpm
 from . import web as webui
 from .console import ConsoleBusy, ConsoleClient
 from .domains import Domains
@@ -330,13 +330,15 @@ class Api:
 
     async def devices(self, request):
         ref, cls = request.match_info["dom"], request.match_info["cls"]
-        if cls not in ("vbd", "vif", "pci"):
+        if cls not in ("vbd", "vif", "pci", "vtpm"):
             raise InvalidRequest(f"unknown device class {cls!r}")
         if self._is_dom0(ref):
             return web.json_response({"devices": []})
         dom = self.domains.lookup(ref)
         if cls == "pci":
             return web.json_response({"devices": passthrough.devices(dom)})
+        if cls == "vtpm":
+            return web.json_response({"devices": vtpm.devices(dom)})
         return web.json_response({"devices": dom.devices(cls)})
 
     # ------------------------------------------------------ host PCI devices

@@ -635,6 +635,20 @@ def cmd_pci_assignable_remove(ctx, opts, args):
     return 0
 
 
+@command("vtpm-list", "<Domain> [--long]", "List virtual TPM devices for a domain.",
+         (Opt("l", "long", "List the devices in SXP."),), min_args=1, max_args=1)
+def cmd_vtpm_list(ctx, opts, args):
+    devs = ctx.client.get(f"/api/domains/{_dom(args[0])}/devices/vtpm")["devices"]
+    if "long" in opts:
+        sys.stdout.write("".join(fmt.vtpm_long(d) for d in devs))
+        return 0
+    for i, d in enumerate(devs):
+        if i == 0:
+            print(fmt.VTPM_HEADER)
+        print(fmt.vtpm_row(d))
+    return 0
+
+
 # ------------------------------------------------------------------ vnets
 @command("vnet-list", "[-l|--long] [<VnetId> ...]", "List Vnets.",
          (Opt("l", "long", "List Vnets as SXP."),))

@@ -137,3 +137,21 @@ def pci_list(devs: list[dict]) -> str:
             row = "%-4s %-3s " % (vs, vf) + row
         lines.append(row)
     return "\n".join(lines) + "\n"
+
+
+VTPM_HEADER = "Idx  BE handle state evt-ch ring-ref BE-path"
+
+
+def vtpm_row(d: dict) -> str:
+    return ("%(idx)-3d   %(backend-id)-3d  %(handle)-3d   %(state)-3d    %(event-ch)-3d    "
+            "%(ring-ref)-5d %(be-path)-30s  " % d)
+
+
+def vtpm_long(d: dict) -> str:
+    dev: list = [d["idx"], ["backend-id", d["backend-id"]]]
+    if d.get("instance") is not None:
+        dev.append(["instance", d["instance"]])
+    if d.get("uuid"):
+        dev.append(["uuid", d["uuid"]])
+    dev += [["handle", d["handle"]], ["state", d["state"]], ["be-path", d["be-path"]]]
+    return sxp.pretty(dev)

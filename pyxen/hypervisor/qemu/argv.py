@@ -197,6 +197,12 @@ def build(cfg: DomainConfig, rt: Runtime) -> list[str]:
           "-device", "pvpanic-pci",
           "-device", "virtio-balloon-pci,id=balloon0"]
     if cfg.builder == "linux":
+        if rt.tpm_sock is not None:
+            # SeaBIOS puts the ACPI tables and the 64 KiB TPM event log at the
+            # top of RAM, past the space QEMU 7.2 keeps free above the initrd:
+            # the initrd lands on the tables and the guest boots without ACPI.
+            # qboot keeps its tables in low memory.
+            a += ["-bios", "qboot.rom"]
         a += ["-kernel", rt.kernel or cfg.kernel]
         if cfg.ramdisk:
             a += ["-initrd", cfg.ramdisk]
