@@ -62,13 +62,17 @@ class FakeSysfs:
         if driver:
             self.bind(bdf, driver)
         if group is not None and self.iommu:
-            g = self.sys / "kernel/iommu_groups" / str(group)
-            (g / "devices").mkdir(parents=True, exist_ok=True)
-            (g / "devices" / bdf).symlink_to(os.path.relpath(real, g / "devices"))
-            (real / "iommu_group").symlink_to(os.path.relpath(g, real))
-            if vfio_node:
-                (self.dev / "vfio" / str(group)).touch()
+            self.put_in_group(bdf, group, vfio_node)
         return real
+
+    def put_in_group(self, bdf: str, group: int, vfio_node: bool = True) -> None:
+        real = self.sys / "devices/pci0000:00" / bdf
+        g = self.sys / "kernel/iommu_groups" / str(group)
+        (g / "devices").mkdir(parents=True, exist_ok=True)
+        (g / "devices" / bdf).symlink_to(os.path.relpath(real, g / "devices"))
+        (real / "iommu_group").symlink_to(os.path.relpath(g, real))
+        if vfio_node:
+            (self.dev / "vfio" / str(group)).touch()
 
     def bind(self, bdf: str, driver: str | None) -> None:
         real = self.sys / "devices/pci0000:00" / bdf

@@ -157,3 +157,63 @@ def test_sxp_form_round_trip():
                                 "(device (pci (dev (domain 0x0)(bus 0x1)(slot 0x0)(func 0x0)))))")
     assert [p.bdf for p in cfg.pci] == [BDF]
     assert parse_pci("01:00.0").bdf == BDF
+
+
+def test_a_device_goes_to_one_domain_only(fake, monkeypatch):
+    from types import SimpleNamespace
+
+    from pyxen.xend import passthrough
+    from pyxen.xend.errors import Conflict, InvalidRequest
+    monkeypatch.setenv("PYXEN_SYSFS", str(fake.sys))
+    monkeypatch.setenv("PYXEN_DEVFS", str(fake.dev))
+    fake.add_device(BDF, driver="vfio-pci", group=7)
+    spec = parse_pci("01:00.0")
+    # Any domain in the registry counts, whatever its state (here: shut down, preserved).
+    other = SimpleNamespace(name="web", state="shutdown", cfg=SimpleNamespace(pci=[parse_pci(BDF)]))
+    reg = SimpleNamespace(by_uuid={"u1": other})
+    with pytest.raises(Conflict, match="already assigned to domain web"):
+        passthrough.check_devices(reg, "db", [spec])
+    passthrough.check_devices(reg, "web", [spec], exclude=other)
+    reg.by_uuid.clear()
+    passthrough.check_devices(reg, "db", [spec])
+    with pytest.raises(InvalidRequest, match="given twice"):
+        passthrough.check_devices(reg, "db", [spec, parse_pci("0000:01:00.0")])
+
+
+def test_vtpm_specs():
+    from pyxen.config.errors import ConfigError
+    from pyxen.config.specs import parse_vtpm
+    from pyxen.xend import vtpm
+    assert parse_vtpm("instance=3,backend=0").instance == 3
+    t = parse_vtpm("backend=0,uuid=6F1C7A3E-4A0B-4A39-9D2F-2E4D6C1B0A55")
+    assert t.uuid == "6f1c7a3e-4a0b-4a39-9d2f-2e4d6c1b0a55" and t.instance is None
+    for bad in ("instance=-1", "backend=1", "x=1", "instance", "uuid=nope"):
+        with pytest.raises(ConfigError):
+            parse_vtpm(bad)
+    cfg = DomainConfig.from_values({"name": "d", "kernel": "/k", "vtpm": ["instance=2"]})
+    assert DomainConfig.from_sxp(cfg.to_sxp()) == cfg
+    assert vtpm.state_key(cfg) == "vtpm/instance-2"
+    cfg.vtpm = [parse_vtpm("backend=0")]
+    assert vtpm.state_key(cfg) == "vtpm/name-d"
+    with pytest.raises(ConfigError, match="at most one vTPM"):
+        DomainConfig.from_values({"name": "d", "kernel": "/k", "vtpm": ["instance=1", "instance=2"]})
+
+
+def test_vtpm_qemu_args(tmp_path):
+    cfg = DomainConfig.from_values({"name": "d", "kernel": "/k", "vtpm": ["instance=2"]})
+    rt = qargv.Runtime(domid=1, run_dir=tmp_path, console_log=tmp_path / "c.log", accel="tcg",
+                       tpm_sock=tmp_path / "tpm.sock")
+    argv = qargv.build(cfg, rt)
+    assert "emulator,id=tpm0,chardev=chrtpm" in argv and "tpm-crb,tpmdev=tpm0" in argv
+    assert argv[argv.index("-bios") + 1] == "qboot.rom"
+
+
+def test_store_directory_is_not_a_value(tmp_path):
+    from pyxen.store import FileStore
+    st = FileStore(tmp_path)
+    d = st.directory("vtpm/instance-1")
+    (d / "tpm2-00.permall").write_bytes(b"x")
+    assert st.keys() == [] and st.directory("vtpm/instance-1") == d
+    assert oct(d.stat().st_mode & 0o777) == "0o700"
+    st.remove_directory("vtpm/instance-1")
+    assert not d.exists()
