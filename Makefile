@@ -10,10 +10,11 @@ STAMP   := $(VENV)/.pyxen-deps
 # for virtual networks, nftables (ip= anti-spoofing, network-nat's NAT) and
 # dnsmasq-base (vif-nat's DHCP; the binary only, no system service);
 # for disks, nfs-ganesha(-vfs): a userspace NFS server for NFS-root guests
-# where the host kernel has no nfsd (tests start it themselves).
+# where the host kernel has no nfsd (tests start it themselves);
+# swtpm and swtpm-tools: the software TPM 2.0 behind vtpm = [...].
 APT_PKGS := qemu-system-x86 qemu-utils busybox-static lz4 zstd xz-utils cpio e2fsprogs \
             python3-venv iproute2 procps nftables dnsmasq-base chromium \
-            nfs-ganesha nfs-ganesha-vfs
+            nfs-ganesha nfs-ganesha-vfs swtpm swtpm-tools
 # (chromium: the web console's tests drive it headless through Playwright.
 #  node and npm build the front-end bundles: `make web` installs Debian's
 #  nodejs/npm only when no npm is present, so a NodeSource node is left alone.)

@@ -45,6 +45,17 @@ class Store:
         """Set a corrupt value aside so it is kept for inspection, not fatal."""
         raise NotImplementedError
 
+    def directory(self, key: str) -> Path:
+        """A private local directory (mode 0700, created if missing) for
+        state that is many files another program writes itself, such as a
+        vTPM's swtpm state.  It lives with the store's values but is not a
+        value: keys() does not list its files.  A networked store keeps a
+        local copy here and syncs it."""
+        raise NotImplementedError
+
+    def remove_directory(self, key: str) -> None:
+        raise NotImplementedError
+
     # JSON convenience, used for most records.
     def get_json(self, key: str, default=None):
         raw = self.get(key)
@@ -168,6 +179,24 @@ class FileStore(Store):
                 if rel.startswith(prefix):
                     out.append(rel)
         return sorted(out)
+
+    def _dir_path(self, key: str) -> Path:
+        _check_key(key)
+        # Under a dot-directory: keys() skips those, so the files another
+        # program keeps there never look like values.
+        return self.root / ".dirs" / key
+
+    def directory(self, key: str) -> Path:
+        p = self._dir_path(key)
+        try:
+            p.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(p, 0o700)
+        except OSError as e:
+            raise StoreError(f"cannot make state directory {key}: {e.strerror or e}") from e
+        return p
+
+    def remove_directory(self, key: str) -> None:
+        shutil.rmtree(self._dir_path(key), ignore_errors=True)
 
     def quarantine(self, key: str, reason: str) -> None:
         p = self._path(key)

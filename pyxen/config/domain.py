@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from . import sxp
 from .errors import ConfigError
 from .options import ACTIONS, CRASH_ACTIONS
-from .specs import (DiskSpec, PciSpec, disk_from_parts, parse_cpuset, parse_disk, parse_pci,
-                    parse_vif, pci_from_sxp)
+from .specs import (DiskSpec, PciSpec, VtpmSpec, disk_from_parts, parse_cpuset, parse_disk, parse_pci,
+                    parse_vif, parse_vtpm, pci_from_sxp)
 
 # The HVM variables xm copies into (image (hvm ...)), in Xen's order.
 HVM_KEYS = ("device_model", "pae", "boot", "cdrom", "fda", "fdb", "localtime", "rtc_timeoffset",
@@ -91,6 +91,7 @@ class DomainConfig:
     disks: list[DiskSpec] = field(default_factory=list)
     vifs: list[dict] = field(default_factory=list)
     pci: list[PciSpec] = field(default_factory=list)
+    vtpm: list[VtpmSpec] = field(default_factory=list)
     # What xm noticed while evaluating the file (variables with no effect on
     # QEMU, unknown names); xend writes them to its log.  Not part of the SXP.
     notes: list[str] = field(default_factory=list, compare=False, repr=False)
@@ -176,6 +177,7 @@ class DomainConfig:
             description=_str(values, "description", ""),
             disks=disks, vifs=vifs,
             pci=[p if isinstance(p, PciSpec) else parse_pci(p) for p in _list(values, "pci")],
+            vtpm=_vtpms(values),
             hvm=_hvm_values(values) if builder == "hvm" else {},
             **acts)
 
@@ -235,6 +237,8 @@ class DomainConfig:
             s.append(["device", ["vif"] + [[k, val] for k, val in v.items()]])
         for p in self.pci:
             s.append(p.to_sxp())
+        for t in self.vtpm:
+            s.append(t.to_sxp())
         return s
 
     @classmethod
@@ -270,6 +274,8 @@ class DomainConfig:
                     for d in dev[1:]:
                         if isinstance(d, list) and d and d[0] == "dev":
                             values.setdefault("pci", []).append(pci_from_sxp(d))
+                elif dev[0] == "vtpm":
+                    values.setdefault("vtpm", []).append(",".join(f"{k}={v}" for k, v in fields.items()))
                 elif dev[0] == "vif":
                     values.setdefault("vif", []).append(",".join(f"{k}={v}" for k, v in fields.items()))
             elif key == "cpus":
@@ -279,6 +285,13 @@ class DomainConfig:
             elif len(item) > 1 and not isinstance(item[1], list):
                 values[key] = item[1]
         return cls.from_values(values)
+
+
+def _vtpms(values: dict) -> list:
+    out = [t if isinstance(t, VtpmSpec) else parse_vtpm(t) for t in _list(values, "vtpm")]
+    if len(out) > 1:
+        raise ConfigError(f"vtpm: a domain has at most one vTPM, got {len(out)}")
+    return out
 
 
 def _hvm_values(values: dict) -> dict:

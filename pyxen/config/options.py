@@ -73,7 +73,7 @@ VARS: tuple[Var, ...] = (
     _("vif", "list", [], "Network interfaces: 'key=value,...'."),
     _("nics", "int", -1, "Deprecated: number of network interfaces."),
     _("pci", "list", [], "PCI devices to pass through: '[DDDD:]BB:SS.F'."),
-    _("vtpm", "list", [], "vTPM devices.", applies=False),
+    _("vtpm", "list", [], "vTPM: 'instance=N,backend=0' (or xl's 'backend=0,uuid=U'): a TPM 2.0 backed by swtpm."),
     _("ioports", "list", [], "I/O port ranges to pass through.", applies=False),
     _("irq", "list", [], "IRQs to pass through.", applies=False),
     _("vscsi", "list", [], "SCSI devices to pass through.", applies=False),

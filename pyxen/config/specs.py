@@ -446,3 +446,60 @@ def pci_from_sxp(dev: list) -> PciSpec:
         raise ConfigError(f"Invalid pci device in SXP: {dev!r}") from None
     spec.opts = {k: int(v) for k, v in f.items() if k in ("msitranslate", "power_mgmt")}
     return spec
+
+
+# ------------------------------------------------------------------ vTPM
+@dataclass
+class VtpmSpec:
+    """A vTPM: Xen 3's 'instance=N,backend=0' or xl's 'backend=0,uuid=U'."""
+    instance: int | None = None
+    uuid: str | None = None
+    backend: str = "0"
+
+    def to_sxp(self) -> list:
+        dev: list = ["vtpm"]
+        if self.instance is not None:
+            dev.append(["instance", self.instance])
+        if self.uuid is not None:
+            dev.append(["uuid", self.uuid])
+        dev.append(["backend", self.backend])
+        return ["device", dev]
+
+    def to_text(self) -> str:
+        parts = [f"instance={self.instance}"] if self.instance is not None else []
+        if self.uuid is not None:
+            parts.append(f"uuid={self.uuid}")
+        return ",".join(parts + [f"backend={self.backend}"])
+
+
+def parse_vtpm(entry) -> VtpmSpec:
+    if not isinstance(entry, str):
+        raise ConfigError(f"Invalid vtpm specifier {entry!r}: expected a string")
+    import uuid as uuidlib
+    spec = VtpmSpec()
+    for part in entry.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "=" not in part:
+            raise ConfigError(f"Invalid vtpm specifier {entry!r}: {part} should be key=value")
+        k, v = (x.strip() for x in part.split("=", 1))
+        if k == "instance":
+            if not v.isdigit() or len(v) > 9:
+                raise ConfigError(f"Invalid vtpm specifier {entry!r}: instance must be a number, got {v!r}")
+            spec.instance = int(v)
+        elif k == "uuid":
+            try:
+                spec.uuid = str(uuidlib.UUID(v))
+            except ValueError:
+                raise ConfigError(f"Invalid vtpm specifier {entry!r}: not a UUID: {v!r}") from None
+        elif k == "backend":
+            if v not in ("0", "Domain-0"):
+                raise ConfigError(f"Invalid vtpm specifier {entry!r}: backend {v!r}: only Domain-0 (0) "
+                                  "runs vTPMs")
+            spec.backend = "0"
+        elif k in ("type", "backend_type"):
+            continue        # Xen's vtpm type / xl's backend type: one kind here (swtpm)
+        else:
+            raise ConfigError(f"Invalid vtpm specifier {entry!r}: unknown key {k!r}")
+    return spec

@@ -19,7 +19,7 @@ from aiohttp import WSMsgType, web
 from ..config.errors import ConfigError
 from ..config.specs import VIF_KEYS, parse_vif
 from ..hypervisor.qemu.accel import qemu_version
-from . import apispec, host, metrics
+from . import apispec, host, metrics, passthrough, vtpm
 from . import web as webui
 from .console import ConsoleBusy, ConsoleClient
 from .domains import Domains
@@ -78,6 +78,9 @@ class Api:
         r.add_get("/api/domains/{dom}/devices/{cls}", self.devices)
         r.add_post("/api/domains/{dom}/devices/{cls}", self.device_attach)
         r.add_delete("/api/domains/{dom}/devices/{cls}/{dev}", self.device_detach)
+        r.add_get("/api/pci/assignable", self.pci_assignable)
+        r.add_post("/api/pci/assignable", self.pci_assignable_add)
+        r.add_post("/api/pci/assignable-remove", self.pci_assignable_remove)
         r.add_get("/api/vnets", self.list_vnets)
         r.add_post("/api/vnets", self.create_vnet)
         r.add_get("/api/vnets/{vnet}", self.get_vnet)
@@ -288,6 +291,11 @@ class Api:
             await dom.sysrq(str(body.get("key", "")))
         elif op == "rename":
             await dom.rename(str(body.get("name", "")))
+        elif op == "pci-attach":
+            spec = await passthrough.attach(dom, body.get("dev"), body.get("vslot"))
+            return web.json_response({"dev": spec.bdf})
+        elif op == "pci-detach":
+            await passthrough.detach(dom, body.get("dev"))
         elif op == "dump-core":
             path = await dom.dump_core(body.get("file") or None, bool(body.get("live")),
                                        bool(body.get("crash")), bool(body.get("reset")))
@@ -331,12 +339,30 @@ class Api:
 
     async def devices(self, request):
         ref, cls = request.match_info["dom"], request.match_info["cls"]
-        if cls not in ("vbd", "vif"):
+        if cls not in ("vbd", "vif", "pci", "vtpm"):
             raise InvalidRequest(f"unknown device class {cls!r}")
         if self._is_dom0(ref):
             return web.json_response({"devices": []})
         dom = self.domains.lookup(ref)
+        if cls == "pci":
+            return web.json_response({"devices": passthrough.devices(dom)})
+        if cls == "vtpm":
+            return web.json_response({"devices": vtpm.devices(dom)})
         return web.json_response({"devices": dom.devices(cls)})
+
+    # ------------------------------------------------------ host PCI devices
+    async def pci_assignable(self, request):
+        return web.json_response({"devices": passthrough.list_assignable()})
+
+    async def pci_assignable_add(self, request):
+        body = await self._body(request)
+        res = await passthrough.assignable_add(self.domains, body.get("dev"))
+        return web.json_response(res)
+
+    async def pci_assignable_remove(self, request):
+        body = await self._body(request)
+        res = await passthrough.assignable_remove(self.domains, body.get("dev"), bool(body.get("rebind")))
+        return web.json_response(res)
 
     async def device_attach(self, request):
         ref, cls = request.match_info["dom"], request.match_info["cls"]

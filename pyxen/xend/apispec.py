@@ -41,6 +41,11 @@ OPS: dict[str, tuple[str, dict]] = {
         "live": ("boolean", "pre-copy while the guest runs (xm migrate -l)", False),
         "resource": ("number", "bandwidth limit in MiB/s (xm migrate -r)", False),
         "downtime": ("integer", "the longest pause allowed at the switch-over, ms", False)}),
+    "pci-attach": ("Hot-plug a host PCI device (bound to vfio-pci) into the domain (xm pci-attach).", {
+        "dev": ("string", "[DDDD:]BB:SS.F", True),
+        "vslot": ("string", "the guest slot, hex (default: QEMU picks one)", False)}),
+    "pci-detach": ("Hot-unplug a PCI device from the domain (xm pci-detach).", {
+        "dev": ("string", "[DDDD:]BB:SS.F", True)}),
     "dump-core": ("Dump the guest's memory as an ELF core.", {
         "file": ("string", "absolute path (default under var/xen/dump)", False),
         "live": ("boolean", "do not pause", False), "crash": ("boolean", "destroy afterwards", False),
@@ -69,7 +74,16 @@ ROUTES: list[tuple[str, str, str, dict | None, str]] = [
         "paused": ("boolean", "leave it paused", False)}, "domains"),
     ("GET", "/api/domains/{dom}", "One domain (name, id or uuid).", None, "domains"),
     ("GET", "/api/domains/{dom}/vcpus", "The domain's vCPUs (xm vcpu-list).", None, "domains"),
-    ("GET", "/api/domains/{dom}/devices/{cls}", "The domain's devices of class vbd or vif.", None, "devices"),
+    ("GET", "/api/domains/{dom}/devices/{cls}", "The domain's devices of class vbd, vif, pci or vtpm.", None,
+     "devices"),
+    ("GET", "/api/pci/assignable", "Host PCI devices bound to vfio-pci (xm pci-list-assignable-devices).",
+     None, "pci"),
+    ("POST", "/api/pci/assignable", "Bind a host PCI device to vfio-pci, remembering its driver "
+     "(xm pci-assignable-add).", {"dev": ("string", "[DDDD:]BB:SS.F", True)}, "pci"),
+    ("POST", "/api/pci/assignable-remove", "Unbind a host PCI device from vfio-pci; with rebind, give it "
+     "back to its earlier driver (xm pci-assignable-remove [-r]).", {
+         "dev": ("string", "[DDDD:]BB:SS.F", True),
+         "rebind": ("boolean", "bind the driver it had before", False)}, "pci"),
     ("GET", "/api/domains/{dom}/console", "The serial console as a websocket (binary frames).", None, "console"),
     ("GET", "/api/domains/{dom}/vnc", "The domain's VNC display as a websocket (for noVNC); a plain GET "
      "says whether there is one (409 when there is none).", None, "console"),

@@ -36,7 +36,7 @@ from ..hypervisor.qemu import process
 from ..hypervisor.qemu.kcache import boot_kernel
 from ..hypervisor.qemu.qmp import QmpSession, QMPError, QmpTimeout
 from ..store import StoreError
-from . import checkpoint
+from . import checkpoint, vtpm
 from .console import ConsoleRelay
 from .control import ControlChannel, ControlError
 from .errors import Conflict, InvalidRequest, XendError
@@ -185,6 +185,8 @@ class Domain:
             rt.nics.append((devid, *await self.reg.net.vif_up(self, devid, spec)))
             self.vifs_up.add(devid)
             self.persist()
+        # A fresh swtpm for a vTPM, before the QEMU that connects to it.
+        await vtpm.start_fresh(self, rt)
         argv = qargv.build(self.cfg, rt)
         log.info("%s: starting QEMU: %s", self.name, " ".join(argv))
         try:
@@ -252,6 +254,7 @@ class Domain:
             reason = "crash" if st["status"] == "guest-panicked" else (self.shutdown_reason or "poweroff")
             asyncio.get_running_loop().create_task(self._guest_exited(reason))
         self.apply_placement(initial=False)
+        vtpm.adopt(self)
         log.info("%s: adopted QEMU pid %d (domid %d, %s)", self.name, self.pid, self.domid, st.get("status"))
         return True
 
@@ -607,6 +610,7 @@ class Domain:
         if self.control is not None:
             await self.control.close()
             self.control = None
+        await vtpm.stop(self)
         shutil.rmtree(self.reg.paths.domain_run(self.domid), ignore_errors=True)
         cgroups.remove(self.uuid)
         for devid, spec in self.vifs():

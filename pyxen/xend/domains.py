@@ -25,7 +25,7 @@ from ..net import mac as macs
 from ..paths import Paths
 from ..storage import guard
 from ..store import Store, StoreError
-from . import checkpoint
+from . import checkpoint, passthrough, vtpm
 from .accel import Accelerator
 from .domain import Domain
 from .errors import Conflict, InvalidRequest, NoSuchDomain, XendError
@@ -165,8 +165,9 @@ class Domains:
             if not os.access(path, os.R_OK):
                 raise InvalidRequest(f"{what} image is not readable: {path}")
         if cfg.pci:
-            raise InvalidRequest(f"PCI passthrough of {', '.join(p.bdf for p in cfg.pci)} is not available: "
-                                 "this pyxen does not yet assign devices through VFIO")
+            # Every domain holds its devices; the host must be ready for VFIO.
+            passthrough.check_devices(self, cfg.name, cfg.pci)
+        vtpm.check(self, cfg)
         if cfg.cpus is not None:
             from .domain import host_cpus
             for spec in (cfg.cpus if isinstance(cfg.cpus, list) else [cfg.cpus]):

@@ -617,6 +617,73 @@ def cmd_network_list(ctx, opts, args):
     return 0
 
 
+# ------------------------------------------------------------------- PCI
+@command("pci-attach", "[-o k=v] <Domain> <[DDDD:]BB:SS.F> [VSlot]",
+         "Insert a new pass-through PCI device (bound to vfio-pci on the host).",
+         (Opt("o", "options", "msitranslate=0|1 or power_mgmt=0|1 (accepted; no meaning with VFIO).", "K=V"),),
+         min_args=2, max_args=3)
+def cmd_pci_attach(ctx, opts, args):
+    if "options" in opts:
+        k, sep, v = opts["options"].partition("=")
+        if not sep or k not in ("msitranslate", "power_mgmt") or v not in ("0", "1"):
+            raise XmError(f"Invalid pci attach option: {opts['options']}")
+    body = {"dev": args[1]}
+    if len(args) > 2:
+        body["vslot"] = args[2]
+    ctx.client.post(f"/api/domains/{_dom(args[0])}/pci-attach", body)
+    return 0
+
+
+@command("pci-detach", "<Domain> <[DDDD:]BB:SS.F>", "Remove a domain's pass-through PCI device.",
+         min_args=2, max_args=2)
+def cmd_pci_detach(ctx, opts, args):
+    ctx.client.post(f"/api/domains/{_dom(args[0])}/pci-detach", {"dev": args[1]})
+    return 0
+
+
+@command("pci-list", "<Domain>", "List pass-through PCI devices for a domain.", min_args=1, max_args=1)
+def cmd_pci_list(ctx, opts, args):
+    sys.stdout.write(fmt.pci_list(ctx.client.get(f"/api/domains/{_dom(args[0])}/devices/pci")["devices"]))
+    return 0
+
+
+@command("pci-list-assignable-devices", "", "List host PCI devices that can be passed through "
+         "(bound to vfio-pci).", max_args=0)
+def cmd_pci_list_assignable(ctx, opts, args):
+    for bdf in ctx.client.get("/api/pci/assignable")["devices"]:
+        print(bdf)
+    return 0
+
+
+@command("pci-assignable-add", "<[DDDD:]BB:SS.F>", "Make a host PCI device assignable: bind it to vfio-pci "
+         "(what pciback.hide did).", min_args=1, max_args=1)
+def cmd_pci_assignable_add(ctx, opts, args):
+    ctx.client.post("/api/pci/assignable", {"dev": args[0]})
+    return 0
+
+
+@command("pci-assignable-remove", "[-r] <[DDDD:]BB:SS.F>", "Release a host PCI device from vfio-pci.",
+         (Opt("r", "rebind", "Bind it to the driver it had before pci-assignable-add."),),
+         min_args=1, max_args=1)
+def cmd_pci_assignable_remove(ctx, opts, args):
+    ctx.client.post("/api/pci/assignable-remove", {"dev": args[0], "rebind": "rebind" in opts})
+    return 0
+
+
+@command("vtpm-list", "<Domain> [--long]", "List virtual TPM devices for a domain.",
+         (Opt("l", "long", "List the devices in SXP."),), min_args=1, max_args=1)
+def cmd_vtpm_list(ctx, opts, args):
+    devs = ctx.client.get(f"/api/domains/{_dom(args[0])}/devices/vtpm")["devices"]
+    if "long" in opts:
+        sys.stdout.write("".join(fmt.vtpm_long(d) for d in devs))
+        return 0
+    for i, d in enumerate(devs):
+        if i == 0:
+            print(fmt.VTPM_HEADER)
+        print(fmt.vtpm_row(d))
+    return 0
+
+
 # ------------------------------------------------------------------ vnets
 @command("vnet-list", "[-l|--long] [<VnetId> ...]", "List Vnets.",
          (Opt("l", "long", "List Vnets as SXP."),))

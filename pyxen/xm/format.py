@@ -119,3 +119,39 @@ def network_long(d: dict) -> str:
               ["vifname", d["vifname"]]]
     fields += [[k, v] for k, v in d.get("config", {}).items() if k not in ("mac", "vifname")]
     return sxp.pretty([d["idx"], ["vif"] + fields])
+
+
+def pci_list(devs: list[dict]) -> str:
+    """``xm pci-list``: Xen's columns; VSlt/VFn only when a device has a
+    guest slot of its own.  Nothing at all when there are no devices."""
+    if not devs:
+        return ""
+    devs = sorted(devs, key=lambda d: ((d.get("vslot") if d.get("vslot") is not None else 0x100),
+                                       d["domain"], d["bus"], d["slot"], d["func"]))
+    has_vslot = any(d.get("vslot") is not None for d in devs)
+    lines = [("VSlt VFn " if has_vslot else "") + "domain bus  slot func"]
+    for d in devs:
+        row = "0x%04x 0x%02x 0x%02x 0x%x" % (d["domain"], d["bus"], d["slot"], d["func"])
+        if has_vslot:
+            vs, vf = ("0x%02x" % d["vslot"], "0x0") if d.get("vslot") is not None else ("-", "-")
+            row = "%-4s %-3s " % (vs, vf) + row
+        lines.append(row)
+    return "\n".join(lines) + "\n"
+
+
+VTPM_HEADER = "Idx  BE handle state evt-ch ring-ref BE-path"
+
+
+def vtpm_row(d: dict) -> str:
+    return ("%(idx)-3d   %(backend-id)-3d  %(handle)-3d   %(state)-3d    %(event-ch)-3d    "
+            "%(ring-ref)-5d %(be-path)-30s  " % d)
+
+
+def vtpm_long(d: dict) -> str:
+    dev: list = [d["idx"], ["backend-id", d["backend-id"]]]
+    if d.get("instance") is not None:
+        dev.append(["instance", d["instance"]])
+    if d.get("uuid"):
+        dev.append(["uuid", d["uuid"]])
+    dev += [["handle", d["handle"]], ["state", d["state"]], ["be-path", d["be-path"]]]
+    return sxp.pretty(dev)

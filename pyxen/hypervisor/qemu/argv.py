@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...config.domain import DomainConfig
-from ...config.specs import DiskSpec, vif_model
+from ...config.specs import DiskSpec, PciSpec, vif_model
 
 try:
     from .kernel import FAST_CMDLINE
@@ -36,6 +36,8 @@ class Runtime:
     # "defer": wait for a migration stream (restore) instead of booting;
     # everything else on the command line stays identical to the saved one.
     incoming: str | None = None
+    # The control socket of the domain's swtpm (vtpm = [...]), started by xend.
+    tpm_sock: Path | None = None
 
     @property
     def qmp_sock(self) -> Path:
@@ -132,6 +134,26 @@ def nic_props(devid: int, spec: dict, hvm: bool = False, mtu: int | None = None)
     return props
 
 
+def pci_device_id(p: PciSpec) -> str:
+    """QEMU's id for a passed-through device (ids may not contain ':')."""
+    return "pt-" + p.bdf.replace(":", "-")
+
+
+def pci_device_props(p: PciSpec) -> dict:
+    """The -device / device_add properties giving the guest host device *p* through VFIO."""
+    props = {"driver": "vfio-pci", "host": p.bdf, "id": pci_device_id(p)}
+    if p.vslot is not None:
+        props["addr"] = hex(p.vslot)
+    return props
+
+
+def tpm_args(sock: Path) -> list[str]:
+    """A TPM 2.0 (CRB interface) backed by the swtpm listening on *sock*."""
+    return ["-chardev", f"socket,id=chrtpm,path={_chardev_path(sock)}",
+            "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
+            "-device", "tpm-crb,tpmdev=tpm0"]
+
+
 def _kv(props: dict, first: str) -> str:
     rest = ",".join(f"{k}={v}" for k, v in props.items() if k != first)
     return f"{props[first]},{rest}"
@@ -175,6 +197,12 @@ def build(cfg: DomainConfig, rt: Runtime) -> list[str]:
           "-device", "pvpanic-pci",
           "-device", "virtio-balloon-pci,id=balloon0"]
     if cfg.builder == "linux":
+        if rt.tpm_sock is not None:
+            # SeaBIOS puts the ACPI tables and the 64 KiB TPM event log at the
+            # top of RAM, past the space QEMU 7.2 keeps free above the initrd:
+            # the initrd lands on the tables and the guest boots without ACPI.
+            # qboot keeps its tables in low memory.
+            a += ["-bios", "qboot.rom"]
         a += ["-kernel", rt.kernel or cfg.kernel]
         if cfg.ramdisk:
             a += ["-initrd", cfg.ramdisk]
@@ -189,6 +217,11 @@ def build(cfg: DomainConfig, rt: Runtime) -> list[str]:
     for spec, (devid, tap, mtu) in zip(cfg.vifs, rt.nics):
         a += ["-netdev", _kv(netdev_props(devid, tap), "type"),
               "-device", _kv(nic_props(devid, spec, cfg.builder == "hvm", mtu), "driver")]
+    # Host PCI devices (pci = [...]) through VFIO, for PV and HVM guests alike.
+    for p in cfg.pci:
+        a += ["-device", _kv(pci_device_props(p), "driver")]
+    if rt.tpm_sock is not None:
+        a += tpm_args(rt.tpm_sock)
     if rt.incoming:
         a += ["-incoming", rt.incoming]
     # -D keeps a daemonized QEMU's stderr open (it would go to /dev/null):
