@@ -117,6 +117,15 @@ OPTIONS: tuple[XendOption, ...] = (
                "Seconds a domain must have run for on_crash=restart to restart it (else it is destroyed: no crash loops).",
                origin="pyxen"),
     XendOption("qemu-binary", "str", "qemu-system-x86_64", "QEMU binary to run guests with.", origin="pyxen"),
+    XendOption("qemu-user", "str", "",
+               "Run every QEMU as this user (a name, uid or uid:gid) instead of root.  xend opens the\n"
+               "disks and creates the taps for it, so disk files can stay root-only.  '' means root.",
+               example="pyxen-qemu", origin="pyxen"),
+    XendOption("qemu-uid-base", "int", 0,
+               "Run each domain's QEMU as uid and gid qemu-uid-base + domid (a range of otherwise unused\n"
+               "ids): no QEMU can reach another domain's disks, taps or /proc entries.  0 means off;\n"
+               "it takes precedence over qemu-user.",
+               example="200000", origin="pyxen"),
     XendOption("xend-console-server", "bool", False,
                "Also export each domain's console on TCP port 9600+domid (or the domain's 'console' port).",
                origin="pyxen"),
