@@ -56,8 +56,10 @@ OPTIONS: tuple[XendOption, ...] = (
     XendOption("xend-http-token-file", "str", "",
                "File holding the API token (default <root>/etc/xen/xend-http-token, created 0600 at start).",
                origin="pyxen"),
-    XendOption("xend-address", "str", "", "Address of the HTTP API; 'localhost' prevents remote connections, '' means all.",
-               example="localhost"),
+    XendOption("xend-address", "str", "localhost",
+               "Address of the HTTP API; '' means all interfaces.  Xen's default was ''; pyxen's is\n"
+               "localhost, so turning the TCP server on never exposes it by accident.",
+               example="''"),
     XendOption("xend-unix-server", "bool", True, "Serve the API on the Unix socket (xm needs it)."),
     XendOption("xend-unix-path", "str", "", "Unix socket path (default <root>/var/run/pyxen/xend.sock)."),
     XendOption("xend-unix-xmlrpc-server", "bool", True, "Accepted for compatibility; xm uses xend-unix-server.", origin="inert"),

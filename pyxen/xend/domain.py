@@ -198,6 +198,7 @@ class Domain:
         self._marks["qemu"] = time.monotonic()
         if restore is not None:
             await self._load(restore)
+            faults.point("restore-after-load")
         else:
             await self.setup_cpus_and_memory()
         self.apply_placement(initial=True)
@@ -555,6 +556,7 @@ class Domain:
                     {"type": "qcode", "data": "delete"}]})
             else:
                 await self.qmp.execute("system_powerdown")
+                faults.point("shutdown-requested")
                 # Like a request left in xenstore, the shutdown stays pending:
                 # a guest still booting (no acpid yet) misses one button press,
                 # so press again until it acts or the request times out.
@@ -682,9 +684,11 @@ class Domain:
                 self._marks["sync"] = time.monotonic()
             finally:
                 os.close(fd)
+            faults.point("save-before-commit")
             # The commit point: from here an xend restart finishes the save.
             self.job["phase"] = "commit"
             self.persist()
+            faults.point("save-after-commit")
             os.replace(tmp, target)
         except BaseException as e:
             await self._save_failed(tmp, resume)
