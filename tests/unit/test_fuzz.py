@@ -42,3 +42,12 @@ def test_fuzz_findings_xl(text, tmp_path):
     cfg.write_text(text)
     with pytest.raises(ConfigError, match="while processing"):
         xmconfig.evaluate(cfg, {}, {})
+
+
+def test_fuzz_findings_cpus():
+    # Was a hang (a set of 6e27 CPU numbers); xend's vcpu-pin parses the same.
+    from pyxen.config.errors import ConfigError
+    from pyxen.config.specs import parse_cpuset
+    with pytest.raises(ConfigError, match="out of range 0-4095"):
+        parse_cpuset(",7,30-5999999999999999999999999999")
+    assert parse_cpuset("4090-4095") == set(range(4090, 4096))
