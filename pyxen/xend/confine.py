@@ -59,8 +59,13 @@ def runas(ident: tuple[int, int] | None) -> str | None:
 
 
 def passes_fd(d: DiskSpec) -> bool:
-    """Whether xend opens this disk for QEMU (every local file or device)."""
-    return bool(d.target) and d.kind != "nbd"
+    """Whether xend opens this disk for QEMU: every local raw file or device.
+
+    Image formats (qcow2, ...) keep their path: QEMU resolves a relative
+    backing file against the image's name, which for /dev/fdset/N is no
+    directory at all.  Named on the command line they are opened while
+    QEMU is still root; hot-plugged ones must be readable by its user."""
+    return bool(d.target) and d.kind != "nbd" and d.fmt == "raw"
 
 
 def open_disk(d: DiskSpec) -> int:
@@ -102,8 +107,11 @@ def fdset_path(fdset: int) -> str:
     return f"/dev/fdset/{fdset}"
 
 
-async def add_disk_fd(qmp: QmpSession, d: DiskSpec) -> int:
-    """Hand QEMU an open descriptor of *d* (QMP add-fd); returns its fdset id."""
+async def add_disk_fd(qmp: QmpSession, d: DiskSpec) -> int | None:
+    """Hand QEMU an open descriptor of *d* (QMP add-fd); returns its fdset
+    id, or None for a disk QEMU opens by path (see passes_fd)."""
+    if not passes_fd(d):
+        return None
     fd = open_disk(d)
     try:
         qmp.client.send_fd_scm(fd)

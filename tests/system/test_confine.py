@@ -100,7 +100,12 @@ def test_unprivileged_qemu_isolated_per_domain(make_host, bridge):
     host = make_host(f"(accel tcg)\n(qemu-uid-base {BASE})\n")
     a_img, b_img, c_img = disk(host, "a", b"disk-A"), disk(host, "b", b"disk-B"), disk(host, "c", b"disk-C")
     host.xm("create", str(host.config("ua", disk=[f"file:{a_img},xvdb,w"], vif=[f"bridge={bridge}"])))
-    host.xm("create", str(host.config("ub", disk=[f"file:{b_img},xvdb,w"])))
+    # A qcow2 over a relative backing file keeps its path (opened while QEMU is root).
+    disk(host, "base", b"disk-Q")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.img", "-F", "raw",
+                    str(host.root / "disks/b.qcow2")], check=True)
+    host.xm("create", str(host.config("ub", disk=[f"file:{b_img},xvdb,w",
+                                                  f"tap:qcow2:{host.root}/disks/b.qcow2,xvdc,r"])))
     rows = host.domains()
     pid_a, pid_b = qemu_pid(host, "ua"), qemu_pid(host, "ub")
     uid_a, uid_b = BASE + rows["ua"]["id"], BASE + rows["ub"]["id"]
@@ -117,6 +122,9 @@ def test_unprivileged_qemu_isolated_per_domain(make_host, bridge):
         _, rc = con.run("printf wrote-A | dd of=/dev/xvdb bs=512 count=1 conv=sync,fsync 2>/dev/null")
         assert rc == 0
     assert a_img.read_bytes()[:7] == b"wrote-A"
+    with host.console("ub") as con:
+        con.login()
+        assert read_disk(con, "xvdc", 6) == "disk-Q"
 
     # A's uid, directly: B's disk file and B's QEMU's descriptors are closed to it.
     got = as_uid(uid_a, f"""

@@ -87,3 +87,11 @@ def test_root_argv_unchanged(tmp_path):
     rt = qargv.Runtime(domid=1, run_dir=tmp_path, console_log=tmp_path / "c/guest-t.log", accel="tcg")
     a = qargv.build(dc, rt)
     assert "-runas" not in a and "-add-fd" not in a and "/x.img" in " ".join(a)
+
+
+def test_image_formats_keep_their_path(tmp_path):
+    # A qcow2's relative backing file resolves against the image's name.
+    dc = DomainConfig.from_values({"name": "t", "kernel": "/k", "memory": 64,
+                                   "disk": [f"tap:qcow2:{tmp_path}/a.qcow2,xvda,w", "nbd:host 10809,xvdb,w"]})
+    assert [confine.passes_fd(d) for d in dc.disks] == [False, False]
+    assert confine.DiskFds(dc.disks).sets == {}
