@@ -162,6 +162,10 @@ class _ApiHarness:
         self.loop.run_until_complete(self.client.start_server())
 
     def request(self, method: str, path: str, headers: dict, body: bytes):
+        # Every input starts without the session cookie an earlier
+        # POST /api/login may have left in the client's jar.
+        self.client.session.cookie_jar.clear()
+
         async def go():
             async with self.client.request(method, path, headers=headers, data=body) as r:
                 return r.status, r.headers.get("Content-Type", ""), await r.read()
