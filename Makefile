@@ -20,7 +20,7 @@ APT_PKGS := qemu-system-x86 qemu-utils busybox-static lz4 zstd xz-utils cpio e2f
 #  nodejs/npm only when no npm is present, so a NodeSource node is left alone.)
 WEB_STAMP := pyxen/web/static/vendor/.built
 
-.PHONY: all deps image web demo test unit bench clean
+.PHONY: all deps image web demo test unit bench fuzz clean
 
 all: image
 
@@ -57,6 +57,18 @@ test: image web
 
 unit: deps
 	$(PY) -m pytest -q tests/unit
+
+# Long fuzzing runs (atheris, from its PyPI wheel) of every hostile-input
+# parser, FUZZ_SECONDS each, growing a corpus per target in FUZZ_DIR;
+# findings are written there as crash-*/timeout-* files.  `make test`
+# runs the same targets for a bounded number of inputs (tests/unit/test_fuzz.py).
+FUZZ_SECONDS ?= 600
+FUZZ_DIR     ?= /var/tmp/pyxen-fuzz
+FUZZ_TARGETS := sxp xl domconfig specs xendconfig savefile api
+fuzz: deps
+	@for t in $(FUZZ_TARGETS); do mkdir -p $(FUZZ_DIR)/$$t && \
+		TMPDIR=$(FUZZ_DIR) $(PY) tests/fuzz/targets.py $$t -max_total_time=$(FUZZ_SECONDS) -timeout=20 \
+			-artifact_prefix=$(FUZZ_DIR)/$$t- $(FUZZ_DIR)/$$t || exit 1; done
 
 bench: image
 	PATH=$(BINDIR):$$PATH $(PY) -m bench

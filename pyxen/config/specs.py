@@ -308,6 +308,9 @@ def parse_xl_disk(entry: str) -> DiskSpec:
 
 
 # ---------------------------------------------------------------- CPU sets
+MAX_CPU = 4095        # Xen's largest NR_CPUS
+
+
 def parse_cpuset(spec: str, what: str = "cpus") -> set[int]:
     """'0-3,5,^1' / 'all' / 'all,^7' -> a set of CPU numbers (Xen and xl syntax)."""
     if not isinstance(spec, str):
@@ -328,6 +331,9 @@ def parse_cpuset(spec: str, what: str = "cpus") -> set[int]:
             lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
             if hi < lo:
                 raise ConfigError(f"{what}: bad CPU range {part!r} in {spec!r}")
+            if hi > MAX_CPU:
+                # Else '0-99999999999' builds a set until memory runs out (found by fuzzing).
+                raise ConfigError(f"{what}: CPU {hi} out of range 0-{MAX_CPU} in {spec!r}")
             rng = set(range(lo, hi + 1))
         (exclude if neg else include).update(rng)
     if not include and exclude:

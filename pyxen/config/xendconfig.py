@@ -56,8 +56,10 @@ OPTIONS: tuple[XendOption, ...] = (
     XendOption("xend-http-token-file", "str", "",
                "File holding the API token (default <root>/etc/xen/xend-http-token, created 0600 at start).",
                origin="pyxen"),
-    XendOption("xend-address", "str", "", "Address of the HTTP API; 'localhost' prevents remote connections, '' means all.",
-               example="localhost"),
+    XendOption("xend-address", "str", "localhost",
+               "Address of the HTTP API; '' means all interfaces.  Xen's default was ''; pyxen's is\n"
+               "localhost, so turning the TCP server on never exposes it by accident.",
+               example="''"),
     XendOption("xend-unix-server", "bool", True, "Serve the API on the Unix socket (xm needs it)."),
     XendOption("xend-unix-path", "str", "", "Unix socket path (default <root>/var/run/pyxen/xend.sock)."),
     XendOption("xend-unix-xmlrpc-server", "bool", True, "Accepted for compatibility; xm uses xend-unix-server.", origin="inert"),
@@ -126,6 +128,15 @@ OPTIONS: tuple[XendOption, ...] = (
                "Seconds a domain must have run for on_crash=restart to restart it (else it is destroyed: no crash loops).",
                origin="pyxen"),
     XendOption("qemu-binary", "str", "qemu-system-x86_64", "QEMU binary to run guests with.", origin="pyxen"),
+    XendOption("qemu-user", "str", "",
+               "Run every QEMU as this user (a name, uid or uid:gid) instead of root.  xend opens the\n"
+               "disks and creates the taps for it, so disk files can stay root-only.  '' means root.",
+               example="pyxen-qemu", origin="pyxen"),
+    XendOption("qemu-uid-base", "int", 0,
+               "Run each domain's QEMU as uid and gid qemu-uid-base + domid (a range of otherwise unused\n"
+               "ids): no QEMU can reach another domain's disks, taps or /proc entries.  0 means off;\n"
+               "it takes precedence over qemu-user.",
+               example="200000", origin="pyxen"),
     XendOption("xend-console-server", "bool", False,
                "Also export each domain's console on TCP port 9600+domid (or the domain's 'console' port).",
                origin="pyxen"),

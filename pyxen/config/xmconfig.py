@@ -122,6 +122,9 @@ def parse_xl(text: str, filename: str) -> dict:
     except SyntaxError as e:
         raise ConfigError(f"Errors were found at line {e.lineno} while processing {filename}: "
                           f"{e.msg}") from None
+    except (MemoryError, RecursionError):
+        # CPython's parser gives up on very deep nesting this way (found by fuzzing).
+        raise ConfigError(f"Errors were found while processing {filename}: nested too deeply") from None
     for node in tree.body:
         if not (isinstance(node, ast.Assign) and len(node.targets) == 1
                 and isinstance(node.targets[0], ast.Name)):
@@ -129,7 +132,8 @@ def parse_xl(text: str, filename: str) -> dict:
                               "expected KEY=VALUE")
         try:
             values[node.targets[0].id] = ast.literal_eval(node.value)
-        except ValueError:
+        except (ValueError, TypeError, RecursionError, MemoryError):
+            # TypeError: an unhashable set or dict key such as {[1]}.
             raise ConfigError(f"Errors were found at line {node.lineno} while processing {filename}: "
                               "value must be a string, number or list") from None
     return values
@@ -150,6 +154,8 @@ def evaluate(path: Path, cmd_vars: dict, declared: dict) -> dict:
         raise ConfigError(f"Unable to open config file: {filename}: {e.strerror}") from None
     try:
         code = compile(text, filename, "exec")
+    except (MemoryError, RecursionError):
+        raise ConfigError(f"Errors were found while processing {filename}: nested too deeply") from None
     except SyntaxError as e:
         try:
             values = parse_xl(text, filename)

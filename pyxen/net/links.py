@@ -67,14 +67,16 @@ def mtu(name: str) -> int | None:
         return ipr.get_links(found[0])[0].get("mtu") if found else None
 
 
-def create_tap(name: str, mac: str = BACKEND_MAC) -> None:
-    """A persistent tap *name* (QEMU attaches to it by name), down, not on any bridge."""
+def create_tap(name: str, mac: str = BACKEND_MAC, owner: tuple[int, int] | None = None) -> None:
+    """A persistent tap *name* (QEMU attaches to it by name), down, not on any
+    bridge; with *owner* (uid, gid) that unprivileged user may attach to it."""
     with IPRoute() as ipr:
         if ipr.link_lookup(ifname=name):
             # Opening an existing tap would silently share it: refuse instead.
             raise LinkError(f"host interface {name} already exists")
         try:
-            ipr.link("add", ifname=name, kind="tuntap", mode="tap")
+            extra = {"uid": owner[0], "gid": owner[1]} if owner else {}
+            ipr.link("add", ifname=name, kind="tuntap", mode="tap", **extra)
             idx = ipr.link_lookup(ifname=name)[0]
             ipr.link("set", index=idx, address=mac)
         except NetlinkError as e:

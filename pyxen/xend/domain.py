@@ -36,7 +36,7 @@ from ..hypervisor.qemu import process
 from ..hypervisor.qemu.kcache import boot_kernel
 from ..hypervisor.qemu.qmp import QmpSession, QMPError, QmpTimeout
 from ..store import StoreError
-from . import checkpoint, vtpm
+from . import checkpoint, confine, vtpm
 from .console import ConsoleRelay
 from .control import ControlChannel, ControlError
 from .errors import Conflict, InvalidRequest, XendError
@@ -101,6 +101,9 @@ class Domain:
         # QEMU's wall-clock time of the last STOP and RESUME (a migration's
         # downtime is the target's RESUME minus the source's STOP).
         self.last_runstate_change: dict[str, float] = {}
+        # (uid, gid) QEMU runs as, fixed when it starts (xend/confine.py);
+        # None: root.  Persisted: hotplug after an xend restart needs it.
+        self.qemu_ident: tuple[int, int] | None = None
 
     # ------------------------------------------------------------ identity
     @property
@@ -123,7 +126,7 @@ class Domain:
                 "start_time": self.start_time, "shutdown_reason": self.shutdown_reason,
                 "accel": self.accel, "sedf": self.sedf, "vif_devids": self.vif_devids,
                 "vif_next_devid": self.vif_next_devid, "vifs_up": sorted(self.vifs_up),
-                "job": self.job}
+                "job": self.job, "qemu_ident": list(self.qemu_ident) if self.qemu_ident else None}
 
     def persist(self, config: bool = False) -> None:
         st = self.reg.store
@@ -144,7 +147,8 @@ class Domain:
         p = self.reg.paths
         return qargv.Runtime(domid=self.domid, run_dir=p.domain_run(self.domid),
                              console_log=p.console_log_dir / f"guest-{self.name}.log",
-                             accel=self.accel, qemu=self.reg.config["qemu-binary"])
+                             accel=self.accel, qemu=self.reg.config["qemu-binary"],
+                             runas=confine.runas(self.qemu_ident))
 
     def vifs(self) -> list[tuple[int, dict]]:
         """(devid, spec) of each vif; devids are 0.. unless hotplug made gaps."""
@@ -159,6 +163,7 @@ class Domain:
         With *restore*, QEMU loads the saved state instead of booting.  In
         state ``incoming`` (a migration arriving) QEMU is left waiting for
         the stream, on the source's *machine* type."""
+        self.qemu_ident = confine.identity(self.reg.config, self.domid)
         rt = self.runtime()
         self._marks = {"start": time.monotonic()}
         if restore is not None:
@@ -187,12 +192,18 @@ class Domain:
             self.persist()
         # A fresh swtpm for a vTPM, before the QEMU that connects to it.
         await vtpm.start_fresh(self, rt)
-        argv = qargv.build(self.cfg, rt)
-        log.info("%s: starting QEMU: %s", self.name, " ".join(argv))
+        # An unprivileged QEMU gets its disks as descriptors xend opened.
+        disk_fds = confine.DiskFds(self.cfg.disks if self.qemu_ident else [])
         try:
-            self.pid = await loop.run_in_executor(None, process.start, argv, rt.pidfile, rt.qemu_log)
+            rt.disk_fds = disk_fds.sets
+            argv = qargv.build(self.cfg, rt)
+            log.info("%s: starting QEMU: %s", self.name, " ".join(argv))
+            self.pid = await loop.run_in_executor(None, process.start, argv, rt.pidfile, rt.qemu_log,
+                                                  60.0, tuple(disk_fds.fds()))
         except process.QemuStartError as e:
             raise XendError(f"QEMU failed to start domain {self.name}: {e}") from None
+        finally:
+            disk_fds.close()
         self.persist()
         faults.point("create-after-qemu-start")
         await self._connect(rt)
@@ -201,6 +212,7 @@ class Domain:
             return              # the relocation server feeds it (migration.py)
         if restore is not None:
             await self._load(restore)
+            faults.point("restore-after-load")
         else:
             await self.setup_cpus_and_memory()
         self.apply_placement(initial=True)
@@ -475,7 +487,18 @@ class Domain:
         if not live and not was_paused:
             await self.qmp.execute("stop")
         try:
-            await self.qmp.execute("dump-guest-memory", {"paging": False, "protocol": f"file:{path}"},
+            # xend creates the file and QEMU writes to the descriptor: an
+            # unprivileged QEMU (xend/confine.py) may not open dump paths.
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            except OSError as e:
+                raise XendError(f"dump of domain {self.name} failed: cannot create {path}: "
+                                f"{e.strerror}") from None
+            try:
+                await self.qmp.send_fd(fd, "pyxen-dump")
+            finally:
+                os.close(fd)
+            await self.qmp.execute("dump-guest-memory", {"paging": False, "protocol": "fd:pyxen-dump"},
                                    timeout=600)
         except QMPError as e:
             raise XendError(f"dump of domain {self.name} failed: {e}") from None
@@ -551,6 +574,7 @@ class Domain:
                     {"type": "qcode", "data": "delete"}]})
             else:
                 await self.qmp.execute("system_powerdown")
+                faults.point("shutdown-requested")
                 # Like a request left in xenstore, the shutdown stays pending:
                 # a guest still booting (no acpid yet) misses one button press,
                 # so press again until it acts or the request times out.
@@ -679,9 +703,11 @@ class Domain:
                 self._marks["sync"] = time.monotonic()
             finally:
                 os.close(fd)
+            faults.point("save-before-commit")
             # The commit point: from here an xend restart finishes the save.
             self.job["phase"] = "commit"
             self.persist()
+            faults.point("save-after-commit")
             os.replace(tmp, target)
         except BaseException as e:
             await self._save_failed(tmp, resume)
@@ -1077,16 +1103,19 @@ class Domain:
                 self.persist(config=True)
             added: list[str] = []
             try:
-                for node in qargv.disk_nodes(disk):
+                fdset = await confine.add_disk_fd(self.qmp, disk) if self.qemu_ident else None
+                for node in qargv.disk_nodes(disk, fdset):
                     await self.qmp.execute("blockdev-add", node)
                     added.append(node["node-name"])
                 await self.qmp.execute("device_add", qargv.disk_device_props(disk))
-            except (QMPError, QmpTimeout, OSError) as e:
+            except (QMPError, QmpTimeout, OSError, InvalidRequest) as e:
                 for node in reversed(added):
                     try:
                         await self.qmp.execute("blockdev-del", {"node-name": node})
                     except Exception:
                         pass
+                if self.qemu_ident:
+                    await self._drop_disk_fd(disk.vdev)
                 self.cfg.disks.remove(disk)
                 self._persist_config_quietly()
                 raise XendError(f"block-attach {disk.uname} as {disk.vdev} failed: {e}") from None
@@ -1134,9 +1163,17 @@ class Domain:
                     await self.qmp.execute("blockdev-del", {"node-name": node})
                 except (QMPError, QmpTimeout) as e:
                     log.warning("%s: blockdev-del %s: %s", self.name, node, e)
+            if self.qemu_ident:
+                await self._drop_disk_fd(disk.vdev)
             self.cfg.disks.remove(disk)
             self.persist(config=True)
             log.info("%s: detached %s (%s)", self.name, disk.vdev, disk.uname)
+
+    async def _drop_disk_fd(self, vdev: str) -> None:
+        try:
+            await confine.remove_disk_fd(self.qmp, vdev)
+        except (QMPError, QmpTimeout) as e:
+            log.warning("%s: cannot drop the descriptor of %s: %s", self.name, vdev, e)
 
     def _persist_config_quietly(self) -> None:
         try:

@@ -357,6 +357,9 @@ class Domains:
                 dom.vif_devids = []
                 dom.vifs_up = {d for d, _ in dom.vifs()}
             dom.job = rec.get("job")
+            ident = rec.get("qemu_ident")
+            if isinstance(ident, list) and len(ident) == 2:
+                dom.qemu_ident = (int(ident[0]), int(ident[1]))
             self.by_uuid[u] = dom
             dom.announced = True
             await self._adopt_one(dom)

@@ -126,7 +126,8 @@ class HostNetwork:
         name = self.vif_name(dom.domid, devid, spec)
         path, args = self.vif_script(spec)
         try:
-            await _sync(links.create_tap, name)
+            # Owned by an unprivileged QEMU's uid, so it can attach on hotplug.
+            await _sync(links.create_tap, name, links.BACKEND_MAC, getattr(dom, "qemu_ident", None))
         except LinkError as e:
             raise XendError(f"Device {devid} (vif) could not be connected. {e}") from None
         try:

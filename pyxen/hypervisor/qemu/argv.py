@@ -38,6 +38,10 @@ class Runtime:
     incoming: str | None = None
     # The control socket of the domain's swtpm (vtpm = [...]), started by xend.
     tpm_sock: Path | None = None
+    # Unprivileged QEMU (xend/confine.py): -runas uid:gid, and per disk vdev
+    # the (inherited fd, fdset id) xend opened, so QEMU never opens the path.
+    runas: str | None = None
+    disk_fds: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def qmp_sock(self) -> Path:
@@ -84,11 +88,12 @@ FILE_AIO = "threads"
 FILE_CACHE_DIRECT = False
 
 
-def disk_nodes(d: DiskSpec) -> list[dict]:
+def disk_nodes(d: DiskSpec, fdset: int | None = None) -> list[dict]:
     """The two -blockdev / blockdev-add nodes of a disk: protocol, then format.
 
     Node names come from the vdev (unique in a domain) so hotplug can name
-    them again: f-<vdev> (protocol) and d-<vdev> (format).
+    them again: f-<vdev> (protocol) and d-<vdev> (format).  With *fdset*,
+    QEMU opens the descriptor xend passed in that fdset, not the path.
     """
     proto_name, fmt_name = f"f-{d.vdev}", f"d-{d.vdev}"
     if d.kind == "nbd":
@@ -96,7 +101,8 @@ def disk_nodes(d: DiskSpec) -> list[dict]:
         proto = {"driver": "nbd", "server": {"type": "inet", "host": host, "port": port},
                  "node-name": proto_name, "read-only": d.readonly}
     else:
-        proto = {"driver": "host_device" if d.kind == "phy" else "file", "filename": d.target,
+        proto = {"driver": "host_device" if d.kind == "phy" else "file",
+                 "filename": d.target if fdset is None else f"/dev/fdset/{fdset}",
                  "node-name": proto_name, "read-only": d.readonly, "aio": FILE_AIO,
                  "cache": {"direct": FILE_CACHE_DIRECT}}
         if d.mode == "w!":
@@ -207,10 +213,17 @@ def build(cfg: DomainConfig, rt: Runtime) -> list[str]:
         if cfg.ramdisk:
             a += ["-initrd", cfg.ramdisk]
         a += ["-append", kernel_cmdline(cfg)]
+    if rt.runas:
+        # QEMU opens its command line as root, then drops to this user.
+        a += ["-runas", rt.runas]
     for d in cfg.disks:
         if not d.target:
             continue
-        for node in disk_nodes(d):
+        fdset = None
+        if d.vdev in rt.disk_fds:
+            fd, fdset = rt.disk_fds[d.vdev]
+            a += ["-add-fd", f"fd={fd},set={fdset},opaque=pyxen-disk:{d.vdev}"]
+        for node in disk_nodes(d, fdset):
             a += ["-blockdev", json.dumps(node)]
         a += ["-device", disk_device(d)]
     # NICs after the disks, in vif order, so the guest names them eth0, eth1, ...

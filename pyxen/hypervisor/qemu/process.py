@@ -22,8 +22,10 @@ class QemuStartError(RuntimeError):
     pass
 
 
-def start(argv: list[str], pidfile: Path, log: Path, timeout: float = 60.0) -> int:
-    """Run QEMU (which daemonizes) and return the daemon's pid.
+def start(argv: list[str], pidfile: Path, log: Path, timeout: float = 60.0,
+          pass_fds: tuple[int, ...] = ()) -> int:
+    """Run QEMU (which daemonizes) and return the daemon's pid.  *pass_fds*
+    are inherited by QEMU under the same numbers (its ``-add-fd`` disks).
 
     QEMU's stdout and stderr go to *log* (the argv carries ``-D`` so that a
     daemonized QEMU keeps stderr): its errors, even a crash long after start,
@@ -33,7 +35,7 @@ def start(argv: list[str], pidfile: Path, log: Path, timeout: float = 60.0) -> i
         with open(log, "ab") as out:
             start_at = out.tell()
             res = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                 timeout=timeout, start_new_session=True)
+                                 timeout=timeout, start_new_session=True, pass_fds=pass_fds)
     except FileNotFoundError:
         raise QemuStartError(f"QEMU binary not found: {argv[0]}") from None
     except subprocess.TimeoutExpired:
