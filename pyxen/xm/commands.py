@@ -582,6 +582,61 @@ def cmd_network_list(ctx, opts, args):
     return 0
 
 
+# -------------------------------------------------------------------- HVM
+@command("vncviewer", "[--print] <Domain>",
+         "Show an HVM domain's screen: run vncviewer on its VNC display, or print the address.",
+         (Opt(None, "print", "Print the display as HOST:DISPLAY (port 5900+DISPLAY) instead of "
+              "starting a viewer."),), min_args=1, max_args=1)
+def cmd_vncviewer(ctx, opts, args):
+    info = ctx.client.get(f"/api/domains/{_dom(args[0])}/vnc")
+    if "port" not in info:
+        raise XmError(f"Domain {info.get('name', args[0])} has no VNC server (set vnc=1 in its config; "
+                      "its screen is still in the web console)")
+    host = info["host"] if ":" not in info["host"] else f"[{info['host']}]"
+    addr = f"{host}:{info['port'] - 5900}"
+    if "print" in opts:
+        print(addr)
+        return 0
+    import shutil
+    viewer = shutil.which("vncviewer") or shutil.which("xtightvncviewer")
+    if viewer is None:
+        raise XmError(f"no vncviewer installed; point a VNC viewer at {addr} (port {info['port']})")
+    os.execv(viewer, [viewer, addr])
+
+
+@command("qemu-monitor", "<Domain> [Command]",
+         "The device model's monitor (QEMU's, the manual's Ctrl+Alt+2): run one command, "
+         "or read commands from the terminal until EOF or 'quit'.", min_args=1)
+def cmd_qemu_monitor(ctx, opts, args):
+    dom = args[0]
+    path = f"/api/domains/{_dom(dom)}/qemu-monitor"
+
+    def run(line: str) -> None:
+        out = ctx.client.post(path, {"command": line})["output"]
+        sys.stdout.write(out.replace("\r\n", "\n"))
+        sys.stdout.flush()
+    if len(args) > 1:
+        run(" ".join(args[1:]))
+        return 0
+    ctx.client.get(f"/api/domains/{_dom(dom)}")     # a clear error before any prompt
+    tty = sys.stdin.isatty()
+    if tty:
+        print(f"QEMU monitor of {dom} (through xend); 'quit' or Ctrl-D leaves it, the domain runs on.")
+    while True:
+        try:
+            line = input("(qemu) " if tty else "")
+        except EOFError:
+            break
+        if line.strip() in ("quit", "q", "exit"):
+            # HMP's own quit would stop QEMU; here it leaves the monitor.
+            break
+        try:
+            run(line)
+        except XmError as e:
+            print(f"Error: {e}", file=sys.stderr)
+    return 0
+
+
 # ------------------------------------------------------------------ vnets
 @command("vnet-list", "[-l|--long] [<VnetId> ...]", "List Vnets.",
          (Opt("l", "long", "List Vnets as SXP."),))
