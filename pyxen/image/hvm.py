@@ -24,6 +24,8 @@ EFI stub, so the disk boots under SeaBIOS and OVMF alike.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -121,6 +123,15 @@ def _up_to_date(out: Path, want: dict) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _locked(out: Path):
+    """One builder at a time per output directory (parallel test sessions)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def _publish(tmp: Path, out: Path, want: dict) -> None:
     os.chmod(tmp, 0o644)
     os.replace(tmp, out)
@@ -130,6 +141,11 @@ def _publish(tmp: Path, out: Path, want: dict) -> None:
 def build_disk(src: Path, out: Path, force: bool = False, size_mib: int = 0, log=print) -> Path:
     """A raw disk: MBR, one FAT16 partition with SYSLINUX, the kernel and initramfs."""
     _need("mkfs.fat", "mcopy", "syslinux")
+    with _locked(out):
+        return _build_disk(src, out, force, size_mib, log)
+
+
+def _build_disk(src: Path, out: Path, force: bool, size_mib: int, log) -> Path:
     k, i = _source(src)
     want = _manifest(out, src, "disk")
     if not force and _up_to_date(out, want):
@@ -168,6 +184,11 @@ def build_disk(src: Path, out: Path, force: bool = False, size_mib: int = 0, log
 def build_iso(src: Path, out: Path, force: bool = False, log=print) -> Path:
     """An El Torito ISO 9660 image booting the default guest with ISOLINUX."""
     _need("xorriso")
+    with _locked(out):
+        return _build_iso(src, out, force, log)
+
+
+def _build_iso(src: Path, out: Path, force: bool, log) -> Path:
     k, i = _source(src)
     want = _manifest(out, src, "iso")
     if not force and _up_to_date(out, want):
