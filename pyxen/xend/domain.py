@@ -184,7 +184,8 @@ class Domain:
         argv = qargv.build(self.cfg, rt)
         log.info("%s: starting QEMU: %s", self.name, " ".join(argv))
         try:
-            self.pid = await loop.run_in_executor(None, process.start, argv, rt.pidfile, rt.qemu_log)
+            self.pid = await loop.run_in_executor(None, process.start, argv, rt.pidfile, rt.qemu_log,
+                                                  60.0, rt.hvm.env if rt.hvm else None)
         except process.QemuStartError as e:
             raise XendError(f"QEMU failed to start domain {self.name}: {e}") from None
         self.persist()

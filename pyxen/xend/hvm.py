@@ -50,9 +50,9 @@ def prepare(dom: "Domain", rt: "Runtime") -> qhvm.HvmFacts:
         if not display:
             raise InvalidRequest(f"sdl=1 for domain {dom.name}, but there is no X display: xend has no "
                                  "$DISPLAY and the config sets no display= (use vnc=1 instead)")
-        os.environ["DISPLAY"] = str(display)   # QEMU inherits xend's environment
+        facts.env = dict(os.environ, DISPLAY=str(display))
         if h.get("xauthority"):
-            os.environ["XAUTHORITY"] = str(h["xauthority"])
+            facts.env["XAUTHORITY"] = str(h["xauthority"])
         facts.sdl = True
     if h.get("firmware") == "ovmf":
         for f in (qhvm.OVMF_CODE, qhvm.OVMF_VARS):

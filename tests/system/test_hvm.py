@@ -151,6 +151,10 @@ def test_iso_boot_d_with_vnc_password(make_host, hvm_media):
     assert port >= 5937
     version, types = rfb_hello(h, port)
     assert version.startswith(b"RFB 003.") and 2 in types and 1 not in types
+    # A restarted xend adopts the domain and still knows its display.
+    host.xend("restart")
+    assert vnc_addr(host, "hvmcd") == (h, port)
+    assert "VM status: running" in host.xm("qemu-monitor", "hvmcd", "info status").stdout
     log = (host.root / "var/log/xen/xend.log").read_text()
     assert "device_model=/usr/lib/xen/bin/qemu-dm ignored" in log
     host.xm("destroy", "hvmcd")

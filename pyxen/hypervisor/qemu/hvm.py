@@ -33,6 +33,7 @@ class HvmFacts:
     keymap: str = ""
     nvram: Path | None = None     # the domain's copy of the OVMF variable store
     sdl: bool = False
+    env: dict | None = None       # QEMU's environment when it differs from xend's (SDL's X display)
 
 
 def _opts(props: dict) -> str:

@@ -22,7 +22,8 @@ class QemuStartError(RuntimeError):
     pass
 
 
-def start(argv: list[str], pidfile: Path, log: Path, timeout: float = 60.0) -> int:
+def start(argv: list[str], pidfile: Path, log: Path, timeout: float = 60.0,
+          env: dict | None = None) -> int:
     """Run QEMU (which daemonizes) and return the daemon's pid.
 
     QEMU's stdout and stderr go to *log* (the argv carries ``-D`` so that a
@@ -33,7 +34,7 @@ def start(argv: list[str], pidfile: Path, log: Path, timeout: float = 60.0) -> i
         with open(log, "ab") as out:
             start_at = out.tell()
             res = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                 timeout=timeout, start_new_session=True)
+                                 timeout=timeout, start_new_session=True, env=env)
     except FileNotFoundError:
         raise QemuStartError(f"QEMU binary not found: {argv[0]}") from None
     except subprocess.TimeoutExpired:
