@@ -168,6 +168,8 @@ class DomainConfig:
         hvm = {}
         if builder == "hvm":
             hvm = _hvm_values(values)
+            for k, v in hvmcfg.from_vfb(_list(values, "vfb")).items():
+                hvm.setdefault(k, v)
             hvm["firmware"] = hvmcfg.firmware_of(values, kernel)
             hvmcfg.check(hvm, disks)
             if hvm.get("ne2000"):

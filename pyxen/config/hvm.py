@@ -41,6 +41,36 @@ def firmware_of(values: dict, kernel: str) -> str:
     return "ovmf" if base.startswith("ovmf") or "uefi" in base else "seabios"
 
 
+VFB_KEYS = {"vnc": int, "sdl": int, "vncdisplay": int, "vncunused": int, "vnclisten": str,
+            "vncpasswd": str, "display": str, "xauthority": str, "keymap": str}
+
+
+def from_vfb(entries: list) -> dict:
+    """Xen 3.x's vfb = ['vnc=1, vncdisplay=3, ...'] as the HVM display keys
+    (xm folded an HVM domain's vfb into its device-model settings)."""
+    out: dict = {}
+    for entry in entries:
+        if not isinstance(entry, str):
+            raise ConfigError(f"vfb: expected a string such as 'vnc=1', got {entry!r}")
+        for part in (p.strip() for p in entry.split(",")):
+            if not part:
+                continue
+            k, sep, v = (x.strip() for x in part.partition("="))
+            if not sep or k not in VFB_KEYS and k != "type":
+                raise ConfigError(f"vfb: bad entry {part!r} in {entry!r} (use vnc=1, vncdisplay=N, "
+                                  "vnclisten=ADDR, vncpasswd=PW, vncunused=0|1, sdl=1, display=, keymap=)")
+            if k == "type":      # 'type=vnc' / 'type=sdl' (3.0.x)
+                if v not in ("vnc", "sdl"):
+                    raise ConfigError(f"vfb: type must be vnc or sdl, got {v!r}")
+                out[v] = 1
+                continue
+            try:
+                out[k] = VFB_KEYS[k](v)
+            except ValueError:
+                raise ConfigError(f"vfb: {k} expects a number, got {v!r}") from None
+    return out
+
+
 def check(hvm: dict, disks: list[DiskSpec]) -> None:
     """Refuse HVM values that cannot be honoured (the key named in the error)."""
     boot = str(hvm.get("boot", "c"))

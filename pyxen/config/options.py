@@ -80,7 +80,7 @@ VARS: tuple[Var, ...] = (
     _("ioports", "list", [], "I/O port ranges to pass through.", applies=False),
     _("irq", "list", [], "IRQs to pass through.", applies=False),
     _("vscsi", "list", [], "SCSI devices to pass through.", applies=False),
-    _("vfb", "list", [], "Virtual frame buffers: 'vnc=1,...'."),
+    _("vfb", "list", [], "Virtual frame buffers: 'vnc=1,...' (HVM: its vnc*/sdl keys set the display)."),
     _("access_control", "list", [], "ACM labels.", applies=False),
     _("usb", "intorstr", None, "HVM: 1 = a USB (UHCI) controller."),
     _("usbdevice", "str", None, "HVM USB device: tablet (absolute pointer, best with VNC) or mouse."),

@@ -160,9 +160,10 @@ def test_iso_boot_d_with_vnc_password(make_host, hvm_media):
     host.xm("destroy", "hvmcd")
 
 
-def test_uefi_boot_ovmf_keeps_nvram(make_host, hvm_media):
+def test_uefi_boot_ovmf_keeps_nvram(make_host, hvm_media, tmp_path):
     """OVMF on TCG: the firmware finds no boot entry, its shell runs the
-    disk's startup.nsh, which starts the same kernel through its EFI stub."""
+    disk's startup.nsh, which starts the same kernel through its EFI stub.
+    Saved and restored, it carries on under the same firmware."""
     if not Path("/usr/share/OVMF/OVMF_CODE_4M.fd").exists():
         pytest.skip("ovmf is not installed (apt-get install ovmf)")
     host = make_host()
@@ -173,6 +174,14 @@ def test_uefi_boot_ovmf_keeps_nvram(make_host, hvm_media):
         con.login(timeout=400)
         out, rc = con.run("ls /sys/firmware/efi >/dev/null && echo efi-booted")
         assert "efi-booted" in out
+    chk = tmp_path / "uefi.chk"
+    host.xm("save", "uefi", str(chk), timeout=180)
+    assert b'"firmware":"ovmf"' in chk.read_bytes()[:4096]
+    host.xm("restore", str(chk), timeout=180)
+    with host.console("uefi") as con:
+        con.login()
+        out, rc = con.run("ls /sys/firmware/efi >/dev/null && echo still-efi")
+        assert "still-efi" in out
     host.xm("destroy", "uefi")
     # The variable store went back into the store, for the next boot.
     nvram = list((host.root / "var/lib/pyxen/state/nvram").iterdir())

@@ -80,6 +80,29 @@ def test_sxp_round_trip_keeps_every_hvm_key():
     assert back.vifs == [{"type": "ioemu", "model": "ne2k_pci"}]
 
 
+def test_vfb_gives_an_hvm_domain_its_display():
+    c = cfg(vfb=["type=vnc, vncdisplay=4, vnclisten=0.0.0.0, vncpasswd=pw"])
+    assert (c.hvm["vnc"], c.hvm["vncdisplay"], c.hvm["vnclisten"], c.hvm["vncpasswd"]) == (1, 4, "0.0.0.0", "pw")
+    assert cfg(vnc=0, vfb=["vnc=1"]).hvm["vnc"] == 0       # the explicit key wins
+    assert DomainConfig.from_sxp(c.to_sxp()).hvm == c.hvm
+    with pytest.raises(ConfigError, match="vfb: bad entry 'colour=1'"):
+        cfg(vfb=["colour=1"])
+    with pytest.raises(ConfigError, match="vfb: vncdisplay expects a number"):
+        cfg(vfb=["vncdisplay=x"])
+
+
+def test_restore_must_match_the_firmware():
+    from pyxen.xend import hvm as xhvm
+    from pyxen.xend.errors import InvalidRequest
+    xhvm.check_restore(cfg(), {"firmware": "seabios"}, "/f")
+    xhvm.check_restore(cfg(), {}, "/f")           # a file from before HVM meta existed
+    with pytest.raises(InvalidRequest, match="saved with ovmf firmware, the config asks for seabios"):
+        xhvm.check_restore(cfg(), {"firmware": "ovmf", "ovmf_code_size": 1}, "/f")
+    if qhvm.OVMF_CODE.exists():
+        with pytest.raises(InvalidRequest, match="-byte OVMF image"):
+            xhvm.check_restore(cfg(firmware="ovmf"), {"firmware": "ovmf", "ovmf_code_size": 1}, "/f")
+
+
 def test_options_table_documents_hvm_keys():
     for k in ("acpi", "apic", "pae", "boot", "cdrom", "vnc", "vncdisplay", "vncunused", "vnclisten",
               "vncpasswd", "sdl", "serial", "localtime", "stdvga", "usb", "usbdevice", "nographic",
