@@ -114,6 +114,8 @@ def cmd_create(ctx, opts, args):
                                            "paused": "paused" in opts, "notes": cfg.notes})
     if not quiet:
         print(f"Started domain {res['name']} (id={res['domid']})")
+    if cfg.builder == "hvm" and (cfg.hvm.get("vncviewer") or cfg.hvm.get("vncconsole")):
+        _start_vncviewer(ctx, res["name"])
     if "console_autoconnect" in opts:
         from .console import attach
         attach(ctx.client, res["name"])
@@ -602,6 +604,28 @@ def cmd_vncviewer(ctx, opts, args):
     if viewer is None:
         raise XmError(f"no vncviewer installed; point a VNC viewer at {addr} (port {info['port']})")
     os.execv(viewer, [viewer, addr])
+
+
+def _start_vncviewer(ctx, dom: str) -> None:
+    """vncviewer=1 / vncconsole=1: a viewer on the new domain's display, in
+    the background as Xen's xm did; without one installed, say where to look."""
+    import shutil
+    import subprocess
+    try:
+        info = ctx.client.get(f"/api/domains/{_dom(dom)}/vnc")
+    except XmError as e:
+        print(f"vncviewer: {e}", file=sys.stderr)
+        return
+    if "port" not in info:
+        print(f"vncviewer: domain {dom} has no VNC server (vnc=1)", file=sys.stderr)
+        return
+    addr = f"{info['host']}:{info['port'] - 5900}"
+    viewer = shutil.which("vncviewer") or shutil.which("xtightvncviewer")
+    if viewer is None or not os.environ.get("DISPLAY"):
+        print(f"vncviewer: no viewer to start here; the display is {addr} (port {info['port']})",
+              file=sys.stderr)
+        return
+    subprocess.Popen([viewer, addr], stdin=subprocess.DEVNULL, start_new_session=True)
 
 
 @command("qemu-monitor", "<Domain> [Command]",

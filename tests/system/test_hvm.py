@@ -8,6 +8,7 @@ VNC server spoken to, saved and restored, shut down through ACPI.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -138,8 +139,12 @@ def test_disk_boot_console_screen_vnc_monitor_save_restore_shutdown(make_host, h
 def test_iso_boot_d_with_vnc_password(make_host, hvm_media):
     host = make_host("(accel tcg)\n(vnc-listen 127.0.0.1)\n")
     cfg = hvm_config(host, "hvmcd", cdrom=str(hvm_media["iso"]), boot="dc", vnc=1, vncdisplay=37,
-                     vncpasswd="s3cret", stdvga=1, soundhw="ac97", device_model="/usr/lib/xen/bin/qemu-dm")
-    host.xm("create", str(cfg))
+                     vncpasswd="s3cret", stdvga=1, soundhw="ac97", device_model="/usr/lib/xen/bin/qemu-dm",
+                     vncviewer=1)
+    res = host.xm("create", str(cfg))
+    if not (shutil.which("vncviewer") and os.environ.get("DISPLAY")):
+        # vncviewer=1 with nothing to start: xm says where the display is.
+        assert re.search(r"no viewer to start here; the display is 127\.0\.0\.1:(\d+)", res.stderr), res.stderr
     with host.console("hvmcd") as con:
         con.login()
         out, rc = con.run("cat /proc/cmdline")
