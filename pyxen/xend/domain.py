@@ -634,7 +634,7 @@ class Domain:
         socket every HVM domain with graphics has; None for the others."""
         if self.cfg.builder != "hvm" or self.state != "running" or not hvmx.hvmcfg.graphics(self.cfg.hvm):
             return None
-        return str(self.reg.paths.domain_run(self.domid) / "vnc.sock")
+        return str(self.runtime().vnc_sock)
 
     def vnc_display(self) -> tuple[str, int] | None:
         """The user's VNC server (host, port), as xm vncviewer --print shows it."""

@@ -125,7 +125,7 @@ def device_args(cfg: DomainConfig, facts: HvmFacts, run_dir: Path, boot: dict[st
             a += ["-device", "cirrus-vga" + (f",vgamem_mb={h['videoram']}" if h.get("videoram") else "")]
         # Always a local display for xend (web console relay, screendumps
         # need none): a Unix socket only root can reach.
-        sock = str(run_dir / "vnc.sock").replace(",", ",,")
+        sock = str(run_dir / "vnc.sock").replace(",", ",,")     # = Runtime.vnc_sock
         a += ["-vnc", f"unix:{sock},id={VNC_WEB_ID}"]
         if hvmcfg.vnc_wanted(h):
             host = facts.vnc_listen
