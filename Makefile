@@ -14,13 +14,17 @@ STAMP   := $(VENV)/.pyxen-deps
 # swtpm and swtpm-tools: the software TPM 2.0 behind vtpm = [...].
 APT_PKGS := qemu-system-x86 qemu-utils busybox-static lz4 zstd xz-utils cpio e2fsprogs \
             python3-venv iproute2 procps nftables dnsmasq-base chromium \
-            nfs-ganesha nfs-ganesha-vfs swtpm swtpm-tools
+            nfs-ganesha nfs-ganesha-vfs swtpm swtpm-tools \
+            syslinux syslinux-common isolinux mtools dosfstools xorriso ovmf tesseract-ocr
+# (syslinux..xorriso: `make hvm-images` builds the HVM test disk and ISO
+#  without mounting anything; ovmf: UEFI for HVM guests; tesseract-ocr: the
+#  HVM tests read the guest's text off a screendump.)
 # (chromium: the web console's tests drive it headless through Playwright.
 #  node and npm build the front-end bundles: `make web` installs Debian's
 #  nodejs/npm only when no npm is present, so a NodeSource node is left alone.)
 WEB_STAMP := pyxen/web/static/vendor/.built
 
-.PHONY: all deps image web demo test unit bench fuzz clean
+.PHONY: all deps image hvm-images web demo test unit bench fuzz clean
 
 all: image
 
@@ -38,6 +42,12 @@ deps: $(STAMP)
 
 image: deps
 	$(VENV)/bin/pyxen-image build
+
+# A bootable disk (MBR, FAT16, SYSLINUX) and ISO (ISOLINUX) of the default
+# guest, for HVM domains: $(PYXEN_IMAGES or /var/lib/pyxen/images)/hvm/.
+hvm-images: image
+	$(VENV)/bin/pyxen-image hvm-disk
+	$(VENV)/bin/pyxen-image hvm-iso
 
 # Front-end packages (xterm.js, noVNC) from npm, pinned by web/package-lock.json,
 # bundled into the package: xend's page fetches nothing at run time.

@@ -32,6 +32,18 @@ def image() -> Path:
     return IMAGE
 
 
+@pytest.fixture(scope="session")
+def hvm_media(image) -> dict[str, Path]:
+    """The HVM boot media (``make hvm-images``; built here if missing):
+    {"disk": raw MBR disk image, "iso": El Torito ISO}.  Shared and read-only:
+    a test that writes copies the disk first."""
+    out = {"disk": IMAGES / "hvm" / "disk.img", "iso": IMAGES / "hvm" / "cdrom.iso"}
+    for what, cmd in (("disk", "hvm-disk"), ("iso", "hvm-iso")):
+        if not out[what].exists():
+            subprocess.run(["pyxen-image", cmd, "--source", str(image), "--out", str(out[what])], check=True)
+    return out
+
+
 class Host:
     def __init__(self, root: Path, image: Path, xend_config: str = "(accel tcg)\n",
                  netns: str | None = None):

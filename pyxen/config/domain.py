@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid as uuidlib
 from dataclasses import dataclass, field
 
+from . import hvm as hvmcfg
 from . import sxp
 from .errors import ConfigError
 from .options import ACTIONS, CRASH_ACTIONS
@@ -22,7 +23,7 @@ HVM_KEYS = ("device_model", "pae", "boot", "cdrom", "fda", "fdb", "localtime", "
             "serial", "monitor", "stdvga", "isa", "nographic", "soundhw", "vnc", "vncdisplay",
             "vncunused", "vncconsole", "vnclisten", "vncpasswd", "vncviewer", "sdl", "opengl",
             "display", "xauthority", "acpi", "apic", "hpet", "usb", "usbdevice", "keymap",
-            "videoram", "viridian", "ne2000", "timer_mode", "guest_os_type")
+            "videoram", "viridian", "ne2000", "timer_mode", "guest_os_type", "firmware")
 
 _RESTART_MAP = {
     "onreboot": ("destroy", "restart", "destroy"),
@@ -165,6 +166,16 @@ class DomainConfig:
         kernel = _str(values, "kernel", "")
         if builder == "linux" and not kernel:
             raise ConfigError("kernel: a kernel is required for the linux builder")
+        hvm = {}
+        if builder == "hvm":
+            hvm = _hvm_values(values)
+            for k, v in hvmcfg.from_vfb(_list(values, "vfb")).items():
+                hvm.setdefault(k, v)
+            hvm["firmware"] = hvmcfg.firmware_of(values, kernel)
+            hvmcfg.check(hvm, disks)
+            if hvm.get("ne2000"):
+                # Xen 3.0's ne2000=1: the emulated NICs are NE2000s.
+                vifs = [dict(v, model="ne2k_pci") if "model" not in v else v for v in vifs]
         return cls(
             name=name, uuid=u, builder=builder, memory=memory, maxmem=maxmem,
             vcpus=vcpus, maxvcpus=maxvcpus, cpus=cpus, on_watchdog=wd,
@@ -178,7 +189,7 @@ class DomainConfig:
             disks=disks, vifs=vifs,
             pci=[p if isinstance(p, PciSpec) else parse_pci(p) for p in _list(values, "pci")],
             vtpm=_vtpms(values),
-            hvm=_hvm_values(values) if builder == "hvm" else {},
+            hvm=hvm,
             **acts)
 
     # ------------------------------------------------------------ kernel args

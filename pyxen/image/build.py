@@ -670,7 +670,7 @@ def default_dest() -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pyxen-image",
-                                     description="Build pyxen's default guest kernel and initramfs.")
+                                     description="Build pyxen's default guest kernel and initramfs, and HVM boot media.")
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build the default guest image")
     b.add_argument("--dest", type=Path, default=None,
@@ -680,7 +680,28 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--force", action="store_true", help="rebuild even if up to date")
     b.add_argument("--kernel-deb", type=Path, default=None,
                    help="use this linux-image .deb instead of downloading one")
+    for cmd, what in (("hvm-disk", "a bootable raw disk image (MBR, FAT16, SYSLINUX)"),
+                      ("hvm-iso", "a bootable ISO (ISOLINUX)")):
+        h = sub.add_parser(cmd, help=f"build {what} of the default guest, for HVM domains")
+        h.add_argument("--source", type=Path, default=None,
+                       help="the default image's directory (default: $PYXEN_IMAGES/default)")
+        h.add_argument("--out", type=Path, default=None,
+                       help="output file (default: $PYXEN_IMAGES/hvm/%s)"
+                       % ("disk.img" if cmd == "hvm-disk" else "cdrom.iso"))
+        h.add_argument("--force", action="store_true", help="rebuild even if up to date")
     args = parser.parse_args(argv)
+    if args.command in ("hvm-disk", "hvm-iso"):
+        from . import hvm
+        src = args.source or hvm.hvm_dir().parent / "default"
+        try:
+            if args.command == "hvm-disk":
+                hvm.build_disk(src, args.out or hvm.hvm_dir() / "disk.img", force=args.force)
+            else:
+                hvm.build_iso(src, args.out or hvm.hvm_dir() / "cdrom.iso", force=args.force)
+        except hvm.MediaError as exc:
+            print(f"pyxen-image: error: {exc}", file=sys.stderr)
+            return 1
+        return 0
     try:
         build_image(args.dest or default_dest(), password=args.password, force=args.force,
                     kernel_deb=args.kernel_deb)

@@ -289,6 +289,9 @@ class Api:
             await dom.mem_max(_req_int(body, "memory"))
         elif op == "sysrq":
             await dom.sysrq(str(body.get("key", "")))
+        elif op == "qemu-monitor":
+            out = await dom.qemu_monitor(str(body.get("command", "")))
+            return web.json_response({"output": out})
         elif op == "rename":
             await dom.rename(str(body.get("name", "")))
         elif op == "pci-attach":

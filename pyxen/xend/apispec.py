@@ -20,6 +20,9 @@ OPS: dict[str, tuple[str, dict]] = {
         "wait": ("boolean", "return once the domain has gone", False)}),
     "reboot": ("Ask the guest to reboot.", {}),
     "sysrq": ("Send a magic SysRq key.", {"key": ("string", "one letter", True)}),
+    "qemu-monitor": ("Run one command of the device model's monitor (QEMU's HMP: the manual's "
+                     "Ctrl+Alt+2 console) and return its output.",
+                     {"command": ("string", "e.g. info status", True)}),
     "rename": ("Rename the domain.", {"name": ("string", "the new name", True)}),
     "mem-set": ("Set the memory target (balloon).", {"memory": ("integer", "MiB", True)}),
     "mem-max": ("Set the memory ceiling.", {"memory": ("integer", "MiB", True)}),

@@ -37,6 +37,7 @@ from ..hypervisor.qemu.kcache import boot_kernel
 from ..hypervisor.qemu.qmp import QmpSession, QMPError, QmpTimeout
 from ..store import StoreError
 from . import checkpoint, confine, vtpm
+from . import hvm as hvmx
 from .console import ConsoleRelay
 from .control import ControlChannel, ControlError
 from .errors import Conflict, InvalidRequest, XendError
@@ -104,6 +105,7 @@ class Domain:
         # (uid, gid) QEMU runs as, fixed when it starts (xend/confine.py);
         # None: root.  Persisted: hotplug after an xend restart needs it.
         self.qemu_ident: tuple[int, int] | None = None
+        self.vnc: dict | None = None           # HVM: the VNC server's {"host", "port"}
 
     # ------------------------------------------------------------ identity
     @property
@@ -184,6 +186,10 @@ class Domain:
         if self.cfg.builder == "linux":
             rt.kernel = await loop.run_in_executor(None, boot_kernel, self.cfg.kernel,
                                                    self.reg.paths.images / "cache")
+        else:
+            if restore is not None:
+                hvmx.check_restore(self.cfg, restore.meta, restore.path)
+            rt.hvm = hvmx.prepare(self, rt)
         # The vifs' host side first: QEMU opens each tap by name.  A failure
         # here leaves the taps made so far to _release (create rolls back).
         for devid, spec in self.vifs():
@@ -199,7 +205,8 @@ class Domain:
             argv = qargv.build(self.cfg, rt)
             log.info("%s: starting QEMU: %s", self.name, " ".join(argv))
             self.pid = await loop.run_in_executor(None, process.start, argv, rt.pidfile, rt.qemu_log,
-                                                  60.0, tuple(disk_fds.fds()))
+                                                  60.0, tuple(disk_fds.fds()),
+                                                  rt.hvm.env if rt.hvm else None)
         except process.QemuStartError as e:
             raise XendError(f"QEMU failed to start domain {self.name}: {e}") from None
         finally:
@@ -215,6 +222,7 @@ class Domain:
             faults.point("restore-after-load")
         else:
             await self.setup_cpus_and_memory()
+        await hvmx.after_start(self)
         self.apply_placement(initial=True)
         self.state = "running"
         self.start_time = time.time()
@@ -265,6 +273,7 @@ class Domain:
             self.paused = False
             reason = "crash" if st["status"] == "guest-panicked" else (self.shutdown_reason or "poweroff")
             asyncio.get_running_loop().create_task(self._guest_exited(reason))
+        await hvmx.query_vnc(self)
         self.apply_placement(initial=False)
         vtpm.adopt(self)
         log.info("%s: adopted QEMU pid %d (domid %d, %s)", self.name, self.pid, self.domid, st.get("status"))
@@ -635,6 +644,7 @@ class Domain:
             await self.control.close()
             self.control = None
         await vtpm.stop(self)
+        hvmx.keep_nvram(self)
         shutil.rmtree(self.reg.paths.domain_run(self.domid), ignore_errors=True)
         cgroups.remove(self.uuid)
         for devid, spec in self.vifs():
@@ -660,6 +670,23 @@ class Domain:
             await self.console.close()
         if self.control is not None:
             await self.control.close()
+
+    # ------------------------------------------------------------------ HVM
+    def vnc_address(self):
+        """Where xend's web console relay reaches the screen: the Unix VNC
+        socket every HVM domain with graphics has; None for the others."""
+        if self.cfg.builder != "hvm" or self.state != "running" or not hvmx.hvmcfg.graphics(self.cfg.hvm):
+            return None
+        return str(self.runtime().vnc_sock)
+
+    def vnc_display(self) -> tuple[str, int] | None:
+        """The user's VNC server (host, port), as xm vncviewer --print shows it."""
+        if self.vnc is None or self.state != "running":
+            return None
+        return self.vnc["host"], self.vnc["port"]
+
+    async def qemu_monitor(self, command: str) -> str:
+        return await hvmx.monitor(self, command)
 
     # ------------------------------------------------------ save / restore
     async def save(self, path: str, keep: bool = False) -> dict:
@@ -746,7 +773,7 @@ class Domain:
                 "machine": str(machine).removesuffix("-machine"), "accel": self.accel,
                 "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "host": socket.gethostname(), "domid": self.domid, "paused": self.paused,
-                "memory": self.cfg.memory}
+                "memory": self.cfg.memory, **hvmx.save_meta(self)}
 
     async def _stream_out(self, fd: int, tmp: str, offset: int) -> tuple[int, bytes]:
         """Run QEMU's outgoing migration straight into *fd* (the temp file

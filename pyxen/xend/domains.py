@@ -16,6 +16,7 @@ import time
 import stat
 from contextlib import contextmanager
 
+from ..config import hvm as hvmcfg
 from ..config import sxp
 from ..config.domain import DomainConfig
 from ..config.errors import ConfigError
@@ -178,6 +179,10 @@ class Domains:
                 raise InvalidRequest(f"disk {disk.uname}: virtual device {disk.vdev} is used twice")
             vdevs.add(disk.vdev)
             self.check_disk_target(disk)
+        if cfg.builder == "hvm":
+            cd = hvmcfg.cdrom_disk(cfg.hvm)
+            if cd is not None:
+                self.check_disk_target(cd)
         names: set[str] = set()
         taken = {self.net.vif_name(d.domid, devid, v): d.name for d in self.by_uuid.values()
                  for devid, v in d.vifs()}

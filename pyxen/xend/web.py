@@ -185,7 +185,11 @@ class Web:
             raise Conflict(f"Domain {dom.name} has no VNC display (only HVM guests have a screen)")
         ws = web.WebSocketResponse(protocols=("binary",), heartbeat=30)
         if not ws.can_prepare(request).ok:     # a plain GET asks whether there is a display
-            return web.json_response({"name": dom.name, "display": "vnc", "websocket": request.path})
+            info = {"name": dom.name, "display": "vnc", "websocket": request.path}
+            tcp = getattr(dom, "vnc_display", lambda: None)()
+            if tcp is not None:     # the domain's own VNC server, for a VNC viewer
+                info.update(host=tcp[0], port=tcp[1], vncdisplay=tcp[1] - 5900)
+            return web.json_response(info)
         return await relay_vnc(request, ws, addr)
 
 

@@ -114,6 +114,8 @@ def cmd_create(ctx, opts, args):
                                            "paused": "paused" in opts, "notes": cfg.notes})
     if not quiet:
         print(f"Started domain {res['name']} (id={res['domid']})")
+    if cfg.builder == "hvm" and (cfg.hvm.get("vncviewer") or cfg.hvm.get("vncconsole")):
+        _start_vncviewer(ctx, res["name"])
     if "console_autoconnect" in opts:
         from .console import attach
         attach(ctx.client, res["name"])
@@ -681,6 +683,83 @@ def cmd_vtpm_list(ctx, opts, args):
         if i == 0:
             print(fmt.VTPM_HEADER)
         print(fmt.vtpm_row(d))
+    return 0
+
+
+# -------------------------------------------------------------------- HVM
+@command("vncviewer", "[--print] <Domain>",
+         "Show an HVM domain's screen: run vncviewer on its VNC display, or print the address.",
+         (Opt(None, "print", "Print the display as HOST:DISPLAY (port 5900+DISPLAY) instead of "
+              "starting a viewer."),), min_args=1, max_args=1)
+def cmd_vncviewer(ctx, opts, args):
+    info = ctx.client.get(f"/api/domains/{_dom(args[0])}/vnc")
+    if "port" not in info:
+        raise XmError(f"Domain {info.get('name', args[0])} has no VNC server (set vnc=1 in its config; "
+                      "its screen is still in the web console)")
+    host = info["host"] if ":" not in info["host"] else f"[{info['host']}]"
+    addr = f"{host}:{info['port'] - 5900}"
+    if "print" in opts:
+        print(addr)
+        return 0
+    import shutil
+    viewer = shutil.which("vncviewer") or shutil.which("xtightvncviewer")
+    if viewer is None:
+        raise XmError(f"no vncviewer installed; point a VNC viewer at {addr} (port {info['port']})")
+    os.execv(viewer, [viewer, addr])
+
+
+def _start_vncviewer(ctx, dom: str) -> None:
+    """vncviewer=1 / vncconsole=1: a viewer on the new domain's display, in
+    the background as Xen's xm did; without one installed, say where to look."""
+    import shutil
+    import subprocess
+    try:
+        info = ctx.client.get(f"/api/domains/{_dom(dom)}/vnc")
+    except XmError as e:
+        print(f"vncviewer: {e}", file=sys.stderr)
+        return
+    if "port" not in info:
+        print(f"vncviewer: domain {dom} has no VNC server (vnc=1)", file=sys.stderr)
+        return
+    addr = f"{info['host']}:{info['port'] - 5900}"
+    viewer = shutil.which("vncviewer") or shutil.which("xtightvncviewer")
+    if viewer is None or not os.environ.get("DISPLAY"):
+        print(f"vncviewer: no viewer to start here; the display is {addr} (port {info['port']})",
+              file=sys.stderr)
+        return
+    subprocess.Popen([viewer, addr], stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+@command("qemu-monitor", "<Domain> [Command]",
+         "The device model's monitor (QEMU's, the manual's Ctrl+Alt+2): run one command, "
+         "or read commands from the terminal until EOF or 'quit'.", min_args=1)
+def cmd_qemu_monitor(ctx, opts, args):
+    dom = args[0]
+    path = f"/api/domains/{_dom(dom)}/qemu-monitor"
+
+    def run(line: str) -> None:
+        out = ctx.client.post(path, {"command": line})["output"]
+        sys.stdout.write(out.replace("\r\n", "\n"))
+        sys.stdout.flush()
+    if len(args) > 1:
+        run(" ".join(args[1:]))
+        return 0
+    ctx.client.get(f"/api/domains/{_dom(dom)}")     # a clear error before any prompt
+    tty = sys.stdin.isatty()
+    if tty:
+        print(f"QEMU monitor of {dom} (through xend); 'quit' or Ctrl-D leaves it, the domain runs on.")
+    while True:
+        try:
+            line = input("(qemu) " if tty else "")
+        except EOFError:
+            break
+        if line.strip() in ("quit", "q", "exit"):
+            # HMP's own quit would stop QEMU; here it leaves the monitor.
+            break
+        try:
+            run(line)
+        except XmError as e:
+            print(f"Error: {e}", file=sys.stderr)
     return 0
 
 

@@ -181,6 +181,52 @@ def test_web_console_in_browser(web_host, tmp_path):
     assert "refused GET /api/domains from 127.0.0.1: unknown or expired session" in log
 
 
+def test_hvm_screen_in_browser(web_host, hvm_media):
+    """An HVM guest's screen in the page: noVNC through xend's relay to the
+    domain's own (Unix-socket) VNC display, drawn on the canvas."""
+    h, port = web_host, web_host.port
+    base = f"http://127.0.0.1:{port}"
+    disk = h.root / "webhvm.img"
+    disk.write_bytes(hvm_media["disk"].read_bytes())
+    cfg = h.root / "etc/xen/webhvm"
+    cfg.write_text(f"name = 'webhvm'\nbuilder = 'hvm'\nkernel = '/usr/lib/xen/boot/hvmloader'\n"
+                   f"memory = 128\ndisk = ['file:{disk},ioemu:hda,w']\nserial = 'pty'\n")
+    h.xm("create", str(cfg))
+    try:
+        # The guest's kernel is writing on its text screen once SYSLINUX ran.
+        with h.console("webhvm") as con:
+            con.wait_login_prompt(180)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            try:
+                context = browser.new_context()
+                page = context.new_page()
+                page.goto(base + "/")
+                page.fill("#token", h.token)
+                page.click("#login")
+                expect(page.locator("#main-view")).to_be_visible()
+                expect(page.locator("#dom-webhvm")).to_be_visible(timeout=30_000)
+                vnc = context.new_page()
+                vnc.goto(f"{base}/ui/vnc.html?dom=webhvm")
+                expect(vnc.locator("#status")).to_have_text("connected", timeout=30_000)
+                # A VGA text screen (720x400) or more, and not blank: the
+                # kernel's messages are light text on black.
+                vnc.wait_for_function("document.querySelector('#screen canvas') && "
+                                      "document.querySelector('#screen canvas').width >= 640",
+                                      timeout=30_000)
+                vnc.wait_for_function("""() => {
+                    const c = document.querySelector('#screen canvas');
+                    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                    let lit = 0;
+                    for (let i = 0; i < d.length; i += 4) if (d[i] + d[i + 1] + d[i + 2] > 200) lit++;
+                    return lit > 500;
+                }""", timeout=60_000)
+            finally:
+                browser.close()
+    finally:
+        h.xm("destroy", "webhvm", check=False)
+
+
 def schemathesis(h, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(Path(sys.executable).parent / "schemathesis"), "run", f"http://127.0.0.1:{h.port}/api/openapi.json",
@@ -225,10 +271,10 @@ def test_schemathesis_openapi(web_host):
 def test_novnc_page_through_relay_to_qemu_vnc(tmp_path):
     """noVNC (as bundled by make web) through xend's VNC relay to a real QEMU VNC server.
 
-    No pyxen domain has a display yet (HVM guests are a later issue), so the
-    page and the relay are served here by a minimal aiohttp app using xend's
-    own static files and relay_vnc; the display is a stopped (-S) QEMU with
-    a standard VGA card and its VNC server on a Unix socket.
+    The relay alone, without xend (test_hvm_screen_in_browser covers a real
+    HVM domain): the page and the relay are served here by a minimal aiohttp
+    app using xend's own static files and relay_vnc; the display is a stopped
+    (-S) QEMU with a standard VGA card and its VNC server on a Unix socket.
     """
     import asyncio
     import threading

@@ -10,8 +10,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...config import hvm as hvmcfg
 from ...config.domain import DomainConfig
 from ...config.specs import DiskSpec, PciSpec, vif_model
+from . import hvm
 
 try:
     from .kernel import FAST_CMDLINE
@@ -42,6 +44,8 @@ class Runtime:
     # the (inherited fd, fdset id) xend opened, so QEMU never opens the path.
     runas: str | None = None
     disk_fds: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # HVM domains: firmware, display and other decisions xend made at start.
+    hvm: "hvm.HvmFacts | None" = None
 
     @property
     def qmp_sock(self) -> Path:
@@ -58,6 +62,10 @@ class Runtime:
     @property
     def qemu_log(self) -> Path:
         return self.console_log.parent.parent / f"qemu-dm-{self.console_log.stem.removeprefix('guest-')}.log"
+
+    @property
+    def vnc_sock(self) -> Path:
+        return self.run_dir / "vnc.sock"
 
     @property
     def pidfile(self) -> Path:
@@ -127,12 +135,17 @@ def netdev_props(devid: int, tap: str) -> dict:
     return {"type": "tap", "id": f"vif{devid}", "ifname": tap, "script": "no", "downscript": "no"}
 
 
-def nic_props(devid: int, spec: dict, hvm: bool = False, mtu: int | None = None) -> dict:
+def nic_props(devid: int, spec: dict, hvm: bool = False, mtu: int | None = None,
+              bootindex: int | None = None) -> dict:
     """The -device / device_add properties of vif *devid*'s NIC (its MAC is already set)."""
-    # No option ROM: guests boot from -kernel or disk, never by PXE, and the
-    # ROM costs start-up time and memory.
+    # No option ROM unless an HVM guest boots from the network (boot='n'):
+    # the ROM costs start-up time and memory.
     props = {"driver": vif_model(spec, hvm), "netdev": f"vif{devid}", "mac": spec["mac"],
-             "id": f"nic{devid}", "romfile": ""}
+             "id": f"nic{devid}"}
+    if bootindex is None:
+        props["romfile"] = ""
+    else:
+        props["bootindex"] = bootindex
     if mtu and mtu < 1500 and props["driver"] == "virtio-net-pci":
         # A smaller host side (a vnet's VXLAN) is told to a virtio guest,
         # which then uses that MTU instead of losing its large frames.
@@ -166,6 +179,8 @@ def _kv(props: dict, first: str) -> str:
 
 
 def build(cfg: DomainConfig, rt: Runtime) -> list[str]:
+    is_hvm = cfg.builder == "hvm"
+    facts = rt.hvm or hvm.HvmFacts()
     a = [rt.qemu,
          "-name", f"{cfg.name},debug-threads=on",
          # seccomp: no obsolete syscalls and no resource control from inside
@@ -173,15 +188,18 @@ def build(cfg: DomainConfig, rt: Runtime) -> list[str]:
          # -daemonize, and spawn=deny its fork, so those two stay allowed.)
          "-sandbox", "on,obsolete=deny,resourcecontrol=deny",
          "-uuid", cfg.uuid,
-         "-machine", rt.machine,
-         "-nodefaults", "-no-user-config", "-display", "none",
+         "-machine", rt.machine + (hvm.machine_suffix(cfg) if is_hvm else ""),
+         "-nodefaults", "-no-user-config", "-display", "sdl" if is_hvm and facts.sdl else "none",
          # Boot with the ceiling (maxmem); xend balloons down to 'memory'.
          "-m", f"{max(cfg.memory, cfg.maxmem or 0)}M"]
+    flags = hvm.cpu_flags(cfg, rt.accel) if is_hvm else []
     if rt.accel == "kvm":
-        a += ["-accel", "kvm", "-cpu", "host"]
+        a += ["-accel", "kvm", "-cpu", ",".join(["host"] + flags)]
     else:
         # A 64 MiB translation cache instead of the 1 GiB default per guest.
         a += ["-accel", "tcg,tb-size=64"]
+        if flags:
+            a += ["-cpu", ",".join(["qemu64"] + flags)]
     # Every vCPU up to maxvcpus exists from the start; the guest kernel brings
     # up only 'vcpus' of them (maxcpus=) and xm vcpu-set onlines/offlines the
     # rest through the control channel, as Xen's cpu/N/availability did.
@@ -216,25 +234,35 @@ def build(cfg: DomainConfig, rt: Runtime) -> list[str]:
     if rt.runas:
         # QEMU opens its command line as root, then drops to this user.
         a += ["-runas", rt.runas]
-    for d in cfg.disks:
-        if not d.target:
+    disks = hvmcfg.all_disks(cfg.disks, cfg.hvm) if is_hvm else cfg.disks
+    boot = hvm.boot_indexes(cfg, disks) if is_hvm else {}
+    if is_hvm:
+        a += hvm.firmware_args(cfg, facts)
+    for d in disks:
+        if d.target:
+            fdset = None
+            if d.vdev in rt.disk_fds:
+                fd, fdset = rt.disk_fds[d.vdev]
+                a += ["-add-fd", f"fd={fd},set={fdset},opaque=pyxen-disk:{d.vdev}"]
+            for node in disk_nodes(d, fdset):
+                a += ["-blockdev", json.dumps(node)]
+        elif not is_hvm:
             continue
-        fdset = None
-        if d.vdev in rt.disk_fds:
-            fd, fdset = rt.disk_fds[d.vdev]
-            a += ["-add-fd", f"fd={fd},set={fdset},opaque=pyxen-disk:{d.vdev}"]
-        for node in disk_nodes(d, fdset):
-            a += ["-blockdev", json.dumps(node)]
-        a += ["-device", disk_device(d)]
+        if is_hvm:
+            a += ["-device", _kv(hvm.disk_device_props(d, boot.get(f"vbd-{d.vdev}")), "driver")]
+        else:
+            a += ["-device", disk_device(d)]
     # NICs after the disks, in vif order, so the guest names them eth0, eth1, ...
-    for spec, (devid, tap, mtu) in zip(cfg.vifs, rt.nics):
+    for i, (spec, (devid, tap, mtu)) in enumerate(zip(cfg.vifs, rt.nics)):
         a += ["-netdev", _kv(netdev_props(devid, tap), "type"),
-              "-device", _kv(nic_props(devid, spec, cfg.builder == "hvm", mtu), "driver")]
+              "-device", _kv(nic_props(devid, spec, is_hvm, mtu, boot.get(f"nic{i}")), "driver")]
     # Host PCI devices (pci = [...]) through VFIO, for PV and HVM guests alike.
     for p in cfg.pci:
         a += ["-device", _kv(pci_device_props(p), "driver")]
     if rt.tpm_sock is not None:
         a += tpm_args(rt.tpm_sock)
+    if is_hvm:
+        a += hvm.device_args(cfg, facts, rt.run_dir, boot)
     if rt.incoming:
         a += ["-incoming", rt.incoming]
     # -D keeps a daemonized QEMU's stderr open (it would go to /dev/null):

@@ -23,9 +23,10 @@ class QemuStartError(RuntimeError):
 
 
 def start(argv: list[str], pidfile: Path, log: Path, timeout: float = 60.0,
-          pass_fds: tuple[int, ...] = ()) -> int:
+          pass_fds: tuple[int, ...] = (), env: dict | None = None) -> int:
     """Run QEMU (which daemonizes) and return the daemon's pid.  *pass_fds*
-    are inherited by QEMU under the same numbers (its ``-add-fd`` disks).
+    are inherited by QEMU under the same numbers (its ``-add-fd`` disks);
+    *env* replaces its environment when given.
 
     QEMU's stdout and stderr go to *log* (the argv carries ``-D`` so that a
     daemonized QEMU keeps stderr): its errors, even a crash long after start,
@@ -35,7 +36,8 @@ def start(argv: list[str], pidfile: Path, log: Path, timeout: float = 60.0,
         with open(log, "ab") as out:
             start_at = out.tell()
             res = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                 timeout=timeout, start_new_session=True, pass_fds=pass_fds)
+                                 timeout=timeout, start_new_session=True, pass_fds=pass_fds,
+                                 env=env)
     except FileNotFoundError:
         raise QemuStartError(f"QEMU binary not found: {argv[0]}") from None
     except subprocess.TimeoutExpired:
