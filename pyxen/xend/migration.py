@@ -41,6 +41,7 @@ from ..config.errors import ConfigError
 from ..pki import PkiError, TlsFiles, peer_name
 from ..store import StoreError
 from . import relocproto as rp
+from . import hvm as hvmx
 from .errors import Conflict, InvalidRequest, XendError
 
 log = logging.getLogger("pyxen.domain.migrate")
@@ -218,7 +219,8 @@ class Outgoing:
         dom = self.dom
         meta = await dom._save_meta()
         req = rp.Receive(config=dom.cfg.to_sxp(), accel=dom.accel, machine=meta["machine"],
-                         qemu=meta["qemu"], live=self.live, host=socket.gethostname())
+                         qemu=meta["qemu"], live=self.live, host=socket.gethostname(),
+                         paused=not self.resume)
         dom.job["phase"] = "prepare"
         reply = await _run(self.link.request, req.to_msg(), "domid", PREPARE_TIMEOUT)
         self.stats["target_domid"] = _value(reply, "domid")
@@ -522,7 +524,7 @@ class Incoming:
             await self._try_send(rp.err(getattr(e, "code", "refused"), str(e)))
             return
         try:
-            await self._receive()
+            await self._receive(req)
         except BaseException as e:
             log.error("relocation: domain %s from %s not received: %s", cfg.name, self.peer, _describe(e))
             if self.dom is not None and self.dom.state == "incoming":
@@ -539,7 +541,7 @@ class Incoming:
         except Exception:
             pass
 
-    async def _receive(self) -> None:
+    async def _receive(self, req: rp.Receive) -> None:
         dom = self.dom
         q = dom.qmp
         a, b = _socketpair()
@@ -571,7 +573,7 @@ class Incoming:
         msg = await _run(self.link.recv, LINK_TIMEOUT)
         if msg[0] != "commit":
             raise rp.ProtocolError(f"the source did not commit ({msg[0]})")
-        await self._commit()
+        await self._commit(req.paused)
 
     async def _loaded(self) -> str | None:
         dom = self.dom
@@ -588,20 +590,24 @@ class Incoming:
                     dom._mig_status = info["status"]
         return dom._mig_status
 
-    async def _commit(self) -> None:
+    async def _commit(self, paused: bool) -> None:
         dom = self.dom
         async with dom.lock:
             # Durable before the guest runs: a restart now adopts it as a
             # running domain instead of rolling it back.
             dom.state = "running"
-            dom.paused = False
+            dom.paused = paused
             dom.start_time = time.time()
             dom.persist()
-            await dom.qmp.execute("cont")
+            await hvmx.after_start(dom)
+            if not paused:
+                await dom.qmp.execute("cont")
             await dom.refresh_vcpus()
             dom.apply_placement(initial=True)
-        resumed = dom.last_runstate_change.get("RESUME") or time.time()
+        # (QEMU's RESUME event may still be on its way: the clock right
+        # after 'cont' answered is within a millisecond of it.)
+        resumed = time.time()
         dom.announced = True
         dom.reg.emit("created", dom, migrated_from=self.peer)
         log.info("%s: arrived from %s and running (domid %d)", dom.name, self.peer, dom.domid)
-        await self._send(rp.ok("running", ["resumed", f"{resumed:.6f}"]))
+        await self._send(rp.ok("running", ["resumed", f"{resumed:.6f}"] if not paused else ["paused", 1]))

@@ -18,7 +18,7 @@ A     empty                the source gave up on the stream
 The conversation (S = source, T = target)::
 
     S: (receive (version 1) (config (vm ...)) (accel tcg) (machine pc-i440fx-7.2)
-                (qemu 7.2.0) (live 1) (host NAME))
+                (qemu 7.2.0) (live 1) (host NAME) (paused 0))
     T: (ok (domid 7))                         or (err (type T) (value MESSAGE))
     S: D D D ... E                            (or ... A)
     T: (ok loaded)                            or (err ...)
@@ -113,11 +113,12 @@ class Receive:
     qemu: str
     live: bool
     host: str
+    paused: bool = False        # paused by the user: it arrives paused
 
     def to_msg(self) -> list:
         return ["receive", ["version", VERSION], ["config", self.config], ["accel", self.accel],
                 ["machine", self.machine], ["qemu", self.qemu], ["live", int(self.live)],
-                ["host", self.host]]
+                ["host", self.host], ["paused", int(self.paused)]]
 
 
 def parse_receive(msg: list) -> Receive:
@@ -136,11 +137,12 @@ def parse_receive(msg: list) -> Receive:
     if not _MACHINE.fullmatch(machine):
         raise ProtocolError(f"bad machine type {machine!r}")
     live = str(sxp.child_value(msg, "live", "0"))
-    if live not in ("0", "1"):
-        raise ProtocolError(f"bad live flag {live!r}")
+    paused = str(sxp.child_value(msg, "paused", "0"))
+    if live not in ("0", "1") or paused not in ("0", "1"):
+        raise ProtocolError(f"bad live or paused flag {live!r} {paused!r}")
     return Receive(config=cfg, accel=accel, machine=machine,
                    qemu=str(sxp.child_value(msg, "qemu", "?"))[:32], live=live == "1",
-                   host=str(sxp.child_value(msg, "host", "?"))[:255])
+                   host=str(sxp.child_value(msg, "host", "?"))[:255], paused=paused == "1")
 
 
 def ok(*values) -> list:
