@@ -116,6 +116,16 @@ def keep_nvram(dom: "Domain") -> None:
         log.error("%s: cannot keep the UEFI variable store: %s", dom.name, e)
 
 
+def nvram_now(dom: "Domain") -> bytes:
+    """The UEFI variable store as QEMU has it now (a migration takes it along)."""
+    if dom.cfg.builder != "hvm" or dom.cfg.hvm.get("firmware") != "ovmf":
+        return b""
+    try:
+        return (dom.reg.paths.domain_run(dom.domid) / "ovmf-vars.fd").read_bytes()
+    except OSError:
+        return dom.reg.store.get(nvram_key(dom)) or b""
+
+
 def save_meta(dom: "Domain") -> dict:
     """What a restore must match: the firmware (and OVMF's flash size)."""
     if dom.cfg.builder != "hvm":

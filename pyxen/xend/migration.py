@@ -220,7 +220,7 @@ class Outgoing:
         meta = await dom._save_meta()
         req = rp.Receive(config=dom.cfg.to_sxp(), accel=dom.accel, machine=meta["machine"],
                          qemu=meta["qemu"], live=self.live, host=socket.gethostname(),
-                         paused=not self.resume)
+                         paused=not self.resume, firmware=hvmx.save_meta(dom), nvram=hvmx.nvram_now(dom))
         dom.job["phase"] = "prepare"
         reply = await _run(self.link.request, req.to_msg(), "domid", PREPARE_TIMEOUT)
         self.stats["target_domid"] = _value(reply, "domid")
@@ -518,6 +518,10 @@ class Incoming:
         log.info("relocation: receiving domain %s from %s (%s, %s)", cfg.name, req.host,
                  "live" if req.live else "paused", self.peer)
         try:
+            hvmx.check_restore(cfg, req.firmware, f"the domain from {req.host}")
+            if req.nvram:
+                # The target's QEMU starts from the source's UEFI variables.
+                self.domains.store.put(f"nvram/{cfg.uuid}", req.nvram)
             self.dom = await self.domains.prepare_incoming(cfg, req.accel, req.machine)
         except (XendError, StoreError) as e:
             log.warning("relocation: refused domain %s from %s: %s", cfg.name, self.peer, e)

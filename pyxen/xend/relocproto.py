@@ -33,13 +33,14 @@ and is parsed, never evaluated: a peer cannot make xend run code.
 
 from __future__ import annotations
 
+import base64
 import re
 import select
 import socket
 import ssl
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..config import sxp
 
@@ -114,11 +115,18 @@ class Receive:
     live: bool
     host: str
     paused: bool = False        # paused by the user: it arrives paused
+    firmware: dict = field(default_factory=dict)   # HVM: what the target must match (hvm.save_meta)
+    nvram: bytes = b""          # HVM under UEFI: the current variable store
 
     def to_msg(self) -> list:
-        return ["receive", ["version", VERSION], ["config", self.config], ["accel", self.accel],
-                ["machine", self.machine], ["qemu", self.qemu], ["live", int(self.live)],
-                ["host", self.host], ["paused", int(self.paused)]]
+        msg = ["receive", ["version", VERSION], ["config", self.config], ["accel", self.accel],
+               ["machine", self.machine], ["qemu", self.qemu], ["live", int(self.live)],
+               ["host", self.host], ["paused", int(self.paused)]]
+        if self.firmware:
+            msg.append(["firmware", *[[k, v] for k, v in sorted(self.firmware.items())]])
+        if self.nvram:
+            msg.append(["nvram", base64.b64encode(self.nvram).decode()])
+        return msg
 
 
 def parse_receive(msg: list) -> Receive:
@@ -140,7 +148,19 @@ def parse_receive(msg: list) -> Receive:
     paused = str(sxp.child_value(msg, "paused", "0"))
     if live not in ("0", "1") or paused not in ("0", "1"):
         raise ProtocolError(f"bad live or paused flag {live!r} {paused!r}")
-    return Receive(config=cfg, accel=accel, machine=machine,
+    firmware = {}
+    fw = sxp.child(msg, "firmware")
+    if fw is not None:
+        for item in fw[1:]:
+            if not (isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item)):
+                raise ProtocolError("bad (firmware ...) entry")
+            firmware[item[0]] = int(item[1]) if item[1].isdigit() else item[1]
+    nvram = sxp.child_value(msg, "nvram", "")
+    try:
+        nvram = base64.b64decode(str(nvram), validate=True) if nvram else b""
+    except ValueError:
+        raise ProtocolError("bad (nvram ...): not base64") from None
+    return Receive(config=cfg, accel=accel, machine=machine, firmware=firmware, nvram=nvram,
                    qemu=str(sxp.child_value(msg, "qemu", "?"))[:32], live=live == "1",
                    host=str(sxp.child_value(msg, "host", "?"))[:255], paused=paused == "1")
 

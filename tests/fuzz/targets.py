@@ -5,7 +5,8 @@
 Targets: sxp, xl (xl.cfg syntax -> DomainConfig.from_values), domconfig
 (SXP -> DomainConfig.from_sxp -> SXP round trip), specs (disk, xl disk,
 vif, pci, cpus, rate), xendconfig (xend-config.sxp), savefile (a save
-file's header) and api (HTTP requests, JSON bodies and credentials through
+file's header), relocation (what a migration peer sends, through the
+relocation Link) and api (HTTP requests, JSON bodies and credentials through
 xend's real aiohttp application with a stub that never starts QEMU).
 
 Each input must end in a value or the parser's own clean error
@@ -28,6 +29,7 @@ with atheris.instrument_imports():
     from pyxen.config.errors import ConfigError
     from pyxen.config import specs
     from pyxen.config.xendconfig import XendConfig, XendConfigError
+    from pyxen.xend import relocproto
 
 # ------------------------------------------------------------------ config
 
@@ -239,7 +241,40 @@ def fuzz_api(data: bytes) -> None:
         json.loads(payload)
 
 
-TARGETS = {"sxp": fuzz_sxp, "xl": fuzz_xl, "domconfig": fuzz_domconfig, "specs": fuzz_specs,
+def fuzz_relocation(data: bytes) -> None:
+    """What a peer can send the relocation server: bytes on the connection,
+    read by xend's own Link (frames, control messages, the (receive ...)
+    request and the domain config in it)."""
+    import socket
+    data = data[:60000]                  # fits a socketpair's buffer: no writer thread
+    a, b = socket.socketpair()
+    try:
+        b.sendall(data)
+        b.shutdown(socket.SHUT_WR)
+        link = relocproto.Link(a, timeout=2)
+        while True:
+            try:
+                msg = link.recv()
+            except relocproto.ProtocolError:
+                return
+            try:
+                relocproto.check_reply(msg)
+            except (relocproto.ProtocolError, relocproto.PeerError):
+                pass
+            try:
+                req = relocproto.parse_receive(msg)
+            except relocproto.ProtocolError:
+                continue
+            try:
+                DomainConfig.from_sxp(req.config)
+            except (ConfigError, sxp.SxpError):
+                pass
+    finally:
+        a.close()
+        b.close()
+
+
+TARGETS = {"relocation": fuzz_relocation, "sxp": fuzz_sxp, "xl": fuzz_xl, "domconfig": fuzz_domconfig, "specs": fuzz_specs,
            "xendconfig": fuzz_xendconfig, "savefile": fuzz_savefile, "api": fuzz_api}
 
 

@@ -227,3 +227,78 @@ def test_ten_round_trips_leak_nothing(pair, lab):
     with a.console("pingpong") as con:
         con.login()
         assert last(con.run("echo ok")) == "ok"
+
+
+def test_hvm_guest_live_migrates(pair, hvm_media, tmp_path):
+    """Beyond Xen 3.0: an HVM guest (SeaBIOS, IDE disk, emulated NIC, VNC)
+    moves live; its disk is on storage both hosts see (here: one file)."""
+    from test_hvm import hvm_config, screen_text
+    a, b = pair()
+    disk = tmp_path / "hvm-disk.img"
+    import shutil
+    shutil.copy(hvm_media["disk"], disk)
+    for h in (a, b):
+        hvm_config(h, "hvmmig", disk=[f"file:{disk},ioemu:hda,w"], vif=["type=ioemu,bridge=xenbr0,model=e1000"],
+                   vnc=1, vncunused=1, boot="c")
+    a.xm("create", str(a.root / "etc/xen/hvmmig"))
+    with a.console("hvmmig") as con:
+        con.login()
+        con.run("hvmvar=kept")
+    migrate(a, "hvmmig", B_IP, "--live")
+    assert "hvmmig" not in a.domains() and a.qemu_pids() == []
+    with b.console("hvmmig") as con:
+        con.send("\r")
+        assert last(con.run("echo $hvmvar")) == "kept"
+        con.run("echo MIGRATED SCREEN OK > /dev/tty0")
+    assert "MIGRATED SCREEN OK" in " ".join(screen_text(b, "hvmmig", tmp_path).upper().split())
+    assert b.xm("vncviewer", "--print", "hvmmig").stdout.strip()
+
+
+def test_vtpm_state_travels_with_the_domain(pair):
+    from test_vtpm import DIGEST, EXTENDED, PCR, pcr_extend, pcr_value, swtpm_pids
+    a, b = pair()
+    create(a, "tpmmig", vtpm=["instance=3,backend=0"])
+    with a.console("tpmmig") as con:
+        con.login()
+        pcr_extend(con, PCR, DIGEST)
+        assert pcr_value(con, PCR) == EXTENDED
+    migrate(a, "tpmmig", B_IP, "--live")
+    assert swtpm_pids(a) == [] and len(swtpm_pids(b)) == 1
+    with b.console("tpmmig") as con:
+        con.send("\r")
+        assert pcr_value(con, PCR) == EXTENDED
+
+
+@pytest.mark.parametrize("side, point, where", [
+    # Before the commit point the source rolls back: the guest runs on there.
+    ("source", "migrate-source-prepared", "running on A"),
+    ("target", "migrate-target-receiving", "running on A"),
+    # Past it nobody can know whether the target runs the guest: the source
+    # keeps it paused; the target, which never got to run it, drops it.
+    ("source", "migrate-source-commit", "paused on A"),
+    ("target", "migrate-target-loaded", "paused on A"),
+])
+def test_xend_killed_mid_migration_leaves_one_consistent_domain(pair, lab, side, point, where):
+    a, b = pair()
+    create(a, "faulty")
+    h = a if side == "source" else b
+    h.xend("stop")
+    h.env["PYXEN_FAULTS"] = point
+    h.xend("start")
+    del h.env["PYXEN_FAULTS"]
+    res = migrate(a, "faulty", B_IP, "--live", check=False)
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    poll(lambda: h.xend("status", check=False).returncode == 3, 30, what="xend to die at the fault")
+    h.xend("start")
+    rows_a, rows_b = a.domains(), b.domains()
+    assert "faulty" not in rows_b and b.qemu_pids() == [] and state_files(b) == []
+    assert taps(lab, lab.spaces[1]) == []
+    state = "--p---" if where == "paused on A" else None
+    assert len(a.qemu_pids()) == 1 and len(state_files(a)) == 2
+    if state:
+        assert rows_a["faulty"]["state"] == state
+        a.xm("unpause", "faulty")
+    assert a.domains()["faulty"]["state"] in ("r-----", "-b----")
+    with a.console("faulty") as con:
+        con.login()
+        assert last(con.run("echo fine")) == "fine"

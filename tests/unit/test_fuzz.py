@@ -15,7 +15,7 @@ import pytest
 TARGETS = Path(__file__).resolve().parents[1] / "fuzz" / "targets.py"
 # Inputs per target per `make test`: a few seconds each on this machine.
 RUNS = {"sxp": 5000, "xl": 3000, "domconfig": 3000, "specs": 5000, "xendconfig": 3000, "savefile": 3000,
-        "api": 2000}
+        "api": 2000, "relocation": 3000}
 
 
 @pytest.mark.parametrize("target", sorted(RUNS))

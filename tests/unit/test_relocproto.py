@@ -1,0 +1,160 @@
+"""The relocation protocol's framing, messages and stream pumps (pure parts
+and the Link over a socketpair; the end-to-end tests are in
+tests/system/test_migrate.py)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from pyxen.config import sxp
+from pyxen.xend import relocproto as rp
+
+CFG = ["vm", ["name", "g"], ["memory", "128"], ["uuid", "6f1c7a3e-4a0b-4a39-9d2f-2e4d6c1b0a55"]]
+
+
+def test_receive_round_trip():
+    req = rp.Receive(config=CFG, accel="tcg", machine="pc-i440fx-7.2", qemu="7.2.0", live=True,
+                     host="hosta", paused=True, firmware={"firmware": "ovmf", "ovmf_code_size": 2 ** 21},
+                     nvram=bytes(range(256)) * 4)
+    msg = rp.decode_msg(rp.encode_msg(req.to_msg())[rp.HEADER.size:])
+    assert rp.parse_receive(msg) == req
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda m: m.__setitem__(1, ["version", 9]), "version"),
+    (lambda m: m.__setitem__(2, ["config", "x"]), "config"),
+    (lambda m: m.__setitem__(3, ["accel", "xen"]), "accelerator"),
+    (lambda m: m.__setitem__(4, ["machine", "pc,accel=kvm"]), "machine"),
+    (lambda m: m.__setitem__(6, ["live", "2"]), "flag"),
+    (lambda m: m.append(["nvram", "***"]), "base64"),
+    (lambda m: m.append(["firmware", ["a"]]), "firmware"),
+])
+def test_bad_receive_requests(change, needle):
+    msg = rp.Receive(CFG, "tcg", "pc", "7.2.0", False, "h").to_msg()
+    change(msg)
+    with pytest.raises(rp.ProtocolError, match=needle):
+        rp.parse_receive(msg)
+
+
+def test_headers():
+    assert rp.parse_header(rp.frame(rp.DATA, b"xy")[:5]) == (rp.DATA, 2)
+    for bad, needle in ((b"Z\0\0\0\0", "unknown"), (b"D\x10\0\0\x01", "data frame"),
+                        (b"C\x10\0\0\x01", "control"), (b"E\0\0\0\x01", "payload"), (b"C\0", "truncated")):
+        with pytest.raises(rp.ProtocolError, match=needle):
+            rp.parse_header(bad)
+
+
+def test_replies():
+    assert rp.check_reply(rp.ok(["domid", 4]), "domid") == [["domid", 4]]
+    assert rp.check_reply(rp.ok("loaded"), "loaded") == ["loaded"]
+    with pytest.raises(rp.PeerError, match="no room") as e:
+        rp.check_reply(rp.err("refused", "no room"))
+    assert e.value.kind == "refused"
+    with pytest.raises(rp.ProtocolError):
+        rp.check_reply(["commit"])
+    with pytest.raises(rp.ProtocolError):
+        rp.check_reply(rp.ok("running"), "loaded")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000))
+def test_decode_any_bytes_cleanly(data):
+    try:
+        msg = rp.decode_msg(data)
+    except rp.ProtocolError:
+        return
+    assert isinstance(msg, list) and isinstance(msg[0], str)
+    try:
+        rp.parse_receive(msg)
+    except rp.ProtocolError:
+        pass
+
+
+def _pair():
+    a, b = socket.socketpair()
+    return rp.Link(a, timeout=5), rp.Link(b, timeout=5)
+
+
+def test_stream_passes_through_intact():
+    src_link, dst_link = _pair()
+    q_out, x_out = socket.socketpair()       # "source QEMU" writes into q_out
+    x_in, q_in = socket.socketpair()          # "target QEMU" reads from q_in
+    payload = os.urandom(3 << 20)
+    got = bytearray()
+
+    def qemu_source():
+        q_out.sendall(payload)
+        q_out.close()
+
+    def qemu_target():
+        while True:
+            d = q_in.recv(1 << 16)
+            if not d:
+                return
+            got.extend(d)
+
+    def target():
+        kind, problem = dst_link.pump_in(x_in)
+        x_in.close()
+        assert (kind, problem) == (rp.END, None)
+
+    threads = [threading.Thread(target=f) for f in (qemu_source, qemu_target, target)]
+    for t in threads:
+        t.start()
+    src_link.pump_out(x_out)
+    src_link.end()
+    for t in threads:
+        t.join(10)
+    assert bytes(got) == payload and src_link.sent == dst_link.sent == len(payload)
+
+
+def test_target_failure_reaches_the_source_mid_stream():
+    src_link, dst_link = _pair()
+    q_out, x_out = socket.socketpair()
+    x_in, q_in = socket.socketpair()
+    q_in.close()                               # the target QEMU died: writes fail
+    result = {}
+
+    def target():
+        result["in"] = dst_link.pump_in(x_in)
+
+    t = threading.Thread(target=target)
+    t.start()
+
+    def feed():
+        try:
+            while True:
+                q_out.sendall(b"\0" * (1 << 20))
+        except OSError:
+            pass
+    threading.Thread(target=feed, daemon=True).start()
+    with pytest.raises(rp.PeerError, match="stopped reading"):
+        src_link.pump_out(x_out)
+    src_link.end(rp.ABORT)
+    t.join(10)
+    q_out.close()
+    kind, problem = result["in"]
+    assert kind == rp.ABORT and "stopped reading" in problem
+
+
+def test_peer_silence_and_close_are_protocol_errors():
+    a, b = _pair()
+    a.sock.settimeout(0.2)
+    with pytest.raises(rp.ProtocolError, match="sent nothing"):
+        a.recv(timeout=0.2)
+    b.close()
+    with pytest.raises(rp.ProtocolError, match="closed"):
+        a.recv()
+
+
+def test_control_message_size_is_bounded():
+    a, b = _pair()
+    b.sock.sendall(rp.HEADER.pack(rp.CTRL, rp.MAX_CTRL + 1))
+    with pytest.raises(rp.ProtocolError, match="control message"):
+        a.recv()
+    assert sxp.to_string(rp.ok()) == "(ok)"
