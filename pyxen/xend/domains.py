@@ -47,6 +47,15 @@ class Domains:
         self._create_lock = asyncio.Lock()
         self.subscribers: set[asyncio.Queue] = set()
         self._reserved_macs: set[str] = set()   # handed out, not yet in a config
+        # (direction "out"/"in", result "ok"/"failed") -> count, and stream
+        # bytes per direction, since xend started (GET /metrics).
+        self.migrations: dict[tuple[str, str], int] = {}
+        self.migration_bytes: dict[str, int] = {"out": 0, "in": 0}
+
+    def count_migration(self, direction: str, ok: bool, nbytes: int = 0) -> None:
+        key = (direction, "ok" if ok else "failed")
+        self.migrations[key] = self.migrations.get(key, 0) + 1
+        self.migration_bytes[direction] += nbytes
 
     # ---------------------------------------------------------------- events
     def emit(self, kind: str, dom: Domain, **extra) -> None:

@@ -54,6 +54,11 @@ def render(domains, stats: dict) -> bytes:
             for (direction, result), count in sorted(getattr(domains, "migrations", {}).items()):
                 mig.add_metric([direction, result], count)
             yield mig
+            mb = CounterMetricFamily("pyxen_migration_stream_bytes", "Bytes of migration stream sent (out) "
+                                     "or received (in)", labels=["direction"])
+            for direction, count in sorted(getattr(domains, "migration_bytes", {}).items()):
+                mb.add_metric([direction], count)
+            yield mb
 
     reg = CollectorRegistry()
     reg.register(Collector())

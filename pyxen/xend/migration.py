@@ -180,6 +180,7 @@ class Outgoing:
                 reply = await _run(self.link.recv, LOAD_TIMEOUT)
                 rp.check_reply(reply, "loaded")
             except BaseException as e:
+                dom.reg.count_migration("out", False, self.link.sent if self.link else 0)
                 await self._roll_back(e)
                 raise self._failure(e) from None
             # The commit point: from here only the target may run the guest.
@@ -191,6 +192,7 @@ class Outgoing:
                 await _run(self.link.send, ["commit"])
                 done = rp.check_reply(await _run(self.link.recv, LINK_TIMEOUT), "running")
             except BaseException as e:
+                dom.reg.count_migration("out", False, self.link.sent)
                 await self._uncertain(e)
                 raise
         finally:
@@ -199,6 +201,7 @@ class Outgoing:
             if not committed and dom.job and dom.job.get("op") == "migrate":
                 dom.job = None
                 dom._persist_quietly()
+        dom.reg.count_migration("out", True, self.link.sent)
         resumed = _value(done, "resumed")
         stopped = dom.last_runstate_change.get("STOP")
         dom.job["phase"] = "done"
@@ -529,7 +532,9 @@ class Incoming:
             return
         try:
             await self._receive(req)
+            self.domains.count_migration("in", True, self.link.sent)
         except BaseException as e:
+            self.domains.count_migration("in", False, self.link.sent)
             log.error("relocation: domain %s from %s not received: %s", cfg.name, self.peer, _describe(e))
             if self.dom is not None and self.dom.state == "incoming":
                 await self.dom.destroy(force=True)

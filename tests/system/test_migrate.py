@@ -227,6 +227,24 @@ def test_ten_round_trips_leak_nothing(pair, lab):
     with a.console("pingpong") as con:
         con.login()
         assert last(con.run("echo ok")) == "ok"
+    # Prometheus counts them (issue 10's migration totals).
+    text = metrics(a)
+    assert 'pyxen_migrations_total{direction="out",result="ok"} 5.0' in text, text
+    assert 'pyxen_migrations_total{direction="in",result="ok"} 5.0' in text
+    assert re.search(r'pyxen_migration_stream_bytes_total\{direction="out"\} [1-9]', text)
+
+
+def metrics(host) -> str:
+    import http.client
+    import socket as so
+
+    class Unix(http.client.HTTPConnection):
+        def connect(self):
+            self.sock = so.socket(so.AF_UNIX)
+            self.sock.connect(str(host.root / "var/run/pyxen/xend.sock"))
+    c = Unix("xend")
+    c.request("GET", "/metrics")
+    return c.getresponse().read().decode()
 
 
 def test_hvm_guest_live_migrates(pair, hvm_media, tmp_path):
