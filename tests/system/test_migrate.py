@@ -161,6 +161,17 @@ def test_hosts_allow_refuses_and_logs(pair):
     assert f"refused a connection from {A_IP}" in log
 
 
+def test_target_without_the_memory_refuses_before_anything_moves(pair):
+    a, b = pair(b_extra="(dom0-min-mem 1000000)\n")
+    create(a, "big")
+    res = migrate(a, "big", B_IP, "--live", check=False)
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert "refused domain big: Not enough memory" in res.stderr, res.stderr
+    assert "big is still running here" in res.stderr
+    assert a.domains()["big"]["state"] in ("r-----", "-b----")
+    assert "big" not in b.domains() and b.qemu_pids() == [] and state_files(b) == []
+
+
 def test_tls_refuses_a_peer_from_another_ca(pair):
     a, b = pair(b_pki="foreign")
     create(a, "stay")
