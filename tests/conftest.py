@@ -136,3 +136,16 @@ def make_host(image):
 @pytest.fixture
 def host(make_host) -> Host:
     return make_host()
+
+
+@pytest.fixture
+def bridge():
+    """An isolated bridge (no uplink, no address) for guests' vifs, removed
+    afterwards.  xend stays in the host's namespaces (a netns xend would get
+    a mount namespace of its own, which the full-disk tests cannot use)."""
+    name = f"pxbr{os.getpid() % 100000}"
+    subprocess.run(["ip", "link", "add", name, "type", "bridge"], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "link", "del", name], check=False)

@@ -18,7 +18,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from qemu.qmp import ExecuteError, QMPClient
 
 from pyxen.testing.wait import poll
@@ -26,16 +25,6 @@ from pyxen.testing.wait import poll
 # Distinct per test process, so parallel runs on this machine never share uids.
 BASE = 300000 + (os.getpid() % 500) * 100
 
-
-@pytest.fixture
-def bridge():
-    """An isolated bridge (no uplink, no address) for the guests' vifs."""
-    name = f"pxcf{os.getpid() % 100000}"
-    subprocess.run(["ip", "link", "add", name, "type", "bridge"], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "link", "del", name], check=False)
 
 
 def qemu_pid(host, name: str) -> int:

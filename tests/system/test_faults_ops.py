@@ -13,22 +13,11 @@ import concurrent.futures
 import os
 import subprocess
 
-import pytest
 
 from pyxen.testing.wait import poll
 
 MAC = "00:16:3e:5a:7e:09"
 
-
-@pytest.fixture
-def bridge():
-    """An isolated bridge (no uplink, no address) for the guests' vifs."""
-    name = f"pxfo{os.getpid() % 100000}"
-    subprocess.run(["ip", "link", "add", name, "type", "bridge"], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "link", "del", name], check=False)
 
 
 def start_faulty(h, point: str) -> None:

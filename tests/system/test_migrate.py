@@ -14,10 +14,9 @@ import os
 import re
 import signal
 import subprocess
-import time
 
 import pytest
-from test_network import Lab, lab, sh  # noqa: F401  (lab is a fixture)
+from test_network import lab  # noqa: F401  (a fixture: namespaces and veths, removed afterwards)
 from pyxen.testing.wait import poll
 
 A_IP, B_IP = "10.77.0.1", "10.77.0.2"

@@ -17,8 +17,6 @@ import re
 import signal
 import subprocess
 
-import pytest
-import time
 
 from pyxen.store import FileStore
 from pyxen.testing.wait import poll
@@ -76,18 +74,6 @@ def start_counter(host, name: str, extra: str = "") -> int:
 def uuid_of(host, name: str) -> str:
     return re.search(r"\(uuid (\S+)\)", host.xm("list", "-l", name).stdout).group(1)
 
-
-@pytest.fixture
-def bridge():
-    """An isolated bridge (no uplink, no address) for the guest's vif.  xend
-    stays in the host's mount namespace, which the full-disk check needs
-    (ip netns exec would give xend a mount namespace of its own)."""
-    name = f"pxsr{os.getpid() % 100000}"
-    subprocess.run(["ip", "link", "add", name, "type", "bridge"], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "link", "del", name], check=False)
 
 
 def test_save_restore_round_trip(host, bridge, tmp_path):
