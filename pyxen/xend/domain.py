@@ -944,15 +944,26 @@ class Domain:
             except FileNotFoundError:
                 pass
         if alive:
-            await self._quietly("migrate_cancel")
-            await self._migration_settled()
-            if job.get("resume"):
-                if await self._quietly("cont") is not None:
-                    self.paused = False
-            else:
-                self.paused = True
+            await self.cancel_outgoing(bool(job.get("resume")))
         self.job = None
         self.persist()
+
+    async def cancel_outgoing(self, resume: bool) -> bool:
+        """Stop QEMU's outgoing migration (a save or a live migration being
+        rolled back), wait until it has really ended, then run the guest
+        again if it ran before (*resume*), else leave it paused.  False if
+        it should run but would not resume."""
+        await self._quietly("migrate_cancel")
+        # A migration that fails late stops the guest again: let it end
+        # before anyone resumes the guest.
+        await self._migration_settled()
+        if not resume:
+            self.paused = True
+            return True
+        if await self._quietly("cont") is not None:
+            self.paused = False
+            return True
+        return False
 
     async def _load(self, info: "checkpoint.SaveInfo") -> None:
         """Restore: QEMU (started with ``-incoming defer``) reads the stream

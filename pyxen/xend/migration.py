@@ -42,7 +42,7 @@ from ..pki import PkiError, TlsFiles, peer_name
 from ..store import StoreError
 from . import relocproto as rp
 from . import hvm as hvmx
-from .errors import Conflict, InvalidRequest, XendError
+from .errors import InvalidRequest, XendError
 
 log = logging.getLogger("pyxen.domain.migrate")
 
@@ -315,16 +315,8 @@ class Outgoing:
                 await _run(self.link.end, rp.ABORT)
             except Exception:
                 pass
-        if dom.qmp is not None and dom.pid:
-            await dom._quietly("migrate_cancel")
-            await dom._migration_settled()
-            if self.resume:
-                if await dom._quietly("cont") is not None:
-                    dom.paused = False
-                else:
-                    log.error("%s: could not resume the guest after the failed migration", dom.name)
-            else:
-                dom.paused = True
+        if dom.qmp is not None and dom.pid and not await dom.cancel_outgoing(self.resume):
+            log.error("%s: could not resume the guest after the failed migration", dom.name)
         dom.job = None
         dom._persist_quietly()
 
@@ -380,13 +372,7 @@ async def recover(dom) -> None:
     else:
         log.info("%s: migration to %s interrupted by xend's exit; rolling back", dom.name, job.get("target"))
         if alive:
-            await dom._quietly("migrate_cancel")
-            await dom._migration_settled()
-            if job.get("resume"):
-                if await dom._quietly("cont") is not None:
-                    dom.paused = False
-            else:
-                dom.paused = True
+            await dom.cancel_outgoing(bool(job.get("resume")))
     dom.job = None
     dom.persist()
 
