@@ -42,7 +42,7 @@ from ..pki import PkiError, TlsFiles, peer_name
 from ..store import StoreError
 from . import relocproto as rp
 from . import hvm as hvmx
-from .errors import InvalidRequest, XendError
+from .errors import Conflict, InvalidRequest, XendError
 
 log = logging.getLogger("pyxen.domain.migrate")
 
@@ -57,8 +57,10 @@ UNLIMITED = 1 << 40         # bytes/s: QEMU's 128 MiB/s default would cap a LAN
 SOCKBUF = 4 << 20
 
 
-class MigrationError(XendError):
-    pass
+class MigrationError(Conflict):
+    """A migration that did not happen; the message says where the domain
+    is.  (409: the request was fine, the hosts' state did not allow it.)"""
+    code = "migration_failed"
 
 
 async def _run(fn, *args):
