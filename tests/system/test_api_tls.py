@@ -65,6 +65,32 @@ def refused_and_logged(h, port, ctx, why: str) -> None:
     poll(lambda: f"refused HTTPS connection from 127.0.0.1: {why}" in log_of(h), 30, what=f"refusal '{why}' logged")
 
 
+def browser_page(port: int, user: Path) -> None:
+    """The web page in headless Chromium: with the user's certificate it
+    opens straight onto the domain list (no token); without, nothing loads."""
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import expect, sync_playwright
+
+    from test_web import CHROMIUM, CHROMIUM_ARGS
+    base = f"https://localhost:{port}"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            # Chromium does not know the pool's CA: the server check is the Python client's job above.
+            page = browser.new_context(ignore_https_errors=True, client_certificates=[{
+                "origin": base, "certPath": str(user / "client-cert.pem"),
+                "keyPath": str(user / "client-key.pem")}]).new_page()
+            page.goto(base + "/")
+            expect(page.locator("#main-view")).to_be_visible(timeout=60_000)
+            expect(page.locator("#dom-tlsvm")).to_be_visible(timeout=60_000)
+            expect(page.locator("#login-view")).to_be_hidden()
+            anon = browser.new_context(ignore_https_errors=True).new_page()
+            with pytest.raises(PlaywrightError):
+                anon.goto(base + "/", timeout=60_000)
+        finally:
+            browser.close()
+
+
 def test_https_api_with_client_certificates(make_host, tmp_path):
     port = free_port()
     h = make_host(f"(accel tcg)\n(xend-http-server yes)\n(xend-address localhost)\n(xend-port {port})\n"
@@ -116,6 +142,7 @@ def test_https_api_with_client_certificates(make_host, tmp_path):
     assert "tlsvm" in h.domains() and h.qemu_pids()
     with h.console("tlsvm") as con:        # a real guest: it boots to its login prompt
         con.wait_login_prompt(240)
+    browser_page(port, alice)
     assert call(port, "POST", "/api/domains/tlsvm/destroy", good)[0] == 200
     assert "tlsvm" not in h.domains()
     log = log_of(h)
