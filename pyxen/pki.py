@@ -17,8 +17,11 @@ file                mode    what
 
 ``pyxen ca`` makes the CA; ``pyxen cert NAME --ip ADDR`` issues a host
 certificate (for this host or, with ``--out DIR``, for another one to copy
-over).  Keys are ECDSA P-256: small, and a handshake costs well under a
-millisecond.
+over).  ``pyxen cert NAME --client --out DIR`` issues a certificate for a
+user of the HTTP API (``(xend-http-auth cert)``): ``client-cert.pem`` and
+``client-key.pem`` beside a copy of ``ca-cert.pem``, good for TLS client
+authentication only, so it can never pose as a host.  Keys are ECDSA
+P-256: small, and a handshake costs well under a millisecond.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from .store import atomic_write
 
 CA_CERT, CA_KEY = "ca-cert.pem", "ca-key.pem"
 HOST_CERT, HOST_KEY = "host-cert.pem", "host-key.pem"
+CLIENT_CERT, CLIENT_KEY = "client-cert.pem", "client-key.pem"
 VALID_DAYS = 3650
 
 
@@ -109,16 +113,48 @@ def _load_ca(directory: Path):
     return cert, key
 
 
+def _issue(ca_dir: Path, name: str, sans: list, usages: list, out: Path,
+           cert_file: str, key_file: str) -> Path:
+    """Sign a certificate for *name* with the CA in *ca_dir*; write it, its key
+    and (when *out* is elsewhere) the CA certificate into *out*."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    ca_cert, ca_key = _load_ca(ca_dir)
+    key = _key()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    b = (x509.CertificateBuilder()
+         .subject_name(_name(name)).issuer_name(ca_cert.subject)
+         .public_key(key.public_key()).serial_number(x509.random_serial_number())
+         .not_valid_before(now - datetime.timedelta(minutes=5))
+         .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
+         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True))
+    if sans:
+        b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = (b.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / key_file, _pem_key(key), 0o600)
+    atomic_write(out / cert_file, _pem_cert(cert), 0o644)
+    if out.resolve() != ca_dir.resolve():
+        atomic_write(out / CA_CERT, _pem_cert(ca_cert), 0o644)
+    return out / cert_file
+
+
+def _check_name(name: str, what: str) -> None:
+    if not name or any(c.isspace() for c in name):
+        raise PkiError(f"invalid {what} name {name!r}")
+
+
 def make_host_cert(ca_dir: Path, name: str, ips: list[str] = (), dns: list[str] = (),
                    out: Path | None = None) -> Path:
     """Issue a certificate for host *name* (also valid for *ips* and *dns*
     names), signed by the CA in *ca_dir*; written with the CA certificate
     into *out* (default *ca_dir*)."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
     from cryptography.x509.oid import ExtendedKeyUsageOID
-    if not name or any(c.isspace() for c in name):
-        raise PkiError(f"invalid host name {name!r}")
+    _check_name(name, "host")
     sans: list = []
     for n in [name, *dns]:
         try:
@@ -130,30 +166,22 @@ def make_host_cert(ca_dir: Path, name: str, ips: list[str] = (), dns: list[str] 
             sans.append(x509.IPAddress(ipaddress.ip_address(ip)))
         except ValueError:
             raise PkiError(f"--ip {ip}: not an IP address") from None
-    ca_cert, ca_key = _load_ca(ca_dir)
-    key = _key()
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder()
-            .subject_name(_name(name)).issuer_name(ca_cert.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            # One certificate per host, used both to serve (a migration
-            # arriving) and as a client (a migration leaving).
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                                  ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    out = out or ca_dir
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / HOST_KEY, _pem_key(key), 0o600)
-    atomic_write(out / HOST_CERT, _pem_cert(cert), 0o644)
-    if out.resolve() != ca_dir.resolve():
-        atomic_write(out / CA_CERT, _pem_cert(ca_cert), 0o644)
-    return out / HOST_CERT
+    # One certificate per host, used both to serve (a migration arriving,
+    # the HTTPS API) and as a client (a migration leaving).
+    return _issue(ca_dir, name, sans, [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+                  out or ca_dir, HOST_CERT, HOST_KEY)
+
+
+def make_client_cert(ca_dir: Path, name: str, out: Path) -> Path:
+    """Issue a certificate for API user *name* (its common name), signed by
+    the CA in *ca_dir*, into *out* as client-cert.pem / client-key.pem with
+    the CA certificate.  clientAuth only: TLS refuses it as a server's
+    certificate, so a user's certificate cannot impersonate a host."""
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+    _check_name(name, "client")
+    if out.resolve() == ca_dir.resolve():
+        raise PkiError(f"--out {out}: that is the host's own pki directory; give the user's own directory")
+    return _issue(ca_dir, name, [], [ExtendedKeyUsageOID.CLIENT_AUTH], out, CLIENT_CERT, CLIENT_KEY)
 
 
 @dataclass(frozen=True)
@@ -168,29 +196,40 @@ class TlsFiles:
         return cls(Path(ca) if ca else d / CA_CERT, Path(cert) if cert else d / HOST_CERT,
                    Path(key) if key else d / HOST_KEY)
 
-    def check(self) -> None:
-        for what, p in (("CA certificate", self.ca), ("host certificate", self.cert), ("host key", self.key)):
+    def check(self, need_ca: bool = True) -> None:
+        make_ca = "create the CA with `pyxen ca`, or copy the pool's ca-cert.pem there"
+        make_cert = "make them with `pyxen cert NAME --ip ADDR`"
+        for what, p, how in (("CA certificate", self.ca, make_ca), ("host certificate", self.cert, make_cert),
+                             ("host key", self.key, make_cert)):
+            if what.startswith("CA") and not need_ca:
+                continue
             if not p.is_file():
-                raise PkiError(f"TLS {what} {p} does not exist (make them with `pyxen ca` and `pyxen cert`)")
+                raise PkiError(f"TLS {what} {p} does not exist ({how})")
             if not os.access(p, os.R_OK):
                 raise PkiError(f"TLS {what} {p} is not readable")
 
-    def _context(self, purpose) -> ssl.SSLContext:
-        self.check()
+    def _context(self, purpose, verify: bool = True) -> ssl.SSLContext:
+        self.check(need_ca=verify)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if purpose is ssl.Purpose.CLIENT_AUTH
                              else ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
         try:
-            ctx.load_verify_locations(cafile=str(self.ca))
+            if verify:
+                ctx.load_verify_locations(cafile=str(self.ca))
             ctx.load_cert_chain(str(self.cert), str(self.key))
         except (ssl.SSLError, OSError) as e:
-            raise PkiError(f"cannot load TLS files ({self.cert}, {self.key}, {self.ca}): {e}") from None
+            files = ", ".join(str(f) for f in ((self.cert, self.key, self.ca) if verify else (self.cert, self.key)))
+            raise PkiError(f"cannot load TLS files ({files}): {e}") from None
         # Both ends prove who they are: the CA is the pool's only trust anchor.
-        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE
         return ctx
 
-    def server_context(self) -> ssl.SSLContext:
-        ctx = self._context(ssl.Purpose.CLIENT_AUTH)
+    def server_context(self, verify_clients: bool = True) -> ssl.SSLContext:
+        """A server's context; with *verify_clients* (relocation, the API's
+        cert mode) every client must show a certificate signed by the CA,
+        without it (HTTPS with a bearer token) only the server shows one and
+        the CA file is not needed."""
+        ctx = self._context(ssl.Purpose.CLIENT_AUTH, verify_clients)
         # No session tickets: nothing arrives unasked on a connection that
         # afterwards carries a strict request/reply protocol.
         ctx.num_tickets = 0
@@ -204,8 +243,12 @@ class TlsFiles:
 
 def peer_name(sock: ssl.SSLSocket) -> str:
     """The common name of the peer's (verified) certificate."""
-    cert = sock.getpeercert() or {}
-    for rdn in cert.get("subject", ()):
+    return subject_cn(sock.getpeercert())
+
+
+def subject_cn(cert: dict | None) -> str:
+    """The common name in a certificate as ``getpeercert()`` returns it."""
+    for rdn in (cert or {}).get("subject", ()):
         for k, v in rdn:
             if k == "commonName":
                 return v

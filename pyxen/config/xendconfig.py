@@ -51,8 +51,21 @@ OPTIONS: tuple[XendOption, ...] = (
     XendOption("xend-http-server", "bool", False, "Serve the HTTP API on TCP xend-address:xend-port."),
     XendOption("xend-port", "int", 8000, "TCP port of the HTTP API."),
     XendOption("xend-http-auth", "choice", "token",
-               "Authentication on the TCP HTTP API: 'token' (Authorization: Bearer <token from "
-               "xend-http-token-file>) or 'none' (only if you really mean it).", ("token", "none"), origin="pyxen"),
+               "Authentication on the TCP HTTP API: 'token' (Authorization: Bearer <token from\n"
+               "xend-http-token-file>), 'cert' (HTTPS with a client certificate signed by the pool's CA:\n"
+               "`pyxen cert NAME --client --out DIR` makes one) or 'none' (only if you really mean it).",
+               ("token", "cert", "none"), origin="pyxen"),
+    XendOption("xend-http-tls", "bool", False,
+               "Serve the TCP HTTP API over HTTPS with this host's certificate (the token then never\n"
+               "crosses the network in the clear).  Always on with (xend-http-auth cert).", origin="pyxen"),
+    XendOption("xend-http-ssl-cert-file", "str", "",
+               "The HTTPS API's certificate (default <root>/etc/xen/pki/host-cert.pem, from `pyxen cert`).",
+               origin="pyxen"),
+    XendOption("xend-http-ssl-key-file", "str", "",
+               "Its key (default <root>/etc/xen/pki/host-key.pem).", origin="pyxen"),
+    XendOption("xend-http-ca-file", "str", "",
+               "With (xend-http-auth cert): the CA client certificates must be signed by\n"
+               "(default <root>/etc/xen/pki/ca-cert.pem, from `pyxen ca`).", origin="pyxen"),
     XendOption("xend-http-token-file", "str", "",
                "File holding the API token (default <root>/etc/xen/xend-http-token, created 0600 at start).",
                origin="pyxen"),

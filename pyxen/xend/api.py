@@ -19,6 +19,7 @@ from aiohttp import WSMsgType, web
 from ..config.errors import ConfigError
 from ..config.specs import VIF_KEYS, parse_vif
 from ..hypervisor.qemu.accel import qemu_version
+from ..pki import subject_cn
 from . import apispec, host, metrics, passthrough, vtpm
 from . import web as webui
 from .console import ConsoleBusy, ConsoleClient
@@ -49,11 +50,15 @@ async def errors(request, handler):
 
 
 class Api:
-    def __init__(self, domains: Domains, log_path, ring=None, token: str | None = None):
+    def __init__(self, domains: Domains, log_path, ring=None, token: str | None = None,
+                 client_certs: bool = False):
         self.domains = domains
         self.log_path = log_path
         self.ring = ring
         self.token = token          # required on TCP connections when set
+        # (xend-http-auth cert): TCP connections arrive through TLS that
+        # verified a client certificate (httptls); checked again per request.
+        self.client_certs = client_certs
         self._qemu_version = None
         self.web = webui.Web(self)
 
@@ -93,7 +98,16 @@ class Api:
         """Unix-socket clients are root (the socket is 0600); TCP needs the token,
         or the session cookie a browser got for it from POST /api/login."""
         peer = request.transport.get_extra_info("peername") if request.transport else None
-        if isinstance(peer, tuple) and self.token is not None and not webui.is_public(request):
+        if isinstance(peer, tuple) and self.client_certs:
+            cert = request.transport.get_extra_info("peercert")
+            if not cert:
+                log.warning("refused %s %s from %s: no client certificate", request.method, request.path, peer[0])
+                return web.json_response({"error": "client certificate required", "code": "unauthorized"},
+                                         status=401)
+            if request.method != "GET":     # who changed what, for the log
+                log.info("%s %s from %s (client certificate %s)", request.method, request.path, peer[0],
+                         subject_cn(cert))
+        elif isinstance(peer, tuple) and self.token is not None and not webui.is_public(request):
             got = request.headers.get("Authorization", "")
             sid = request.cookies.get(webui.COOKIE)
             if got:
@@ -169,7 +183,7 @@ class Api:
         return web.json_response({"log": text})
 
     async def get_openapi(self, request):
-        return web.json_response(apispec.openapi())
+        return web.json_response(apispec.openapi(client_certs=self.client_certs))
 
     async def metrics(self, request):
         doms = self.domains.all()

@@ -21,7 +21,7 @@ from aiohttp import web
 from ..config.xendconfig import XendConfig
 from ..paths import Paths
 from ..store import FileStore, atomic_write
-from . import layout
+from . import httptls, layout
 from .accel import Accelerator
 from .api import Api
 from .domains import Domains
@@ -87,6 +87,9 @@ def take_lock(paths: Paths) -> int:
 
 
 async def serve(paths: Paths, cfg: XendConfig, ready) -> None:
+    # The HTTPS API's certificates first: missing files stop xend before
+    # it touches the network or any domain.
+    tls = httptls.context(cfg, paths.etc) if cfg["xend-http-server"] else None
     store = FileStore(paths.state)
     accel = Accelerator(paths, cfg, store)
     net = HostNetwork(paths, cfg, store)
@@ -104,7 +107,8 @@ async def serve(paths: Paths, cfg: XendConfig, ready) -> None:
     if cfg["xend-http-server"] and cfg["xend-http-auth"] == "token":
         token = load_token(Path(cfg["xend-http-token-file"]) if cfg["xend-http-token-file"]
                            else paths.etc / "xend-http-token")
-    api = Api(domains, paths.xend_log, RING, token)
+    cert_auth = cfg["xend-http-server"] and cfg["xend-http-auth"] == "cert"
+    api = Api(domains, paths.xend_log, RING, token, client_certs=cert_auth)
     runner = web.AppRunner(api.app(), handle_signals=False, access_log=None)
     await runner.setup()
     # xm finds the socket at the default path (or $XM_SERVER); a configured
@@ -123,14 +127,19 @@ async def serve(paths: Paths, cfg: XendConfig, ready) -> None:
     sites = [site]
     if cfg["xend-http-server"]:
         host = cfg["xend-address"] or None
-        tcp = web.TCPSite(runner, host, cfg["xend-port"])
+        tcp = httptls.TlsSite(runner, host, cfg["xend-port"], tls) if tls else web.TCPSite(
+            runner, host, cfg["xend-port"])
         await tcp.start()
         sites.append(tcp)
-        if token is None:
-            log.warning("HTTP API on TCP %s:%d WITHOUT authentication (xend-http-auth none)",
-                        host or "*", cfg["xend-port"])
+        what = "HTTPS" if tls else "HTTP"
+        if cert_auth:
+            log.info("HTTPS API on TCP %s:%d, client certificate signed by the CA required",
+                     host or "*", cfg["xend-port"])
+        elif token is None:
+            log.warning("%s API on TCP %s:%d WITHOUT authentication (xend-http-auth none)",
+                        what, host or "*", cfg["xend-port"])
         else:
-            log.info("HTTP API on TCP %s:%d, bearer token required", host or "*", cfg["xend-port"])
+            log.info("%s API on TCP %s:%d, bearer token required", what, host or "*", cfg["xend-port"])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for s in (signal.SIGTERM, signal.SIGINT):
