@@ -241,6 +241,20 @@ class TlsFiles:
         return ctx
 
 
+def is_host_cert(der: bytes | None) -> bool:
+    """Whether a (verified) peer certificate is a host's — it may serve
+    (serverAuth) — and not an API user's client-only certificate."""
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+    if not der:
+        return False
+    try:
+        eku = x509.load_der_x509_certificate(der).extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    except (ValueError, x509.ExtensionNotFound):
+        return False
+    return ExtendedKeyUsageOID.SERVER_AUTH in eku.value
+
+
 def peer_name(sock: ssl.SSLSocket) -> str:
     """The common name of the peer's (verified) certificate."""
     return subject_cn(sock.getpeercert())

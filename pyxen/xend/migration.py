@@ -38,7 +38,7 @@ from .. import faults
 from ..config import sxp
 from ..config.domain import DomainConfig
 from ..config.errors import ConfigError
-from ..pki import PkiError, TlsFiles, peer_name
+from ..pki import PkiError, TlsFiles, is_host_cert, peer_name
 from ..store import StoreError
 from . import relocproto as rp
 from . import hvm as hvmx
@@ -468,6 +468,11 @@ class RelocationServer:
             except (ssl.SSLError, OSError) as e:
                 log.warning("relocation: refused %s: TLS handshake failed: %s", peer, e)
                 conn.close()
+                return
+            if self.ctx is not None and not is_host_cert(link.sock.getpeercert(binary_form=True)):
+                # An API user's client certificate comes from the same CA,
+                # but only a host may send domains here.
+                log.warning("relocation: refused %s (%s): not a host certificate", peer, peer_name(link.sock))
                 return
             who = peer_name(link.sock) if self.ctx else "unauthenticated"
             log.info("relocation: connection from %s (%s)", peer, who)

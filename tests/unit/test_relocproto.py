@@ -158,3 +158,19 @@ def test_control_message_size_is_bounded():
     with pytest.raises(rp.ProtocolError, match="control message"):
         a.recv()
     assert sxp.to_string(rp.ok()) == "(ok)"
+
+
+def test_relocation_accepts_host_certificates_only(tmp_path):
+    """An API user's client certificate comes from the pool CA too, but the
+    relocation server takes domains from hosts only (serverAuth)."""
+    from cryptography import x509
+    from pyxen import pki
+    ca = tmp_path / "pki"
+    pki.make_ca(ca)
+    host = pki.make_host_cert(ca, "hosta", ["10.0.0.1"])
+    user = pki.make_client_cert(ca, "alice", tmp_path / "alice")
+    der = lambda p: x509.load_pem_x509_certificate(p.read_bytes()).public_bytes(  # noqa: E731
+        __import__("cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]).Encoding.DER)
+    assert pki.is_host_cert(der(host))
+    assert not pki.is_host_cert(der(user))
+    assert not pki.is_host_cert(None) and not pki.is_host_cert(b"junk")
