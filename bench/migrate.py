@@ -248,7 +248,8 @@ class RawQemu:
 
     def forget_events(self) -> None:
         """Drop the events seen so far (an arrived QEMU has its incoming
-        side's MIGRATION events queued)."""
+        side's MIGRATION and RESUME events queued)."""
+        self.cmd("query-status")        # the legacy client reads pending events only during a call
         self.qmp.get_events(wait=False)
         self.qmp.clear_events()
         self.events.clear()
@@ -458,10 +459,16 @@ class Bench:
                     src.forget_events()
                     t0 = time.monotonic()
                     src.cmd("migrate", {"uri": uri})
-                    src.wait_event("MIGRATION", lambda ev: ev["data"]["status"] in
-                                   ("completed", "failed", "cancelled"))
+                    # Polled, not from events: 'migrate' has set the new
+                    # state when it returns, so no stale state can match.
+                    deadline = time.monotonic() + 600
+                    while True:
+                        info = src.cmd("query-migrate")
+                        if info.get("status") in ("completed", "failed", "cancelled") \
+                                or time.monotonic() > deadline:
+                            break
+                        time.sleep(0.005)
                     wall = time.monotonic() - t0
-                    info = src.cmd("query-migrate")
                     if info.get("status") != "completed":
                         raise RuntimeError(f"raw QEMU migration {info.get('status')}: {info.get('error-desc')}")
                     stop = src.wait_event("STOP", timeout=10)
