@@ -469,6 +469,12 @@ class Bench:
                             break
                         time.sleep(0.005)
                     wall = time.monotonic() - t0
+                    # QEMU 7.2 sets 'completed' a moment before it fills in
+                    # total-time and downtime (0 until then): ask again.
+                    while info.get("status") == "completed" and not info.get("total-time") \
+                            and time.monotonic() < deadline:
+                        time.sleep(0.005)
+                        info = src.cmd("query-migrate")
                     if info.get("status") != "completed":
                         raise RuntimeError(f"raw QEMU migration {info.get('status')}: {info.get('error-desc')}")
                     stop = src.wait_event("STOP", timeout=10)
