@@ -1,5 +1,5 @@
 """Run every benchmark: ``python -m bench [--only NAME] [--runs N] [--json PATH]
-[--save-runs N] [--save-json PATH]``.
+[--save-runs N] [--save-json PATH] [--migrate-runs IDLE,DIRTY] [--migrate-json PATH]``.
 
 Prints a plain table per benchmark and writes each one's results as JSON
 (atomically: a temp file in the same directory, then a rename).
@@ -14,12 +14,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import boot, disk, saverestore
+from . import boot, disk, migrate, saverestore
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_JSON = RESULTS / "boot.json"
 SAVE_JSON = RESULTS / "saverestore.json"
 DISK_JSON = RESULTS / "disk.json"
+MIGRATE_JSON = RESULTS / "migrate.json"
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -41,7 +42,7 @@ def write_json(path: Path, data: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench",
                                  description="Run pyxen's benchmarks; print tables, write JSON.")
-    ap.add_argument("--only", choices=("boot", "disk", "saverestore"), help="run just this benchmark")
+    ap.add_argument("--only", choices=("boot", "disk", "saverestore", "migrate"), help="run just this benchmark")
     ap.add_argument("--runs", type=int, default=5, help="timed boots per side (default 5)")
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON,
                     help=f"where to write the boot results (default {DEFAULT_JSON})")
@@ -51,7 +52,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="timed save/restore rounds per guest size (default 3)")
     ap.add_argument("--save-json", type=Path, default=SAVE_JSON,
                     help=f"where to write the save/restore results (default {SAVE_JSON})")
+    ap.add_argument("--migrate-runs", default="3,2", metavar="IDLE,DIRTY",
+                    help="live migrations per side for idle and for dirtying guests (default 3,2)")
+    ap.add_argument("--migrate-json", type=Path, default=MIGRATE_JSON,
+                    help=f"where to write the migration results (default {MIGRATE_JSON})")
     args = ap.parse_args(argv)
+    try:
+        idle, dirty = (int(n) for n in args.migrate_runs.split(","))
+    except ValueError:
+        ap.error(f"--migrate-runs: expected two counts like 3,2, got {args.migrate_runs!r}")
+    if idle < 1 or dirty < 1:
+        ap.error("--migrate-runs counts must be at least 1")
     if args.runs < 1 or args.save_runs < 1:
         ap.error("--runs and --save-runs must be at least 1")
     progress = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
@@ -70,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         print(saverestore.format_table(result))
         write_json(args.save_json, result)
         print(f"results written to {args.save_json}")
+    if args.only in (None, "migrate"):
+        result = migrate.run({"idle": idle, "dirty": dirty}, progress=progress)
+        print(migrate.format_table(result))
+        write_json(args.migrate_json, result)
+        print(f"results written to {args.migrate_json}")
     return 0
 
 
