@@ -259,7 +259,7 @@ class Outgoing:
             dom._mig_changed.clear()
             await q.execute("migrate", {"uri": "fd:pyxen-migrate"})
             pump = asyncio.ensure_future(_run(self.link.pump_out, b))
-            await self._watch(pump, limit)
+            limit = await self._watch(pump, limit)
             await pump
             # The guest is stopped now: the end of the stream goes out at
             # once.  QEMU's MIGRATION 'completed' event normally came before
@@ -274,27 +274,22 @@ class Outgoing:
             await _run(self.link.end)
             if "qemu_total_ms" not in self.stats:
                 await self._final_status()
+            await self._report(limit)       # the last progress report, out of the downtime
         finally:
             a.close()
             b.close()
 
-    async def _watch(self, pump, limit: int) -> None:
+    async def _watch(self, pump, limit: int) -> int:
         """Report progress until the pump ends; ramp the allowed downtime
-        up when pre-copy does not converge (unless the user fixed it)."""
+        up when pre-copy does not converge (unless the user fixed it).
+        Returns the downtime limit in force at the end."""
         dom = self.dom
         passes_at_limit = 0
         while not pump.done():
             await asyncio.wait([pump], timeout=0.5)
             if pump.done():
                 break       # the switch-over: no progress query inside the downtime
-            info = await dom._quietly("query-migrate") or {}
-            ram = info.get("ram") or {}
-            passes = ram.get("dirty-sync-count", 0)
-            self._progress(status=info.get("status"), transferred=ram.get("transferred", 0),
-                           remaining=ram.get("remaining", 0), total=ram.get("total", 0),
-                           dirty_rate=ram.get("dirty-pages-rate", 0) * ram.get("page-size", 4096),
-                           passes=passes, expected_downtime_ms=info.get("expected-downtime"),
-                           downtime_limit_ms=limit)
+            passes = await self._report(limit)
             if self.live and not self.downtime and limit < MAX_RAMPED_DOWNTIME_MS \
                     and passes - passes_at_limit >= RAMP_EVERY_PASSES:
                 if passes_at_limit:
@@ -303,6 +298,19 @@ class Outgoing:
                     log.info("%s: pre-copy not converging after %d passes; allowing %d ms of downtime",
                              dom.name, passes, limit)
                 passes_at_limit = passes
+        return limit
+
+    async def _report(self, limit: int) -> int:
+        """Publish QEMU's progress; the number of passes so far."""
+        info = await self.dom._quietly("query-migrate") or {}
+        ram = info.get("ram") or {}
+        passes = ram.get("dirty-sync-count", 0)
+        self._progress(status=info.get("status"), transferred=ram.get("transferred", 0),
+                       remaining=ram.get("remaining", 0), total=ram.get("total", 0),
+                       dirty_rate=ram.get("dirty-pages-rate", 0) * ram.get("page-size", 4096),
+                       passes=passes, expected_downtime_ms=info.get("expected-downtime"),
+                       downtime_limit_ms=limit)
+        return passes
 
     async def _final_status(self) -> str | None:
         dom = self.dom
