@@ -385,9 +385,12 @@ class Domains:
             # only once the source has committed, and that sets "running".)
             log.info("%s: %s was interrupted; cleaning up", dom.name,
                      {"creating": "create", "dying": "destroy"}.get(dom.state, "incoming migration"))
-            if dom.pid and process.is_ours(dom.pid, dom.uuid):
-                process.kill(dom.pid)
-                await process.wait_exit(dom.pid, 5)
+            # xend may have died between QEMU's start and recording its
+            # pid: QEMU's own pidfile in the run dir names it then.
+            pid = dom.pid or process.read_pidfile(self.paths.domain_run(dom.domid) / "qemu.pid")
+            if pid and process.is_ours(pid, dom.uuid):
+                process.kill(pid)
+                await process.wait_exit(pid, 5)
             await dom.destroy(force=True)
             return
         try:
