@@ -176,7 +176,6 @@ class Outgoing:
         dom.job = {"op": "migrate", "phase": "connect", "target": self.where, "resume": self.resume,
                    "live": self.live}
         dom.persist()
-        committed = False
         try:
             try:
                 self.link = await _run(_connect, self.host, self.port, self.ctx)
@@ -186,15 +185,15 @@ class Outgoing:
                 faults.point("migrate-source-streamed")
                 reply = await _run(self.link.recv, LOAD_TIMEOUT)
                 rp.check_reply(reply, "loaded")
+                # The commit point: once it is on disk only the target may
+                # run the guest (a failure to record it still rolls back).
+                dom.job["phase"] = "commit"
+                dom.persist()
             except BaseException as e:
                 dom.reg.count_migration("out", False, self.link.sent if self.link else 0)
                 await self._roll_back(e)
                 raise self._failure(e) from None
-            # The commit point: from here only the target may run the guest.
-            dom.job["phase"] = "commit"
-            dom.persist()
             faults.point("migrate-source-commit")
-            committed = True
             try:
                 await _run(self.link.send, ["commit"])
                 done = rp.check_reply(await _run(self.link.recv, LINK_TIMEOUT), "running")
@@ -205,9 +204,6 @@ class Outgoing:
         finally:
             if self.link is not None:
                 await _run(self.link.close)
-            if not committed and dom.job and dom.job.get("op") == "migrate":
-                dom.job = None
-                dom._persist_quietly()
         dom.reg.count_migration("out", True, self.link.sent)
         resumed = _value(done, "resumed")
         stopped = dom.last_runstate_change.get("STOP")

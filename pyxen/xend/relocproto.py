@@ -271,7 +271,7 @@ class Link:
         return bool(r)
 
     # -- the stream, source side
-    def pump_out(self, src: socket.socket, progress=None) -> None:
+    def pump_out(self, src: socket.socket) -> None:
         """Send everything QEMU writes into *src* as D frames, until QEMU
         closes it.  A control message from the target meanwhile can only
         be an error: raised as PeerError."""
@@ -292,8 +292,6 @@ class Link:
             now = time.monotonic()
             if now - checked > 0.05:
                 checked = now
-                if progress:
-                    progress(self.sent)
                 if self.pending():
                     check_reply(self.recv())
                     raise ProtocolError("the target sent a message in the middle of the stream")
