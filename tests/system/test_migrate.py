@@ -74,6 +74,17 @@ def migrate(src, dom, dst_ip, *opts, check=True):
     return src.xm("migrate", "--progress", *opts, dom, dst_ip, check=check, timeout=600)
 
 
+def assert_refused(a, b, dom, res, why: str | None = None) -> None:
+    """A migration of *dom* from *a* to *b* that did not happen: one clean
+    error (saying *why*), the guest still running on A, nothing on B."""
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    if why is not None:
+        assert why in res.stderr, res.stderr
+    assert f"{dom} is still running here" in res.stderr, res.stderr
+    assert a.domains()[dom]["state"] in ("r-----", "-b----")
+    assert dom not in b.domains() and b.qemu_pids() == [] and state_files(b) == []
+
+
 def xend_pid(host) -> int:
     return int((host.root / "var/run/pyxen/xend.pid").read_text())
 
@@ -151,11 +162,7 @@ def test_non_live_migration(pair):
 def test_hosts_allow_refuses_and_logs(pair):
     a, b = pair(b_extra="(xend-relocation-hosts-allow '^10\\\\.99\\\\. ^trusted\\\\.example$')\n")
     create(a, "stay")
-    res = migrate(a, "stay", B_IP, check=False)
-    assert res.returncode != 0 and "Traceback" not in res.stderr
-    assert "stay is still running here" in res.stderr, res.stderr
-    assert a.domains()["stay"]["state"] in ("r-----", "-b----")
-    assert "stay" not in b.domains() and b.qemu_pids() == []
+    assert_refused(a, b, "stay", migrate(a, "stay", B_IP, check=False))
     log = (b.root / "var/log/xen/xend.log").read_text()
     assert f"refused a connection from {A_IP}" in log
 
@@ -163,34 +170,21 @@ def test_hosts_allow_refuses_and_logs(pair):
 def test_target_without_the_memory_refuses_before_anything_moves(pair):
     a, b = pair(b_extra="(dom0-min-mem 1000000)\n")
     create(a, "big")
-    res = migrate(a, "big", B_IP, "--live", check=False)
-    assert res.returncode != 0 and "Traceback" not in res.stderr
-    assert "refused domain big: Not enough memory" in res.stderr, res.stderr
-    assert "big is still running here" in res.stderr
-    assert a.domains()["big"]["state"] in ("r-----", "-b----")
-    assert "big" not in b.domains() and b.qemu_pids() == [] and state_files(b) == []
+    assert_refused(a, b, "big", migrate(a, "big", B_IP, "--live", check=False),
+                   "refused domain big: Not enough memory")
 
 
 def test_tls_refuses_a_peer_from_another_ca(pair):
     a, b = pair(b_pki="foreign")
     create(a, "stay")
-    res = migrate(a, "stay", B_IP, check=False)
-    assert res.returncode != 0 and "Traceback" not in res.stderr
-    assert "not a trusted pyxen host" in res.stderr, res.stderr
-    assert "stay is still running here" in res.stderr
-    assert a.domains()["stay"]["state"] in ("r-----", "-b----")
-    assert "stay" not in b.domains() and b.qemu_pids() == []
+    assert_refused(a, b, "stay", migrate(a, "stay", B_IP, check=False), "not a trusted pyxen host")
     assert "TLS handshake failed" in (b.root / "var/log/xen/xend.log").read_text()
 
 
 def test_plaintext_needs_both_sides_to_say_so(pair):
     a, b = pair(b_extra="(xend-relocation-tls no)\n")
     create(a, "stay")
-    res = migrate(a, "stay", B_IP, check=False)
-    assert res.returncode != 0 and "Traceback" not in res.stderr
-    assert "stay is still running here" in res.stderr, res.stderr
-    assert a.domains()["stay"]["state"] in ("r-----", "-b----")
-    assert "stay" not in b.domains()
+    assert_refused(a, b, "stay", migrate(a, "stay", B_IP, check=False))
 
 
 def test_target_killed_mid_migration_leaves_the_source_running(pair, lab):
