@@ -264,8 +264,8 @@ class Api:
         if self._is_dom0(ref):
             verb = {"destroy": "destroyed", "shutdown": "shutdown", "reboot": "rebooted",
                     "pause": "paused", "unpause": "unpaused", "save": "saved",
-                    "migrate": "migrated"}.get(op, op)
-            raise InvalidRequest(f"Domain 0 cannot be {verb}")
+                    "migrate": "migrated"}.get(op)
+            raise InvalidRequest(f"Domain 0 cannot be {verb}" if verb else f"Domain 0 does not support {op}")
         dom = self.domains.lookup(ref)
         if op == "pause":
             await dom.pause()

@@ -44,6 +44,8 @@ DEPRECATED: dict[str, str] = {
     "balloon": "mem-set", "set-vcpus": "vcpu-set", "vif-list": "network-list",
     "vbd-create": "block-attach", "vbd-destroy": "block-detach", "vbd-list": "block-list",
 }
+# Spellings the Xen 3.0 manual itself uses for a command: accepted as they are.
+MANUAL_SPELLINGS: dict[str, str] = {"vcpus-set": "vcpu-set"}
 
 
 def command(name, args, help, opts=(), common=False, min_args=0, max_args=None):
@@ -555,8 +557,10 @@ def cmd_block_list(ctx, opts, args):
     if "long" in opts:
         sys.stdout.write("".join(fmt.block_long(d) for d in devs))
     else:
-        print(fmt.BLOCK_HEADER)
-        for d in devs:
+        # As network-list: Xen printed the header only above at least one device.
+        for i, d in enumerate(devs):
+            if i == 0:
+                print(fmt.BLOCK_HEADER)
             print(fmt.block_row(d))
     return 0
 
@@ -765,18 +769,16 @@ def cmd_qemu_monitor(ctx, opts, args):
 
 # ------------------------------------------------------------------ vnets
 @command("vnet-list", "[-l|--long] [<VnetId> ...]", "List Vnets.",
-         (Opt("l", "long", "List Vnets as SXP."),))
+         (Opt("l", "long", "List Vnets as SXP (as without it)."),))
 def cmd_vnet_list(ctx, opts, args):
     if args:
         # Naming vnets implies the long form, as in Xen.
         for a in args:
             sys.stdout.write(sxp.pretty(ctx.client.get(f"/api/vnets/{quote(a, safe='')}")["sxp"]))
         return 0
+    # Xen printed each vnet's SXP, with or without -l (-l is accepted).
     for v in ctx.client.get("/api/vnets")["vnets"]:
-        if "long" in opts:
-            sys.stdout.write(sxp.pretty(v["sxp"]))
-        else:
-            print(v["id"])
+        sys.stdout.write(sxp.pretty(v["sxp"]))
     return 0
 
 
@@ -857,6 +859,8 @@ def long_help() -> str:
 def resolve(word: str) -> str | None:
     if word in COMMANDS:
         return word
+    if word in MANUAL_SPELLINGS:
+        return MANUAL_SPELLINGS[word]
     if word in DEPRECATED and DEPRECATED[word] in COMMANDS:
         print(f"Command {word} is deprecated.  Please use xm {DEPRECATED[word]} instead.", file=sys.stderr)
         return DEPRECATED[word]
