@@ -332,7 +332,9 @@ class Api:
                 try:
                     await asyncio.wait_for(self._stopped(dom), timeout)
                 except asyncio.TimeoutError:
-                    raise Conflict(f"Domain {dom.name} did not shut down within {timeout:.0f} s") from None
+                    raise Conflict(f"Domain {dom.name} did not shut down within {timeout:.0f} s "
+                                   f"(the guest did not act on the request); 'xm destroy {dom.name}' "
+                                   "stops it") from None
         else:
             raise InvalidRequest(f"Operation not implemented: {op}")
         # (every op above is listed in apispec.OPS, which documents it)

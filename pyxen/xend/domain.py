@@ -36,7 +36,7 @@ from ..hypervisor.qemu import process
 from ..hypervisor.qemu.kcache import boot_kernel
 from ..hypervisor.qemu.qmp import QmpSession, QMPError, QmpTimeout
 from ..store import StoreError
-from . import checkpoint, confine, vtpm
+from . import checkpoint, confine, guestreach, vtpm
 from . import hvm as hvmx
 from .console import ConsoleRelay
 from .control import ControlChannel, ControlError
@@ -570,6 +570,8 @@ class Domain:
     async def shutdown(self, reason: str) -> None:
         """Ask the guest to power off, halt or reboot (it does the work)."""
         self._refuse_if_busy()
+        if (why := guestreach.shutdown_refusal(self.cfg, reason)) is not None:
+            raise Conflict(why)
         async with self.lock:
             self._require_live()
             self.shutdown_reason = reason if reason == "halt" else None
