@@ -100,9 +100,14 @@ image: deps
 
 # A bootable disk (MBR, FAT16, SYSLINUX) and ISO (ISOLINUX) of the default
 # guest, for HVM domains: $(PYXEN_IMAGES or /var/lib/pyxen/images)/hvm/.
+# Their kernel is Debian's generic one (images/hvm-kernel: the default
+# guest's initramfs on it), which has drivers for the emulated PC's IDE/SATA
+# disks and rtl8139/e1000/ne2k NICs; PV guests keep the smaller cloud kernel.
+IMAGES_DIR = $${PYXEN_IMAGES:-/var/lib/pyxen/images}
 hvm-images: image
-	$(VENV)/bin/pyxen-image hvm-disk
-	$(VENV)/bin/pyxen-image hvm-iso
+	$(VENV)/bin/pyxen-image build --kernel-package linux-image-amd64 --dest $(IMAGES_DIR)/hvm-kernel
+	$(VENV)/bin/pyxen-image hvm-disk --source $(IMAGES_DIR)/hvm-kernel
+	$(VENV)/bin/pyxen-image hvm-iso --source $(IMAGES_DIR)/hvm-kernel
 
 # Front-end packages (xterm.js, noVNC) from npm, pinned by web/package-lock.json,
 # bundled into the package: xend's page fetches nothing at run time.
