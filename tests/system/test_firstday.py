@@ -125,3 +125,34 @@ def test_manual_sxp_vif_and_dom0_messages(host, tmp_path):
     assert res.returncode == 1 and "the ( opened at line 2, column 5 is not closed" in res.stderr
     res = host.xm("pci-attach", "0", "0000:00:01.0", check=False)
     assert res.returncode == 1 and "Domain 0 does not support pci-attach" in res.stderr
+
+
+# ------------------------------------------------------ QEMU's own reason
+def test_failed_restore_quotes_qemus_reason(host, tmp_path):
+    """A save file whose config lacks a device its QEMU state has: the
+    message carries QEMU's own line ("Unknown savevm section ..."), not only
+    "QEMU could not load it"."""
+    from pyxen.config import sxp
+    from pyxen.xend import checkpoint
+    img = host.root / "d.img"
+    with open(img, "wb") as f:
+        f.truncate(8 << 20)
+    host.xm("create", str(host.config("rs", disk=[f"file:{img},xvdb,w"])))
+    with host.console("rs") as con:
+        con.wait_login_prompt()
+    good = tmp_path / "rs.chk"
+    host.xm("save", "rs", str(good), timeout=120)
+    info = checkpoint.read_header(str(good))
+    vm = sxp.from_string(info.config)
+    vm = [x for x in vm if not (isinstance(x, list) and x and x[0] == "device" and x[1][0] == "vbd")]
+    raw = good.read_bytes()
+    bad = tmp_path / "nodisk.chk"
+    bad.write_bytes(checkpoint.encode_header(sxp.to_string(vm), info.meta, info.stream_length,
+                                             info.stream_digest, info.algorithm)
+                    + raw[info.stream_offset:])
+    res = host.xm("restore", str(bad), check=False, timeout=120)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "QEMU says:" in res.stderr and "savevm section" in res.stderr, res.stderr
+    assert set(host.domains()) == {"Domain-0"}
+    host.xm("restore", str(good), timeout=120)       # the good one still restores
+    host.xm("destroy", "rs")
