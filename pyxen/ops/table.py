@@ -147,14 +147,14 @@ OPS: tuple[Op, ...] = (
     Op("device-detach", "DELETE", "/api/domains/{dom}/devices/{cls}/{dev}", "Hot-unplug a device of class vif "
        "(xm network-detach).", "pyxen.xend.handlers.devices:detach",
        (P("force", "boolean", "remove the backend even if the guest does not release it", where="query"),),
-       tag="devices", fuzz="absent"),
+       tag="devices"),
     Op("console", "GET", "/api/domains/{dom}/console", "The serial console as a websocket (binary frames).",
        "pyxen.xend.handlers.streams:console", tag="console"),
     Op("vnc", "GET", "/api/domains/{dom}/vnc", "The domain's VNC display as a websocket (for noVNC); a plain "
        "GET says whether there is one (409 when there is none).", "pyxen.xend.web:vnc", tag="console"),
     # ------------------------------------------------------ domain operations
-    _dom_op("pause", "Pause the domain's vCPUs.", "pause", verb="paused", fuzz="absent"),
-    _dom_op("unpause", "Resume a paused domain.", "unpause", verb="unpaused", fuzz="absent"),
+    _dom_op("pause", "Pause the domain's vCPUs.", "pause", verb="paused"),
+    _dom_op("unpause", "Resume a paused domain.", "unpause", verb="unpaused"),
     _dom_op("destroy", "Terminate the domain immediately.", "destroy", verb="destroyed", fuzz="absent"),
     _dom_op("shutdown", "Ask the guest to power off, halt or reboot.", "shutdown",
             P("reason", "string", "poweroff (default), halt or reboot", default="poweroff",
