@@ -26,6 +26,7 @@ from aiohttp import WSMsgType, web
 from ..config import sxp, xmconfig
 from ..config.domain import DomainConfig
 from ..config.errors import ConfigError
+from ..ops.table import OPS
 from .errors import Conflict, InvalidRequest
 
 log = logging.getLogger("pyxen.api")
@@ -66,12 +67,18 @@ class Sessions:
             del self._expiry[sid]
 
 
+# The operation table's public routes: the page's own files and the login call.
+_PUBLIC = [(o.method, o.path) for o in OPS if o.public]
+
+
 def is_public(request: web.Request) -> bool:
     """The page's own files and the login call need no credentials: they hold no secrets."""
-    path = request.path
-    if request.method in ("GET", "HEAD") and (path == "/" or path.startswith("/ui/")):
-        return True
-    return request.method == "POST" and path == "/api/login"
+    for method, path in _PUBLIC:
+        # A path ending in "/" (other than the root) is a prefix: the static files.
+        hit = request.path.startswith(path) if path.endswith("/") and path != "/" else request.path == path
+        if hit and (request.method == method or (method == "GET" and request.method == "HEAD")):
+            return True
+    return False
 
 
 def same_origin(request: web.Request) -> bool:
