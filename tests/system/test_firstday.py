@@ -156,3 +156,40 @@ def test_failed_restore_quotes_qemus_reason(host, tmp_path):
     assert set(host.domains()) == {"Domain-0"}
     host.xm("restore", str(good), timeout=120)       # the good one still restores
     host.xm("destroy", "rs")
+
+
+# ------------------------------------------------------------------ disks
+def test_phy_lv_without_device_mapper_says_so(host):
+    from pyxen.storage import lvm
+    ok, _ = lvm.dm_available()
+    res = host.xm("create", str(host.config("lv", disk=["phy:pxnovg/root,xvda1,w"])), check=False)
+    assert res.returncode == 1 and "/dev/pxnovg/root does not exist" in res.stderr
+    if ok:
+        assert "no logical volume root in volume group pxnovg" in res.stderr
+    else:
+        assert "device-mapper is not available" in res.stderr
+    assert set(host.domains()) == {"Domain-0"}
+
+
+def test_file_naming_a_block_device_is_used_as_the_device(host, tmp_path):
+    """xm-test's block-attach file:<block device>: Xen put a loop device over
+    any path, so it worked; here it is opened as the device (through the
+    sharing guard like phy:)."""
+    img = tmp_path / "b.img"
+    with open(img, "wb") as f:
+        f.truncate(16 << 20)
+    loop = subprocess.run(["losetup", "-f", "--show", str(img)], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    try:
+        host.xm("create", str(host.config("fb")))
+        with host.console("fb") as con:
+            con.login()
+            host.xm("block-attach", "fb", f"file:{loop}", "xvdb", "w")
+            # The kernel names it vdX in order of arrival; its serial is the config's name.
+            poll(lambda: "xvdb" in con.run("cat /sys/block/vd*/serial")[0], timeout=60,
+                 what="the xvdb disk in the guest")
+        res = host.xm("create", str(host.config("fb2", disk=[f"phy:{loop},xvda1,w"])), check=False)
+        assert res.returncode == 1 and "fb" in res.stderr        # the guard knows it is the same device
+        host.xm("destroy", "fb")
+    finally:
+        subprocess.run(["losetup", "-d", loop])
