@@ -441,6 +441,8 @@ class Domain:
             self._require_live()
             boot = self._boot_memory()
             limit = min(self.cfg.maxmem or boot, boot)
+            if (why := guestreach.mem_set_refusal(self.name, mib)) is not None:
+                raise InvalidRequest(why)
             if not 16 <= mib <= limit:
                 raise InvalidRequest(f"memory for domain {self.name} must be 16-{limit} MiB (maxmem), got {mib}")
             await self.qmp.execute("balloon", {"value": mib << 20})

@@ -193,3 +193,22 @@ def test_file_naming_a_block_device_is_used_as_the_device(host, tmp_path):
         host.xm("destroy", "fb")
     finally:
         subprocess.run(["losetup", "-d", loop])
+
+
+# ------------------------------------------------------------------ memory
+def test_mem_set_below_the_floor_is_refused_and_the_floor_keeps_the_guest(host):
+    """xm-test's mem-set dom 18 killed the guest's console and the guest:
+    refused with the floor named; at the floor the guest still answers."""
+    from pyxen.xend.guestreach import MEM_FLOOR
+    host.xm("create", str(host.config("mf")))
+    with host.console("mf") as con:
+        con.login()
+        res = host.xm("mem-set", "mf", "18", check=False)
+        assert res.returncode == 1 and f"below the {MEM_FLOOR} MiB floor" in res.stderr
+        host.xm("mem-set", "mf", str(MEM_FLOOR))
+        poll(lambda: int(con.run("awk '/MemTotal/ {print $2}' /proc/meminfo")[0]) < 100 * 1024,
+             timeout=60, what="the balloon to inflate")
+        out, rc = con.run("ls / >/dev/null; echo alive")
+        assert (out, rc) == ("alive\n", 0)
+    assert host.domains()["mf"]["mem"] == MEM_FLOOR
+    host.xm("destroy", "mf")
