@@ -212,3 +212,20 @@ def test_mem_set_below_the_floor_is_refused_and_the_floor_keeps_the_guest(host):
         assert (out, rc) == ("alive\n", 0)
     assert host.domains()["mf"]["mem"] == MEM_FLOOR
     host.xm("destroy", "mf")
+
+
+# ------------------------------------------------------------- boot log
+def test_boot_log_is_shown_unless_extra_asks_for_quiet(host):
+    """xm create -c users see the kernel's boot messages; quiet is theirs to ask for."""
+    host.xm("create", str(host.config("loud")))
+    host.xm("create", str(host.config("hush", extra="quiet")))
+    for name in ("loud", "hush"):
+        with host.console(name) as con:
+            con.wait_login_prompt()
+    logs = {n: (host.root / f"var/log/xen/console/guest-{n}.log").read_text(errors="replace")
+            for n in ("loud", "hush")}
+    assert "Linux version" in logs["loud"] and "Linux version" not in logs["hush"]
+    with host.console("hush") as con:
+        con.login()
+        out, _ = con.run("cat /proc/cmdline")
+        assert " quiet" in out
