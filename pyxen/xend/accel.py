@@ -12,6 +12,9 @@ from ..store import Store
 
 log = logging.getLogger("pyxen.accel")
 
+# The store key of the cached probe verdict (`xend reprobe` deletes it).
+PROBE_KEY = "host/accel-probe"
+
 
 class Accelerator:
     def __init__(self, paths: Paths, config: XendConfig, store: Store):
@@ -43,7 +46,7 @@ class Accelerator:
             self.detail = "configured (accel kvm)"
             return "kvm"
         key = await asyncio.get_running_loop().run_in_executor(None, qaccel.cache_key, qemu)
-        cached = self.store.get_json("host/accel-probe")
+        cached = self.store.get_json(PROBE_KEY)
         if isinstance(cached, dict) and cached.get("key") == key and cached.get("verdict") in ("kvm", "tcg"):
             self.detail = f"probed earlier: {cached.get('detail', '')}"
             return cached["verdict"]
@@ -56,5 +59,5 @@ class Accelerator:
         self.detail = detail
         # A probe that could not run (no image) is not cached: try again next start.
         if ok or "no guest image" not in detail:
-            self.store.put_json("host/accel-probe", {"key": key, "verdict": verdict, "detail": detail})
+            self.store.put_json(PROBE_KEY, {"key": key, "verdict": verdict, "detail": detail})
         return verdict

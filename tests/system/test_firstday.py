@@ -229,3 +229,17 @@ def test_boot_log_is_shown_unless_extra_asks_for_quiet(host):
         con.login()
         out, _ = con.run("cat /proc/cmdline")
         assert " quiet" in out
+
+
+# ------------------------------------------------------------ accelerator
+def test_xend_reprobe_forgets_the_verdict_and_probes_again(make_host):
+    h = make_host("(accel auto)\n")
+    poll(lambda: "accelerator " in h.xm("info").stdout, timeout=120, what="the verdict")
+    pid = (h.root / "var/run/pyxen/xend.pid").read_text()
+    res = h.xend("reprobe")
+    assert "accelerator verdict cleared: restarting xend to probe again" in res.stdout
+    assert (h.root / "var/run/pyxen/xend.pid").read_text() != pid
+    info = h.xm("info").stdout
+    assert "probed earlier" not in [ln for ln in info.splitlines() if ln.startswith("accelerator_detail")][0]
+    h.xend("stop")
+    assert "verdict cleared: xend probes again when it starts" in h.xend("reprobe").stdout

@@ -69,3 +69,14 @@ def test_check_relocation_without_certificates(tmp_path):
 def test_check_bad_sxp(tmp_path):
     errors, _, cfg = startcheck.check(_paths(tmp_path, "(logfile /tmp/x\n"))
     assert cfg is None and len(errors) == 1 and "xend-config.sxp" in errors[0]
+
+
+def test_accel_verdict_key_follows_qemu_binary_and_cpu(tmp_path):
+    from pyxen.hypervisor.qemu import accel
+    fake = tmp_path / "qemu-system-x86_64"
+    fake.write_text("#!/bin/sh\necho 'QEMU emulator version 7.2.0'\n")
+    fake.chmod(0o755)
+    k1 = accel.cache_key(str(fake))
+    assert k1["qemu"] == "7.2.0" and k1["cpu"] != "unknown" and str(fake) in k1["qemu_binary"]
+    fake.write_text("#!/bin/sh\necho 'QEMU emulator version 7.2.0'\n# rebuilt\n")
+    assert accel.cache_key(str(fake))["qemu_binary"] != k1["qemu_binary"]   # same version, new binary
