@@ -243,3 +243,30 @@ def test_xend_reprobe_forgets_the_verdict_and_probes_again(make_host):
     assert "probed earlier" not in [ln for ln in info.splitlines() if ln.startswith("accelerator_detail")][0]
     h.xend("stop")
     assert "verdict cleared: xend probes again when it starts" in h.xend("reprobe").stdout
+
+
+# ------------------------------------------------------------------- DHCP
+def test_dhcp_lease_arrives_soon_after_a_late_server(host, bridge, tmp_path):
+    """The guest's udhcpc gave up before the server answered and only asked
+    again 20 s later: a server that comes up after the guest has booted is
+    asked again within a few seconds."""
+    host.xm("create", str(host.config("dh", vif=[f"bridge={bridge}"], dhcp="dhcp")))
+    with host.console("dh") as con:
+        con.login()
+        out, _ = con.run("ip -4 -o addr show dev eth0")
+        assert "inet " not in out                          # no server yet
+        subprocess.run(["ip", "addr", "add", "10.253.7.1/24", "dev", bridge], check=True)
+        subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
+        leases = tmp_path / "leases"
+        dns = subprocess.Popen(["dnsmasq", "--no-daemon", "--port=0", f"--interface={bridge}",
+                                "--bind-interfaces", "--except-interface=lo",
+                                "--dhcp-range=10.253.7.10,10.253.7.50,1h", f"--dhcp-leasefile={leases}",
+                                "--conf-file=/dev/null", f"--pid-file={tmp_path / 'pid'}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            poll(lambda: "inet 10.253.7." in con.run("ip -4 -o addr show dev eth0")[0], timeout=12,
+                 interval=0.5, what="the DHCP lease (udhcpc asks again every few seconds)")
+        finally:
+            dns.terminate()
+            dns.wait(10)
+    host.xm("destroy", "dh")
