@@ -34,6 +34,11 @@ from pyxen.testing import guide, transcript
 # images (/var/lib/pyxen/images) stay where they are.
 ROOTED = re.compile(r"(?<![\w./-])(?=/(?:etc/xen|var/log/xen|var/lib/pyxen/state|var/run/pyxen|var/tmp|srv)(?:/|\b))")
 STEP_TIMEOUT = 300
+# Pages run in the host's namespaces rather than a private network one:
+# `ip netns exec` gives each command a mount namespace whose fresh /sys has
+# no cgroup hierarchy, and the scheduler examples need the cpu controller.
+# These pages make no bridge, address or listening socket.
+HOST_NETWORK_PAGES = {"cpu-memory"}
 
 
 def _pages() -> list[str]:
@@ -41,7 +46,7 @@ def _pages() -> list[str]:
 
 
 class GuideHost:
-    def __init__(self, name: str, netns: str):
+    def __init__(self, name: str, netns: str | None):
         self.name = name
         self.netns = netns
         self.root = Path(tempfile.mkdtemp(prefix="px", dir="/tmp"))   # short: QEMU socket paths
@@ -55,7 +60,8 @@ class GuideHost:
         return ROOTED.sub(str(self.root), command)
 
     def bash(self, command: str, timeout: float = STEP_TIMEOUT) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", "netns", "exec", self.netns, "bash", "-o", "pipefail", "-c", command],
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        return subprocess.run(prefix + ["bash", "-o", "pipefail", "-c", command],
                               env=self.env, cwd=self.root, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, timeout=timeout)
 
@@ -77,10 +83,12 @@ class GuideHost:
 
 
 @pytest.fixture
-def hosts(image):
-    netns = f"pxguide{os.getpid() % 100000}"
-    subprocess.run(["ip", "netns", "add", netns], check=True)
-    subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
+def hosts(image, request):
+    netns = None
+    if request.node.callspec.params["page"] not in HOST_NETWORK_PAGES:
+        netns = f"pxguide{os.getpid() % 100000}"
+        subprocess.run(["ip", "netns", "add", netns], check=True)
+        subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
     made: dict[str, GuideHost] = {}
 
     def get(name: str) -> GuideHost:
@@ -92,7 +100,8 @@ def hosts(image):
     finally:
         for h in made.values():
             h.cleanup()
-        subprocess.run(["ip", "netns", "del", netns], check=False)
+        if netns:
+            subprocess.run(["ip", "netns", "del", netns], check=False)
 
 
 def _unroot(output: str, made: dict[str, GuideHost]) -> str:
