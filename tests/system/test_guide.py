@@ -32,7 +32,10 @@ from pyxen.testing import guide, transcript
 
 # Paths on a real host that live under PYXEN_ROOT here.  The shared guest
 # images (/var/lib/pyxen/images) stay where they are.
-ROOTED = re.compile(r"(?<![\w./-])(?=/(?:etc/xen|var/log/xen|var/lib/pyxen/state|var/run/pyxen|var/tmp|srv)(?:/|\b))")
+ROOTED = re.compile(r"(?<![\w./-])(?=/(?:etc/xen|var/log/xen|var/lib/pyxen/state|var/run/pyxen|var/tmp)(?:/|\b))")
+# /srv is storage every host of a page shares (migration needs the same
+# disk paths on both ends, and the hosts pass certificates through it).
+SHARED = re.compile(r"(?<![\w./-])(?=/srv(?:/|\b))")
 STEP_TIMEOUT = 300
 # Pages run in the host's namespaces rather than a private network one:
 # `ip netns exec` gives each command a mount namespace whose fresh /sys has
@@ -46,18 +49,19 @@ def _pages() -> list[str]:
 
 
 class GuideHost:
-    def __init__(self, name: str, netns: str | None):
+    def __init__(self, name: str, netns: str | None, shared: Path):
         self.name = name
         self.netns = netns
+        self.shared = shared
         self.root = Path(tempfile.mkdtemp(prefix="px", dir="/tmp"))   # short: QEMU socket paths
-        for d in ("etc/xen", "var/tmp", "srv/xen"):
+        for d in ("etc/xen", "var/tmp"):
             (self.root / d).mkdir(parents=True)
         (self.root / "etc/xen/xend-config.sxp").write_text("(accel tcg)\n")
         self.env = dict(os.environ, PYXEN_ROOT=str(self.root), TERM="dumb",
                         PATH="/usr/local/sbin:" + os.environ.get("PATH", "/usr/bin:/bin"))
 
     def rooted(self, command: str) -> str:
-        return ROOTED.sub(str(self.root), command)
+        return SHARED.sub(str(self.shared), ROOTED.sub(str(self.root), command))
 
     def bash(self, command: str, timeout: float = STEP_TIMEOUT) -> subprocess.CompletedProcess:
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
@@ -90,37 +94,40 @@ def hosts(image, request):
         subprocess.run(["ip", "netns", "add", netns], check=True)
         subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
     made: dict[str, GuideHost] = {}
+    shared = Path(tempfile.mkdtemp(prefix="pxs", dir="/tmp"))
+    (shared / "srv/xen").mkdir(parents=True)
 
     def get(name: str) -> GuideHost:
         if name not in made:
-            made[name] = GuideHost(name, netns)
+            made[name] = GuideHost(name, netns, shared)
         return made[name]
     try:
-        yield get, made
+        yield get, made, shared
     finally:
         for h in made.values():
             h.cleanup()
         if netns:
             subprocess.run(["ip", "netns", "del", netns], check=False)
+        shutil.rmtree(shared, ignore_errors=True)
 
 
-def _unroot(output: str, made: dict[str, GuideHost]) -> str:
-    for h in sorted(made.values(), key=lambda h: -len(str(h.root))):
-        output = output.replace(f"{h.root}/", "/")
+def _unroot(output: str, made: dict[str, GuideHost], shared: Path) -> str:
+    for d in sorted([h.root for h in made.values()] + [shared], key=lambda d: -len(str(d))):
+        output = output.replace(f"{d}/", "/")
     return output
 
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("page", _pages())
 def test_guide_page(page, hosts):
-    get, made = hosts
+    get, made, shared = hosts
     setup, files = guide.page_examples(page)
     for path in ([setup] if setup else []) + files:
         rel = path.relative_to(guide.GUIDE)
         for step in transcript.parse(path.read_text(), str(rel)):
             host = get(step.host)
             res = host.bash(host.rooted(step.command))
-            out = _unroot(res.stdout, made)
+            out = _unroot(res.stdout, made, shared)
             where = f"{rel}:{step.line}: {step.command.splitlines()[0]}"
             assert res.returncode == 0, f"{where}\nexited {res.returncode}; output:\n{out}"
             assert "Traceback" not in out, f"{where}\n{out}"
