@@ -68,7 +68,7 @@ test: image web
 # The user's guide (docs/guide, English and Chinese) as static HTML in
 # build/guide/ (gitignored).  --strict: a broken link or a missing page fails.
 docs: deps
-	$(VENV)/bin/mkdocs build --strict -q -f docs/guide/mkdocs.yml -d $(CURDIR)/build/guide
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q -f docs/guide/mkdocs.yml -d $(CURDIR)/build/guide
 
 unit: deps
 	$(PY) -m pytest -q tests/unit
