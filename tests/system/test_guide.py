@@ -13,7 +13,8 @@ with ``(accel tcg)`` in its xend-config.sxp (this machine has no KVM), and
 one private network namespace for the page, so the bridges, vnets and
 addresses the examples make never touch the machine's own network.  Paths
 the guide shows as a real host's (/etc/xen, /var/log/xen, /var/tmp, ...)
-are moved under the host's root in commands, and moved back in the output.
+are moved under the host's root in commands, and moved back in the output;
+/srv is one directory all hosts of a page share (shared storage).
 """
 
 from __future__ import annotations
