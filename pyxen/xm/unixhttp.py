@@ -6,12 +6,15 @@ command like ``xm domid`` costs over the bare interpreter.  xm needs only a
 sliver of HTTP: one request per connection (``Connection: close``), a
 status line, headers, and a body framed by ``Content-Length``, by chunked
 transfer coding (xend's event stream) or by the end of the connection.
-That sliver is this module; it imports nothing beyond ``socket``.
+That sliver is this module.  It uses ``_socket``, the C module under
+``socket``: ``socket`` itself adds ``selectors``, ``array`` and its enum
+conversions, another 2-4 ms per run, none of which a blocking client on one
+Unix socket needs.  Reads are buffered here instead of by ``makefile``.
 """
 
 from __future__ import annotations
 
-import socket
+import _socket
 
 MAX_LINE = 65536      # longest status/header/chunk-size line accepted
 MAX_HEADERS = 100
@@ -26,9 +29,9 @@ class Response:
     """An answer being read: ``status``, ``headers`` (names lower-cased),
     then the body through ``read()`` (all of it) or ``lines()`` (a stream)."""
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock):
         self._sock = sock
-        self._f = sock.makefile("rb")
+        self._f = _Reader(sock)
         self.status, self.headers = self._head()
         te = self.headers.get("transfer-encoding", "").lower()
         self._chunked = "chunked" in te
@@ -126,13 +129,55 @@ class Response:
             yield buf.rstrip(b"\r")
 
     def close(self) -> None:
-        self._f.close()
         self._sock.close()
 
 
-def connect(path: str, timeout: float | None) -> socket.socket:
+class _Reader:
+    """Buffered reads from a socket: what ``makefile("rb")`` would give."""
+
+    def __init__(self, sock):
+        self._sock, self._buf = sock, bytearray()
+
+    def _fill(self) -> bool:
+        data = self._sock.recv(65536)
+        self._buf += data
+        return bool(data)
+
+    def _take(self, n: int) -> bytes:
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+    def readline(self, limit: int) -> bytes:
+        """Up to and including the next b"\n", at most *limit* bytes; what
+        is left at the end of the stream; b"" at its end."""
+        start = 0
+        while True:
+            i = self._buf.find(b"\n", start)
+            if 0 <= i < limit:
+                return self._take(i + 1)
+            if len(self._buf) >= limit:
+                return self._take(limit)
+            start = len(self._buf)
+            if not self._fill():
+                return self._take(len(self._buf))
+
+    def read(self, n: int) -> bytes:
+        """*n* bytes, or fewer only at the end of the stream."""
+        while len(self._buf) < n and self._fill():
+            pass
+        return self._take(n)
+
+    def read1(self, n: int) -> bytes:
+        """What is buffered or one receive's worth, at most *n*; b"" at the end."""
+        if not self._buf:
+            self._fill()
+        return self._take(n)
+
+
+def connect(path: str, timeout: float | None):
     """A connected stream socket to *path*; OSError as the kernel said it."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         s.settimeout(timeout)
         s.connect(path)
@@ -142,7 +187,7 @@ def connect(path: str, timeout: float | None) -> socket.socket:
     return s
 
 
-def send_request(sock: socket.socket, method: str, target: str, body: bytes | None = None,
+def send_request(sock, method: str, target: str, body: bytes | None = None,
                  headers: dict | None = None) -> None:
     """Write one request; the connection is closed by the server after it."""
     if any(c in target for c in " \r\n") or any(c in method for c in " \r\n"):

@@ -199,3 +199,51 @@ def test_plain_commands_do_not_import_heavy_modules(tmp_path, argv, answer, out)
     assert out in res.stdout
     heavy = next(line for line in res.stderr.splitlines() if line.startswith("HEAVY"))[5:].split()
     assert heavy == [], f"xm {' '.join(argv)} imported: {' '.join(heavy)}"
+
+
+class _Trickle:
+    """A socket stand-in whose recv hands out *piece* bytes at a time."""
+
+    def __init__(self, data: bytes, piece: int):
+        self.data, self.piece, self.closed = data, piece, False
+
+    def recv(self, n):
+        out, self.data = self.data[:min(n, self.piece)], self.data[min(n, self.piece):]
+        return out
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.mark.parametrize("piece", [1, 3, 65536])
+def test_response_parsing_does_not_depend_on_how_bytes_arrive(piece):
+    from pyxen.xm import unixhttp
+    body = b'{"x": "' + b"y" * 300 + b'"}'
+    raw = (b"HTTP/1.1 404 Not Found\r\nX-A: 1\r\nx-a: 2\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+    sock = _Trickle(raw, piece)
+    r = unixhttp.Response(sock)
+    assert r.status == 404 and r.headers["x-a"] == "1, 2"
+    assert r.read() == body
+    r.close()
+    assert sock.closed
+    lines = unixhttp.Response(_Trickle(b"HTTP/1.1 200 OK\r\n\r\na\r\nbb\nlast", piece))
+    assert list(lines.lines()) == [b"a", b"bb", b"last"]
+
+
+def test_overlong_header_line_is_refused():
+    from pyxen.xm import unixhttp
+    with pytest.raises(unixhttp.ProtocolError):
+        unixhttp.Response(_Trickle(b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70000 + b"\r\n\r\n", 4096))
+
+
+@pytest.mark.parametrize("argv", [["Domain-0"], ["a", "-"], ["-l"], ["--long", "x"], ["x", "-l"], []])
+def test_parse_opts_without_option_words_matches_getopt(argv):
+    import getopt
+    from pyxen.xm.commands import COMMANDS
+    from pyxen.xm.main import parse_opts
+    cmd = COMMANDS["list"]
+    opts, rest = parse_opts(cmd, argv)
+    shorts = "".join(o.short + (":" if o.arg else "") for o in cmd.opts if o.short)
+    longs = [o.long + ("=" if o.arg else "") for o in cmd.opts]
+    pairs, want_rest = getopt.gnu_getopt(argv, shorts, longs)
+    assert rest == want_rest and len(opts) == len(pairs)
