@@ -173,6 +173,7 @@ def parse(text: str) -> list:
         raise TypeError(f"sxp.parse wants str, not {type(text).__name__}")
     n = len(text)
     stack: list[list] = [[]]
+    opened: list[int] = []      # where each open "(" is, to name it at EOF
     i = 0
     while i < n:
         c = text[i]
@@ -183,10 +184,12 @@ def parse(text: str) -> list:
             i = n if end < 0 else end + 1
         elif c == "(":
             stack.append([])
+            opened.append(i)
             i += 1
         elif c == ")":
             if len(stack) == 1:
                 raise _error(text, i, "syntax error: )")
+            opened.pop()
             done = stack.pop()
             stack[-1].append(done)
             i += 1
@@ -208,7 +211,10 @@ def parse(text: str) -> list:
         else:
             raise _error(text, i, f"invalid character: code {ord(c)}")
     if len(stack) > 1:
-        raise _error(text, i, "unexpected EOF")
+        where = _error(text, opened[-1], "")
+        more = f"; {len(opened)} lists are open" if len(opened) > 1 else ""
+        raise _error(text, i, f"unexpected EOF: the ( opened at line {where.line}, column {where.column} "
+                              f"is not closed{more}")
     return stack[0]
 
 

@@ -145,7 +145,7 @@ async def serve(paths: Paths, cfg: XendConfig, ready) -> None:
     for s in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(s, stop.set)
     log.info("xend started on %s (pid %d), %d domain(s) adopted", sock, os.getpid(), len(domains.all()))
-    ready(None)
+    ready(None, net.problems)    # `xend start` prints these on stderr
     await stop.wait()
     log.info("xend stopping; domains keep running")
     if relocation is not None:
@@ -177,11 +177,11 @@ def run(paths: Paths, ready=lambda err: None) -> int:
     atomic_write(paths.pidfile, f"{os.getpid()}\n".encode(), 0o644)
     called = False
 
-    def once(err):
+    def once(err, warnings=()):
         nonlocal called
         if not called:
             called = True
-            ready(err)
+            ready(err, warnings) if warnings else ready(err)
     try:
         asyncio.run(serve(paths, cfg, once))
     except XendError as e:

@@ -32,11 +32,11 @@ from ..config.specs import disk_from_parts, disk_number, format_cpuset, parse_cp
 from ..config.errors import ConfigError
 from ..hypervisor import cgroups
 from ..hypervisor.qemu import argv as qargv
-from ..hypervisor.qemu import process
+from ..hypervisor.qemu import process, qemulog
 from ..hypervisor.qemu.kcache import boot_kernel
 from ..hypervisor.qemu.qmp import QmpSession, QMPError, QmpTimeout
 from ..store import StoreError
-from . import checkpoint, confine, vtpm
+from . import checkpoint, confine, guestreach, vtpm
 from . import hvm as hvmx
 from .console import ConsoleRelay
 from .control import ControlChannel, ControlError
@@ -63,6 +63,7 @@ class Domain:
     def __init__(self, registry: "Domains", cfg: DomainConfig, domid: int):
         self.reg = registry
         self.cfg = cfg
+        self.qemu_log_start = 0     # offset in the qemu-dm log where the current QEMU began
         self.domid = domid
         self.state = "creating"
         self.paused = False
@@ -204,6 +205,7 @@ class Domain:
             rt.disk_fds = disk_fds.sets
             argv = qargv.build(self.cfg, rt)
             log.info("%s: starting QEMU: %s", self.name, " ".join(argv))
+            self.qemu_log_start = qemulog.mark(rt.qemu_log)     # this QEMU's part of the log
             self.pid = await loop.run_in_executor(None, process.start, argv, rt.pidfile, rt.qemu_log,
                                                   60.0, tuple(disk_fds.fds()),
                                                   rt.hvm.env if rt.hvm else None)
@@ -570,6 +572,8 @@ class Domain:
     async def shutdown(self, reason: str) -> None:
         """Ask the guest to power off, halt or reboot (it does the work)."""
         self._refuse_if_busy()
+        if (why := guestreach.shutdown_refusal(self.cfg, reason)) is not None:
+            raise Conflict(why)
         async with self.lock:
             self._require_live()
             self.shutdown_reason = reason if reason == "halt" else None
@@ -1024,7 +1028,8 @@ class Domain:
         if problem is not None:
             m = info.meta
             raise XendError(f"Cannot restore {info.path}: {problem} (saved by QEMU {m.get('qemu', '?')}, "
-                            f"machine {m.get('machine', '?')}, {m.get('accel', '?')})")
+                            f"machine {m.get('machine', '?')}, {m.get('accel', '?')})"
+                            + qemulog.reason(self.runtime().qemu_log, self.qemu_log_start))
         times = _phases(self._marks, ("qemu", "load", "verify"))
         log.info("%s: loaded %d bytes of saved state from %s (%s)", self.name, info.stream_length, info.path,
                  ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))

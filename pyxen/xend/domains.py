@@ -24,7 +24,7 @@ from ..config.xendconfig import XendConfig
 from ..hypervisor.qemu import process
 from ..net import mac as macs
 from ..paths import Paths
-from ..storage import guard
+from ..storage import guard, lvm
 from ..store import Store, StoreError
 from . import checkpoint, passthrough, vtpm
 from .accel import Accelerator
@@ -210,7 +210,8 @@ class Domains:
         if not disk.target or disk.kind == "nbd":
             return
         if not os.path.exists(disk.target):
-            raise InvalidRequest(f"disk {disk.vdev}: {disk.target} does not exist")
+            raise InvalidRequest(f"disk {disk.vdev}: {disk.target} does not exist"
+                                 + (lvm.missing_hint(disk.target) if disk.kind == "phy" else ""))
         if disk.kind == "phy" and not stat.S_ISBLK(os.stat(disk.target).st_mode):
             raise InvalidRequest(f"disk {disk.vdev}: phy:{disk.target} is not a block device (use file: for images)")
         if not os.access(disk.target, os.R_OK if disk.readonly else os.R_OK | os.W_OK):

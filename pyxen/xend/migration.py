@@ -38,6 +38,7 @@ from .. import faults
 from ..config import sxp
 from ..config.domain import DomainConfig
 from ..config.errors import ConfigError
+from ..hypervisor.qemu import qemulog
 from ..pki import PkiError, TlsFiles, is_host_cert, peer_name
 from ..store import StoreError
 from . import relocproto as rp
@@ -587,7 +588,8 @@ class Incoming:
         if status != "completed":
             info = await dom._quietly("query-migrate") or {}
             raise MigrationError(f"QEMU could not load the guest: "
-                                 f"{info.get('error-desc') or 'migration ' + str(status)}")
+                                 f"{info.get('error-desc') or 'migration ' + str(status)}"
+                                 + qemulog.reason(dom.runtime().qemu_log, dom.qemu_log_start))
         await self._send(rp.ok("loaded"))
         faults.point("migrate-target-loaded")
         msg = await _run(self.link.recv, LINK_TIMEOUT)

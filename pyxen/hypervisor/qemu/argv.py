@@ -7,6 +7,8 @@ accelerator): no processes, no I/O except reading the disk paths it names.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,6 +98,13 @@ FILE_AIO = "threads"
 FILE_CACHE_DIRECT = False
 
 
+def _is_blockdev(path: str) -> bool:
+    try:
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def disk_nodes(d: DiskSpec, fdset: int | None = None) -> list[dict]:
     """The two -blockdev / blockdev-add nodes of a disk: protocol, then format.
 
@@ -109,7 +118,9 @@ def disk_nodes(d: DiskSpec, fdset: int | None = None) -> list[dict]:
         proto = {"driver": "nbd", "server": {"type": "inet", "host": host, "port": port},
                  "node-name": proto_name, "read-only": d.readonly}
     else:
-        proto = {"driver": "host_device" if d.kind == "phy" else "file",
+        # file: naming a block device works as Xen's loop device over it
+        # did: it is opened as the device (QEMU's file driver refuses one).
+        proto = {"driver": "host_device" if d.kind == "phy" or _is_blockdev(d.target) else "file",
                  "filename": d.target if fdset is None else f"/dev/fdset/{fdset}",
                  "node-name": proto_name, "read-only": d.readonly, "aio": FILE_AIO,
                  "cache": {"direct": FILE_CACHE_DIRECT}}
