@@ -20,7 +20,6 @@ import logging
 import os
 import shutil
 import socket
-import tempfile
 import time
 import uuid as uuidlib
 from typing import TYPE_CHECKING
@@ -36,7 +35,7 @@ from ..hypervisor.qemu import process
 from ..hypervisor.qemu.kcache import boot_kernel
 from ..hypervisor.qemu.qmp import QmpSession, QMPError, QmpTimeout
 from ..store import StoreError
-from . import checkpoint, confine, vtpm
+from . import checkpoint, userpath, confine, vtpm
 from . import hvm as hvmx
 from .console import ConsoleRelay
 from .control import ControlChannel, ControlError
@@ -492,23 +491,33 @@ class Domain:
             d = self.reg.paths.dump_dir
             d.mkdir(parents=True, exist_ok=True)
             path = str(d / time.strftime(f"%Y-%m%d-%H%M.%S-{self.name}.{self.domid}.core"))
+        path = userpath.check(path, "core file")
         was_paused = self.paused
         if not live and not was_paused:
             await self.qmp.execute("stop")
         try:
             # xend creates the file and QEMU writes to the descriptor: an
             # unprivileged QEMU (xend/confine.py) may not open dump paths.
+            # A new 0600 file renamed over the path when complete (userpath).
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                fd, tmp = userpath.create_temp(path, ".pyxen-core")
             except OSError as e:
                 raise XendError(f"dump of domain {self.name} failed: cannot create {path}: "
                                 f"{e.strerror}") from None
             try:
-                await self.qmp.send_fd(fd, "pyxen-dump")
-            finally:
-                os.close(fd)
-            await self.qmp.execute("dump-guest-memory", {"paging": False, "protocol": "fd:pyxen-dump"},
-                                   timeout=600)
+                try:
+                    await self.qmp.send_fd(fd, "pyxen-dump")
+                finally:
+                    os.close(fd)
+                await self.qmp.execute("dump-guest-memory", {"paging": False, "protocol": "fd:pyxen-dump"},
+                                       timeout=600)
+                userpath.commit(tmp, path, "core file")
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
+                raise
         except QMPError as e:
             raise XendError(f"dump of domain {self.name} failed: {e}") from None
         finally:
@@ -707,8 +716,7 @@ class Domain:
         meta = await self._save_meta()
         resume = not self.paused
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".pyxen-save",
-                                       dir=os.path.dirname(target))
+            fd, tmp = userpath.create_temp(target, ".pyxen-save")
         except OSError as e:
             raise XendError(f"Unable to create save file {target}: {e.strerror}") from None
         self.job = {"op": "save", "phase": "saving", "file": target, "tmp": tmp,
@@ -735,7 +743,7 @@ class Domain:
             self.job["phase"] = "commit"
             self.persist()
             faults.point("save-after-commit")
-            os.replace(tmp, target)
+            userpath.commit(tmp, target, "save file")
         except BaseException as e:
             await self._save_failed(tmp, resume)
             if isinstance(e, OSError):
@@ -921,11 +929,16 @@ class Domain:
             self.persist()
             return
         tmp, target = job.get("tmp"), job.get("file")
-        if job.get("phase") == "commit":
-            log.info("%s: finishing the save to %s interrupted by xend's exit", self.name, target)
-            if tmp and os.path.exists(tmp):
-                os.replace(tmp, target)
+        committed = job.get("phase") == "commit"
+        if committed and tmp and os.path.exists(tmp):
+            try:
+                userpath.commit(tmp, target, "save file")
                 checkpoint.fsync_dir(target)
+            except InvalidRequest as e:     # something else took the target's place meanwhile
+                log.error("%s: %s", self.name, e)
+                committed = False
+        if committed:
+            log.info("%s: finished the save to %s interrupted by xend's exit", self.name, target)
             if job.get("checkpoint"):
                 if alive:
                     async with self.lock:
@@ -1458,21 +1471,8 @@ def affinity_text(cpus: set[int], host: set[int]) -> str:
 
 
 def _save_target(path: str) -> str:
-    """Check where ``xm save`` may write: an absolute path in an existing
-    directory, not itself a directory."""
-    if not isinstance(path, str) or not path:
-        raise InvalidRequest("a save file name is required")
-    if not os.path.isabs(path):
-        raise InvalidRequest(f"save file must be an absolute path, got {path!r}")
-    path = os.path.normpath(path)
-    d = os.path.dirname(path)
-    if not os.path.isdir(d):
-        raise InvalidRequest(f"Unable to create save file {path}: directory {d} does not exist")
-    if os.path.isdir(path):
-        raise InvalidRequest(f"Unable to create save file {path}: it is a directory")
-    if not os.access(d, os.W_OK):
-        raise InvalidRequest(f"Unable to create save file {path}: directory {d} is not writable")
-    return path
+    """Where ``xm save`` may write: the rule of every user-named path."""
+    return userpath.check(path, "save file")
 
 
 def _phases(marks: dict, order: tuple) -> dict:
