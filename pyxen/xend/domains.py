@@ -17,7 +17,7 @@ import stat
 from contextlib import contextmanager
 
 from ..config import hvm as hvmcfg
-from ..config import sxp
+from ..config import names, sxp
 from ..config.domain import DomainConfig
 from ..config.errors import ConfigError
 from ..config.xendconfig import XendConfig

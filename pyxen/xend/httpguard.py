@@ -147,7 +147,9 @@ class Guard:
             return await handler(request)       # the Unix socket (root), or authenticated
         conn.disarm()
         try:
-            if request.method not in ("GET", "HEAD", "OPTIONS") and request.can_read_body:
+            # Only the public calls read a body before authentication (the
+            # API's auth refuses any other request before its body is read).
+            if webui.is_public(request) and request.can_read_body:
                 refusal = await self._read_small_body(request)
                 if refusal is not None:
                     return refusal

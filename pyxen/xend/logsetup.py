@@ -30,8 +30,8 @@ _PATTERNS = [
      r"\1'***'"),
     # SXP: (vncpasswd x) / (password 'x y')
     (re.compile(rf"""(?i)(\(\s*(?:{_KEYS})\s+)("[^"]*"|'[^']*'|[^\s()]+)"""), r"\1***"),
-    # HTTP credentials
-    (re.compile(r"(?i)\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 ***"),
+    # HTTP credentials (real ones are long: "bearer token required" is prose)
+    (re.compile(r"(?i)\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{12,}"), r"\1 ***"),
 ]
 
 
