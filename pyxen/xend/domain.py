@@ -33,6 +33,7 @@ from ..hypervisor import cgroups
 from ..hypervisor.qemu import argv as qargv
 from ..hypervisor.qemu import process
 from ..hypervisor.qemu.kcache import boot_kernel
+from ..hypervisor.qemu.kernel import KernelError
 from ..hypervisor.qemu.qmp import QmpSession, QMPError, QmpTimeout
 from ..store import StoreError
 from . import checkpoint, userpath, confine, vtpm
@@ -183,8 +184,11 @@ class Domain:
                 raise XendError(f"socket path too long for a Unix socket: {sock} (use a shorter PYXEN_ROOT)")
         loop = asyncio.get_running_loop()
         if self.cfg.builder == "linux":
-            rt.kernel = await loop.run_in_executor(None, boot_kernel, self.cfg.kernel,
-                                                   self.reg.paths.images / "cache")
+            try:
+                rt.kernel = await loop.run_in_executor(None, boot_kernel, self.cfg.kernel,
+                                                       self.reg.paths.images / "cache")
+            except KernelError as e:        # a hostile or absurd kernel file: one line
+                raise InvalidRequest(str(e)) from None
         else:
             if restore is not None:
                 hvmx.check_restore(self.cfg, restore.meta, restore.path)
