@@ -12,7 +12,6 @@ import fcntl
 import logging
 import os
 import resource
-import secrets
 import signal
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from aiohttp import web
 from ..config.xendconfig import XendConfig
 from ..paths import Paths
 from ..store import FileStore, atomic_write
-from . import httpguard, httptls, layout, logsetup, preauth
+from . import apitoken, httpguard, httptls, layout, logsetup, preauth
 from .accel import Accelerator
 from .api import Api
 from .domains import Domains
@@ -48,19 +47,6 @@ def raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         except (ValueError, OSError) as e:
             log.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, e)
-
-
-def load_token(path: Path) -> str:
-    """The API token: read it, or create a random one (0600) on first start."""
-    try:
-        token = path.read_text().strip()
-        if token:
-            return token
-    except FileNotFoundError:
-        pass
-    token = secrets.token_urlsafe(32)
-    atomic_write(path, (token + "\n").encode(), 0o600)
-    return token
 
 
 def take_lock(paths: Paths) -> int:
@@ -92,8 +78,7 @@ async def serve(paths: Paths, cfg: XendConfig, ready) -> None:
         await relocation.start()
     token = None
     if cfg["xend-http-server"] and cfg["xend-http-auth"] == "token":
-        token = load_token(Path(cfg["xend-http-token-file"]) if cfg["xend-http-token-file"]
-                           else paths.etc / "xend-http-token")
+        token = apitoken.load_token(apitoken.token_path(cfg, paths.etc))
     cert_auth = cfg["xend-http-server"] and cfg["xend-http-auth"] == "cert"
     api = Api(domains, paths.xend_log, logsetup.RING, token, client_certs=cert_auth)
     app = api.app()

@@ -36,9 +36,10 @@ from ..hypervisor.qemu.kcache import boot_kernel
 from ..hypervisor.qemu.kernel import KernelError
 from ..hypervisor.qemu.qmp import QmpSession, QMPError, QmpTimeout
 from ..store import StoreError
-from . import checkpoint, userpath, confine, vtpm
+from . import apitoken, checkpoint, userpath, confine, vtpm
 from . import hvm as hvmx
 from .console import ConsoleRelay
+from .consolelog import ConsoleLog
 from .control import ControlChannel, ControlError
 from .errors import Conflict, InvalidRequest, XendError
 
@@ -240,7 +241,9 @@ class Domain:
         self.qmp = QmpSession(self.name, on_event=self._on_event, on_disconnect=self._on_qmp_gone)
         await self.qmp.connect(str(rt.qmp_sock))
         self.console = ConsoleRelay(self.name, str(rt.console_sock),
-                                    self.reg.config["console-limit"] * 1024)
+                                    self.reg.config["console-limit"] * 1024,
+                                    ConsoleLog(rt.console_log, self.reg.config["console-log-max-size"] * 1024,
+                                               self.reg.config["console-log-max-files"]))
         await self.console.start()
         self.control = ControlChannel(self.name, str(rt.control_sock))
         await self.control.connect()
@@ -252,7 +255,8 @@ class Domain:
             return
         port = self.cfg.console_port or 9600 + self.domid
         try:
-            await self.console.export_tcp(self.reg.config["xend-console-address"], port)
+            token = apitoken.load_token(apitoken.token_path(self.reg.config, self.reg.paths.etc))
+            await self.console.export_tcp(self.reg.config["xend-console-address"], port, token)
         except OSError as e:
             log.error("%s: cannot export console on port %d: %s", self.name, port, e.strerror)
 
