@@ -212,7 +212,8 @@ class Domain:
                                                   60.0, tuple(disk_fds.fds()),
                                                   rt.hvm.env if rt.hvm else None)
         except process.QemuStartError as e:
-            raise XendError(f"QEMU failed to start domain {self.name}: {e}") from None
+            # QEMU said no to this domain on this host (a 4xx, not xend failing).
+            raise Conflict(f"QEMU failed to start domain {self.name}: {e}") from None
         finally:
             disk_fds.close()
         self.persist()
