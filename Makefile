@@ -34,7 +34,7 @@ APT_PKGS := qemu-system-x86 qemu-utils busybox-static lz4 zstd xz-utils cpio e2f
 #  nodejs/npm only when no npm is present, so a NodeSource node is left alone.)
 WEB_STAMP := pyxen/web/static/vendor/.built
 
-.PHONY: all deps install uninstall image hvm-images web demo test unit bench fuzz clean man
+.PHONY: all deps install uninstall image hvm-images web demo test unit bench fuzz clean man docs
 
 all: image
 
@@ -43,7 +43,7 @@ $(STAMP): pyproject.toml constraints.txt
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(APT_PKGS); fi
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip >/dev/null
-	$(VENV)/bin/pip install -q -c constraints.txt -e '.[test]'
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[test,docs]'
 	touch $@
 
 deps: $(STAMP)
@@ -124,6 +124,11 @@ demo: image web install
 
 test: image web
 	PATH=$(BINDIR):$$PATH $(PY) -m pytest -q tests
+
+# The user's guide (docs/guide, English and Chinese) as static HTML in
+# build/guide/ (gitignored).  --strict: a broken link or a missing page fails.
+docs: deps
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q -f docs/guide/mkdocs.yml -d $(CURDIR)/build/guide
 
 unit: deps
 	$(PY) -m pytest -q tests/unit

@@ -12,7 +12,7 @@ import uuid as uuidlib
 from dataclasses import dataclass, field
 
 from . import hvm as hvmcfg
-from . import sxp
+from . import names, sxp
 from .errors import ConfigError
 from .options import ACTIONS, CRASH_ACTIONS, default
 from .specs import (DiskSpec, PciSpec, VtpmSpec, disk_from_parts, parse_cpuset, parse_disk, parse_pci,
@@ -113,6 +113,7 @@ class DomainConfig:
         name = _str(values, "name")
         if not name:
             raise ConfigError("name: the domain needs a name")
+        names.check(name)
         builder = _str(values, "builder")
         t = values.get("type")
         if t:

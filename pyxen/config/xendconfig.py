@@ -161,6 +161,25 @@ OPTIONS: tuple[XendOption, ...] = (
                "Also export each domain's console on TCP port 9600+domid (or the domain's 'console' port).",
                origin="pyxen"),
     XendOption("xend-console-address", "str", "localhost", "Address the TCP consoles listen on.", origin="pyxen"),
+    # Limits on what an unauthenticated peer or a guest can make xend hold
+    # (pyxen/xend/preauth.py, pyxen/xend/consolelog.py; docs/robustness.md).
+    XendOption("xend-preauth-max-connections", "int", 64,
+               "Unauthenticated connections (TLS handshakes, HTTP requests without credentials, relocation\n"
+               "peers before their first message) held at once, per listener; more are closed at once.",
+               origin="pyxen"),
+    XendOption("xend-preauth-max-per-peer", "int", 8,
+               "Unauthenticated connections held at once from one address, per listener.", origin="pyxen"),
+    XendOption("xend-preauth-timeout", "int", 10,
+               "Seconds an unauthenticated connection may take to finish its TLS handshake, its request\n"
+               "headers and body, or (relocation) its first message.", origin="pyxen"),
+    XendOption("xend-preauth-max-body", "int", 65536,
+               "Bytes of request body read before the request is authenticated (e.g. POST /api/login).",
+               origin="pyxen"),
+    XendOption("console-log-max-size", "int", 2048,
+               "KiB a domain's console log may grow to before it is rotated (as libvirt's virtlogd: 2 MiB).",
+               origin="pyxen"),
+    XendOption("console-log-max-files", "int", 3,
+               "Console log files kept per domain, the current one included (virtlogd keeps 3).", origin="pyxen"),
     XendOption("vnet-dev", "str", "",
                "Interface vnets tunnel over (VXLAN underlay); '' means the interface of the default route.",
                example="eth0", origin="pyxen"),

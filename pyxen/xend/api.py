@@ -141,6 +141,8 @@ class Api:
             body = await request.json()
         except ValueError:
             raise InvalidRequest("request body is not valid JSON") from None
+        except RecursionError:      # json's C scanner: deep [[[[...]]]]
+            raise InvalidRequest("request body is nested too deeply") from None
         if not isinstance(body, dict):
             raise InvalidRequest("request body must be a JSON object")
         return body

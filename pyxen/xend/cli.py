@@ -98,7 +98,8 @@ def _daemon_child(paths: Paths, w: int) -> None:
     os.chdir("/")
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
-    out = os.open(paths.xend_debug_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    out = os.open(paths.xend_debug_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    os.fchmod(out, 0o640)      # logs are not world-readable (docs/robustness.md)
     os.dup2(out, 1)
     os.dup2(out, 2)
 

@@ -17,7 +17,7 @@ import stat
 from contextlib import contextmanager
 
 from ..config import hvm as hvmcfg
-from ..config import sxp
+from ..config import names, sxp
 from ..config.domain import DomainConfig
 from ..config.errors import ConfigError
 from ..config.xendconfig import XendConfig
@@ -139,8 +139,12 @@ class Domains:
 
     # ---------------------------------------------------------------- create
     def check_name_free(self, name: str, owner: Domain | None = None) -> None:
-        if not name or name == "Domain-0" or name.isdigit() or "/" in name:
-            raise InvalidRequest(f"Invalid domain name {name!r}")
+        if name == "Domain-0":
+            raise InvalidRequest(f"Invalid domain name {name!r}: it is the host's")
+        try:
+            names.check(name)       # the one name rule (rename comes here too)
+        except ConfigError as e:
+            raise InvalidRequest(str(e).removeprefix("name: ")) from None
         for d in self.by_uuid.values():
             if d.name == name and d is not owner:
                 raise Conflict(f"Domain '{name}' already exists with ID '{d.domid}'")

@@ -7,7 +7,6 @@ domain that does not exist; never a traceback.
 
 from __future__ import annotations
 
-import getopt
 import sys
 
 from ..paths import Paths
@@ -16,6 +15,11 @@ from .commands import COMMANDS, DEPRECATED, MANUAL_SPELLINGS, Context, resolve, 
 
 
 def parse_opts(cmd, argv: list[str]) -> tuple[dict, list[str]]:
+    if not any(a.startswith("-") and a != "-" for a in argv):
+        # No option words: what gnu_getopt would return.  Skipping it keeps
+        # getopt (and the gettext it imports) off the common path.
+        return {}, list(argv)
+    import getopt
     shorts = "".join(o.short + (":" if o.arg else "") for o in cmd.opts if o.short)
     longs = [o.long + ("=" if o.arg else "") for o in cmd.opts]
     by_flag = {}

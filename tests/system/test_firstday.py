@@ -122,7 +122,7 @@ def test_manual_sxp_vif_and_dom0_messages(host, tmp_path):
     assert "(device (vif (mac aa:00:00:01:02:03) (bridge vnet97)))" in out
     spec.write_text("(vm (name vn)\n    (image (linux (kernel /k))\n")
     res = host.xm("create", "-n", "-F", str(spec), check=False)
-    assert res.returncode == 1 and "the ( opened at line 2, column 5 is not closed" in res.stderr
+    assert res.returncode == 1 and f"{spec}:2: unexpected EOF: this '(' is never closed" in res.stderr
     res = host.xm("pci-attach", "0", "0000:00:01.0", check=False)
     assert res.returncode == 1 and "Domain 0 does not support pci-attach" in res.stderr
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from ...config import hvm as hvmcfg
 from ...config.domain import DomainConfig
 from ...config.specs import DiskSpec, PciSpec, vif_model
-from . import hvm
+from . import hvm, optstr
 
 try:
     from .kernel import FAST_CMDLINE
@@ -76,7 +76,7 @@ class Runtime:
 
 def _chardev_path(p: Path) -> str:
     # QEMU's -chardev key=value syntax needs commas doubled.
-    return str(p).replace(",", ",,")
+    return optstr.value(p)
 
 
 def max_vcpus(cfg: DomainConfig) -> int:
@@ -138,7 +138,7 @@ def disk_device_props(d: DiskSpec) -> dict:
 
 
 def disk_device(d: DiskSpec) -> str:
-    return ",".join(f"{k}={v}" if k != "driver" else v for k, v in disk_device_props(d).items())
+    return optstr.kv(disk_device_props(d), "driver")
 
 
 def netdev_props(devid: int, tap: str) -> dict:
@@ -185,15 +185,14 @@ def tpm_args(sock: Path) -> list[str]:
 
 
 def _kv(props: dict, first: str) -> str:
-    rest = ",".join(f"{k}={v}" for k, v in props.items() if k != first)
-    return f"{props[first]},{rest}"
+    return optstr.kv(props, first)
 
 
 def build(cfg: DomainConfig, rt: Runtime) -> list[str]:
     is_hvm = cfg.builder == "hvm"
     facts = rt.hvm or hvm.HvmFacts()
     a = [rt.qemu,
-         "-name", f"{cfg.name},debug-threads=on",
+         "-name", f"{optstr.value(cfg.name)},debug-threads=on",
          # seccomp: no obsolete syscalls and no resource control from inside
          # QEMU.  (elevateprivileges=deny also forbids the setsid() of
          # -daemonize, and spawn=deny its fork, so those two stay allowed.)
@@ -254,7 +253,7 @@ def build(cfg: DomainConfig, rt: Runtime) -> list[str]:
             fdset = None
             if d.vdev in rt.disk_fds:
                 fd, fdset = rt.disk_fds[d.vdev]
-                a += ["-add-fd", f"fd={fd},set={fdset},opaque=pyxen-disk:{d.vdev}"]
+                a += ["-add-fd", optstr.props({"fd": fd, "set": fdset, "opaque": f"pyxen-disk:{d.vdev}"})]
             for node in disk_nodes(d, fdset):
                 a += ["-blockdev", json.dumps(node)]
         elif not is_hvm:
