@@ -353,6 +353,7 @@ class Domain:
                     log.error("%s: crashed after only %.0f s (< minimum-restart-time %d s); destroying "
                               "instead of restarting", self.name, ran, self.reg.config["minimum-restart-time"])
                     action = "destroy"
+                action = guestreach.crash_action(action, reason, self.reg.config["enable-dump"])
                 if action.startswith("coredump-"):
                     await self._coredump_locked(None)
                     action = action.split("-", 1)[1]

@@ -64,7 +64,7 @@ def test_xend_start_refuses_a_missing_network_script(make_host):
 
 
 def test_xend_start_prints_misspelt_options_and_script_failures(make_host):
-    h = make_host("(accel tcg)\n(xend-relocation-sever yes)\n(enable-dump yes)\n"
+    h = make_host("(accel tcg)\n(xend-relocation-sever yes)\n(vnc-tls yes)\n"
                   "(network-script my-net)\n", start=False)
     scripts = h.root / "etc/xen/scripts"
     scripts.mkdir(parents=True)
@@ -72,7 +72,7 @@ def test_xend_start_prints_misspelt_options_and_script_failures(make_host):
     (scripts / "my-net").chmod(0o755)
     res = h.xend("start")
     assert "did you mean (xend-relocation-server ...)?" in res.stderr
-    assert "(enable-dump yes) is accepted but has no effect" in res.stderr
+    assert "(vnc-tls yes) is accepted but has no effect" in res.stderr
     assert "Warning: (network-script my-net) start failed: my-net: no uplink found" in res.stderr
     assert h.xend("status", check=False).returncode == 0
 
@@ -270,3 +270,15 @@ def test_dhcp_lease_arrives_soon_after_a_late_server(host, bridge, tmp_path):
             dns.terminate()
             dns.wait(10)
     host.xm("destroy", "dh")
+
+
+# ------------------------------------------------------------ enable-dump
+def test_enable_dump_dumps_a_crashed_domains_core(make_host):
+    h = make_host("(accel tcg)\n(enable-dump yes)\n")
+    h.xm("create", str(h.config("cr", on_crash="destroy")))
+    with h.console("cr") as con:
+        con.login()
+        con.send("echo c > /proc/sysrq-trigger\r")
+    poll(lambda: "cr" not in h.domains(), timeout=120, what="the crashed domain to be destroyed")
+    cores = list((h.root / "var/xen/dump").glob("*-cr.*.core"))
+    assert len(cores) == 1 and cores[0].stat().st_size > 64 << 20
