@@ -209,7 +209,7 @@ def test_mem_set_below_the_floor_is_refused_and_the_floor_keeps_the_guest(host):
         poll(lambda: int(con.run("awk '/MemTotal/ {print $2}' /proc/meminfo")[0]) < 100 * 1024,
              timeout=60, what="the balloon to inflate")
         out, rc = con.run("ls / >/dev/null; echo alive")
-        assert (out, rc) == ("alive\n", 0)
+        assert rc == 0 and out.splitlines()[-1] == "alive"      # (kernel lines may come first)
     assert host.domains()["mf"]["mem"] == MEM_FLOOR
     host.xm("destroy", "mf")
 
