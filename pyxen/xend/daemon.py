@@ -20,7 +20,8 @@ from aiohttp import web
 
 from ..config.xendconfig import XendConfig
 from ..paths import Paths
-from ..store import FileStore, atomic_write
+from ..filestore import FileStore
+from ..fileutil import atomic_write
 from . import httptls, layout
 from .accel import Accelerator
 from .api import Api

@@ -18,7 +18,7 @@ import signal
 import subprocess
 
 
-from pyxen.store import FileStore
+from pyxen.filestore import FileStore
 from pyxen.testing.wait import poll
 
 COUNTER = ("(i=0; while :; do i=$((i+1)); echo $i >> /tmp/count; usleep 100000; done) "
