@@ -348,6 +348,11 @@ class FileStore(Store):
             except FileNotFoundError:
                 pass
 
+    def quarantined(self) -> list[str]:
+        """The names of the values set aside as corrupt (oldest first)."""
+        d = self.root / ".corrupt"
+        return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+
     # ------------------------------------------------------------- upgrade
     def _upgrade_v1(self) -> None:
         """First layout -> this one, in one transaction: host-scoped keys

@@ -108,6 +108,10 @@ class Store:
         """Set a corrupt value aside so it is kept for inspection, not fatal."""
         raise NotImplementedError
 
+    def quarantined(self) -> list[str]:
+        """What was set aside (names for a person to look at, not keys)."""
+        raise NotImplementedError
+
     # --- built on those
     def get(self, key: str) -> bytes | None:
         e = self.read(key)
