@@ -57,5 +57,6 @@ class Accelerator:
         self.detail = detail
         # A probe that could not run (no image) is not cached: try again next start.
         if ok or "no guest image" not in detail:
-            self.store.put_json(storekeys.accel_probe(self.store.host), {"key": key, "verdict": verdict, "detail": detail})
+            self.store.put_json(storekeys.accel_probe(self.store.host),
+                                {"key": key, "verdict": verdict, "detail": detail})
         return verdict
