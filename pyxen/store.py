@@ -20,6 +20,9 @@ needs, so a cluster backend on etcd is a second implementation of
   puts the directory back at the points where it must be durable (stop,
   save, migration).  A networked store syncs at exactly those points.
 
+Leases and watches (a cluster's liveness and change events) are not in the
+interface yet: nothing here needs them, and nothing here precludes them.
+
 :class:`pyxen.filestore.FileStore` implements it on a local directory.
 Ordinary files that are not state (pid files, tokens, certificates, caches)
 are written with :mod:`pyxen.fileutil`, so the importers of this module are

@@ -268,3 +268,40 @@ def test_keys_module_separates_host_and_shared():
     assert storekeys.uuid_of_config(storekeys.config("u")) == "u"
     for shared in (storekeys.config("u"), storekeys.vnet("3"), storekeys.nvram("u"), storekeys.vtpm(name="d")):
         assert not shared.startswith("hosts/")
+
+
+def test_a_host_that_upgrades_keeps_its_domains(tmp_path, monkeypatch):
+    """xend on a store of the first layout: the domain is there after the
+    upgrade, and its next write lands in the new keys."""
+    import asyncio
+
+    from pyxen.config import sxp
+    from pyxen.config.domain import DomainConfig
+    from pyxen.config.xendconfig import XendConfig
+    from pyxen.paths import Paths
+    from pyxen.xend.domains import Domains
+    from pyxen.xend.network import HostNetwork
+
+    monkeypatch.setenv("PYXEN_ROOT", str(tmp_path))
+    paths = Paths(tmp_path)
+    for d in paths.layout():
+        d.mkdir(parents=True, exist_ok=True)
+    cfg = DomainConfig.from_values({"name": "kept", "kernel": "/k", "memory": 64})
+    old = paths.state / "domains" / cfg.uuid
+    old.mkdir(parents=True)
+    (old / "config").write_text(sxp.to_string(cfg.to_sxp()))
+    (old / "runtime").write_text(json.dumps({"domid": 4, "state": "shutdown", "pid": None}))
+    (paths.state / "host").mkdir()
+    (paths.state / "host/next-domid").write_text("9")
+
+    st = FileStore(paths.state, host="h")
+    xc = XendConfig()
+    doms = Domains(paths, xc, st, None, HostNetwork(paths, xc, st))
+    asyncio.run(doms.adopt_all())
+    [dom] = doms.by_uuid.values()
+    assert (dom.name, dom.domid, dom.state) == ("kept", 4, "shutdown")
+    assert st.get_json(storekeys.next_domid("h")) == 9
+    dom.persist(config=True)
+    assert st.revision(storekeys.config(cfg.uuid)) == st.revision(storekeys.runtime("h", cfg.uuid))
+    dom.forget()
+    assert st.keys("domains/") == [] and st.keys(storekeys.runtime_prefix("h")) == []
