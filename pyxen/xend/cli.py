@@ -49,9 +49,10 @@ def check_config(paths: Paths, quiet_ok: bool = False) -> int:
 def reprobe(paths: Paths) -> int:
     """Forget the cached KVM probe verdict; a running xend is restarted so
     it probes now (its domains keep running)."""
+    from .. import storekeys
     from ..store import FileStore
-    from .accel import PROBE_KEY
-    FileStore(paths.state).delete(PROBE_KEY)
+    store = FileStore(paths.state)
+    store.delete(storekeys.accel_probe(store.host))
     if not running_pid(paths):
         print("accelerator verdict cleared: xend probes again when it starts")
         return 0
