@@ -50,7 +50,7 @@ def reprobe(paths: Paths) -> int:
     """Forget the cached KVM probe verdict; a running xend is restarted so
     it probes now (its domains keep running)."""
     from .. import storekeys
-    from ..store import FileStore
+    from ..filestore import FileStore
     store = FileStore(paths.state)
     store.delete(storekeys.accel_probe(store.host))
     if not running_pid(paths):
