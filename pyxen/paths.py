@@ -9,15 +9,30 @@ building it is expensive and it is the same for every xend on a machine.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_IMAGES = "/var/lib/pyxen/images"
 
 
-@dataclass(frozen=True)
 class Paths:
-    root: Path
+    # A plain immutable class, not a dataclass: every xm command builds one,
+    # and importing dataclasses (inspect, ast, dis, ...) costs xm several ms.
+    __slots__ = ("root",)
+
+    def __init__(self, root: Path):
+        object.__setattr__(self, "root", root)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"Paths is immutable (cannot set {name!r})")
+
+    def __eq__(self, other):
+        return self.root == other.root if isinstance(other, Paths) else NotImplemented
+
+    def __hash__(self):
+        return hash(self.root)
+
+    def __repr__(self):
+        return f"Paths(root={self.root!r})"
 
     @classmethod
     def from_env(cls, environ: dict | None = None) -> "Paths":
