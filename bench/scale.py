@@ -158,6 +158,9 @@ def format_table(result: dict) -> str:
         r = cmp[key]
         tgt = f"  -> target <= {r['target']}{unit}: {verdict(r)}" if r["target"] is not None else ""
         lines.append(f"  {label:<40}{r['value']:>9}{unit}{tgt}")
+    if result.get("api_list_ms"):
+        lines.append("  (xend answering GET /api/domains: " + ", ".join(
+            f"{v:.1f} ms with {k}" for k, v in result["api_list_ms"].items()) + ")")
     rss = result["rss"]
     lines.append(f"  (xend RSS {rss['xend_0_kib'] / 1024:.1f} MiB with none, "
                  f"{rss['xend_n_kib'] / 1024:.1f} MiB with {n}; one paused QEMU's PSS "
@@ -273,6 +276,17 @@ class Bench:
                     samples[k].append(dt)
         return samples
 
+    def api_list(self, runs: int) -> list[float]:
+        """Seconds for xend to answer GET /api/domains, from this process
+        (no interpreter start): xend's own share of `xm list`."""
+        from pyxen.xm.client import Client
+        c, out = Client(self.paths), []
+        for _ in range(runs):
+            t0 = time.monotonic()
+            c.get("/api/domains?long=0")
+            out.append(time.monotonic() - t0)
+        return out
+
     def idle_cpu(self, seconds: float) -> dict:
         """xend's and all QEMUs' CPU over *seconds*, as % of one core."""
         pid, qemus = self.xend_pid(), self.qemu_pids()
@@ -300,6 +314,7 @@ def run(domains: int = DOMAINS, runs: int = 15, idle_seconds: float = IDLE_SECON
     latency_at = sorted({n for n in LATENCY_AT if n <= domains} | {domains})
     samples: dict[str, list[float]] = {}
     lat: dict[str, float] = {}
+    api: dict[str, float] = {}       # ms for xend to answer the list, by domain count
     with Bench(progress) as b:
         host = host_info_scale(b)
         host["loadavg_1min"] = round(os.getloadavg()[0], 2)
@@ -332,6 +347,7 @@ def run(domains: int = DOMAINS, runs: int = 15, idle_seconds: float = IDLE_SECON
                 for k in ("list", "domid"):
                     samples[f"{k}_{n}"] = [round(x, 5) for x in s[k]]
                     lat[f"{k}_{n}"] = median_ms(s[k])
+                api[str(n)] = median_ms(b.api_list(runs))
                 progress(f"{n} domains: xm list {lat[f'list_{n}']:.1f} ms, "
                          f"xm domid {lat[f'domid_{n}']:.1f} ms, pass {median_ms(s['pass']):.1f} ms")
         n = len(b.names)
@@ -359,6 +375,7 @@ def run(domains: int = DOMAINS, runs: int = 15, idle_seconds: float = IDLE_SECON
                        "xm": b.xm, "python": b.python},
             "domains_reached": n,
             "latency_ms": lat,
+            "api_list_ms": api,
             "samples": samples,
             "create": {"seconds": [round(x, 4) for x in creates],
                        "per_second": round(len(creates) / sum(creates), 2),

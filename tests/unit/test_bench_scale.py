@@ -54,7 +54,7 @@ def _result(n=200, **over):
          "rss": {"per_domain_mib": 0.6, "xend_0_kib": 48000, "xend_n_kib": 170000, "qemu_pss_kib": 40000},
          "idle": {"xend_cpu_percent": 0.2, "qemu_cpu_percent": 3.0},
          "restart": {"seconds": 4.0, "adopted": n},
-         "create": {"per_second": 3.1}}
+         "create": {"per_second": 3.1}, "api_list_ms": {"1": 0.5, "200": 6.0}}
     r.update(over)
     return r
 
@@ -90,7 +90,7 @@ def test_format_table_has_every_row_and_verdict():
     text = scale.format_table(r)
     for label in ("python -c pass", "xm list (100 domains)", "xm domid Domain-0 (1 domains)",
                   "xend RSS per domain", "xend CPU, all idle", "xend restart, re-adopt 200",
-                  "create rate"):
+                  "create rate", "6.0 ms with 200"):
         assert label in text
     assert text.count("PASS") == 6 and "FAIL" not in text
 
