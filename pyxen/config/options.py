@@ -1,7 +1,8 @@
 """The xm domain-config variables: names, types, defaults and help.
 
 This table (Xen 3.4's ``xm create`` variables, plus xl's common ones) is the
-single source of truth for ``xm create --help_config``, for converting
+single source of truth for ``xm create --help_config``, for the defaults
+``DomainConfig`` gives a variable that is not set, for converting
 ``var=value`` given on the command line, and for deciding which variables a
 config file may set.  ``applies`` says whether the variable has an effect on
 QEMU; those that do not are accepted and reported in the log, never dropped
@@ -103,6 +104,8 @@ VARS: tuple[Var, ...] = (
     _("nographic", "int", 0, "HVM: no graphics card, no VNC or SDL (the serial console only)."),
     _("soundhw", "str", "", "HVM sound cards: sb16, es1370, ac97, hda, pcspk (comma list) or all; "
       "they play to no host device."),
+    _("audio", "int", 0, "HVM: Xen 3.0's audio = 1 (the manual's enable-audio): an SB16 card, as "
+      "soundhw = 'sb16'."),
     _("keymap", "str", None, "VNC keyboard layout, e.g. en-us, de (default: xend-config's keymap)."),
     _("guest_os_type", "str", "default", "Guest OS type.", applies=False),
     _("vnc", "int", None, "HVM: 1 = a VNC server on port 5900+display (xm vncviewer --print DOM)."),
@@ -144,6 +147,14 @@ VARS: tuple[Var, ...] = (
 del _
 
 BY_NAME: dict[str, Var] = {v.name: v for v in VARS}
+
+
+def default(name: str):
+    """A variable's default: the one place it is written (DomainConfig's
+    field defaults and from_values read it from here)."""
+    v = BY_NAME[name].default
+    return list(v) if isinstance(v, list) else v
+
 ACTIONS = ("destroy", "restart", "preserve", "rename-restart")
 CRASH_ACTIONS = ACTIONS + ("coredump-destroy", "coredump-restart")
 

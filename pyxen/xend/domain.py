@@ -20,7 +20,6 @@ import logging
 import os
 import shutil
 import socket
-import tempfile
 import time
 import uuid as uuidlib
 from typing import TYPE_CHECKING
@@ -32,13 +31,15 @@ from ..config.specs import disk_from_parts, disk_number, format_cpuset, parse_cp
 from ..config.errors import ConfigError
 from ..hypervisor import cgroups
 from ..hypervisor.qemu import argv as qargv
-from ..hypervisor.qemu import process
+from ..hypervisor.qemu import process, qemulog
 from ..hypervisor.qemu.kcache import boot_kernel
+from ..hypervisor.qemu.kernel import KernelError
 from ..hypervisor.qemu.qmp import QmpSession, QMPError, QmpTimeout
 from ..store import StoreError
-from . import checkpoint, confine, vtpm
+from . import apitoken, checkpoint, confine, guestreach, userpath, vtpm
 from . import hvm as hvmx
 from .console import ConsoleRelay
+from .consolelog import ConsoleLog
 from .control import ControlChannel, ControlError
 from .errors import Conflict, InvalidRequest, XendError
 
@@ -63,6 +64,7 @@ class Domain:
     def __init__(self, registry: "Domains", cfg: DomainConfig, domid: int):
         self.reg = registry
         self.cfg = cfg
+        self.qemu_log_start = 0     # offset in the qemu-dm log where the current QEMU began
         self.domid = domid
         self.state = "creating"
         self.paused = False
@@ -184,8 +186,11 @@ class Domain:
                 raise XendError(f"socket path too long for a Unix socket: {sock} (use a shorter PYXEN_ROOT)")
         loop = asyncio.get_running_loop()
         if self.cfg.builder == "linux":
-            rt.kernel = await loop.run_in_executor(None, boot_kernel, self.cfg.kernel,
-                                                   self.reg.paths.images / "cache")
+            try:
+                rt.kernel = await loop.run_in_executor(None, boot_kernel, self.cfg.kernel,
+                                                       self.reg.paths.images / "cache")
+            except KernelError as e:        # a hostile or absurd kernel file: one line
+                raise InvalidRequest(str(e)) from None
         else:
             if restore is not None:
                 hvmx.check_restore(self.cfg, restore.meta, restore.path)
@@ -204,11 +209,13 @@ class Domain:
             rt.disk_fds = disk_fds.sets
             argv = qargv.build(self.cfg, rt)
             log.info("%s: starting QEMU: %s", self.name, " ".join(argv))
+            self.qemu_log_start = qemulog.mark(rt.qemu_log)     # this QEMU's part of the log
             self.pid = await loop.run_in_executor(None, process.start, argv, rt.pidfile, rt.qemu_log,
                                                   60.0, tuple(disk_fds.fds()),
                                                   rt.hvm.env if rt.hvm else None)
         except process.QemuStartError as e:
-            raise XendError(f"QEMU failed to start domain {self.name}: {e}") from None
+            # QEMU said no to this domain on this host (a 4xx, not xend failing).
+            raise Conflict(f"QEMU failed to start domain {self.name}: {e}") from None
         finally:
             disk_fds.close()
         self.persist()
@@ -237,7 +244,9 @@ class Domain:
         self.qmp = QmpSession(self.name, on_event=self._on_event, on_disconnect=self._on_qmp_gone)
         await self.qmp.connect(str(rt.qmp_sock))
         self.console = ConsoleRelay(self.name, str(rt.console_sock),
-                                    self.reg.config["console-limit"] * 1024)
+                                    self.reg.config["console-limit"] * 1024,
+                                    ConsoleLog(rt.console_log, self.reg.config["console-log-max-size"] * 1024,
+                                               self.reg.config["console-log-max-files"]))
         await self.console.start()
         self.control = ControlChannel(self.name, str(rt.control_sock))
         await self.control.connect()
@@ -249,7 +258,8 @@ class Domain:
             return
         port = self.cfg.console_port or 9600 + self.domid
         try:
-            await self.console.export_tcp(self.reg.config["xend-console-address"], port)
+            token = apitoken.load_token(apitoken.token_path(self.reg.config, self.reg.paths.etc))
+            await self.console.export_tcp(self.reg.config["xend-console-address"], port, token)
         except OSError as e:
             log.error("%s: cannot export console on port %d: %s", self.name, port, e.strerror)
 
@@ -492,23 +502,33 @@ class Domain:
             d = self.reg.paths.dump_dir
             d.mkdir(parents=True, exist_ok=True)
             path = str(d / time.strftime(f"%Y-%m%d-%H%M.%S-{self.name}.{self.domid}.core"))
+        path = userpath.check(path, "core file")
         was_paused = self.paused
         if not live and not was_paused:
             await self.qmp.execute("stop")
         try:
             # xend creates the file and QEMU writes to the descriptor: an
             # unprivileged QEMU (xend/confine.py) may not open dump paths.
+            # A new 0600 file renamed over the path when complete (userpath).
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                fd, tmp = userpath.create_temp(path, ".pyxen-core")
             except OSError as e:
                 raise XendError(f"dump of domain {self.name} failed: cannot create {path}: "
                                 f"{e.strerror}") from None
             try:
-                await self.qmp.send_fd(fd, "pyxen-dump")
-            finally:
-                os.close(fd)
-            await self.qmp.execute("dump-guest-memory", {"paging": False, "protocol": "fd:pyxen-dump"},
-                                   timeout=600)
+                try:
+                    await self.qmp.send_fd(fd, "pyxen-dump")
+                finally:
+                    os.close(fd)
+                await self.qmp.execute("dump-guest-memory", {"paging": False, "protocol": "fd:pyxen-dump"},
+                                       timeout=600)
+                userpath.commit(tmp, path, "core file")
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
+                raise
         except QMPError as e:
             raise XendError(f"dump of domain {self.name} failed: {e}") from None
         finally:
@@ -570,6 +590,8 @@ class Domain:
     async def shutdown(self, reason: str) -> None:
         """Ask the guest to power off, halt or reboot (it does the work)."""
         self._refuse_if_busy()
+        if (why := guestreach.shutdown_refusal(self.cfg, reason)) is not None:
+            raise Conflict(why)
         async with self.lock:
             self._require_live()
             self.shutdown_reason = reason if reason == "halt" else None
@@ -707,8 +729,7 @@ class Domain:
         meta = await self._save_meta()
         resume = not self.paused
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".pyxen-save",
-                                       dir=os.path.dirname(target))
+            fd, tmp = userpath.create_temp(target, ".pyxen-save")
         except OSError as e:
             raise XendError(f"Unable to create save file {target}: {e.strerror}") from None
         self.job = {"op": "save", "phase": "saving", "file": target, "tmp": tmp,
@@ -735,7 +756,7 @@ class Domain:
             self.job["phase"] = "commit"
             self.persist()
             faults.point("save-after-commit")
-            os.replace(tmp, target)
+            userpath.commit(tmp, target, "save file")
         except BaseException as e:
             await self._save_failed(tmp, resume)
             if isinstance(e, OSError):
@@ -921,11 +942,16 @@ class Domain:
             self.persist()
             return
         tmp, target = job.get("tmp"), job.get("file")
-        if job.get("phase") == "commit":
-            log.info("%s: finishing the save to %s interrupted by xend's exit", self.name, target)
-            if tmp and os.path.exists(tmp):
-                os.replace(tmp, target)
+        committed = job.get("phase") == "commit"
+        if committed and tmp and os.path.exists(tmp):
+            try:
+                userpath.commit(tmp, target, "save file")
                 checkpoint.fsync_dir(target)
+            except InvalidRequest as e:     # something else took the target's place meanwhile
+                log.error("%s: %s", self.name, e)
+                committed = False
+        if committed:
+            log.info("%s: finished the save to %s interrupted by xend's exit", self.name, target)
             if job.get("checkpoint"):
                 if alive:
                     async with self.lock:
@@ -1024,7 +1050,8 @@ class Domain:
         if problem is not None:
             m = info.meta
             raise XendError(f"Cannot restore {info.path}: {problem} (saved by QEMU {m.get('qemu', '?')}, "
-                            f"machine {m.get('machine', '?')}, {m.get('accel', '?')})")
+                            f"machine {m.get('machine', '?')}, {m.get('accel', '?')})"
+                            + qemulog.reason(self.runtime().qemu_log, self.qemu_log_start))
         times = _phases(self._marks, ("qemu", "load", "verify"))
         log.info("%s: loaded %d bytes of saved state from %s (%s)", self.name, info.stream_length, info.path,
                  ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
@@ -1458,21 +1485,8 @@ def affinity_text(cpus: set[int], host: set[int]) -> str:
 
 
 def _save_target(path: str) -> str:
-    """Check where ``xm save`` may write: an absolute path in an existing
-    directory, not itself a directory."""
-    if not isinstance(path, str) or not path:
-        raise InvalidRequest("a save file name is required")
-    if not os.path.isabs(path):
-        raise InvalidRequest(f"save file must be an absolute path, got {path!r}")
-    path = os.path.normpath(path)
-    d = os.path.dirname(path)
-    if not os.path.isdir(d):
-        raise InvalidRequest(f"Unable to create save file {path}: directory {d} does not exist")
-    if os.path.isdir(path):
-        raise InvalidRequest(f"Unable to create save file {path}: it is a directory")
-    if not os.access(d, os.W_OK):
-        raise InvalidRequest(f"Unable to create save file {path}: directory {d} is not writable")
-    return path
+    """Where ``xm save`` may write: the rule of every user-named path."""
+    return userpath.check(path, "save file")
 
 
 def _phases(marks: dict, order: tuple) -> dict:

@@ -17,14 +17,14 @@ import stat
 from contextlib import contextmanager
 
 from ..config import hvm as hvmcfg
-from ..config import sxp
+from ..config import names, sxp
 from ..config.domain import DomainConfig
 from ..config.errors import ConfigError
 from ..config.xendconfig import XendConfig
 from ..hypervisor.qemu import process
 from ..net import mac as macs
 from ..paths import Paths
-from ..storage import guard
+from ..storage import guard, lvm
 from ..store import Store, StoreError
 from . import checkpoint, passthrough, vtpm
 from .accel import Accelerator
@@ -139,8 +139,12 @@ class Domains:
 
     # ---------------------------------------------------------------- create
     def check_name_free(self, name: str, owner: Domain | None = None) -> None:
-        if not name or name == "Domain-0" or name.isdigit() or "/" in name:
-            raise InvalidRequest(f"Invalid domain name {name!r}")
+        if name == "Domain-0":
+            raise InvalidRequest(f"Invalid domain name {name!r}: it is the host's")
+        try:
+            names.check(name)       # the one name rule (rename comes here too)
+        except ConfigError as e:
+            raise InvalidRequest(str(e).removeprefix("name: ")) from None
         for d in self.by_uuid.values():
             if d.name == name and d is not owner:
                 raise Conflict(f"Domain '{name}' already exists with ID '{d.domid}'")
@@ -210,7 +214,8 @@ class Domains:
         if not disk.target or disk.kind == "nbd":
             return
         if not os.path.exists(disk.target):
-            raise InvalidRequest(f"disk {disk.vdev}: {disk.target} does not exist")
+            raise InvalidRequest(f"disk {disk.vdev}: {disk.target} does not exist"
+                                 + (lvm.missing_hint(disk.target) if disk.kind == "phy" else ""))
         if disk.kind == "phy" and not stat.S_ISBLK(os.stat(disk.target).st_mode):
             raise InvalidRequest(f"disk {disk.vdev}: phy:{disk.target} is not a block device (use file: for images)")
         if not os.access(disk.target, os.R_OK if disk.readonly else os.R_OK | os.W_OK):

@@ -14,7 +14,7 @@ from ..store import atomic_write
 
 log = logging.getLogger("pyxen.layout")
 
-EXAMPLES = ("xmexample1", "xmexample2")
+EXAMPLES = ("xmexample1", "xmexample2", "xmexample.hvm", "xmexample.vmx")
 
 
 def ensure(paths: Paths) -> None:

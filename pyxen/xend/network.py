@@ -54,6 +54,8 @@ class HostNetwork:
         self.store = store
         self.vnets: dict[int, VnetConfig] = {}
         self.lock = asyncio.Lock()
+        # Failures at start xend lives with, for `xend start` to print.
+        self.problems: list[str] = []
 
     # ------------------------------------------------------------ basics
     @property
@@ -85,6 +87,7 @@ class HostNetwork:
             except ScriptError as e:
                 # xend stays up (domains without vifs, xm itself) and says why.
                 log.error("network-script %s: %s", setting, e)
+                self.problems.append(f"(network-script {setting}) start failed: {e}")
         await self.restore_vnets()
 
     async def stop(self, domains_left: int) -> None:
@@ -196,6 +199,7 @@ class HostNetwork:
                 log.info("vnet %d set up: bridge %s, %s", v.id, v.bridge, v.vnetif)
             except Exception as e:     # one broken vnet must not keep xend from starting
                 log.error("vnet %d: cannot set up: %s", v.id, e)
+                self.problems.append(f"vnet {v.id}: cannot set up: {e}")
 
     async def vnet_create(self, text: str) -> VnetConfig:
         try:

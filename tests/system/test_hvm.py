@@ -162,6 +162,13 @@ def test_iso_boot_d_with_vnc_password(make_host, hvm_media):
     assert "VM status: running" in host.xm("qemu-monitor", "hvmcd", "info status").stdout
     log = (host.root / "var/log/xen/xend.log").read_text()
     assert "device_model=/usr/lib/xen/bin/qemu-dm ignored" in log
+    # The password was set through QMP (logged at DEBUG, the default level),
+    # yet it is in no log, and the logs are not world-readable.
+    assert "set_password" in log
+    for f in (host.root / "var/log/xen").rglob("*"):
+        if f.is_file() and f.suffix in (".log", "") and "console" not in f.parts:
+            assert "s3cret" not in f.read_text(errors="replace"), f
+    assert (host.root / "var/log/xen/xend.log").stat().st_mode & 0o007 == 0
     host.xm("destroy", "hvmcd")
 
 

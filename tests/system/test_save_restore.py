@@ -183,8 +183,15 @@ def test_bad_save_files_are_refused(host, tmp_path):
         assert not list((host.root / "var/lib/pyxen/state").glob("domains/*"))
 
     refused(None, "Unable to read save file", "No such file", name="missing.chk")
-    refused(b"", "not a valid guest state file: found an empty file")
-    refused(b"#!/bin/sh\necho not a save file\n" * 10, "not a valid guest state file: found '#!/bin/sh")
+    refused(b"", "is empty")
+    refused(b"#!/bin/sh\necho not a save file\n" * 10, "not a valid guest state file", "signature")
+    # What was found is never shown: the file may be any root-readable one.
+    res = host.xm("restore", "/etc/shadow", check=False, timeout=120)
+    assert_clean_error(res, "/etc/shadow", "not a valid guest state file")
+    assert "root:" not in res.stdout + res.stderr
+    # A FIFO nobody writes to is refused at once, not waited on.
+    os.mkfifo(tmp_path / "fifo.chk")
+    refused(None, "not a regular file (it is a FIFO)", name="fifo.chk")
     # Xen's own layout, with an xc_save image after the config: not ours.
     refused(raw[:20 + n] + b"\x00\x01\x02\x03" * 4096, "Xen save file")
     for cut in (10, 20 + n // 2, 20 + n + 8, 20 + n + 60, len(raw) // 2, len(raw) - 1):
