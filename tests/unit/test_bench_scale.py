@@ -67,6 +67,15 @@ def test_compare_all_pass():
     assert c["create_rate"]["pass"] is None
 
 
+def test_xm_ratios_use_the_pass_runs_of_the_same_point():
+    r = _result()
+    r["latency_ms"].update({"pass_100": 40.0, "pass_1": 10.0})   # the host got busier at 100
+    c = scale.compare(r)
+    assert c["xm_list_100"]["value"] == pytest.approx(38 / 40, abs=0.01)
+    r["compare"] = c
+    assert "0.95x its pass (40.0 ms)" in scale.format_table(r)
+
+
 def test_compare_failures():
     r = _result(restart={"seconds": 4.0, "adopted": 199},
                 idle={"xend_cpu_percent": 1.5, "qemu_cpu_percent": 0.0})
