@@ -67,8 +67,8 @@ _SHT_NOTE = 7
 _XEN_ELFNOTE_PHYS32_ENTRY = 18
 
 
-# Atomic file writes live with the state store; the image builder uses them too.
-from ...store import atomic_copy, atomic_write, file_sha256  # noqa: E402,F401
+# Atomic file writes (not state: a cache); the image builder uses them too.
+from ...fileutil import atomic_copy, atomic_write, file_sha256  # noqa: E402,F401
 
 
 def is_bzimage(path: Path) -> bool:
