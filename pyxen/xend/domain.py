@@ -352,6 +352,7 @@ class Domain:
                     log.error("%s: crashed after only %.0f s (< minimum-restart-time %d s); destroying "
                               "instead of restarting", self.name, ran, self.reg.config["minimum-restart-time"])
                     action = "destroy"
+                action = guestreach.crash_action(action, reason, self.reg.config["enable-dump"])
                 if action.startswith("coredump-"):
                     await self._coredump_locked(None)
                     action = action.split("-", 1)[1]
@@ -448,6 +449,8 @@ class Domain:
             self._require_live()
             boot = self._boot_memory()
             limit = min(self.cfg.maxmem or boot, boot)
+            if (why := guestreach.mem_set_refusal(self.name, mib)) is not None:
+                raise InvalidRequest(why)
             if not 16 <= mib <= limit:
                 raise InvalidRequest(f"memory for domain {self.name} must be 16-{limit} MiB (maxmem), got {mib}")
             await self.qmp.execute("balloon", {"value": mib << 20})

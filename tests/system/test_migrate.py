@@ -154,7 +154,9 @@ def test_non_live_migration(pair):
         assert last(con.run("echo $foo")) == "still"
     # A paused domain arrives paused, and unpauses on request.
     b.xm("pause", "still")
-    migrate(b, "still", A_IP)
+    # Without a terminal and without --progress: still the one summary line.
+    res = b.xm("migrate", "still", A_IP, timeout=600)
+    assert MIGRATED.search(res.stderr) and len(res.stderr.splitlines()) == 1, res.stderr
     assert a.domains()["still"]["state"] == "--p---"
     a.xm("unpause", "still")
     assert a.domains()["still"]["state"] in ("r-----", "-b----")
