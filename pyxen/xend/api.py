@@ -135,7 +135,9 @@ class Api:
 
     # ---------------------------------------------------------------- helpers
     async def body(self, request) -> dict:
-        if not request.can_read_body:
+        # body_exists, not can_read_body: a body already read (and cached) by
+        # the pre-authentication guard still counts.
+        if not request.body_exists:
             return {}
         try:
             body = await request.json()

@@ -238,3 +238,26 @@ def _call(root: Path, calls: list[tuple[str, dict]], job: dict | None = None) ->
                     out.append(doc.get("error") if r.status >= 400 else None)
         return out
     return asyncio.run(go())
+
+
+def test_a_body_read_before_the_handler_still_counts(tmp_path):
+    """A middleware that reads the body first (the pre-auth guard does, for
+    /api/login) leaves it cached: the operation still gets its parameters."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    api, _ = _harness(tmp_path)
+    api.token = "good"
+
+    @web.middleware
+    async def read_first(request, handler):
+        await request.read()
+        return await handler(request)
+
+    async def go():
+        app = api.app()
+        app.middlewares.insert(0, read_first)
+        async with TestClient(TestServer(app)) as client:
+            async with client.post("/api/login", json={"token": "wrong"}) as r:
+                return r.status
+    assert asyncio.run(go()) == 401

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from .. import host
@@ -18,7 +19,6 @@ def _info(dom, long: bool) -> dict:
 
 
 async def list_domains(call: Call):
-    import asyncio
     long = call.args["long"]
     doms = call.domains.all()
     out = [call.api.dom0(long)] + [_info(d, long) for d in doms]
