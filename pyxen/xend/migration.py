@@ -40,9 +40,11 @@ from ..config.domain import DomainConfig
 from ..config.errors import ConfigError
 from ..pki import PkiError, TlsFiles, is_host_cert, peer_name
 from ..store import StoreError
+from ..hypervisor.qemu.monitor import quietly
+from . import features, firmware, jobs
 from . import relocproto as rp
-from . import hvm as hvmx
 from .errors import Conflict, InvalidRequest, XendError
+from .lifecycle import State
 
 log = logging.getLogger("pyxen.domain.migrate")
 
@@ -91,9 +93,9 @@ def _tune(sock: socket.socket) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), val)
 
 
-def tls_files(reg) -> TlsFiles:
-    c = reg.config
-    return TlsFiles.for_host(reg.paths.etc, c["xend-relocation-server-ssl-cert-file"],
+def tls_files(config, paths) -> TlsFiles:
+    c = config
+    return TlsFiles.for_host(paths.etc, c["xend-relocation-server-ssl-cert-file"],
                              c["xend-relocation-server-ssl-key-file"], c["xend-relocation-ca-file"])
 
 
@@ -135,8 +137,8 @@ async def migrate(dom, host: str, port: int | None = None, live: bool = False,
     """Move running domain *dom* to the xend at *host*.  Returns what
     happened (times, bytes, downtime); raises MigrationError saying where
     the domain is when anything fails."""
-    reg = dom.reg
-    port = port or reg.config["xend-relocation-port"]
+    config = dom.config
+    port = port or config["xend-relocation-port"]
     if not host or not isinstance(host, str) or len(host) > 255 or any(c.isspace() for c in host):
         raise InvalidRequest(f"invalid destination host {host!r}")
     if not 0 < int(port) < 65536:
@@ -146,14 +148,14 @@ async def migrate(dom, host: str, port: int | None = None, live: bool = False,
     if downtime is not None and not 1 <= downtime <= 60000:
         raise InvalidRequest(f"the downtime limit must be 1-60000 ms, got {downtime}")
     ctx = None
-    if reg.config["xend-relocation-tls"]:
+    if config["xend-relocation-tls"]:
         try:
-            ctx = tls_files(reg).client_context()
+            ctx = tls_files(config, dom.paths).client_context()
         except PkiError as e:
             raise MigrationError(f"cannot migrate securely: {e}") from None
-    dom._refuse_if_busy()
+    dom.refuse_if_busy("migrate")
     async with dom.lock:
-        dom._require_live()
+        dom.require_live("migrate")
         return await Outgoing(dom, host, int(port), live, resource, downtime, ctx).run()
 
 
@@ -169,12 +171,11 @@ class Outgoing:
 
     def _progress(self, **info) -> None:
         self.dom.job.update(progress=info)
-        self.dom.reg.emit("migrating", self.dom, progress=info, target=self.where)
+        self.dom.services.emit("migrating", self.dom, progress=info, target=self.where)
 
     async def run(self) -> dict:
         dom = self.dom
-        dom.job = {"op": "migrate", "phase": "connect", "target": self.where, "resume": self.resume,
-                   "live": self.live}
+        dom.job = jobs.Job("migrate", "connect", target=self.where, resume=self.resume, live=self.live)
         dom.persist()
         try:
             try:
@@ -190,7 +191,7 @@ class Outgoing:
                 dom.job["phase"] = "commit"
                 dom.persist()
             except BaseException as e:
-                dom.reg.count_migration("out", False, self.link.sent if self.link else 0)
+                dom.services.count_migration("out", False, self.link.sent if self.link else 0)
                 await self._roll_back(e)
                 raise self._failure(e) from None
             faults.point("migrate-source-commit")
@@ -198,17 +199,17 @@ class Outgoing:
                 await _run(self.link.send, ["commit"])
                 done = rp.check_reply(await _run(self.link.recv, LINK_TIMEOUT), "running")
             except BaseException as e:
-                dom.reg.count_migration("out", False, self.link.sent)
+                dom.services.count_migration("out", False, self.link.sent)
                 await self._uncertain(e)
                 raise
         finally:
             if self.link is not None:
                 await _run(self.link.close)
-        dom.reg.count_migration("out", True, self.link.sent)
+        dom.services.count_migration("out", True, self.link.sent)
         resumed = _value(done, "resumed")
         stopped = dom.last_runstate_change.get("STOP")
         dom.job["phase"] = "done"
-        await dom._destroy_locked()
+        await dom.destroy_locked()
         total = time.monotonic() - self.t0
         result = {"host": self.host, "port": self.port, "live": self.live, "seconds": round(total, 3),
                   "bytes": self.link.sent, **self.stats}
@@ -218,42 +219,41 @@ class Outgoing:
         log.info("%s: migrated to %s (%s): %d bytes in %.2f s, downtime %s ms (QEMU's own figure %s ms)",
                  dom.name, self.where, "live" if self.live else "paused", self.link.sent, total,
                  result.get("downtime_ms", "?"), self.stats.get("qemu_downtime_ms", "?"))
-        dom.reg.emit("migrated", dom, target=self.where, result=result)
+        dom.services.emit("migrated", dom, target=self.where, result=result)
         return result
 
     async def _prepare(self) -> None:
         dom = self.dom
-        meta = await dom._save_meta()
+        meta = await dom.save_meta()
+        ctx = dom.feature_context()
         req = rp.Receive(config=dom.cfg.to_sxp(), accel=dom.accel, machine=meta["machine"],
                          qemu=meta["qemu"], live=self.live, host=socket.gethostname(),
-                         paused=not self.resume, firmware=hvmx.save_meta(dom), nvram=hvmx.nvram_now(dom))
+                         paused=not self.resume, firmware=firmware.save_meta(ctx),
+                         nvram=firmware.nvram_now(ctx))
         dom.job["phase"] = "prepare"
         reply = await _run(self.link.request, req.to_msg(), "domid", PREPARE_TIMEOUT)
         self.stats["target_domid"] = _value(reply, "domid")
 
     async def _stream(self) -> None:
-        dom, q = self.dom, self.dom.qmp
-        caps = [{"capability": "events", "state": True},
-                # A guest that dirties memory faster than the link carries it
-                # is slowed down rather than migrated forever.
-                {"capability": "auto-converge", "state": self.live}]
-        await q.execute("migrate-set-capabilities", {"capabilities": caps})
+        dom, mon = self.dom, self.dom.monitor
+        stream = mon.migration
+        # A guest that dirties memory faster than the link carries it is
+        # slowed down (auto-converge) rather than migrated forever.
+        await stream.enable_events(auto_converge=self.live)
         limit = self.downtime or DEFAULT_DOWNTIME_MS
-        await q.execute("migrate-set-parameters", {
-            "max-bandwidth": int(self.resource * (1 << 20)) if self.resource else UNLIMITED,
-            "downtime-limit": limit})
+        await mon.migrate_set_parameters(
+            max_bandwidth=int(self.resource * (1 << 20)) if self.resource else UNLIMITED,
+            downtime_limit=limit)
         a, b = _socketpair()
         try:
             dom.job["phase"] = "stream"
             if not self.live and not dom.paused:
-                await q.execute("stop")
+                await mon.stop()
             else:
-                await dom._leave_postmigrate()
-            await q.send_fd(a.fileno(), "pyxen-migrate")
+                await dom.leave_postmigrate()
+            await mon.send_fd(a.fileno(), "pyxen-migrate")
             a.close()
-            dom._mig_status = None
-            dom._mig_changed.clear()
-            await q.execute("migrate", {"uri": "fd:pyxen-migrate"})
+            await stream.start_out("pyxen-migrate")
             pump = asyncio.ensure_future(_run(self.link.pump_out, b))
             limit = await self._watch(pump, limit)
             await pump
@@ -261,12 +261,10 @@ class Outgoing:
             # once.  QEMU's MIGRATION 'completed' event normally came before
             # it closed the stream; only without it is QEMU asked (a QMP
             # round trip inside the downtime).  Its figures are read after.
-            if dom._mig_status != "completed":
+            if stream.status != "completed":
                 status = await self._final_status()
                 if status != "completed":
-                    info = await dom._quietly("query-migrate") or {}
-                    raise MigrationError(f"QEMU could not send the guest: "
-                                         f"{info.get('error-desc') or 'migration ' + str(status)}")
+                    raise MigrationError(f"QEMU could not send the guest: {await stream.error(status)}")
             await _run(self.link.end)
             if "qemu_total_ms" not in self.stats:
                 await self._final_status()
@@ -290,7 +288,7 @@ class Outgoing:
                     and passes - passes_at_limit >= RAMP_EVERY_PASSES:
                 if passes_at_limit:
                     limit = min(limit * 2, MAX_RAMPED_DOWNTIME_MS)
-                    await dom._quietly("migrate-set-parameters", {"downtime-limit": limit})
+                    await quietly(dom.monitor.migrate_set_parameters(downtime_limit=limit))
                     log.info("%s: pre-copy not converging after %d passes; allowing %d ms of downtime",
                              dom.name, passes, limit)
                 passes_at_limit = passes
@@ -298,7 +296,7 @@ class Outgoing:
 
     async def _report(self, limit: int) -> int:
         """Publish QEMU's progress; the number of passes so far."""
-        info = await self.dom._quietly("query-migrate") or {}
+        info = await quietly(self.dom.monitor.query_migrate()) or {}
         ram = info.get("ram") or {}
         passes = ram.get("dirty-sync-count", 0)
         self._progress(status=info.get("status"), transferred=ram.get("transferred", 0),
@@ -309,19 +307,13 @@ class Outgoing:
         return passes
 
     async def _final_status(self) -> str | None:
-        dom = self.dom
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            info = await dom._quietly("query-migrate") or {}
-            st = info.get("status")
-            if st in ("completed", "failed", "cancelled"):
-                if st == "completed":
-                    self.stats["qemu_downtime_ms"] = info.get("downtime")
-                    self.stats["qemu_total_ms"] = info.get("total-time")
-                    self.stats["passes"] = (info.get("ram") or {}).get("dirty-sync-count")
-                return st
-            await asyncio.sleep(0.02)
-        return None
+        info = await self.dom.monitor.migration.final_info()
+        st = info.get("status")
+        if st == "completed":
+            self.stats["qemu_downtime_ms"] = info.get("downtime")
+            self.stats["qemu_total_ms"] = info.get("total-time")
+            self.stats["passes"] = (info.get("ram") or {}).get("dirty-sync-count")
+        return st
 
     async def _roll_back(self, e: BaseException) -> None:
         """Before the commit point: the guest stays (or runs again) here."""
@@ -335,10 +327,10 @@ class Outgoing:
                 await _run(self.link.end, rp.ABORT)
             except Exception:
                 pass
-        if dom.qmp is not None and dom.pid and not await dom.cancel_outgoing(self.resume):
+        if dom.monitor is not None and dom.pid and not await dom.cancel_outgoing(self.resume):
             log.error("%s: could not resume the guest after the failed migration", dom.name)
         dom.job = None
-        dom._persist_quietly()
+        dom.persist_quietly()
 
     def _failure(self, e: BaseException) -> BaseException:
         if isinstance(e, asyncio.CancelledError):
@@ -353,7 +345,7 @@ class Outgoing:
         dom = self.dom
         dom.paused = True
         dom.job = None
-        dom._persist_quietly()
+        dom.persist_quietly()
         msg = (f"the target was told to run {dom.name} but did not confirm ({_describe(e)}); "
                f"{dom.name} is kept paused here: check {self.host} and unpause it here only if it "
                "does not run there")
@@ -376,18 +368,18 @@ def _value(values: list, key: str):
     return None
 
 
-async def recover(dom) -> None:
+@jobs.recovers("migrate")
+async def recover(dom, job: dict) -> None:
     """After an xend restart on the source: a migration that had not
     reached its commit point is rolled back (the guest runs here again);
     one past it keeps the guest paused, as nobody knows whether the
     target runs it."""
-    job = dom.job
-    alive = dom.qmp is not None and dom.pid
+    alive = dom.monitor is not None and dom.pid
     if job.get("phase") in ("commit", "done"):
         log.error("%s: xend stopped after telling %s to run the domain; kept paused here — "
                   "check the target before unpausing it", dom.name, job.get("target"))
         if alive:
-            await dom._quietly("migrate_cancel")
+            await quietly(dom.monitor.migrate_cancel())
         dom.paused = True
     else:
         log.info("%s: migration to %s interrupted by xend's exit; rolling back", dom.name, job.get("target"))
@@ -413,7 +405,7 @@ class RelocationServer:
         self.ctx = None
         if cfg["xend-relocation-tls"]:
             try:
-                self.ctx = tls_files(domains).server_context()
+                self.ctx = tls_files(domains.config, domains.paths).server_context()
             except PkiError as e:
                 raise XendError(f"relocation server: {e}") from None
         self.sock: socket.socket | None = None
@@ -532,10 +524,10 @@ class Incoming:
         log.info("relocation: receiving domain %s from %s (%s, %s)", cfg.name, req.host,
                  "live" if req.live else "paused", self.peer)
         try:
-            hvmx.check_restore(cfg, req.firmware, f"the domain from {req.host}")
+            firmware.check_restore(cfg, req.firmware, f"the domain from {req.host}")
             if req.nvram:
                 # The target's QEMU starts from the source's UEFI variables.
-                self.domains.store.put(f"nvram/{cfg.uuid}", req.nvram)
+                self.domains.store.put(firmware.nvram_key(cfg.uuid), req.nvram)
             self.dom = await self.domains.prepare_incoming(cfg, req.accel, req.machine)
         except (XendError, StoreError) as e:
             log.warning("relocation: refused domain %s from %s: %s", cfg.name, self.peer, e)
@@ -547,7 +539,7 @@ class Incoming:
         except BaseException as e:
             self.domains.count_migration("in", False, self.link.sent)
             log.error("relocation: domain %s from %s not received: %s", cfg.name, self.peer, _describe(e))
-            if self.dom is not None and self.dom.state == "incoming":
+            if self.dom is not None and self.dom.state == State.INCOMING:
                 await self.dom.destroy(force=True)
             if not isinstance(e, (rp.ProtocolError, asyncio.CancelledError)):
                 await self._try_send(rp.err("receive", _describe(e)))
@@ -563,16 +555,13 @@ class Incoming:
 
     async def _receive(self, req: rp.Receive) -> None:
         dom = self.dom
-        q = dom.qmp
+        mon = dom.monitor
         a, b = _socketpair()
         try:
-            await q.execute("migrate-set-capabilities", {"capabilities": [
-                {"capability": "events", "state": True}]})
-            await q.send_fd(a.fileno(), "pyxen-migrate")
+            await mon.migration.enable_events()
+            await mon.send_fd(a.fileno(), "pyxen-migrate")
             a.close()
-            dom._mig_status = None
-            dom._mig_changed.clear()
-            await q.execute("migrate-incoming", {"uri": "fd:pyxen-migrate"})
+            await mon.migration.start_in("pyxen-migrate")
             await self._send(rp.ok(["domid", dom.domid]))
             faults.point("migrate-target-receiving")
             kind, problem = await _run(self.link.pump_in, b)
@@ -583,11 +572,9 @@ class Incoming:
             raise rp.ProtocolError("the source gave up the migration")
         if problem:
             raise rp.ProtocolError(problem)       # the source was told already
-        status = await self._loaded()
+        status = await mon.migration.wait_done(LOAD_TIMEOUT, tick=0.5, poll=True, check=lambda: bool(dom.pid))
         if status != "completed":
-            info = await dom._quietly("query-migrate") or {}
-            raise MigrationError(f"QEMU could not load the guest: "
-                                 f"{info.get('error-desc') or 'migration ' + str(status)}")
+            raise MigrationError(f"QEMU could not load the guest: {await mon.migration.error(status)}")
         await self._send(rp.ok("loaded"))
         faults.point("migrate-target-loaded")
         msg = await _run(self.link.recv, LINK_TIMEOUT)
@@ -595,34 +582,19 @@ class Incoming:
             raise rp.ProtocolError(f"the source did not commit ({msg[0]})")
         await self._commit(req.paused)
 
-    async def _loaded(self) -> str | None:
-        dom = self.dom
-        deadline = time.monotonic() + LOAD_TIMEOUT
-        while dom._mig_status not in ("completed", "failed", "cancelled"):
-            if time.monotonic() > deadline or not dom.pid:
-                return None
-            dom._mig_changed.clear()
-            try:
-                await asyncio.wait_for(dom._mig_changed.wait(), 0.5)
-            except asyncio.TimeoutError:
-                info = await dom._quietly("query-migrate") or {}
-                if info.get("status") in ("completed", "failed"):
-                    dom._mig_status = info["status"]
-        return dom._mig_status
-
     async def _commit(self, paused: bool) -> None:
         dom = self.dom
         async with dom.lock:
             # Durable before the guest runs: a restart now adopts it as a
             # running domain instead of rolling it back.
-            dom.state = "running"
+            dom.state = State.RUNNING
             dom.paused = paused
             dom.start_time = time.time()
             dom.persist()
-            await hvmx.after_start(dom)
+            await features.after_start(dom.feature_context())
             if not paused:
                 asked = time.time()
-                await dom.qmp.execute("cont")
+                await dom.monitor.cont()
                 answered = time.time()
             await dom.refresh_vcpus()
             dom.apply_placement(initial=True)
@@ -637,6 +609,6 @@ class Incoming:
             ev = dom.last_runstate_change.get("RESUME")
             resumed = ev if ev is not None and asked <= ev <= answered else answered
         dom.announced = True
-        dom.reg.emit("created", dom, migrated_from=self.peer)
+        dom.services.emit("created", dom, migrated_from=self.peer)
         log.info("%s: arrived from %s and running (domid %d)", dom.name, self.peer, dom.domid)
         await self._send(rp.ok("running", ["resumed", f"{resumed:.6f}"] if not paused else ["paused", 1]))

@@ -92,7 +92,7 @@ def test_vfb_gives_an_hvm_domain_its_display():
 
 
 def test_restore_must_match_the_firmware():
-    from pyxen.xend import hvm as xhvm
+    from pyxen.xend import firmware as xhvm
     from pyxen.xend.errors import InvalidRequest
     xhvm.check_restore(cfg(), {"firmware": "seabios"}, "/f")
     xhvm.check_restore(cfg(), {}, "/f")           # a file from before HVM meta existed
