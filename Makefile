@@ -24,7 +24,7 @@ APT_PKGS := qemu-system-x86 qemu-utils busybox-static lz4 zstd xz-utils cpio e2f
 #  nodejs/npm only when no npm is present, so a NodeSource node is left alone.)
 WEB_STAMP := pyxen/web/static/vendor/.built
 
-.PHONY: all deps image hvm-images web demo test unit bench fuzz clean
+.PHONY: all deps image hvm-images web demo test unit bench fuzz clean man
 
 all: image
 
@@ -67,6 +67,12 @@ test: image web
 
 unit: deps
 	$(PY) -m pytest -q tests/unit
+
+# Man pages and bash completion, generated from the command and option
+# tables into pyxen/data/man and pyxen/data/completion (committed; a unit
+# test fails when they are stale).
+man: deps
+	$(PY) -m pyxen.docgen
 
 # Long fuzzing runs (atheris, from its PyPI wheel) of every hostile-input
 # parser, FUZZ_SECONDS each, growing a corpus per target in FUZZ_DIR;

@@ -33,14 +33,19 @@ from .paths import Paths
 SAVE_MAGIC = b"LinuxGuestRecord"
 
 
-def settings(paths: Paths) -> dict[str, str]:
-    s = {
+def defaults(paths: Paths) -> dict[str, str]:
+    """The settings before any file or environment variable (xendomains(8) lists them)."""
+    return {
         "XENDOMAINS_SYSRQ": "", "XENDOMAINS_USLEEP": "100000", "XENDOMAINS_CREATE_USLEEP": "5000000",
         "XENDOMAINS_MIGRATE": "", "XENDOMAINS_SAVE": str(paths.save_dir),
         "XENDOMAINS_SHUTDOWN": "--halt --wait", "XENDOMAINS_SHUTDOWN_ALL": "--all --halt --wait",
         "XENDOMAINS_RESTORE": "true", "XENDOMAINS_AUTO": str(paths.auto),
         "XENDOMAINS_AUTO_ONLY": "false", "XENDOMAINS_STOP_MAXWAIT": "300",
     }
+
+
+def settings(paths: Paths) -> dict[str, str]:
+    s = defaults(paths)
     for f in (paths.root / "etc/sysconfig/xendomains", paths.root / "etc/default/xendomains"):
         if f.is_file():
             for line in f.read_text().splitlines():

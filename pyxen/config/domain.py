@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from . import hvm as hvmcfg
 from . import sxp
 from .errors import ConfigError
-from .options import ACTIONS, CRASH_ACTIONS
+from .options import ACTIONS, CRASH_ACTIONS, default
 from .specs import (DiskSpec, PciSpec, VtpmSpec, disk_from_parts, parse_cpuset, parse_disk, parse_pci,
                     parse_vif, parse_vtpm, pci_from_sxp)
 
@@ -32,8 +32,13 @@ _RESTART_MAP = {
 }
 
 
-def _int(values: dict, key: str, default=None, minimum=None):
-    v = values.get(key, default)
+# "the options table's default" (pyxen/config/options.py): defaults are
+# written once, there.
+_TABLE = object()
+
+
+def _int(values: dict, key: str, dflt=_TABLE, minimum=None):
+    v = values.get(key, default(key) if dflt is _TABLE else dflt)
     if v is None:
         return None
     if isinstance(v, bool):
@@ -47,10 +52,12 @@ def _int(values: dict, key: str, default=None, minimum=None):
     return n
 
 
-def _str(values: dict, key: str, default=""):
-    v = values.get(key, default)
+def _str(values: dict, key: str, dflt=_TABLE):
+    if dflt is _TABLE:      # (an unset string variable reads as "")
+        dflt = default(key) or ""
+    v = values.get(key, dflt)
     if v is None:
-        return default
+        return dflt
     if not isinstance(v, (str, int, float)):
         raise ConfigError(f"{key}: expected a string, got {v!r}")
     return str(v)
@@ -69,26 +76,27 @@ def _list(values: dict, key: str) -> list:
 class DomainConfig:
     name: str
     uuid: str = ""
-    builder: str = "linux"
-    memory: int = 128
-    maxmem: int | None = None
-    vcpus: int = 1
-    maxvcpus: int | None = None
-    cpus: object = None
-    cpu_weight: int = 256
-    cpu_cap: int = 0
-    on_poweroff: str = "destroy"
-    on_reboot: str = "restart"
-    on_crash: str = "restart"
-    on_watchdog: str = "destroy"
-    kernel: str = ""
-    ramdisk: str = ""
-    root: str = ""
-    extra: str = ""
-    cmdline: str | None = None
-    ip: str = ""
-    console_port: int | None = None
-    description: str = ""
+    # Defaults from the options table (an unset string reads as "").
+    builder: str = default("builder")
+    memory: int = default("memory")
+    maxmem: int | None = default("maxmem")
+    vcpus: int = default("vcpus")
+    maxvcpus: int | None = default("maxvcpus")
+    cpus: object = default("cpus")
+    cpu_weight: int = default("cpu_weight")
+    cpu_cap: int = default("cpu_cap")
+    on_poweroff: str = default("on_poweroff")
+    on_reboot: str = default("on_reboot")
+    on_crash: str = default("on_crash")
+    on_watchdog: str = default("on_watchdog")
+    kernel: str = default("kernel") or ""
+    ramdisk: str = default("ramdisk")
+    root: str = default("root")
+    extra: str = default("extra")
+    cmdline: str | None = default("cmdline")
+    ip: str = default("ip")
+    console_port: int | None = default("console")
+    description: str = default("description")
     disks: list[DiskSpec] = field(default_factory=list)
     vifs: list[dict] = field(default_factory=list)
     pci: list[PciSpec] = field(default_factory=list)
@@ -102,10 +110,10 @@ class DomainConfig:
     # ---------------------------------------------------------------- build
     @classmethod
     def from_values(cls, values: dict) -> "DomainConfig":
-        name = _str(values, "name", "")
+        name = _str(values, "name")
         if not name:
             raise ConfigError("name: the domain needs a name")
-        builder = _str(values, "builder", "linux")
+        builder = _str(values, "builder")
         t = values.get("type")
         if t:
             builder = {"pv": "linux", "pvh": "linux", "hvm": "hvm"}.get(str(t))
@@ -115,9 +123,8 @@ class DomainConfig:
             builder = "hvm"
         if builder not in ("linux", "hvm"):
             raise ConfigError(f"builder: expected 'linux' or 'hvm', got {builder!r}")
-        acts = {k: _str(values, k, d) for k, d in
-                (("on_poweroff", "destroy"), ("on_reboot", "restart"), ("on_crash", "restart"))}
-        restart = _str(values, "restart", "")
+        acts = {k: _str(values, k) for k in ("on_poweroff", "on_reboot", "on_crash")}
+        restart = _str(values, "restart")
         if restart:
             if restart not in _RESTART_MAP:
                 raise ConfigError(f"restart: expected onreboot, always or never, got {restart!r}")
@@ -126,12 +133,12 @@ class DomainConfig:
             allowed = CRASH_ACTIONS if k == "on_crash" else ACTIONS
             if v not in allowed:
                 raise ConfigError(f"{k}: expected one of {', '.join(allowed)}, got {v!r}")
-        memory = _int(values, "memory", 128, minimum=1)
-        maxmem = _int(values, "maxmem", None, minimum=1)
+        memory = _int(values, "memory", minimum=1)
+        maxmem = _int(values, "maxmem", minimum=1)
         if maxmem is not None and maxmem < memory:
             raise ConfigError(f"maxmem ({maxmem}) is less than memory ({memory})")
-        vcpus = _int(values, "vcpus", 1, minimum=1)
-        maxvcpus = _int(values, "maxvcpus", None, minimum=1)
+        vcpus = _int(values, "vcpus", minimum=1)
+        maxvcpus = _int(values, "maxvcpus", minimum=1)
         if maxvcpus is not None and maxvcpus < vcpus:
             raise ConfigError(f"maxvcpus ({maxvcpus}) is less than vcpus ({vcpus})")
         cpus = values.get("cpus")
@@ -147,23 +154,23 @@ class DomainConfig:
                 cpus = str(cpus)
         else:
             cpus = None
-        wd = _str(values, "on_watchdog", "destroy")
+        wd = _str(values, "on_watchdog")
         if wd not in CRASH_ACTIONS:
             raise ConfigError(f"on_watchdog: expected one of {', '.join(CRASH_ACTIONS)}, got {wd!r}")
         cap = values.get("cap")
-        cpu_cap = _int(values, "cap" if cap is not None else "cpu_cap", 0, minimum=0)
+        cpu_cap = _int(values, "cap" if cap is not None else "cpu_cap", default("cpu_cap"), minimum=0)
         disks = [d if isinstance(d, DiskSpec) else parse_disk(d) for d in _list(values, "disk")]
         vifs = [parse_vif(v) for v in _list(values, "vif")]
-        nics = _int(values, "nics", -1)
+        nics = _int(values, "nics")
         if nics is not None and nics > len(vifs):
             vifs += [{} for _ in range(nics - len(vifs))]
-        u = _str(values, "uuid", "") or str(uuidlib.uuid4())
+        u = _str(values, "uuid") or str(uuidlib.uuid4())
         try:
             u = str(uuidlib.UUID(u))
         except ValueError:
             raise ConfigError(f"uuid: not a UUID: {u!r}") from None
         cmdline = values.get("cmdline")
-        kernel = _str(values, "kernel", "")
+        kernel = _str(values, "kernel")
         if builder == "linux" and not kernel:
             raise ConfigError("kernel: a kernel is required for the linux builder")
         hvm = {}
@@ -179,13 +186,13 @@ class DomainConfig:
         return cls(
             name=name, uuid=u, builder=builder, memory=memory, maxmem=maxmem,
             vcpus=vcpus, maxvcpus=maxvcpus, cpus=cpus, on_watchdog=wd,
-            cpu_weight=_int(values, "cpu_weight", 256, minimum=1), cpu_cap=cpu_cap,
-            kernel=kernel, ramdisk=_str(values, "ramdisk", ""),
-            root=_str(values, "root", ""), extra=_nfs_extra(values),
+            cpu_weight=_int(values, "cpu_weight", minimum=1), cpu_cap=cpu_cap,
+            kernel=kernel, ramdisk=_str(values, "ramdisk"),
+            root=_str(values, "root"), extra=_nfs_extra(values),
             cmdline=None if cmdline is None else str(cmdline),
             ip=str(values["_ip_param"]) if "_ip_param" in values else _ip_param(values),
-            console_port=_int(values, "console", None, minimum=1),
-            description=_str(values, "description", ""),
+            console_port=_int(values, "console", minimum=1),
+            description=_str(values, "description"),
             disks=disks, vifs=vifs,
             pci=[p if isinstance(p, PciSpec) else parse_pci(p) for p in _list(values, "pci")],
             vtpm=_vtpms(values),
@@ -221,7 +228,7 @@ class DomainConfig:
         # pyxen / xl additions, after Xen's own fields.
         if self.maxvcpus is not None:
             s.append(["maxvcpus", self.maxvcpus])
-        if self.on_watchdog != "destroy":
+        if self.on_watchdog != default("on_watchdog"):
             s.append(["on_watchdog", self.on_watchdog])
         if self.console_port is not None:
             s.append(["console", self.console_port])
@@ -318,11 +325,11 @@ def _hvm_values(values: dict) -> dict:
 
 def _nfs_extra(values: dict) -> str:
     """'extra', with Xen's nfsroot=<nfs_server>:<nfs_root> in front when nfs_root is set."""
-    extra = _str(values, "extra", "")
-    nfs_root = _str(values, "nfs_root", "")
+    extra = _str(values, "extra")
+    nfs_root = _str(values, "nfs_root")
     if not nfs_root:
         return extra
-    server = _str(values, "nfs_server", "")
+    server = _str(values, "nfs_server")
     if not server:
         raise ConfigError("nfs_root: an NFS root needs nfs_server too")
     if not nfs_root.startswith("/"):
@@ -332,11 +339,11 @@ def _nfs_extra(values: dict) -> str:
 
 def _ip_param(values: dict) -> str:
     """Xen's ip= kernel parameter from ip/gateway/netmask/hostname/interface/dhcp."""
-    ip = _str(values, "ip", "")
-    dhcp = _str(values, "dhcp", "off")
+    ip = _str(values, "ip")
+    dhcp = _str(values, "dhcp")
     if not ip and dhcp in ("", "off"):
         return ""
-    server = _str(values, "nfs_server", "") or ""
-    return ":".join([ip, server, _str(values, "gateway", ""), _str(values, "netmask", ""),
-                     _str(values, "hostname", ""), _str(values, "interface", "eth0"),
+    server = _str(values, "nfs_server")
+    return ":".join([ip, server, _str(values, "gateway"), _str(values, "netmask"),
+                     _str(values, "hostname"), _str(values, "interface"),
                      "dhcp" if dhcp == "dhcp" else "off"])

@@ -1,7 +1,8 @@
 """The xm domain-config variables: names, types, defaults and help.
 
 This table (Xen 3.4's ``xm create`` variables, plus xl's common ones) is the
-single source of truth for ``xm create --help_config``, for converting
+single source of truth for ``xm create --help_config``, for the defaults
+``DomainConfig`` gives a variable that is not set, for converting
 ``var=value`` given on the command line, and for deciding which variables a
 config file may set.  ``applies`` says whether the variable has an effect on
 QEMU; those that do not are accepted and reported in the log, never dropped
@@ -144,6 +145,14 @@ VARS: tuple[Var, ...] = (
 del _
 
 BY_NAME: dict[str, Var] = {v.name: v for v in VARS}
+
+
+def default(name: str):
+    """A variable's default: the one place it is written (DomainConfig's
+    field defaults and from_values read it from here)."""
+    v = BY_NAME[name].default
+    return list(v) if isinstance(v, list) else v
+
 ACTIONS = ("destroy", "restart", "preserve", "rename-restart")
 CRASH_ACTIONS = ACTIONS + ("coredump-destroy", "coredump-restart")
 

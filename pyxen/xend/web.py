@@ -26,6 +26,7 @@ from aiohttp import WSMsgType, web
 from ..config import sxp, xmconfig
 from ..config.domain import DomainConfig
 from ..config.errors import ConfigError
+from ..ops.table import OPS
 from .errors import Conflict, InvalidRequest
 
 log = logging.getLogger("pyxen.api")
@@ -66,12 +67,18 @@ class Sessions:
             del self._expiry[sid]
 
 
+# The operation table's public routes: the page's own files and the login call.
+_PUBLIC = [(o.method, o.path) for o in OPS if o.public]
+
+
 def is_public(request: web.Request) -> bool:
     """The page's own files and the login call need no credentials: they hold no secrets."""
-    path = request.path
-    if request.method in ("GET", "HEAD") and (path == "/" or path.startswith("/ui/")):
-        return True
-    return request.method == "POST" and path == "/api/login"
+    for method, path in _PUBLIC:
+        # A path ending in "/" (other than the root) is a prefix: the static files.
+        hit = request.path.startswith(path) if path.endswith("/") and path != "/" else request.path == path
+        if hit and (request.method == method or (method == "GET" and request.method == "HEAD")):
+            return True
+    return False
 
 
 def same_origin(request: web.Request) -> bool:
@@ -118,79 +125,69 @@ def config_from_upload(text: str, filename: str) -> tuple[DomainConfig, list[str
 
 # ----------------------------------------------------------------- handlers
 class Web:
+    """The page's state: browser sessions.  Its routes are in the operation
+    table (pyxen.ops.table), served by the functions below."""
+
     def __init__(self, api):
         self.api = api
         self.sessions = Sessions()
         if not (STATIC / "vendor" / "xterm.js").exists():
             log.warning("web console bundles missing in %s: run 'make web'", STATIC / "vendor")
 
-    def add_routes(self, r: web.UrlDispatcher) -> None:
-        r.add_get("/", self.index)
-        r.add_static("/ui/", STATIC, follow_symlinks=False, append_version=False)
-        r.add_post("/api/login", self.login)
-        r.add_post("/api/logout", self.logout)
-        r.add_post("/api/domains/from-file", self.create_from_file)
-        r.add_get("/api/domains/{dom}/vnc", self.vnc)
 
-    async def index(self, request):
-        raise web.HTTPFound("/ui/index.html")
+async def index(call):
+    raise web.HTTPFound("/ui/index.html")
 
-    async def login(self, request):
-        body = await self.api._body(request)
-        token = body.get("token")
-        if not isinstance(token, str):
-            raise InvalidRequest("'token' (the contents of xend-http-token) is required")
-        if not self.api.token_ok(token):
-            peer = request.transport.get_extra_info("peername") if request.transport else None
-            log.warning("refused login from %s: bad token", peer[0] if isinstance(peer, tuple) else "local")
-            return web.json_response({"error": "wrong token", "code": "unauthorized"}, status=401)
-        resp = web.json_response({"ok": True})
-        resp.set_cookie(COOKIE, self.sessions.new(), max_age=SESSION_TTL, path="/",
-                        httponly=True, samesite="Strict", secure=request.secure)
-        return resp
 
-    async def logout(self, request):
-        self.sessions.drop(request.cookies.get(COOKIE))
-        resp = web.json_response({"ok": True})
-        resp.del_cookie(COOKIE, path="/")
-        return resp
+async def login(call):
+    api, request = call.api, call.request
+    if not api.token_ok(call.args["token"]):
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        log.warning("refused login from %s: bad token", peer[0] if isinstance(peer, tuple) else "local")
+        return web.json_response({"error": "wrong token", "code": "unauthorized"}, status=401)
+    resp = web.json_response({"ok": True})
+    resp.set_cookie(COOKIE, api.web.sessions.new(), max_age=SESSION_TTL, path="/",
+                    httponly=True, samesite="Strict", secure=request.secure)
+    return resp
 
-    async def create_from_file(self, request):
-        body = await self.api._body(request)
-        text, filename = body.get("file"), body.get("filename") or "upload"
-        if not isinstance(text, str):
-            raise InvalidRequest("'file' (the text of an SXP or xl.cfg config) is required")
-        if not isinstance(filename, str):
-            raise InvalidRequest("'filename' must be a string")
-        cfg, notes = config_from_upload(text, filename)
-        dom = await self.api.domains.create_config(cfg, paused=bool(body.get("paused")))
-        for n in notes:
-            log.info("%s: %s", dom.name, n)
-        return web.json_response({"domid": dom.domid, "name": dom.name, "uuid": dom.uuid,
-                                  "notes": notes}, status=201)
 
-    async def vnc(self, request):
-        """A websocket carrying the domain's VNC (RFB) stream, for noVNC.
+async def logout(call):
+    call.api.web.sessions.drop(call.request.cookies.get(COOKIE))
+    resp = web.json_response({"ok": True})
+    resp.del_cookie(COOKIE, path="/")
+    return resp
 
-        A domain offers its display through ``vnc_address()`` (a Unix socket
-        path or a (host, port) pair, or None); PV domains have none.
-        """
-        ref = request.match_info["dom"]
-        if self.api._is_dom0(ref):
-            raise InvalidRequest("Domain-0 has no VNC display here")
-        dom = self.api.domains.lookup(ref)
-        getter = getattr(dom, "vnc_address", None)
-        addr = getter() if callable(getter) else None
-        if addr is None:
-            raise Conflict(f"Domain {dom.name} has no VNC display (only HVM guests have a screen)")
-        ws = web.WebSocketResponse(protocols=("binary",), heartbeat=30)
-        if not ws.can_prepare(request).ok:     # a plain GET asks whether there is a display
-            info = {"name": dom.name, "display": "vnc", "websocket": request.path}
-            tcp = getattr(dom, "vnc_display", lambda: None)()
-            if tcp is not None:     # the domain's own VNC server, for a VNC viewer
-                info.update(host=tcp[0], port=tcp[1], vncdisplay=tcp[1] - 5900)
-            return web.json_response(info)
-        return await relay_vnc(request, ws, addr)
+
+async def create_from_file(call):
+    cfg, notes = config_from_upload(call.args["file"], call.args["filename"] or "upload")
+    dom = await call.api.domains.create_config(cfg, paused=call.args["paused"])
+    for n in notes:
+        log.info("%s: %s", dom.name, n)
+    return {"domid": dom.domid, "name": dom.name, "uuid": dom.uuid, "notes": notes}
+
+
+async def vnc(call):
+    """A websocket carrying the domain's VNC (RFB) stream, for noVNC.
+
+    A domain offers its display through ``vnc_address()`` (a Unix socket
+    path or a (host, port) pair, or None); PV domains have none.
+    """
+    request, ref = call.request, call.request.match_info["dom"]
+    if call.api.is_dom0(ref):
+        raise InvalidRequest("Domain-0 has no VNC display here")
+    dom = call.api.domains.lookup(ref)
+    getter = getattr(dom, "vnc_address", None)
+    addr = getter() if callable(getter) else None
+    if addr is None:
+        raise Conflict(f"Domain {dom.name} has no VNC display (only HVM guests have a screen)")
+    ws = web.WebSocketResponse(protocols=("binary",), heartbeat=30)
+    if not ws.can_prepare(request).ok:     # a plain GET asks whether there is a display
+        info = {"name": dom.name, "display": "vnc", "websocket": request.path}
+        tcp = getattr(dom, "vnc_display", lambda: None)()
+        if tcp is not None:     # the domain's own VNC server, for a VNC viewer
+            info.update(host=tcp[0], port=tcp[1], vncdisplay=tcp[1] - 5900)
+        return web.json_response(info)
+    return await relay_vnc(request, ws, addr)
 
 
 async def relay_vnc(request, ws: web.WebSocketResponse, addr) -> web.WebSocketResponse:

@@ -7,7 +7,8 @@ Targets: sxp, xl (xl.cfg syntax -> DomainConfig.from_values), domconfig
 vif, pci, cpus, rate), xendconfig (xend-config.sxp), savefile (a save
 file's header), relocation (what a migration peer sends, through the
 relocation Link) and api (HTTP requests, JSON bodies and credentials through
-xend's real aiohttp application with a stub that never starts QEMU).
+xend's real aiohttp application with a stub that never starts QEMU: every
+route and operation of the operation table, pyxen.ops.table).
 
 Each input must end in a value or the parser's own clean error
 (SxpError, ConfigError, ...); any other exception is a crash, and
@@ -139,6 +140,10 @@ class _ApiHarness:
         logging.disable(logging.CRITICAL)
         root = Path(tempfile.mkdtemp(prefix="pxfz"))
         os.environ["PYXEN_ROOT"] = str(root)
+        # The PCI routes see an empty sysfs of their own, never the host's devices.
+        for var, d in (("PYXEN_SYSFS", "sys"), ("PYXEN_DEVFS", "dev")):
+            (root / d).mkdir()
+            os.environ[var] = str(root / d)
         paths = Paths(root)
         for d in paths.layout():
             d.mkdir(parents=True, exist_ok=True)
@@ -175,18 +180,15 @@ class _ApiHarness:
         return self.loop.run_until_complete(go())
 
 
-ROUTES = [("GET", "/api/domains"), ("POST", "/api/domains"), ("POST", "/api/domains/restore"),
-          ("GET", "/api/domains/{dom}"), ("POST", "/api/domains/{dom}/{op}"),
-          ("GET", "/api/domains/{dom}/vcpus"), ("GET", "/api/domains/{dom}/devices/{cls}"),
-          ("POST", "/api/domains/{dom}/devices/{cls}"), ("DELETE", "/api/domains/{dom}/devices/{cls}/{dev}"),
-          ("GET", "/api/vnets"), ("POST", "/api/vnets"), ("GET", "/api/vnets/{dom}"),
-          ("DELETE", "/api/vnets/{dom}"), ("POST", "/api/login"), ("POST", "/api/domains/from-file"),
-          ("GET", "/api/host"), ("GET", "/api/openapi.json")]
-OPS = ["pause", "unpause", "destroy", "save", "vcpu-pin", "sched-credit", "sched-sedf", "vcpu-set", "mem-set",
-       "mem-max", "sysrq", "rename", "dump-core", "block-attach", "block-detach", "shutdown", "reboot", "nosuch"]
-KEYS = ["config", "file", "paused", "checkpoint", "vcpu", "cpus", "weight", "cap", "period", "slice",
-        "latency", "extratime", "vcpus", "memory", "key", "name", "live", "crash", "reset", "uname", "vdev",
-        "mode", "backend", "dev", "force", "reason", "wait", "timeout", "notes", "token", "mac", "bridge"]
+# Every route, operation name and parameter name of the operation table
+# (pyxen.ops.table), plus a few the table does not know.
+from pyxen.ops.table import OPS as _TABLE  # noqa: E402
+
+# (not the endless event stream: covered by tests/system/test_api.py)
+ROUTES = sorted({(o.method, o.path) for o in _TABLE if o.handler != "static" and o.fuzz != "stream"})
+OPS = sorted({o.path.rsplit("/", 1)[1] for o in _TABLE if o.domain} - {"{op}"}) + ["nosuch"]
+PUBLIC = {o.path for o in _TABLE if o.public}
+KEYS = sorted({p.name for o in _TABLE for p in o.params} | {"mac", "bridge", "colour"})
 
 
 def _value(fdp, depth: int = 0):
@@ -212,11 +214,12 @@ def fuzz_api(data: bytes) -> None:
     if API is None:
         API = _ApiHarness()
     fdp = atheris.FuzzedDataProvider(data)
-    method, path = fdp.PickValueInList(ROUTES)
-    fill = {"dom": fdp.PickValueInList(["fz", "0", "1", "Domain-0", "nosuch"]),
-            "op": fdp.PickValueInList(OPS), "cls": fdp.PickValueInList(["vbd", "vif", "pci"]),
+    method, route = fdp.PickValueInList(ROUTES)
+    dom = fdp.PickValueInList(["fz", "0", "1", "Domain-0", "nosuch"])
+    fill = {"dom": dom, "vnet": dom,
+            "op": fdp.PickValueInList(OPS), "cls": fdp.PickValueInList(["vbd", "vif", "pci", "vtpm"]),
             "dev": fdp.PickValueInList(["0", "1", "xvda"])}
-    path = path.format(**fill)
+    path = route.format(**fill)
     cred = fdp.ConsumeIntInRange(0, 3)
     headers = {}
     if cred:
@@ -233,7 +236,7 @@ def fuzz_api(data: bytes) -> None:
         headers["Content-Type"] = "application/json"
     status, ctype, payload = API.request(method, path, headers, body)
     if not cred or cred == 3:
-        if path not in ("/api/login", "/api/openapi.json"):
+        if route not in PUBLIC and path != "/api/openapi.json":
             # Refused: by xend (401), or by aiohttp for a malformed header (400).
             assert status == 401 or (status == 400 and b"Invalid header" in payload), \
                 (method, path, status, payload[:300])

@@ -1,0 +1,99 @@
+"""xm's device listings (block, network, PCI, vTPM), PCI hot-plug with its
+options, and the vnet commands that read files or print tables."""
+
+from __future__ import annotations
+
+import sys
+from urllib.parse import quote
+
+from ..config import sxp
+from . import format as fmt
+from .client import XmError
+from .commands import dom_path as _dom
+
+def cmd_block_list(ctx, opts, args):
+    devs = ctx.client.get(f"/api/domains/{_dom(args[0])}/devices/vbd")["devices"]
+    if "long" in opts:
+        sys.stdout.write("".join(fmt.block_long(d) for d in devs))
+    else:
+        print(fmt.BLOCK_HEADER)
+        for d in devs:
+            print(fmt.block_row(d))
+    return 0
+
+
+def cmd_network_list(ctx, opts, args):
+    devs = ctx.client.get(f"/api/domains/{_dom(args[0])}/devices/vif")["devices"]
+    if "long" in opts:
+        sys.stdout.write("".join(fmt.network_long(d) for d in devs))
+    else:
+        # Xen prints the header only above at least one device.
+        for i, d in enumerate(devs):
+            if i == 0:
+                print(fmt.NETWORK_HEADER)
+            print(fmt.network_row(d))
+    return 0
+
+
+def cmd_pci_attach(ctx, opts, args):
+    if "options" in opts:
+        k, sep, v = opts["options"].partition("=")
+        if not sep or k not in ("msitranslate", "power_mgmt") or v not in ("0", "1"):
+            raise XmError(f"Invalid pci attach option: {opts['options']}")
+    ctx.call("pci-attach", {"dom": args[0], "dev": args[1], "vslot": args[2] if len(args) > 2 else None})
+    return 0
+
+
+def cmd_pci_list(ctx, opts, args):
+    sys.stdout.write(fmt.pci_list(ctx.client.get(f"/api/domains/{_dom(args[0])}/devices/pci")["devices"]))
+    return 0
+
+
+def cmd_pci_list_assignable(ctx, opts, args):
+    for bdf in ctx.client.get("/api/pci/assignable")["devices"]:
+        print(bdf)
+    return 0
+
+
+def cmd_vtpm_list(ctx, opts, args):
+    devs = ctx.client.get(f"/api/domains/{_dom(args[0])}/devices/vtpm")["devices"]
+    if "long" in opts:
+        sys.stdout.write("".join(fmt.vtpm_long(d) for d in devs))
+        return 0
+    for i, d in enumerate(devs):
+        if i == 0:
+            print(fmt.VTPM_HEADER)
+        print(fmt.vtpm_row(d))
+    return 0
+
+
+def cmd_vnet_list(ctx, opts, args):
+    if args:
+        # Naming vnets implies the long form, as in Xen.
+        for a in args:
+            sys.stdout.write(sxp.pretty(ctx.client.get(f"/api/vnets/{quote(a, safe='')}")["sxp"]))
+        return 0
+    for v in ctx.client.get("/api/vnets")["vnets"]:
+        if "long" in opts:
+            sys.stdout.write(sxp.pretty(v["sxp"]))
+        else:
+            print(v["id"])
+    return 0
+
+
+def cmd_vnet_create(ctx, opts, args):
+    fn = args[0]
+    try:
+        with open(fn) as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise XmError(f"File not found: {fn}") from None
+    except OSError as e:
+        raise XmError(f"Unable to read vnet config file {fn}: {e.strerror}") from None
+    from ..net.vnet import VnetConfig, VnetError
+    try:
+        VnetConfig.parse(text, fn)          # a clear error naming the file, before xend
+    except VnetError as e:
+        raise XmError(str(e)) from None
+    ctx.call("vnet-create", {"config": text})
+    return 0

@@ -1,0 +1,63 @@
+"""xm's host-wide commands: info, dmesg, log, top and the event stream."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from . import format as fmt
+from .args import int_arg as _int_arg
+
+def cmd_info(ctx, opts, args):
+    if "config" in opts:
+        sys.stdout.write(ctx.paths.xend_config.read_text() if ctx.paths.xend_config.exists() else "")
+        return 0
+    sys.stdout.write(fmt.info(ctx.client.get("/api/host")["info"]))
+    return 0
+
+
+def cmd_dmesg(ctx, opts, args):
+    if "clear" in opts:
+        ctx.call("dmesg-clear", {})
+        return 0
+    lines = ctx.client.get("/api/dmesg")["lines"]
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    return 0
+
+
+def cmd_top(ctx, opts, args):
+    from .top import main as top_main
+    argv = []
+    if "batch" in opts:
+        argv.append("-b")
+    if "delay" in opts:
+        argv += ["-d", opts["delay"]]
+    if "iterations" in opts:
+        argv += ["-i", opts["iterations"]]
+    return top_main(argv, ctx.client)
+
+
+def cmd_events(ctx, opts, args):
+    import json as _json
+    limit = _int_arg(opts["count"], "count") if "count" in opts else None
+    if limit is not None and limit <= 0:
+        return 0
+    seen = 0
+    # The note on stderr tells a watching script (or person) that from here on
+    # nothing is missed.
+    ready = lambda: print("# following xend events (Ctrl-C stops)", file=sys.stderr, flush=True)  # noqa: E731
+    for event, data in ctx.client.stream("/api/events", on_open=ready):
+        if "json" in opts:
+            print(_json.dumps(data), flush=True)
+        else:
+            stamp = time.strftime("%H:%M:%S", time.localtime(data["time"]))
+            print(f"{stamp} {event:<9} {data['name']} (id={data['domid']}) {data['state']}", flush=True)
+        seen += 1
+        if limit is not None and seen >= limit:
+            break
+    return 0
+
+
+def cmd_log(ctx, opts, args):
+    sys.stdout.write(ctx.client.get("/api/log")["log"])
+    return 0
