@@ -19,26 +19,20 @@ from __future__ import annotations
 import logging
 from typing import Any, Awaitable, Callable
 
+from ..ops.table import BY_NAME as OPS_BY_NAME
 from .errors import Conflict
 
 log = logging.getLogger("pyxen.domain")
 
 KINDS = ("save", "migrate")
 
-# Operations (by their xm names) that may be asked of a domain while a job
-# runs.  Everything else that acts on the domain is refused while one runs.
-BESIDE: dict[str, frozenset[str]] = {
-    kind: frozenset({
-        # views: read what is there, take no lock
-        "list", "info", "vcpu-list", "block-list", "network-list", "pci-list", "vtpm-list",
-        "sched-credit-show", "sched-sedf-show", "uptime", "top", "console", "vncviewer",
-        "qemu-monitor",
-        # config-only changes: wait for the domain's lock, then apply
-        "rename", "mem-max", "sched-sedf",
-    }) for kind in KINDS
-}
-# (xend's own roll-backs — a failed create, an arriving migration given up —
-# destroy the domain whatever runs: Domain.destroy(force=True).)
+# Operations (by their names in the operation table, pyxen.ops.table) that
+# may be asked of a domain while a job runs: the table says it, once, for
+# each long operation.  Everything else that acts on the domain is refused
+# while one runs.  (xend's own roll-backs -- a failed create, an arriving
+# migration given up -- destroy the domain whatever runs:
+# Domain.destroy(force=True).)
+BESIDE: dict[str, frozenset[str]] = {kind: frozenset(OPS_BY_NAME[kind].beside) for kind in KINDS}
 
 
 class Job(dict):

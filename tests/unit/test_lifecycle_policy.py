@@ -124,11 +124,11 @@ def test_job_rules():
         assert not jobs.may_run_beside(save, op), op
         with pytest.raises(Conflict, match="Domain d is busy: save in progress"):
             jobs.refuse_beside(save, op, "d")
-    for op in ("list", "info", "rename", "mem-max", "sched-sedf", "qemu-monitor"):
+    for op in ("domain", "domains", "vcpus", "rename", "mem-max", "sched-sedf", "qemu-monitor"):
         assert jobs.may_run_beside(save, op)
         jobs.refuse_beside(save, op, "d")
     mig = jobs.Job("migrate", "stream")
-    assert not jobs.may_run_beside(mig, "save") and jobs.may_run_beside(mig, "list")
+    assert not jobs.may_run_beside(mig, "save") and jobs.may_run_beside(mig, "domain")
     assert jobs.may_run_beside(None, "destroy")
     with pytest.raises(ValueError):
         jobs.Job("snapshot", "x")
