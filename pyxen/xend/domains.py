@@ -14,7 +14,7 @@ import logging
 import os
 import time
 
-from ..config import hvm as hvmcfg
+from ..config import hvmopts as hvmcfg
 from ..config import sxp
 from ..config.domain import DomainConfig
 from ..config.errors import ConfigError

@@ -2,7 +2,7 @@
 is decided at start (display, firmware variable store), what is asked of
 QEMU once it runs (VNC password and port), the device-model monitor, and
 what a save must record.  (The config's HVM options are checked in
-pyxen.config.hvm, QEMU's HVM arguments built in pyxen.hypervisor.qemu.hvm.)
+pyxen.config.hvmopts, QEMU's HVM arguments built in pyxen.hypervisor.qemu.hvmargv.)
 
 The domain reaches these through :class:`HvmFeature`'s hooks (hooks.py)
 with a :class:`~pyxen.xend.hooks.FeatureContext`, never the Domain itself.
@@ -19,8 +19,8 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from ..config import hvm as hvmcfg
-from ..hypervisor.qemu import hvm as qhvm
+from ..config import hvmopts as hvmcfg
+from ..hypervisor.qemu import hvmargv as qhvm
 from ..hypervisor.qemu.monitor import QMPError
 from .errors import Conflict, InvalidRequest, XendError
 from .hooks import Feature, FeatureContext

@@ -11,7 +11,7 @@ import os
 import time
 
 from .. import faults
-from ..config import hvm as hvmcfg
+from ..config import hvmopts as hvmcfg
 from ..hypervisor.qemu.monitor import QMPError
 from . import firmware
 from .errors import InvalidRequest, XendError

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from pyxen.config import hvm as hvmcfg
+from pyxen.config import hvmopts as hvmcfg
 from pyxen.config.domain import DomainConfig
 from pyxen.config.errors import ConfigError
 from pyxen.config.options import BY_NAME, help_text
 from pyxen.hypervisor.qemu import argv as qargv
-from pyxen.hypervisor.qemu import hvm as qhvm
+from pyxen.hypervisor.qemu import hvmargv as qhvm
 from pyxen.image import hvm as media
 
 

@@ -10,10 +10,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...config import hvm as hvmcfg
+from ...config import hvmopts as hvmcfg
 from ...config.domain import DomainConfig
 from ...config.specs import DiskSpec, PciSpec, vif_model
-from . import hvm
+from . import hvmargv as hvm
 
 try:
     from .kernel import FAST_CMDLINE
