@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
 import time
-import uuid as uuidlib
 
 from .. import faults
 from ..config import sxp
@@ -28,7 +26,7 @@ from ..hypervisor import cgroups
 from ..hypervisor.qemu import argv as qargv
 from ..hypervisor.qemu import process
 from ..hypervisor.qemu.kcache import boot_kernel
-from ..hypervisor.qemu.monitor import PAUSED_STATES, Monitor, QMPError
+from ..hypervisor.qemu.monitor import PAUSED_STATES, Monitor
 from . import checkpoint, confine, features, jobs, lifecycle
 from .console import ConsoleRelay
 from .control import ControlChannel
@@ -38,16 +36,17 @@ from .devices.net import NetDevices
 from .errors import Conflict, XendError
 from .hooks import FeatureContext
 from .lifecycle import State
+from .events import DomainEvents
 from .runstate import DomainRunState
-from .resources import DomainResources, host_cpus  # noqa: F401  (host_cpus: an old import path)
+from .resources import DomainResources
 from .saving import DomainSaving
 from .services import DomainServices
-from .views import SHUTDOWN_REASONS, DomainViews, affinity_text  # noqa: F401  (re-exported)
+from .views import DomainViews
 
 log = logging.getLogger("pyxen.domain")
 
 
-class Domain(DomainRunState, DomainViews, DomainResources, DomainSaving, BlockDevices, NetDevices):
+class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainSaving, BlockDevices, NetDevices):
     def __init__(self, services: DomainServices, cfg: DomainConfig, domid: int):
         self.services = services
         self.store = services.store
@@ -80,10 +79,10 @@ class Domain(DomainRunState, DomainViews, DomainResources, DomainSaving, BlockDe
         # never another's interface that happened to have the same name.
         self.vifs_up: set[int] = set()
         self.unplugs = Unplugs()
-        self._exit_watch = None
-        self._expect_exit = False
-        self._handling = False
-        self._shutdown_task: asyncio.Task | None = None
+        self.exit_watch = None
+        self.expect_exit = False
+        self.applying_policy = False
+        self.shutdown_request: asyncio.Task | None = None
         self.announced = False   # 'created' was published; later changes are too
         self._last_emitted: tuple | None = None
         # SEDF's view (xm sched-sedf): period and latency in ms; the slice and
@@ -255,9 +254,9 @@ class Domain(DomainRunState, DomainViews, DomainResources, DomainSaving, BlockDe
         self.persist()
 
     async def _connect(self, rt: qargv.Runtime) -> None:
-        self._expect_exit = False
-        self._exit_watch = process.watch_exit(self.pid, self._on_exit)
-        self.monitor = Monitor(self.name, on_event=self._on_event, on_disconnect=self._on_qmp_gone)
+        self.expect_exit = False
+        self.exit_watch = process.watch_exit(self.pid, self.on_exit)
+        self.monitor = Monitor(self.name, on_event=self.on_event, on_disconnect=self.on_qmp_gone)
         await self.monitor.connect(str(rt.qmp_sock))
         self.console = ConsoleRelay(self.name, str(rt.console_sock),
                                     self.config["console-limit"] * 1024)
@@ -290,7 +289,7 @@ class Domain(DomainRunState, DomainViews, DomainResources, DomainSaving, BlockDe
             # apply its on_* action now, as if the event had just arrived.
             self.paused = False
             reason = "crash" if status == "guest-panicked" else (self.shutdown_reason or "poweroff")
-            asyncio.get_running_loop().create_task(self._guest_exited(reason))
+            asyncio.get_running_loop().create_task(self.guest_exited(reason))
         ctx = self.feature_context()
         await features.adopt(ctx)
         self.apply_placement(initial=False)
@@ -310,129 +309,6 @@ class Domain(DomainRunState, DomainViews, DomainResources, DomainSaving, BlockDe
             self.persist()
             return
         await recover(self, job)
-
-    # --------------------------------------------------------------- events
-    async def _on_event(self, ev: dict) -> None:
-        name, data = ev.get("event"), ev.get("data", {})
-        if name == "MIGRATION":
-            return          # the monitor's migration stream follows these
-        if name in ("STOP", "RESUME"):
-            ts = ev.get("timestamp") or {}
-            self.last_runstate_change[name] = ts.get("seconds", 0) + ts.get("microseconds", 0) / 1e6
-        if name in ("STOP", "RESUME") and (self.job or self.state == State.INCOMING):
-            return        # the job stops and resumes the guest itself
-        reason = lifecycle.guest_event(name, data, self.shutdown_reason == "halt")
-        if name == "STOP" and self.state == State.RUNNING and not self._handling:
-            self.paused = True
-        elif name == "RESUME":
-            self.paused = False
-        elif reason is not None:
-            asyncio.create_task(self._guest_exited(reason))
-        elif name == "RESET" and data.get("guest"):
-            if lifecycle.reboot_in_place(self.cfg.on_reboot):
-                log.info("%s: guest rebooted; on_reboot=%s", self.name, self.cfg.on_reboot)
-                self.start_time = time.time()
-                self.persist_quietly()
-            else:
-                asyncio.create_task(self._guest_exited("reboot"))
-        elif name == "DEVICE_DELETED":
-            self.unplugs.deleted(data.get("device") or "")
-        if name in ("STOP", "RESUME"):
-            self.persist_quietly()
-
-    async def _guest_exited(self, reason: str) -> None:
-        """The guest powered off, rebooted or panicked: apply its on_* action."""
-        if self._handling or self.state != State.RUNNING:
-            return
-        self._handling = True
-        try:
-            async with self.lock:
-                setting = lifecycle.configured(reason, self.cfg.on_poweroff, self.cfg.on_reboot,
-                                               self.cfg.on_crash)
-                faults.point("guest-exit")
-                log.info("%s: guest %s; %s=%s", self.name, reason, lifecycle.setting_name(reason), setting)
-                self.shutdown_reason = reason
-                action = lifecycle.guest_stopped(reason, setting, time.time() - self.start_time,
-                                                 self.config["minimum-restart-time"])
-                if action.note:
-                    log.error("%s: %s", self.name, action.note)
-                if action.coredump:
-                    await self.coredump_locked(None)
-                if action.kind == "rename-restart":
-                    await self._rename_restart_locked(reason)
-                elif action.kind == "restart":
-                    if action.reset:
-                        await self.monitor.system_reset()
-                    await self.monitor.cont()
-                    self.shutdown_reason = None
-                    self.paused = False
-                    self.start_time = time.time()
-                    self.persist()
-                elif action.kind == "preserve":
-                    self.state = lifecycle.preserved_state(reason)
-                    self.persist()
-                    self.halted.set()
-                else:
-                    await self.destroy_locked()
-        except (QMPError, XendError, OSError) as e:
-            log.error("%s: applying on_%s failed: %s", self.name, reason, e)
-        finally:
-            self._handling = False
-
-    def _on_exit(self) -> None:
-        self._exit_watch = None
-        if not self._expect_exit:
-            asyncio.get_running_loop().create_task(self.qemu_died())
-
-    async def _on_qmp_gone(self) -> None:
-        if self._expect_exit or self.pid is None:
-            return
-        if not process.alive(self.pid):
-            # A task of its own: handling the death closes this QMP session,
-            # whose watcher task is the one calling us.
-            asyncio.get_running_loop().create_task(self.qemu_died())
-
-    async def qemu_died(self) -> None:
-        """QEMU went away unbidden: on_crash decides what follows."""
-        # A create or restore whose QEMU dies fails, and its caller rolls it
-        # back: on_crash=restart must not boot a domain that never started.
-        if self._expect_exit or self.state in (State.DYING, State.CREATING) or self.gone.is_set():
-            return
-        self._expect_exit = True
-        log.error("%s: QEMU (pid %s) died unexpectedly; on_crash=%s", self.name, self.pid, self.cfg.on_crash)
-        async with self.lock:
-            await self.release()
-            self.shutdown_reason = "crash"
-            action = lifecycle.qemu_died(self.cfg.on_crash, time.time() - self.start_time,
-                                         self.config["minimum-restart-time"])
-            if action.note:
-                log.error("%s: %s", self.name, action.note)
-            if action.kind == "restart":
-                try:
-                    self.state = State.CREATING
-                    self.persist()
-                    await self.start(paused=False)
-                    return
-                except Exception as e:
-                    log.error("%s: restart after crash failed: %s", self.name, e)
-            if action.kind == "preserve":
-                self.state = State.CRASHED
-                self.pid = None
-                self.persist()
-                self.halted.set()
-                return
-            self.finish_destroy()
-
-    async def _rename_restart_locked(self, reason: str) -> None:
-        """Keep this (stopped) domain as Domain-<uuid>; start a fresh one under the name."""
-        cfg = DomainConfig.from_sxp(self.cfg.to_sxp())
-        cfg.uuid = str(uuidlib.uuid4())
-        self.cfg.name = f"Domain-{self.uuid}"
-        self.state = lifecycle.preserved_state(reason)
-        self.persist(config=True)
-        self.halted.set()
-        log.info("%s: preserved as %s; restarting", cfg.name, self.cfg.name)
-        asyncio.get_running_loop().create_task(self.services.create(cfg))
 
     # ------------------------------------------------------------ operations
     def require_live(self, op: str = "") -> None:
@@ -457,7 +333,7 @@ class Domain(DomainRunState, DomainViews, DomainResources, DomainSaving, BlockDe
         if self.gone.is_set():
             return
         self.state = State.DYING
-        self._expect_exit = True
+        self.expect_exit = True
         self.persist()
         faults.point("destroy-after-dying")
         await self.release()
@@ -465,8 +341,8 @@ class Domain(DomainRunState, DomainViews, DomainResources, DomainSaving, BlockDe
 
     async def release(self) -> None:
         """Stop QEMU (if running) and drop every host resource it held."""
-        process.unwatch(self._exit_watch)
-        self._exit_watch = None
+        process.unwatch(self.exit_watch)
+        self.exit_watch = None
         if self.monitor is not None:
             if self.pid and process.alive(self.pid):
                 try:
@@ -503,8 +379,8 @@ class Domain(DomainRunState, DomainViews, DomainResources, DomainSaving, BlockDe
 
     async def detach(self) -> None:
         """xend is stopping: let go of QEMU without stopping it."""
-        self._expect_exit = True
-        process.unwatch(self._exit_watch)
+        self.expect_exit = True
+        process.unwatch(self.exit_watch)
         if self.monitor is not None:
             await self.monitor.close()
         if self.console is not None:

@@ -1,5 +1,5 @@
-"""Live migration: ``xm migrate`` on the source, the relocation server on
-the target (manual §8.2, §9.3).
+"""Live migration: ``xm migrate`` on the source (the target's end, the
+relocation server, is relocation.py; manual §8.2, §9.3).
 
 One TCP connection carries everything (so one firewall rule on port 8002
 is all it takes): the control messages and QEMU's migration stream,
@@ -29,22 +29,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import re
 import socket
 import ssl
 import time
 
 from .. import faults
-from ..config import sxp
-from ..config.domain import DomainConfig
-from ..config.errors import ConfigError
-from ..pki import PkiError, TlsFiles, is_host_cert, peer_name
-from ..store import StoreError
 from ..hypervisor.qemu.monitor import quietly
-from . import features, firmware, jobs
+from ..pki import PkiError, TlsFiles
+from . import firmware, jobs
 from . import relocproto as rp
 from .errors import Conflict, InvalidRequest, XendError
-from .lifecycle import State
 
 log = logging.getLogger("pyxen.domain.migrate")
 
@@ -70,11 +64,12 @@ class MigrationError(Conflict):
     code = "migration_failed"
 
 
-async def _run(fn, *args):
+async def run_blocking(fn, *args):
+    """*fn* in a worker thread (socket and TLS work blocks)."""
     return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
 
 
-def _socketpair() -> tuple[socket.socket, socket.socket]:
+def socketpair() -> tuple[socket.socket, socket.socket]:
     a, b = socket.socketpair()
     for s in (a, b):
         for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
@@ -85,7 +80,7 @@ def _socketpair() -> tuple[socket.socket, socket.socket]:
     return a, b
 
 
-def _tune(sock: socket.socket) -> None:
+def tune(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     for opt, val in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 4)):
@@ -108,7 +103,7 @@ def _connect(host: str, port: int, ctx: ssl.SSLContext | None) -> rp.Link:
     except OSError as e:
         raise MigrationError(f"cannot connect to {host}:{port}: {e.strerror or e} "
                              "(is xend-relocation-server on there?)") from None
-    _tune(sock)
+    tune(sock)
     if ctx is not None:
         try:
             sock = ctx.wrap_socket(sock, server_hostname=host)
@@ -179,12 +174,12 @@ class Outgoing:
         dom.persist()
         try:
             try:
-                self.link = await _run(_connect, self.host, self.port, self.ctx)
+                self.link = await run_blocking(_connect, self.host, self.port, self.ctx)
                 await self._prepare()
                 faults.point("migrate-source-prepared")
                 await self._stream()
                 faults.point("migrate-source-streamed")
-                reply = await _run(self.link.recv, LOAD_TIMEOUT)
+                reply = await run_blocking(self.link.recv, LOAD_TIMEOUT)
                 rp.check_reply(reply, "loaded")
                 # The commit point: once it is on disk only the target may
                 # run the guest (a failure to record it still rolls back).
@@ -196,15 +191,15 @@ class Outgoing:
                 raise self._failure(e) from None
             faults.point("migrate-source-commit")
             try:
-                await _run(self.link.send, ["commit"])
-                done = rp.check_reply(await _run(self.link.recv, LINK_TIMEOUT), "running")
+                await run_blocking(self.link.send, ["commit"])
+                done = rp.check_reply(await run_blocking(self.link.recv, LINK_TIMEOUT), "running")
             except BaseException as e:
                 dom.services.count_migration("out", False, self.link.sent)
                 await self._uncertain(e)
                 raise
         finally:
             if self.link is not None:
-                await _run(self.link.close)
+                await run_blocking(self.link.close)
         dom.services.count_migration("out", True, self.link.sent)
         resumed = _value(done, "resumed")
         stopped = dom.last_runstate_change.get("STOP")
@@ -231,7 +226,7 @@ class Outgoing:
                          paused=not self.resume, firmware=firmware.save_meta(ctx),
                          nvram=firmware.nvram_now(ctx))
         dom.job["phase"] = "prepare"
-        reply = await _run(self.link.request, req.to_msg(), "domid", PREPARE_TIMEOUT)
+        reply = await run_blocking(self.link.request, req.to_msg(), "domid", PREPARE_TIMEOUT)
         self.stats["target_domid"] = _value(reply, "domid")
 
     async def _stream(self) -> None:
@@ -244,7 +239,7 @@ class Outgoing:
         await mon.migrate_set_parameters(
             max_bandwidth=int(self.resource * (1 << 20)) if self.resource else UNLIMITED,
             downtime_limit=limit)
-        a, b = _socketpair()
+        a, b = socketpair()
         try:
             dom.job["phase"] = "stream"
             if not self.live and not dom.paused:
@@ -254,7 +249,7 @@ class Outgoing:
             await mon.send_fd(a.fileno(), "pyxen-migrate")
             a.close()
             await stream.start_out("pyxen-migrate")
-            pump = asyncio.ensure_future(_run(self.link.pump_out, b))
+            pump = asyncio.ensure_future(run_blocking(self.link.pump_out, b))
             limit = await self._watch(pump, limit)
             await pump
             # The guest is stopped now: the end of the stream goes out at
@@ -265,7 +260,7 @@ class Outgoing:
                 status = await self._final_status()
                 if status != "completed":
                     raise MigrationError(f"QEMU could not send the guest: {await stream.error(status)}")
-            await _run(self.link.end)
+            await run_blocking(self.link.end)
             if "qemu_total_ms" not in self.stats:
                 await self._final_status()
             await self._report(limit)       # the last progress report, out of the downtime
@@ -318,13 +313,13 @@ class Outgoing:
     async def _roll_back(self, e: BaseException) -> None:
         """Before the commit point: the guest stays (or runs again) here."""
         dom = self.dom
-        log.error("%s: migration to %s failed: %s", dom.name, self.where, _describe(e))
+        log.error("%s: migration to %s failed: %s", dom.name, self.where, describe(e))
         if self.link is not None:
             # Best effort: tell the target to drop what it prepared (it
             # also does so when the connection simply ends).
             try:
                 self.link.sock.settimeout(2)
-                await _run(self.link.end, rp.ABORT)
+                await run_blocking(self.link.end, rp.ABORT)
             except Exception:
                 pass
         if dom.monitor is not None and dom.pid and not await dom.cancel_outgoing(self.resume):
@@ -339,21 +334,21 @@ class Outgoing:
         still = f"; {dom.name} is still {'running' if self.resume else 'paused'} here"
         if isinstance(e, rp.PeerError):
             return MigrationError(f"{self.where} refused domain {dom.name}: {e}{still}")
-        return MigrationError(f"migrating {dom.name} to {self.where} failed: {_describe(e)}{still}")
+        return MigrationError(f"migrating {dom.name} to {self.where} failed: {describe(e)}{still}")
 
     async def _uncertain(self, e: BaseException) -> None:
         dom = self.dom
         dom.paused = True
         dom.job = None
         dom.persist_quietly()
-        msg = (f"the target was told to run {dom.name} but did not confirm ({_describe(e)}); "
+        msg = (f"the target was told to run {dom.name} but did not confirm ({describe(e)}); "
                f"{dom.name} is kept paused here: check {self.host} and unpause it here only if it "
                "does not run there")
         log.error("%s: %s", dom.name, msg)
         raise MigrationError(msg) from None
 
 
-def _describe(e: BaseException) -> str:
+def describe(e: BaseException) -> str:
     if isinstance(e, (rp.ProtocolError, rp.PeerError, XendError)):
         return str(e)
     if isinstance(e, OSError):
@@ -387,228 +382,3 @@ async def recover(dom, job: dict) -> None:
             await dom.cancel_outgoing(bool(job.get("resume")))
     dom.job = None
     dom.persist()
-
-
-# ===================================================================== target
-class RelocationServer:
-    """Accepts migrations on xend-relocation-address:xend-relocation-port."""
-
-    def __init__(self, domains):
-        self.domains = domains
-        cfg = domains.config
-        self.port = cfg["xend-relocation-port"]
-        self.address = cfg["xend-relocation-address"]
-        try:
-            self.allow = [re.compile(p) for p in cfg["xend-relocation-hosts-allow"].split()]
-        except re.error as e:
-            raise XendError(f"xend-relocation-hosts-allow: bad regular expression: {e}") from None
-        self.ctx = None
-        if cfg["xend-relocation-tls"]:
-            try:
-                self.ctx = tls_files(domains.config, domains.paths).server_context()
-            except PkiError as e:
-                raise XendError(f"relocation server: {e}") from None
-        self.sock: socket.socket | None = None
-        self._task: asyncio.Task | None = None
-        self._conns: set[asyncio.Task] = set()
-
-    async def start(self) -> None:
-        host = self.address or None
-        try:
-            if host is None and socket.has_dualstack_ipv6():
-                self.sock = socket.create_server(("", self.port), family=socket.AF_INET6, dualstack_ipv6=True)
-            else:
-                self.sock = socket.create_server((host or "", self.port))
-        except OSError as e:
-            raise XendError(f"relocation server: cannot listen on {host or '*'}:{self.port}: "
-                            f"{e.strerror}") from None
-        self.sock.setblocking(False)
-        self._task = asyncio.create_task(self._accept())
-        log.info("relocation server on %s:%d (%s)%s", host or "*", self.port,
-                 "TLS, certificates required" if self.ctx else "PLAINTEXT: no authentication",
-                 f", hosts-allow {' '.join(p.pattern for p in self.allow)}" if self.allow else "")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-        for t in list(self._conns):
-            t.cancel()
-        if self.sock:
-            self.sock.close()
-
-    async def _accept(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                conn, addr = await loop.sock_accept(self.sock)
-            except asyncio.CancelledError:
-                return
-            except OSError as e:
-                log.error("relocation server: accept failed: %s", e)
-                await asyncio.sleep(0.1)
-                continue
-            t = asyncio.create_task(self._handle(conn, addr))
-            self._conns.add(t)
-            t.add_done_callback(self._conns.discard)
-
-    async def allowed(self, addr: str) -> bool:
-        if not self.allow:
-            return True
-        addr = addr.removeprefix("::ffff:")
-        names = [addr]
-        try:
-            names.append(await asyncio.wait_for(_run(socket.getfqdn, addr), 3))
-        except Exception:
-            pass
-        return any(p.match(n) for p in self.allow for n in names)
-
-    async def _handle(self, conn: socket.socket, addr) -> None:
-        peer = str(addr[0]).removeprefix("::ffff:")
-        link = None
-        try:
-            if not await self.allowed(peer):
-                log.warning("relocation: refused a connection from %s: not in xend-relocation-hosts-allow",
-                            peer)
-                conn.close()
-                return
-            conn.setblocking(True)
-            _tune(conn)
-            try:
-                link = await _run(self._wrap, conn)
-            except (ssl.SSLError, OSError) as e:
-                log.warning("relocation: refused %s: TLS handshake failed: %s", peer, e)
-                conn.close()
-                return
-            if self.ctx is not None and not is_host_cert(link.sock.getpeercert(binary_form=True)):
-                # An API user's client certificate comes from the same CA,
-                # but only a host may send domains here.
-                log.warning("relocation: refused %s (%s): not a host certificate", peer, peer_name(link.sock))
-                return
-            who = peer_name(link.sock) if self.ctx else "unauthenticated"
-            log.info("relocation: connection from %s (%s)", peer, who)
-            await Incoming(self.domains, link, peer).run()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("relocation: connection from %s failed", peer)
-        finally:
-            if link is not None:
-                await _run(link.close)
-
-    def _wrap(self, conn: socket.socket) -> rp.Link:
-        conn.settimeout(CONNECT_TIMEOUT)
-        if self.ctx is not None:
-            conn = self.ctx.wrap_socket(conn, server_side=True)
-        return rp.Link(conn, LINK_TIMEOUT)
-
-
-class Incoming:
-    def __init__(self, domains, link: rp.Link, peer: str):
-        self.domains, self.link, self.peer = domains, link, peer
-        self.dom = None
-
-    async def _send(self, msg: list) -> None:
-        await _run(self.link.send, msg)
-
-    async def run(self) -> None:
-        try:
-            req = rp.parse_receive(await _run(self.link.recv, LINK_TIMEOUT))
-            try:
-                cfg = DomainConfig.from_sxp(req.config)
-            except (ConfigError, sxp.SxpError) as e:
-                raise InvalidRequest(f"the domain config is invalid: {e}") from None
-        except (rp.ProtocolError, InvalidRequest) as e:
-            log.warning("relocation: bad request from %s: %s", self.peer, e)
-            await self._try_send(rp.err("protocol", str(e)))
-            return
-        log.info("relocation: receiving domain %s from %s (%s, %s)", cfg.name, req.host,
-                 "live" if req.live else "paused", self.peer)
-        try:
-            firmware.check_restore(cfg, req.firmware, f"the domain from {req.host}")
-            if req.nvram:
-                # The target's QEMU starts from the source's UEFI variables.
-                self.domains.store.put(firmware.nvram_key(cfg.uuid), req.nvram)
-            self.dom = await self.domains.prepare_incoming(cfg, req.accel, req.machine)
-        except (XendError, StoreError) as e:
-            log.warning("relocation: refused domain %s from %s: %s", cfg.name, self.peer, e)
-            await self._try_send(rp.err(getattr(e, "code", "refused"), str(e)))
-            return
-        try:
-            await self._receive(req)
-            self.domains.count_migration("in", True, self.link.sent)
-        except BaseException as e:
-            self.domains.count_migration("in", False, self.link.sent)
-            log.error("relocation: domain %s from %s not received: %s", cfg.name, self.peer, _describe(e))
-            if self.dom is not None and self.dom.state == State.INCOMING:
-                await self.dom.destroy(force=True)
-            if not isinstance(e, (rp.ProtocolError, asyncio.CancelledError)):
-                await self._try_send(rp.err("receive", _describe(e)))
-            if isinstance(e, asyncio.CancelledError):
-                raise
-
-    async def _try_send(self, msg: list) -> None:
-        try:
-            self.link.sock.settimeout(5)
-            await self._send(msg)
-        except Exception:
-            pass
-
-    async def _receive(self, req: rp.Receive) -> None:
-        dom = self.dom
-        mon = dom.monitor
-        a, b = _socketpair()
-        try:
-            await mon.migration.enable_events()
-            await mon.send_fd(a.fileno(), "pyxen-migrate")
-            a.close()
-            await mon.migration.start_in("pyxen-migrate")
-            await self._send(rp.ok(["domid", dom.domid]))
-            faults.point("migrate-target-receiving")
-            kind, problem = await _run(self.link.pump_in, b)
-        finally:
-            a.close()
-            b.close()       # QEMU sees the end of its stream
-        if kind == rp.ABORT:
-            raise rp.ProtocolError("the source gave up the migration")
-        if problem:
-            raise rp.ProtocolError(problem)       # the source was told already
-        status = await mon.migration.wait_done(LOAD_TIMEOUT, tick=0.5, poll=True, check=lambda: bool(dom.pid))
-        if status != "completed":
-            raise MigrationError(f"QEMU could not load the guest: {await mon.migration.error(status)}")
-        await self._send(rp.ok("loaded"))
-        faults.point("migrate-target-loaded")
-        msg = await _run(self.link.recv, LINK_TIMEOUT)
-        if msg[0] != "commit":
-            raise rp.ProtocolError(f"the source did not commit ({msg[0]})")
-        await self._commit(req.paused)
-
-    async def _commit(self, paused: bool) -> None:
-        dom = self.dom
-        async with dom.lock:
-            # Durable before the guest runs: a restart now adopts it as a
-            # running domain instead of rolling it back.
-            dom.state = State.RUNNING
-            dom.paused = paused
-            dom.start_time = time.time()
-            dom.persist()
-            await features.after_start(dom.feature_context())
-            if not paused:
-                asked = time.time()
-                await dom.monitor.cont()
-                answered = time.time()
-            await dom.refresh_vcpus()
-            dom.apply_placement(initial=True)
-        resumed = None
-        if not paused:
-            # The guest runs from QEMU's RESUME event (its timestamp, like
-            # the source's STOP), which QEMU sends before answering 'cont';
-            # under TCG the answer itself lagged the event by 13-28 ms
-            # here (bench/migrate.py), so the clock after 'cont' answered
-            # overstates the downtime.  It is the fallback if the event
-            # was not seen.
-            ev = dom.last_runstate_change.get("RESUME")
-            resumed = ev if ev is not None and asked <= ev <= answered else answered
-        dom.announced = True
-        dom.services.emit("created", dom, migrated_from=self.peer)
-        log.info("%s: arrived from %s and running (domid %d)", dom.name, self.peer, dom.domid)
-        await self._send(rp.ok("running", ["resumed", f"{resumed:.6f}"] if not paused else ["paused", 1]))

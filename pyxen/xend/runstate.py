@@ -115,14 +115,14 @@ class DomainRunState:
                 # Like a request left in xenstore, the shutdown stays pending:
                 # a guest still booting (no acpid yet) misses one button press,
                 # so press again until it acts or the request times out.
-                if self._shutdown_task is None or self._shutdown_task.done():
-                    self._shutdown_task = asyncio.get_running_loop().create_task(self._repress())
+                if self.shutdown_request is None or self.shutdown_request.done():
+                    self.shutdown_request = asyncio.get_running_loop().create_task(self._repress())
 
     async def _repress(self, interval: float = 3.0) -> None:
         deadline = time.monotonic() + self.config["device-destroy-timeout"]
         while time.monotonic() < deadline:
             await asyncio.sleep(interval)
-            if self.gone.is_set() or self.state != State.RUNNING or self.monitor is None or self._handling:
+            if self.gone.is_set() or self.state != State.RUNNING or self.monitor is None or self.applying_policy:
                 return
             if self.paused:
                 continue

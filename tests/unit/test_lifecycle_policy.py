@@ -230,7 +230,7 @@ def run(coro):
 def test_poweroff_preserve_keeps_the_domain_shut_down(env):
     make, events, _, removed, services = env
     dom, mon = make(on_poweroff="preserve")
-    run(dom._guest_exited("poweroff"))
+    run(dom.guest_exited("poweroff"))
     assert dom.state == State.SHUTDOWN and dom.halted.is_set() and not removed
     assert services.store.get_json(f"{dom.key}/runtime")["state"] == "shutdown"
     assert ("changed", "fd") in events
@@ -240,7 +240,7 @@ def test_poweroff_preserve_keeps_the_domain_shut_down(env):
 def test_crash_restart_resets_and_runs_again(env):
     make, *_ = env
     dom, mon = make(on_crash="restart")
-    run(dom._guest_exited("crash"))
+    run(dom.guest_exited("crash"))
     assert cmds(mon) == ["system_reset", "cont"]
     assert dom.state == State.RUNNING and dom.shutdown_reason is None and not dom.paused
 
@@ -248,7 +248,7 @@ def test_crash_restart_resets_and_runs_again(env):
 def test_reboot_restart_does_not_reset_twice(env):
     make, *_ = env
     dom, mon = make(on_reboot="restart")
-    run(dom._guest_exited("reboot"))
+    run(dom.guest_exited("reboot"))
     assert cmds(mon) == ["cont"]
 
 
@@ -256,7 +256,7 @@ def test_quick_crash_with_restart_is_destroyed(env):
     make, events, _, removed, services = env
     dom, mon = make(on_crash="restart")
     dom.start_time = dom.start_time + 3600 - 1       # ran for a second
-    run(dom._guest_exited("crash"))
+    run(dom.guest_exited("crash"))
     assert dom.gone.is_set() and removed == [dom] and ("destroyed", "fd") in events
     assert dom.monitor is None and "cont" not in cmds(mon)     # released, not resumed
     assert services.store.get_json(f"{dom.key}/runtime") is None
@@ -268,7 +268,7 @@ def test_rename_restart_keeps_the_corpse_and_starts_a_successor(env):
     uuid = dom.uuid
 
     async def go():
-        await dom._guest_exited("crash")
+        await dom.guest_exited("crash")
         await asyncio.sleep(0)          # the successor's create task runs
     run(go())
     assert dom.name == f"Domain-{uuid}" and dom.state == State.CRASHED
@@ -278,7 +278,7 @@ def test_rename_restart_keeps_the_corpse_and_starts_a_successor(env):
 def test_coredump_destroy_dumps_then_destroys(env, monkeypatch):
     make, _, _, removed, _ = env
     dom, mon = make(on_crash="coredump-destroy")
-    run(dom._guest_exited("crash"))
+    run(dom.guest_exited("crash"))
     c = cmds(mon)
     assert c.index("stop") < c.index("getfd") < c.index("dump-guest-memory")
     assert removed == [dom] and dom.monitor is None
@@ -288,7 +288,7 @@ def test_coredump_destroy_dumps_then_destroys(env, monkeypatch):
 def test_preserved_domain_may_not_go_back_to_running(env):
     make, *_ = env
     dom, _ = make(on_poweroff="preserve")
-    run(dom._guest_exited("poweroff"))
+    run(dom.guest_exited("poweroff"))
     with pytest.raises(lifecycle.IllegalTransition):
         dom.state = State.RUNNING
     assert dom.state == State.SHUTDOWN
