@@ -221,7 +221,8 @@ class Outgoing:
         dom = self.dom
         meta = await dom.save_meta()
         ctx = dom.feature_context()
-        req = rp.Receive(config=dom.cfg.to_sxp(), accel=dom.accel, machine=meta["machine"],
+        # The machine as it booted, which the target must rebuild.
+        req = rp.Receive(config=dom.booted_config().to_sxp(), accel=dom.accel, machine=meta["machine"],
                          qemu=meta["qemu"], live=self.live, host=socket.gethostname(),
                          paused=not self.resume, firmware=firmware.save_meta(ctx),
                          nvram=firmware.nvram_now(ctx))

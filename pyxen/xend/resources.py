@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 
+from ..config.domain import DomainConfig
 from ..config.errors import ConfigError
 from ..config.specs import format_cpuset, parse_cpuset
 from ..hypervisor import cgroups
@@ -58,6 +59,10 @@ class DomainResources:
             if not 1 <= n <= maxv:
                 raise InvalidRequest(f"vcpus must be 1-{maxv} for domain {self.name} (maxvcpus {maxv}), got {n}")
             order = list(range(1, maxv))
+            if self.cfg.maxvcpus is None:
+                # The maximum stays what the guest booted with: only the
+                # number online changes (a save or migration needs it).
+                self.cfg.maxvcpus = maxv
             # Offline from the top down, online from the bottom up.
             for i in (order if n > self.cfg.vcpus else reversed(order)):
                 want = "online" if i < n else "offline"
@@ -100,6 +105,33 @@ class DomainResources:
                 except (ValueError, IndexError):
                     pass
         return max(self.cfg.memory, self.cfg.maxmem or 0)
+
+    def boot_vcpus(self) -> int:
+        """The vCPUs QEMU was started with (online or not)."""
+        if self.pid:
+            args = process.cmdline(self.pid)
+            if "-smp" in args:
+                try:
+                    return int(args[args.index("-smp") + 1].split(",")[0])
+                except (ValueError, IndexError):
+                    pass
+        return qargv.max_vcpus(self.cfg)
+
+    def booted_config(self) -> DomainConfig:
+        """The config with the machine QEMU runs now: vCPUs and memory as
+        it booted, however many are online or ballooned.  A save file or a
+        migration carries this, so the restore rebuilds the same machine."""
+        c = DomainConfig.from_sxp(self.cfg.to_sxp())
+        mem, cpus = self.boot_memory(), self.boot_vcpus()
+        if max(c.memory, c.maxmem or 0) != mem and mem >= c.memory:
+            c.maxmem = mem
+        if qargv.max_vcpus(c) != cpus and cpus >= c.vcpus:
+            c.maxvcpus = cpus
+        if max(c.memory, c.maxmem or 0) != mem or qargv.max_vcpus(c) != cpus:
+            raise XendError(f"the config of domain {self.name} ({c.vcpus} vCPUs, {c.memory} MiB) cannot "
+                            f"describe the machine it runs on ({cpus} vCPUs, {mem} MiB); "
+                            "its state could not be restored")
+        return c
 
     # ------------------------------------------------------- CPU placement
     def apply_placement(self, initial: bool) -> None:

@@ -83,7 +83,8 @@ class DomainSaving:
         loop = asyncio.get_running_loop()
         target = save_target(path)
         t0 = time.monotonic()
-        config = sxp.to_string(self.cfg.to_sxp())
+        # The machine as it booted: the restore must rebuild it (issue 15).
+        config = sxp.to_string(self.booted_config().to_sxp())
         meta = await self.save_meta()
         resume = not self.paused
         try:
@@ -109,6 +110,12 @@ class DomainSaving:
                 self.marks["sync"] = time.monotonic()
             finally:
                 os.close(fd)
+            # A file xm restore would refuse must not cost the domain: read
+            # it back the way a restore does before the commit point.
+            try:
+                await loop.run_in_executor(None, checkpoint.read_header, tmp)
+            except checkpoint.SaveFileError as e:
+                raise XendError(f"the written file does not read back ({e})") from None
             faults.point("save-before-commit")
             # The commit point: from here an xend restart finishes the save.
             self.job["phase"] = "commit"

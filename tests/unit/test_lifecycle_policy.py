@@ -389,3 +389,50 @@ def test_cancel_waits_until_the_stream_has_ended():
     mon = fake_monitor({"query-migrate": lambda: {"status": next(states)}})
     run(mon.migration.cancel(lambda: True))
     assert cmds(mon) == ["migrate_cancel", "query-migrate", "query-migrate", "query-migrate"]
+
+
+# --------------------------------------------- the machine a domain booted on
+class FakeControl:
+    def __init__(self):
+        self.lines: list[str] = []
+
+    async def request(self, line, timeout=10.0):
+        self.lines.append(line)
+        return "ok"
+
+
+def test_vcpu_set_changes_the_online_count_never_the_maximum(env):
+    make, *_ = env
+    dom, _ = make(vcpus=2)
+    dom.control = FakeControl()
+    run(dom.vcpu_set(1))
+    assert (dom.cfg.vcpus, dom.cfg.maxvcpus) == (1, 2)
+    run(dom.vcpu_set(2))                 # still allowed: the maximum is the boot's
+    assert dom.control.lines == ["cpu 1 offline", "cpu 1 online"] and dom.cfg.vcpus == 2
+
+
+def test_booted_config_describes_the_machine_qemu_runs(env, monkeypatch):
+    from pyxen.xend import resources
+    make, *_ = env
+    dom, _ = make(vcpus=1, memory=96)
+    dom.pid = 4242
+    monkeypatch.setattr(resources.process, "cmdline", lambda pid: ["qemu", "-m", "128M", "-smp", "2"])
+    c = dom.booted_config()
+    assert (c.vcpus, c.maxvcpus, c.memory, c.maxmem) == (1, 2, 96, 128)
+    assert (dom.cfg.maxvcpus, dom.cfg.maxmem) == (None, None)        # the live config is left alone
+
+
+def test_a_save_that_could_not_be_restored_keeps_the_domain(env, monkeypatch, tmp_path):
+    from pyxen.xend import resources
+    from pyxen.xend.errors import XendError
+    make, _, _, removed, _ = env
+    dom, mon = make(vcpus=2)
+    dom.pid = 4242
+    # QEMU runs fewer vCPUs than the config has online: no config rebuilds it.
+    monkeypatch.setattr(resources.process, "cmdline", lambda pid: ["qemu", "-m", "128M", "-smp", "1"])
+    saves = tmp_path / "saves"
+    saves.mkdir()
+    with pytest.raises(XendError, match="could not be restored"):
+        run(dom.save(str(saves / "f.save")))
+    assert not removed and dom.state == State.RUNNING and dom.job is None
+    assert list(saves.iterdir()) == [] and cmds(mon) == []
