@@ -2,7 +2,17 @@
 # (Debian packages and a Python venv) so a fresh Debian 12 machine works.
 
 VENV    ?= /opt/pyxen/venv
-BINDIR  ?= /usr/local/sbin
+# Where `make install` puts things.  DESTDIR stages the whole tree elsewhere
+# (packaging, and the tests: they never install into the real /).
+DESTDIR ?=
+PREFIX  ?= /usr/local
+BINDIR  ?= $(PREFIX)/sbin
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(SYSCONFDIR)/systemd/system
+INITDIR ?= $(SYSCONFDIR)/init.d
+XENDIR  ?= $(SYSCONFDIR)/xen
+MANDIR  ?= $(PREFIX)/share/man
+COMPLETIONDIR ?= $(PREFIX)/share/bash-completion/completions
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.pyxen-deps
 # Debian packages: QEMU and its tools, busybox for the guest initramfs,
@@ -24,7 +34,7 @@ APT_PKGS := qemu-system-x86 qemu-utils busybox-static lz4 zstd xz-utils cpio e2f
 #  nodejs/npm only when no npm is present, so a NodeSource node is left alone.)
 WEB_STAMP := pyxen/web/static/vendor/.built
 
-.PHONY: all deps image hvm-images web demo test unit bench fuzz clean man
+.PHONY: all deps install uninstall image hvm-images web demo test unit bench fuzz clean man docs
 
 all: image
 
@@ -33,21 +43,71 @@ $(STAMP): pyproject.toml constraints.txt
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(APT_PKGS); fi
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip >/dev/null
-	$(VENV)/bin/pip install -q -c constraints.txt -e '.[test]'
-	@mkdir -p $(BINDIR)
-	ln -sf $(VENV)/bin/xend $(VENV)/bin/xm $(VENV)/bin/xentop $(VENV)/bin/xendomains $(VENV)/bin/pyxen-image $(VENV)/bin/pyxen $(BINDIR)/
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[test,docs]'
 	touch $@
 
 deps: $(STAMP)
+	@$(MAKE) --no-print-directory install
+
+# What a host keeps: the commands on PATH, xend and xendomains as systemd
+# units and SysV init scripts (§3.3, §4.1: /etc/init.d/xend, `service
+# xendomains start`, LSB and chkconfig headers), the network/vif scripts in
+# /etc/xen/scripts (left alone once an administrator edited them, as xend
+# does), man pages and bash completion (whatever pyxen/data/man and
+# pyxen/data/completion hold: none yet is fine).  Installs from this tree
+# only: it needs no venv, so `make install DESTDIR=/tmp/x` works anywhere.
+INIT_SRC := pyxen/data/init
+SCRIPTS  := $(filter-out %/__init__.py %/__pycache__,$(wildcard pyxen/data/scripts/*))
+MANPAGES ?= $(wildcard pyxen/data/man/*.[1-8])
+COMPLETION_SRC ?= pyxen/data/completion/xm
+COMMANDS := xend xm xentop xendomains pyxen-image pyxen
+install:
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(INITDIR) \
+		$(DESTDIR)$(XENDIR)/scripts $(DESTDIR)$(XENDIR)/auto
+	for c in $(COMMANDS); do ln -sfn $(VENV)/bin/$$c $(DESTDIR)$(BINDIR)/$$c; done
+	for u in xend xendomains; do \
+		sed 's|/usr/local/sbin|$(BINDIR)|g' $(INIT_SRC)/$$u.service > $(DESTDIR)$(UNITDIR)/$$u.service.tmp && \
+		chmod 644 $(DESTDIR)$(UNITDIR)/$$u.service.tmp && \
+		mv -f $(DESTDIR)$(UNITDIR)/$$u.service.tmp $(DESTDIR)$(UNITDIR)/$$u.service && \
+		sed 's|/usr/local/sbin:|$(BINDIR):|' $(INIT_SRC)/$$u.sysv > $(DESTDIR)$(INITDIR)/$$u.tmp && \
+		chmod 755 $(DESTDIR)$(INITDIR)/$$u.tmp && mv -f $(DESTDIR)$(INITDIR)/$$u.tmp $(DESTDIR)$(INITDIR)/$$u || exit 1; \
+	done
+	for f in $(SCRIPTS); do d=$(DESTDIR)$(XENDIR)/scripts/$${f##*/}; \
+		if [ -e "$$d" ] && ! grep -q pyxen-managed "$$d"; then echo "keeping $$d (edited locally)"; continue; fi; \
+		case $$f in *.sh) m=644;; *) m=755;; esac; install -m $$m $$f $$d || exit 1; done
+	for m in $(MANPAGES); do s=$${m##*.}; install -d $(DESTDIR)$(MANDIR)/man$$s && \
+		install -m 644 $$m $(DESTDIR)$(MANDIR)/man$$s/ || exit 1; done
+	if [ -f $(COMPLETION_SRC) ]; then install -d $(DESTDIR)$(COMPLETIONDIR) && \
+		install -m 644 $(COMPLETION_SRC) $(DESTDIR)$(COMPLETIONDIR)/xm; fi
+	@if [ -z "$(DESTDIR)" ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then \
+		systemctl daemon-reload; fi
+
+# Removes what `install` put there; keeps configuration, domains, state,
+# logs, and scripts an administrator edited (no pyxen-managed line).
+uninstall:
+	for c in $(COMMANDS); do rm -f $(DESTDIR)$(BINDIR)/$$c; done
+	for u in xend xendomains; do rm -f $(DESTDIR)$(UNITDIR)/$$u.service $(DESTDIR)$(INITDIR)/$$u; done
+	for f in $(SCRIPTS); do d=$(DESTDIR)$(XENDIR)/scripts/$${f##*/}; \
+		if [ -f "$$d" ] && grep -q pyxen-managed "$$d"; then rm -f "$$d"; fi; done
+	-rmdir $(DESTDIR)$(XENDIR)/scripts 2>/dev/null
+	for m in $(MANPAGES); do rm -f $(DESTDIR)$(MANDIR)/man$${m##*.}/$${m##*/}; done
+	rm -f $(DESTDIR)$(COMPLETIONDIR)/xm
+	@if [ -z "$(DESTDIR)" ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then \
+		systemctl daemon-reload; fi
 
 image: deps
 	$(VENV)/bin/pyxen-image build
 
 # A bootable disk (MBR, FAT16, SYSLINUX) and ISO (ISOLINUX) of the default
 # guest, for HVM domains: $(PYXEN_IMAGES or /var/lib/pyxen/images)/hvm/.
+# Their kernel is Debian's generic one (images/hvm-kernel: the default
+# guest's initramfs on it), which has drivers for the emulated PC's IDE/SATA
+# disks and rtl8139/e1000/ne2k NICs; PV guests keep the smaller cloud kernel.
+IMAGES_DIR = $${PYXEN_IMAGES:-/var/lib/pyxen/images}
 hvm-images: image
-	$(VENV)/bin/pyxen-image hvm-disk
-	$(VENV)/bin/pyxen-image hvm-iso
+	$(VENV)/bin/pyxen-image build --kernel-package linux-image-amd64 --dest $(IMAGES_DIR)/hvm-kernel
+	$(VENV)/bin/pyxen-image hvm-disk --source $(IMAGES_DIR)/hvm-kernel
+	$(VENV)/bin/pyxen-image hvm-iso --source $(IMAGES_DIR)/hvm-kernel
 
 # Front-end packages (xterm.js, noVNC) from npm, pinned by web/package-lock.json,
 # bundled into the package: xend's page fetches nothing at run time.
@@ -59,11 +119,16 @@ $(WEB_STAMP): web/package.json web/package-lock.json web/build.mjs
 
 web: $(WEB_STAMP)
 
-demo: image web
+demo: image web install
 	PATH=$(BINDIR):$$PATH $(PY) -m pyxen.demo
 
 test: image web
 	PATH=$(BINDIR):$$PATH $(PY) -m pytest -q tests
+
+# The user's guide (docs/guide, English and Chinese) as static HTML in
+# build/guide/ (gitignored).  --strict: a broken link or a missing page fails.
+docs: deps
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q -f docs/guide/mkdocs.yml -d $(CURDIR)/build/guide
 
 unit: deps
 	$(PY) -m pytest -q tests/unit

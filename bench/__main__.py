@@ -1,5 +1,6 @@
 """Run every benchmark: ``python -m bench [--only NAME] [--runs N] [--json PATH]
-[--save-runs N] [--save-json PATH] [--migrate-runs IDLE,DIRTY] [--migrate-json PATH]``.
+[--save-runs N] [--save-json PATH] [--migrate-runs IDLE,DIRTY] [--migrate-json PATH]
+[--scale-domains N] [--scale-json PATH]``.
 
 Prints a plain table per benchmark and writes each one's results as JSON
 (atomically: a temp file in the same directory, then a rename).
@@ -14,13 +15,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import boot, disk, migrate, saverestore
+from . import boot, disk, migrate, saverestore, scale
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_JSON = RESULTS / "boot.json"
 SAVE_JSON = RESULTS / "saverestore.json"
 DISK_JSON = RESULTS / "disk.json"
 MIGRATE_JSON = RESULTS / "migrate.json"
+SCALE_JSON = RESULTS / "scale.json"
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -42,7 +44,7 @@ def write_json(path: Path, data: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench",
                                  description="Run pyxen's benchmarks; print tables, write JSON.")
-    ap.add_argument("--only", choices=("boot", "disk", "saverestore", "migrate"), help="run just this benchmark")
+    ap.add_argument("--only", choices=("boot", "disk", "saverestore", "migrate", "scale"), help="run just this benchmark")
     ap.add_argument("--runs", type=int, default=5, help="timed boots per side (default 5)")
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON,
                     help=f"where to write the boot results (default {DEFAULT_JSON})")
@@ -56,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="live migrations per side for idle and for dirtying guests (default 3,2)")
     ap.add_argument("--migrate-json", type=Path, default=MIGRATE_JSON,
                     help=f"where to write the migration results (default {MIGRATE_JSON})")
+    ap.add_argument("--scale-domains", type=int, default=scale.DOMAINS, metavar="N",
+                    help=f"paused domains the scale benchmark creates (default {scale.DOMAINS})")
+    ap.add_argument("--scale-json", type=Path, default=SCALE_JSON,
+                    help=f"where to write the scale results (default {SCALE_JSON})")
     args = ap.parse_args(argv)
     try:
         idle, dirty = (int(n) for n in args.migrate_runs.split(","))
@@ -65,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--migrate-runs counts must be at least 1")
     if args.runs < 1 or args.save_runs < 1:
         ap.error("--runs and --save-runs must be at least 1")
+    if args.scale_domains < 1:
+        ap.error("--scale-domains must be at least 1")
     progress = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     if args.only in (None, "boot"):
         result = boot.run(args.runs, progress=progress)
@@ -86,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         print(migrate.format_table(result))
         write_json(args.migrate_json, result)
         print(f"results written to {args.migrate_json}")
+    if args.only in (None, "scale"):
+        result = scale.run(args.scale_domains, progress=progress)
+        print(scale.format_table(result))
+        write_json(args.scale_json, result)
+        print(f"results written to {args.scale_json}")
     return 0
 
 

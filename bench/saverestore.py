@@ -1,6 +1,7 @@
 """Save/restore benchmark: how fast ``xm save`` and ``xm restore`` move a
-guest's state to and from disk, against ``dd`` moving the same number of
-bytes to and from the same disk in the same run.
+guest's state to and from disk, against plain QEMU saving and loading the
+same guest, and ``dd`` moving the same number of bytes to and from the
+same disk, all in the same run.
 
 For each guest size (256 MiB and 1 GiB by default) one guest is booted
 under one xend (TCG) and most of its free memory is filled with non-zero
@@ -13,14 +14,14 @@ untimed warm-up round, each round times (wall clock, from spawn to exit):
 * ``xm restore`` of that file and ``dd`` reading it, both with the file
   evicted from the page cache first (``posix_fadvise(DONTNEED)`` on that
   file only), as a restore after a host reboot would find it;
-* for information, plain QEMU doing the same without pyxen: QEMU started
-  from pyxen's own argv for the config with ``-incoming defer`` loads the
-  file's stream, then migrates out to a new file that is then fsynced.
-  This is the ceiling: what QEMU alone manages, without header, checksum,
-  or toolstack.
+* plain QEMU doing the same without pyxen: QEMU started from pyxen's own
+  argv for the config with ``-incoming defer`` loads the file's stream,
+  then migrates out to a new file that is then fsynced.  This is what QEMU
+  alone manages, without header, checksum, or toolstack.
 
-Throughput is the save file's size over the time taken.  The target:
-pyxen's median save and restore throughput at least 0.8 of dd's.
+Throughput is the save file's size over the time taken.  The target
+(issue 17): pyxen's median save and restore throughput at least 0.9 of
+raw QEMU's.  pyxen / dd is reported too, for information.
 
 The pure parts (``summarize``, ``compare``, ``format_table``) are
 unit-tested without booting anything.
@@ -50,7 +51,7 @@ from .boot import _qemus_under, host_info
 
 SIZES = (256, 1024)          # MiB of guest memory
 ACCEL = "tcg"
-TARGET = 0.8                 # pyxen throughput / dd throughput, for save and for restore
+TARGET = 0.9                 # pyxen throughput / raw QEMU's, for save and for restore (issue 17)
 FILL_SHARE = 0.8             # of the guest's MemAvailable filled with data
 SIDES = ("save", "dd_write", "raw_save", "restore", "dd_read", "raw_load")
 LABELS = {"save": "xm save", "dd_write": "dd write (conv=fsync)",
@@ -72,11 +73,16 @@ def summarize(samples: list[tuple[int, float]]) -> dict:
 
 
 def compare(summary: dict) -> dict:
-    """pyxen / dd throughput for save and restore, and the verdict."""
-    save = summary["save"]["median"] / summary["dd_write"]["median"]
-    restore = summary["restore"]["median"] / summary["dd_read"]["median"]
-    return {"save_ratio": round(save, 3), "restore_ratio": round(restore, 3), "target": TARGET,
-            "pass": save >= TARGET and restore >= TARGET}
+    """pyxen / raw QEMU throughput for save and restore (the verdict), and
+    pyxen / dd (for information: what the disk itself takes)."""
+    # Rounded before the verdict, so it agrees with the figures shown.
+    save = round(summary["save"]["median"] / summary["raw_save"]["median"], 3)
+    restore = round(summary["restore"]["median"] / summary["raw_load"]["median"], 3)
+    dd_save = summary["save"]["median"] / summary["dd_write"]["median"]
+    dd_restore = summary["restore"]["median"] / summary["dd_read"]["median"]
+    return {"save_ratio": save, "restore_ratio": restore, "target": TARGET,
+            "pass": save >= TARGET and restore >= TARGET,
+            "dd_save_ratio": round(dd_save, 3), "dd_restore_ratio": round(dd_restore, 3)}
 
 
 def format_table(result: dict) -> str:
@@ -94,8 +100,10 @@ def format_table(result: dict) -> str:
             s = summ[side]
             lines.append(f"  {LABELS[side]:<{w - 2}}{s['median']:>8.0f}{s['min']:>8.0f}{s['max']:>8.0f}"
                          f"{s['seconds_median']:>7.2f} s")
-        lines.append(f"  save ratio {cmp['save_ratio']:.2f}, restore ratio {cmp['restore_ratio']:.2f}"
-                     f"  -> target (>= {TARGET}): {'PASS' if cmp['pass'] else 'FAIL'}")
+        lines.append(f"  vs raw QEMU: save ratio {cmp['save_ratio']:.2f}, restore ratio "
+                     f"{cmp['restore_ratio']:.2f}  -> target (>= {TARGET}): {'PASS' if cmp['pass'] else 'FAIL'}")
+        lines.append(f"  vs dd (for information): save {cmp['dd_save_ratio']:.2f}, "
+                     f"restore {cmp['dd_restore_ratio']:.2f}")
     return "\n".join(lines)
 
 

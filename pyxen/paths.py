@@ -9,15 +9,30 @@ building it is expensive and it is the same for every xend on a machine.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_IMAGES = "/var/lib/pyxen/images"
 
 
-@dataclass(frozen=True)
 class Paths:
-    root: Path
+    # A plain immutable class, not a dataclass: every xm command builds one,
+    # and importing dataclasses (inspect, ast, dis, ...) costs xm several ms.
+    __slots__ = ("root",)
+
+    def __init__(self, root: Path):
+        object.__setattr__(self, "root", root)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"Paths is immutable (cannot set {name!r})")
+
+    def __eq__(self, other):
+        return self.root == other.root if isinstance(other, Paths) else NotImplemented
+
+    def __hash__(self):
+        return hash(self.root)
+
+    def __repr__(self):
+        return f"Paths(root={self.root!r})"
 
     @classmethod
     def from_env(cls, environ: dict | None = None) -> "Paths":
@@ -75,6 +90,12 @@ class Paths:
     @property
     def pidfile(self) -> Path:
         return self.run / "xend.pid"
+
+    def checkout(self, key: str) -> Path:
+        """Where state another program keeps as files (a vTPM's swtpm) is
+        checked out of the store while it runs (the store keeps the copy
+        that lasts; this one is gone after a host reboot)."""
+        return self.run / "checkout" / key.replace("/", "_")
 
     def domain_run(self, domid: int) -> Path:
         # Keyed by domid (short) rather than uuid: unix socket paths are

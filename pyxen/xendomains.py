@@ -157,19 +157,24 @@ def stop(paths: Paths, s: dict[str, str]) -> int:
         for key in s["XENDOMAINS_SYSRQ"].split():
             xm("sysrq", domid, key, timeout=maxwait)
             time.sleep(int(s["XENDOMAINS_USLEEP"]) / 1e6)
+        # What happened to each domain follows its name, as in Xen's
+        # script: (migr), (save) or (shut).
         if s["XENDOMAINS_MIGRATE"]:
             if xm("migrate", domid, *shlex.split(s["XENDOMAINS_MIGRATE"]), timeout=maxwait).returncode == 0:
+                print("(migr)", end="", flush=True)
                 continue
         if s["XENDOMAINS_SAVE"]:
             save = Path(s["XENDOMAINS_SAVE"])
             save.mkdir(parents=True, exist_ok=True)
             res = xm("save", domid, str(save / name), timeout=maxwait)
             if res.returncode == 0:
+                print("(save)", end="", flush=True)
                 continue
             rc = 1
             print(f"(save failed: {res.stderr.strip()})", end="")
         if s["XENDOMAINS_SHUTDOWN"]:
             xm("shutdown", domid, *shlex.split(s["XENDOMAINS_SHUTDOWN"]), timeout=maxwait)
+            print("(shut)", end="", flush=True)
     print()
     if running_domains() and s["XENDOMAINS_SHUTDOWN_ALL"]:
         xm("shutdown", *shlex.split(s["XENDOMAINS_SHUTDOWN_ALL"]), timeout=maxwait)
@@ -186,15 +191,17 @@ def stop(paths: Paths, s: dict[str, str]) -> int:
 def status(paths: Paths, s: dict[str, str]) -> int:
     missing = []
     names = {n for n, _ in running_domains()}
+    save = Path(s["XENDOMAINS_SAVE"]) if s["XENDOMAINS_SAVE"] else None
+    # stop names a save file after its domain: an auto domain that is saved
+    # is listed once, as saved, not also as not running.
+    saved = sorted(f.name for f in save.iterdir() if is_save_file(f)) if save and save.is_dir() else []
     auto = Path(s["XENDOMAINS_AUTO"])
     if auto.is_dir():
         for cfg in sorted(auto.iterdir()):
             name = config_name(cfg) if cfg.is_file() else None
-            if name and name not in names:
+            if name and name not in names and name not in saved:
                 missing.append(name)
-    save = Path(s["XENDOMAINS_SAVE"]) if s["XENDOMAINS_SAVE"] else None
-    if save and save.is_dir():
-        missing += [f"{f.name} (saved, not restored)" for f in sorted(save.iterdir()) if is_save_file(f)]
+    missing += [f"{n} (saved, not restored)" for n in saved]
     if missing:
         print("Checking for xendomains: missing " + ", ".join(missing))
         return 3

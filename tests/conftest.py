@@ -40,7 +40,8 @@ def hvm_media(image) -> dict[str, Path]:
     out = {"disk": IMAGES / "hvm" / "disk.img", "iso": IMAGES / "hvm" / "cdrom.iso"}
     for what, cmd in (("disk", "hvm-disk"), ("iso", "hvm-iso")):
         if not out[what].exists():
-            subprocess.run(["pyxen-image", cmd, "--source", str(image), "--out", str(out[what])], check=True)
+            # The source is pyxen-image's default: images/hvm-kernel when built, else the default image.
+            subprocess.run(["pyxen-image", cmd, "--out", str(out[what])], check=True)
     return out
 
 

@@ -12,7 +12,7 @@ import uuid as uuidlib
 from dataclasses import dataclass, field
 
 from . import hvmopts as hvmcfg
-from . import sxp
+from . import names, sxp
 from .errors import ConfigError
 from .options import ACTIONS, CRASH_ACTIONS, default
 from .specs import (DiskSpec, PciSpec, VtpmSpec, disk_from_parts, parse_cpuset, parse_disk, parse_pci,
@@ -113,6 +113,7 @@ class DomainConfig:
         name = _str(values, "name")
         if not name:
             raise ConfigError("name: the domain needs a name")
+        names.check(name)
         builder = _str(values, "builder")
         t = values.get("type")
         if t:
@@ -174,8 +175,13 @@ class DomainConfig:
         if builder == "linux" and not kernel:
             raise ConfigError("kernel: a kernel is required for the linux builder")
         hvm = {}
+        audio = _int(values, "audio", 0)
+        if audio and builder != "hvm":
+            raise ConfigError("audio: sound cards need an HVM domain (builder = 'hvm')")
         if builder == "hvm":
             hvm = _hvm_values(values)
+            if audio and not hvm.get("soundhw"):
+                hvm["soundhw"] = "sb16"     # what Xen 3.0's qemu-dm -enable-audio gave
             for k, v in hvmcfg.from_vfb(_list(values, "vfb")).items():
                 hvm.setdefault(k, v)
             hvm["firmware"] = hvmcfg.firmware_of(values, kernel)
@@ -279,7 +285,8 @@ class DomainConfig:
                             # (ip ...) in SXP is the composed ip= parameter.
                             k = {"args": "extra", "ip": "_ip_param"}.get(sub[0], sub[0])
                             values[k] = sub[1] if len(sub) > 1 else ""
-            elif key == "device":
+            elif key in ("device", "dev"):
+                # (dev (vif ...)) is the manual's own spelling (Appendix B.1).
                 dev = item[1] if len(item) > 1 and isinstance(item[1], list) else []
                 if not dev:
                     continue
@@ -296,12 +303,19 @@ class DomainConfig:
                     values.setdefault("vtpm", []).append(",".join(f"{k}={v}" for k, v in fields.items()))
                 elif dev[0] == "vif":
                     values.setdefault("vif", []).append(",".join(f"{k}={v}" for k, v in fields.items()))
+                else:
+                    raise ConfigError(f"({key} ({dev[0]} ...)): unknown device type "
+                                      "(expected vbd, tap, vif, pci or vtpm)")
             elif key == "cpus":
                 values["cpus"] = item[1] if len(item) > 1 else None
             elif key == "console":
                 values["console"] = item[1] if len(item) > 1 else None
             elif len(item) > 1 and not isinstance(item[1], list):
                 values[key] = item[1]
+            elif len(item) > 1:
+                # Never dropped without a word: Xen's (vm ...) has no other list field.
+                raise ConfigError(f"({key} ({item[1][0] if item[1] else ''} ...)): not a field of a "
+                                  "(vm ...) config")
         return cls.from_values(values)
 
 

@@ -104,6 +104,8 @@ VARS: tuple[Var, ...] = (
     _("nographic", "int", 0, "HVM: no graphics card, no VNC or SDL (the serial console only)."),
     _("soundhw", "str", "", "HVM sound cards: sb16, es1370, ac97, hda, pcspk (comma list) or all; "
       "they play to no host device."),
+    _("audio", "int", 0, "HVM: Xen 3.0's audio = 1 (the manual's enable-audio): an SB16 card, as "
+      "soundhw = 'sb16'."),
     _("keymap", "str", None, "VNC keyboard layout, e.g. en-us, de (default: xend-config's keymap)."),
     _("guest_os_type", "str", "default", "Guest OS type.", applies=False),
     _("vnc", "int", None, "HVM: 1 = a VNC server on port 5900+display (xm vncviewer --print DOM)."),

@@ -57,6 +57,11 @@ _ESCAPES = {
 _HEX = frozenset(string.hexdigits)
 _OCT = frozenset(string.octdigits)
 _BARE = frozenset(string.ascii_letters + string.digits + ".-_:/~")
+# The deepest nesting any reader accepts.  Real configurations nest about
+# six levels ((vm (device (vbd ...)))); every consumer of parsed values
+# (config builders, to_string, pretty) recurses, so a hostile 10^5 levels
+# must stop here, with one line, rather than at Python's recursion limit.
+MAX_DEPTH = 64
 
 
 class SxpError(ValueError):
@@ -95,6 +100,10 @@ def _take(text: str, start: int, allowed: frozenset, most: int) -> str:
     return text[start:end]
 
 
+_OPEN_STRING = "unexpected EOF: the string opened here is never closed"
+_OPEN_LIST = "unexpected EOF: this '(' is never closed"
+
+
 def _read_string(text: str, start: int) -> tuple[str, int]:
     """Read the quoted string opening at ``start``; return it and the index
     just past its closing quote."""
@@ -104,7 +113,7 @@ def _read_string(text: str, start: int) -> tuple[str, int]:
     i = start + 1
     while True:
         if i >= n:
-            raise _error(text, n, "unexpected EOF")
+            raise _error(text, start, _OPEN_STRING)
         c = text[i]
         if c == delim:
             return "".join(out), i + 1
@@ -117,7 +126,7 @@ def _read_string(text: str, start: int) -> tuple[str, int]:
         backslash = i
         i += 1
         if i >= n:
-            raise _error(text, n, "unexpected EOF")
+            raise _error(text, start, _OPEN_STRING)
         e = text[i]
         if e in _ESCAPES:
             out.append(_ESCAPES[e])
@@ -129,7 +138,7 @@ def _read_string(text: str, start: int) -> tuple[str, int]:
             digits = _take(text, i + 1, _HEX, 2)
             if not digits:
                 if i + 1 >= n:
-                    raise _error(text, n, "unexpected EOF")
+                    raise _error(text, start, _OPEN_STRING)
                 raise _error(text, backslash, "invalid hex escape")
             out.append(chr(int(digits, 16)))
             i += 1 + len(digits)
@@ -166,13 +175,16 @@ def parse(text: str) -> list:
     """Parse every top-level value in ``text``; return them as a list.
 
     Raises SxpError on malformed input and nothing else.  Lists are read
-    with an explicit stack, so deep nesting cannot exhaust Python's
-    recursion limit.
+    with an explicit stack, and nesting deeper than ``MAX_DEPTH`` is an
+    error, so nothing downstream can exhaust Python's recursion limit.
     """
     if not isinstance(text, str):
         raise TypeError(f"sxp.parse wants str, not {type(text).__name__}")
     n = len(text)
     stack: list[list] = [[]]
+    # Where each open "(" is, so an unbalanced input can name the one
+    # left open rather than only saying "unexpected EOF".
+    opened: list[int] = []
     i = 0
     while i < n:
         c = text[i]
@@ -182,12 +194,16 @@ def parse(text: str) -> list:
             end = text.find("\n", i)
             i = n if end < 0 else end + 1
         elif c == "(":
+            if len(opened) >= MAX_DEPTH:
+                raise _error(text, i, f"nested deeper than {MAX_DEPTH} levels")
             stack.append([])
+            opened.append(i)
             i += 1
         elif c == ")":
             if len(stack) == 1:
                 raise _error(text, i, "syntax error: )")
             done = stack.pop()
+            opened.pop()
             stack[-1].append(done)
             i += 1
         elif c in _QUOTES:
@@ -208,7 +224,8 @@ def parse(text: str) -> list:
         else:
             raise _error(text, i, f"invalid character: code {ord(c)}")
     if len(stack) > 1:
-        raise _error(text, i, "unexpected EOF")
+        # Reported where the unclosed "(" is: that is the line to fix.
+        raise _error(text, opened[-1], _OPEN_LIST)
     return stack[0]
 
 

@@ -8,6 +8,7 @@ XendOptions; pyxen's own additions are marked ``pyxen``.
 
 from __future__ import annotations
 
+import difflib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +74,9 @@ OPTIONS: tuple[XendOption, ...] = (
                "Address of the HTTP API; '' means all interfaces.  Xen's default was ''; pyxen's is\n"
                "localhost, so turning the TCP server on never exposes it by accident.",
                example="''"),
-    XendOption("xend-unix-server", "bool", True, "Serve the API on the Unix socket (xm needs it)."),
+    XendOption("xend-unix-server", "bool", True,
+               "Accepted for compatibility: the API is always on the Unix socket (xm needs it).",
+               origin="inert"),
     XendOption("xend-unix-path", "str", "", "Unix socket path (default <root>/var/run/pyxen/xend.sock)."),
     XendOption("xend-unix-xmlrpc-server", "bool", True, "Accepted for compatibility; xm uses xend-unix-server.", origin="inert"),
     XendOption("xend-tcp-xmlrpc-server", "bool", False, "Accepted for compatibility; see xend-http-server.", origin="inert"),
@@ -111,13 +114,15 @@ OPTIONS: tuple[XendOption, ...] = (
                example="196"),
     XendOption("enable-dom0-ballooning", "bool", True, "Accepted for compatibility.", origin="inert"),
     XendOption("dom0-cpus", "int", 0, "Accepted for compatibility (0 = all).", origin="inert"),
-    XendOption("enable-dump", "bool", False, "Dump the core of crashed domains."),
+    XendOption("enable-dump", "bool", False,
+               "Accepted for compatibility: crashed domains leave no core dump (see on_crash = 'preserve').",
+               origin="inert"),
     XendOption("console-limit", "int", 1024, "KiB of unread console output kept per domain."),
     XendOption("vnc-listen", "str", "127.0.0.1", "Default VNC listen address for HVM guests."),
     XendOption("vncpasswd", "str", "", "Default VNC password."),
-    XendOption("vnc-tls", "bool", False, "Use TLS for VNC."),
-    XendOption("vnc-x509-cert-dir", "str", "/etc/xen/vnc", "Directory of the VNC TLS certificates."),
-    XendOption("vnc-x509-verify", "bool", False, "Verify VNC clients' certificates."),
+    XendOption("vnc-tls", "bool", False, "Accepted for compatibility: VNC is not offered over TLS.", origin="inert"),
+    XendOption("vnc-x509-cert-dir", "str", "/etc/xen/vnc", "Accepted for compatibility (see vnc-tls).", origin="inert"),
+    XendOption("vnc-x509-verify", "bool", False, "Accepted for compatibility (see vnc-tls).", origin="inert"),
     XendOption("keymap", "str", "", "Default keymap for VNC/SDL."),
     XendOption("device-create-timeout", "int", 100, "Seconds to wait for a device to appear."),
     XendOption("device-destroy-timeout", "int", 100, "Seconds to wait for a device to go."),
@@ -129,8 +134,10 @@ OPTIONS: tuple[XendOption, ...] = (
     XendOption("qemu-dm-logrotate-count", "int", 10, "Accepted for compatibility.", origin="inert"),
     XendOption("resource-label-change-script", "str", "", "Accepted for compatibility (ACM).", origin="inert"),
     XendOption("xsm_module_name", "str", "dummy", "Accepted for compatibility (XSM).", origin="inert"),
-    XendOption("xend-domain-lock", "bool", False, "Refuse to start a domain whose lock is held (SUSE's option)."),
-    XendOption("xend-domain-lock-path", "str", "/var/lib/xen/images/vm_locks", "Where domain locks live."),
+    XendOption("xend-domain-lock", "bool", False,
+               "Accepted for compatibility: domain locks (SUSE's option) are not taken yet.", origin="inert"),
+    XendOption("xend-domain-lock-path", "str", "/var/lib/xen/images/vm_locks",
+               "Accepted for compatibility (see xend-domain-lock).", origin="inert"),
     # pyxen's own options
     XendOption("accel", "choice", "auto",
                "Accelerator: 'auto' proves KVM with a short probe boot (verdict cached), else uses TCG.",
@@ -154,6 +161,25 @@ OPTIONS: tuple[XendOption, ...] = (
                "Also export each domain's console on TCP port 9600+domid (or the domain's 'console' port).",
                origin="pyxen"),
     XendOption("xend-console-address", "str", "localhost", "Address the TCP consoles listen on.", origin="pyxen"),
+    # Limits on what an unauthenticated peer or a guest can make xend hold
+    # (pyxen/xend/preauth.py, pyxen/xend/consolelog.py; docs/robustness.md).
+    XendOption("xend-preauth-max-connections", "int", 64,
+               "Unauthenticated connections (TLS handshakes, HTTP requests without credentials, relocation\n"
+               "peers before their first message) held at once, per listener; more are closed at once.",
+               origin="pyxen"),
+    XendOption("xend-preauth-max-per-peer", "int", 8,
+               "Unauthenticated connections held at once from one address, per listener.", origin="pyxen"),
+    XendOption("xend-preauth-timeout", "int", 10,
+               "Seconds an unauthenticated connection may take to finish its TLS handshake, its request\n"
+               "headers and body, or (relocation) its first message.", origin="pyxen"),
+    XendOption("xend-preauth-max-body", "int", 65536,
+               "Bytes of request body read before the request is authenticated (e.g. POST /api/login).",
+               origin="pyxen"),
+    XendOption("console-log-max-size", "int", 2048,
+               "KiB a domain's console log may grow to before it is rotated (as libvirt's virtlogd: 2 MiB).",
+               origin="pyxen"),
+    XendOption("console-log-max-files", "int", 3,
+               "Console log files kept per domain, the current one included (virtlogd keeps 3).", origin="pyxen"),
     XendOption("vnet-dev", "str", "",
                "Interface vnets tunnel over (VXLAN underlay); '' means the interface of the default route.",
                example="eth0", origin="pyxen"),
@@ -238,12 +264,25 @@ class XendConfig:
         cfg.path = path
         return cfg
 
-    def log_warnings(self) -> None:
+    def warnings(self) -> list[str]:
+        """What the administrator should hear at ``xend start``: options
+        xend does not know (with the nearest known name: a typo must not
+        pass for a setting) and options set that do nothing here."""
+        out = []
+        where = f"{self.path}: " if self.path else "xend-config: "
         for name in self.unknown:
-            log.warning("xend-config: unknown option (%s ...) ignored", name)
+            near = difflib.get_close_matches(name, BY_NAME, n=1, cutoff=0.75)
+            hint = f"; did you mean ({near[0]} ...)?" if near else ""
+            out.append(f"{where}unknown option ({name} ...) ignored{hint}")
         for o in OPTIONS:
             if o.origin == "inert" and self.values[o.name] != o.default:
-                log.info("xend-config: (%s) accepted but has no effect with QEMU", o.name)
+                out.append(f"{where}({o.name} {_show(self.values[o.name])}) is accepted but has no effect "
+                           f"with pyxen")
+        return out
+
+    def log_warnings(self) -> None:
+        for text in self.warnings():
+            log.warning("%s", text)
 
 
 def _show(value) -> str:

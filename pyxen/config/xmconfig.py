@@ -141,8 +141,11 @@ def parse_xl(text: str, filename: str) -> dict:
 
 def _xl_to_python(text: str) -> str:
     # xl numbers may be octal with a leading 0 (Python 3 rejects that).
+    # Only bare numbers are rewritten: a quoted string such as a uuid
+    # ("...-0412-...") is matched first and kept as it is.
     import re
-    return re.sub(r"(?<![\w.'\"])0([0-7]+)\b", r"0o\1", text)
+    return re.sub(r"'(?:[^'\\\n]|\\.)*'|\"(?:[^\"\\\n]|\\.)*\"|(?<![\w.])0([0-7]+)\b",
+                  lambda m: f"0o{m.group(1)}" if m.group(1) else m.group(0), text)
 
 
 def evaluate(path: Path, cmd_vars: dict, declared: dict) -> dict:

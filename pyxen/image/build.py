@@ -62,6 +62,16 @@ MODULES = (
     "isofs",            # CD/ISO images
 )
 
+# Drivers for emulated PC hardware, for HVM guests (the manual's A.2
+# devices): the IDE/SATA disks of ioemu:hda and the type=ioemu NICs
+# (rtl8139, e1000, ne2k_pci).  Loaded by /init only when the kernel command
+# line says pyxen.hw=1 (the HVM boot media do): every pc machine has a PIIX
+# IDE controller, and probing its empty channels would slow each PV boot.
+# Shipped when the kernel package has them: Debian's cloud kernel has only
+# ata_piix; `make hvm-images` builds the HVM media on the generic kernel
+# (--kernel-package linux-image-amd64), which has them all.
+HW_MODULES = ("ata_piix", "ahci", "e1000", "8139cp", "8139too", "ne2k-pci")
+
 # NFS root (root=/dev/nfs): shipped, but loaded by /init only for an NFS
 # root (lib/modules/<kver>/nfs-load-order), so other boots pay nothing.
 NFS_MODULES = ("nfsv4", "nfsv3")
@@ -198,11 +208,11 @@ def _apt_hint(stderr: str) -> str:
     return text
 
 
-def resolve_kernel_package() -> tuple[str, str]:
+def resolve_kernel_package(metapackage: str = METAPACKAGE) -> tuple[str, str]:
     """Name and candidate version of the versioned linux-image package the
-    cloud metapackage currently depends on, asked from apt without
-    downloading anything."""
-    proc = _run(["apt-cache", "depends", METAPACKAGE])
+    metapackage (the cloud one by default) currently depends on, asked from
+    apt without downloading anything."""
+    proc = _run(["apt-cache", "depends", metapackage])
     pkg = None
     for line in proc.stdout.decode(errors="replace").splitlines():
         line = line.strip()
@@ -212,7 +222,7 @@ def resolve_kernel_package() -> tuple[str, str]:
                 pkg = cand
                 break
     if proc.returncode != 0 or pkg is None:
-        raise BuildError(f"cannot resolve {METAPACKAGE}: "
+        raise BuildError(f"cannot resolve {metapackage}: "
                          + _apt_hint(proc.stderr.decode(errors="replace")
                                      or "apt-cache depends found no linux-image dependency"))
     proc = _run(["apt-cache", "policy", pkg])
@@ -380,6 +390,7 @@ def inputs_digest() -> str:
     h.update(f"builder={BUILDER_VERSION}\ncompression={INITRD_COMPRESSION}\n".encode())
     h.update(("modules=" + ",".join(MODULES) + "\n").encode())
     h.update(("nfs-modules=" + ",".join(NFS_MODULES) + "\n").encode())
+    h.update(("hw-modules=" + ",".join(HW_MODULES) + "\n").encode())
     for p in _source_files():
         rel = p.relative_to(INITRAMFS_SRC).as_posix()
         h.update(f"file={rel}\n".encode())
@@ -431,7 +442,8 @@ def crypt_password(password: str, salt: str | None = None) -> str:
     raise BuildError("cannot hash the password: need openssl or busybox mkpasswd")
 
 
-def build_initramfs(ksrc: KernelSource, password_hash: str | None) -> tuple[Initramfs, list[str], list[str], list[str]]:
+def build_initramfs(ksrc: KernelSource, password_hash: str | None
+                    ) -> tuple[Initramfs, list[str], list[str], list[str], list[str]]:
     fs = Initramfs()
     for d in ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev",
               "run", "mnt", "newroot", "var/log", "lib/modules"):
@@ -492,7 +504,19 @@ def build_initramfs(ksrc: KernelSource, password_hash: str | None) -> tuple[Init
             nfs_order.append(rel)
     fs.add_file(f"{base}/nfs-load-order", "".join(f"{r}\n" for r in nfs_order).encode())
     missing = missing + [m for m in nfs_missing if m not in missing]
-    return fs, order, built_in, missing
+    hw_mods, _, hw_missing = resolve_modules(ksrc, HW_MODULES)
+    hw_order = []
+    for rel, path in hw_mods:
+        if rel.endswith((".xz", ".zst", ".gz")):
+            rel = rel.rsplit(".", 1)[0]
+        if rel not in order:
+            if rel not in nfs_order:
+                fs.add_file(f"{base}/{rel}", _read_module(path), 0o644)
+            hw_order.append(rel)
+    fs.add_file(f"{base}/hw-load-order", "".join(f"{r}\n" for r in hw_order).encode())
+    # Emulated-hardware drivers the kernel lacks are expected (the cloud
+    # kernel has none of the NICs): recorded in the manifest, not warned about.
+    return fs, order, built_in, missing, hw_missing
 
 
 # Compressors for the initrd (see INITRD_COMPRESSION for measurements):
@@ -579,7 +603,7 @@ def _dest_lock(dest: Path):
 
 
 def build_image(dest: Path, password: str | None = None, force: bool = False,
-                kernel_deb: Path | None = None, log=print) -> dict:
+                kernel_deb: Path | None = None, log=print, kernel_package: str = METAPACKAGE) -> dict:
     """Build (or confirm up to date) the image in *dest*; returns the
     manifest.  Raises BuildError with an actionable message on failure."""
     dest = Path(dest)
@@ -591,7 +615,7 @@ def build_image(dest: Path, password: str | None = None, force: bool = False,
         if kernel_deb is not None:
             package, version = deb_field(kernel_deb, "Package"), deb_field(kernel_deb, "Version")
         else:
-            package, version = resolve_kernel_package()
+            package, version = resolve_kernel_package(kernel_package)
         if not force and is_up_to_date(dest, package, version, password):
             log(f"pyxen-image: {dest} is up to date ({package} {version}); nothing to do "
                 f"(use --force to rebuild)")
@@ -606,7 +630,7 @@ def build_image(dest: Path, password: str | None = None, force: bool = False,
                 deb = kernel_deb
             ksrc = unpack_kernel_deb(deb, work)
             pw_hash = crypt_password(password) if password is not None else None
-            fs, order, built_in, missing = build_initramfs(ksrc, pw_hash)
+            fs, order, built_in, missing, hw_missing = build_initramfs(ksrc, pw_hash)
             cpio = fs.to_cpio()
             initrd = compress(cpio, INITRD_COMPRESSION)
 
@@ -642,6 +666,7 @@ def build_image(dest: Path, password: str | None = None, force: bool = False,
             "modules": order,
             "modules_builtin": built_in,
             "modules_missing": missing,
+            "hw_modules_missing": hw_missing,
             "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "files": {n: {"sha256": kfile.file_sha256(dest / n), "size": (dest / n).stat().st_size}
                       for n in files},
@@ -680,11 +705,15 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--force", action="store_true", help="rebuild even if up to date")
     b.add_argument("--kernel-deb", type=Path, default=None,
                    help="use this linux-image .deb instead of downloading one")
+    b.add_argument("--kernel-package", default=METAPACKAGE,
+                   help="the kernel metapackage to download (default %(default)s; linux-image-amd64 "
+                        "also has drivers for HVM guests' emulated NICs)")
     for cmd, what in (("hvm-disk", "a bootable raw disk image (MBR, FAT16, SYSLINUX)"),
                       ("hvm-iso", "a bootable ISO (ISOLINUX)")):
         h = sub.add_parser(cmd, help=f"build {what} of the default guest, for HVM domains")
         h.add_argument("--source", type=Path, default=None,
-                       help="the default image's directory (default: $PYXEN_IMAGES/default)")
+                       help="the image to boot (default: $PYXEN_IMAGES/hvm-kernel if built, "
+                            "else $PYXEN_IMAGES/default)")
         h.add_argument("--out", type=Path, default=None,
                        help="output file (default: $PYXEN_IMAGES/hvm/%s)"
                        % ("disk.img" if cmd == "hvm-disk" else "cdrom.iso"))
@@ -692,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command in ("hvm-disk", "hvm-iso"):
         from . import hvm
-        src = args.source or hvm.hvm_dir().parent / "default"
+        src = args.source or hvm.default_source()
         try:
             if args.command == "hvm-disk":
                 hvm.build_disk(src, args.out or hvm.hvm_dir() / "disk.img", force=args.force)
@@ -704,7 +733,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         build_image(args.dest or default_dest(), password=args.password, force=args.force,
-                    kernel_deb=args.kernel_deb)
+                    kernel_deb=args.kernel_deb, kernel_package=args.kernel_package)
     except BuildError as exc:
         print(f"pyxen-image: error: {exc}", file=sys.stderr)
         return 1

@@ -1,5 +1,9 @@
 """Bootable HVM test media built from the default guest: a disk and an ISO.
 
+They carry the default guest's initramfs on the kernel ``default_source()``
+names: an HVM guest is an emulated PC, so its kernel needs the drivers for
+that PC's disks and NICs (``pyxen.hw=1`` on the command line loads them).
+
 The manual's Appendix A.3 has the user partition a disk image, make a
 filesystem, copy an OS in and install a bootloader.  ``pyxen-image
 hvm-disk`` does those steps for the default guest without mounting
@@ -45,12 +49,15 @@ LDLINUX_C32 = Path("/usr/lib/syslinux/modules/bios/ldlinux.c32")
 # Kernel arguments: kernel messages on the VGA text screen and the serial
 # port, /dev/console (the last one named, where init and getty talk) on the
 # serial port; then the same boot-time savers the PV path uses.
-APPEND = "console=tty0 console=ttyS0,115200 tsc=reliable no_timer_check cryptomgr.notests 8250.nr_uarts=1"
+# pyxen.hw=1: /init loads the drivers for emulated PC hardware (IDE, AHCI,
+# rtl8139, e1000, ne2k_pci) that HVM guests have and PV guests do not.
+APPEND = ("console=tty0 console=ttyS0,115200 tsc=reliable no_timer_check cryptomgr.notests 8250.nr_uarts=1 "
+          "pyxen.hw=1")
 # Debian packages that provide the tools; named in errors.
 TOOLS = {"mkfs.fat": "dosfstools", "mcopy": "mtools", "syslinux": "syslinux",
          "xorriso": "xorriso"}
 FILES = {MBR_CODE: "syslinux-common", ISOLINUX_BIN: "isolinux", LDLINUX_C32: "syslinux-common"}
-VERSION = "1"
+VERSION = "2"   # 2: pyxen.hw=1 on the command line
 
 
 class MediaError(Exception):
@@ -59,6 +66,17 @@ class MediaError(Exception):
 
 def hvm_dir() -> Path:
     return Path(os.environ.get("PYXEN_IMAGES") or DEFAULT_IMAGES) / "hvm"
+
+
+def default_source() -> Path:
+    """The image the HVM media are made from: ``hvm-kernel`` when built
+    (`make hvm-images` builds it on Debian's generic kernel, which has the
+    drivers for an emulated PC's IDE/SATA disks and rtl8139/e1000/ne2k NICs
+    that the cloud kernel lacks), else the default image."""
+    images = hvm_dir().parent
+    if (images / "hvm-kernel" / "manifest.json").is_file():
+        return images / "hvm-kernel"
+    return images / "default"
 
 
 def _need(*tools: str) -> None:

@@ -8,7 +8,7 @@ arguments (``'network-bridge netdev=eth0'``); a name without a ``/`` is
 looked up in ``<root>/etc/xen/scripts``.  What each script receives is
 documented in ``vif-common.sh`` and ``xen-network-common.sh``.
 
-pyxen ships its own scripts (network-bridge/route/nat, vif-bridge/route/nat)
+pyxen ships its own scripts (network-bridge/route/nat/vnet, vif-bridge/route/nat)
 and lays them out in that directory; an administrator may point the
 settings at scripts of their own instead.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 log = logging.getLogger("pyxen.net")
 
 BUILTIN = ("xen-network-common.sh", "vif-common.sh", "network-bridge", "vif-bridge",
-           "network-route", "vif-route", "network-nat", "vif-nat")
+           "network-route", "vif-route", "network-nat", "vif-nat", "network-vnet")
 # A shipped script still carrying this word is pyxen's to upgrade; one an
 # administrator edited (and took the line out of) is left alone.
 MARKER = "pyxen-managed"
@@ -41,7 +41,7 @@ def shipped(name: str) -> bytes:
 
 def install(dest: Path) -> list[str]:
     """Lay the built-in scripts out in *dest*; return the names written."""
-    from ..store import atomic_write
+    from ..fileutil import atomic_write
     dest.mkdir(parents=True, exist_ok=True)
     written = []
     for name in BUILTIN:

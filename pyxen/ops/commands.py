@@ -240,3 +240,5 @@ DEPRECATED: dict[str, str] = {
     "balloon": "mem-set", "set-vcpus": "vcpu-set", "vif-list": "network-list",
     "vbd-create": "block-attach", "vbd-destroy": "block-detach", "vbd-list": "block-list",
 }
+# Spellings the Xen 3.0 manual itself uses for a command: accepted as they are.
+MANUAL_SPELLINGS: dict[str, str] = {"vcpus-set": "vcpu-set"}

@@ -25,8 +25,23 @@ def dm_available() -> tuple[bool, str]:
         return False, "dmsetup is not installed"
     res = subprocess.run(["dmsetup", "version"], capture_output=True, text=True)
     if res.returncode != 0:
-        return False, (res.stderr.strip().splitlines() or ["dmsetup version failed"])[-1]
+        return False, "dmsetup version: " + (res.stderr.strip().splitlines() or ["failed"])[-1]
     return True, ""
+
+
+def missing_hint(target: str) -> str:
+    """Why a ``phy:`` path that does not exist may be missing: for one that
+    looks like a logical volume (/dev/<vg>/<lv>), whether device-mapper (and
+    so LVM) is there at all.  '' for other paths."""
+    parts = target.split("/")
+    if len(parts) != 4 or parts[:2] != ["", "dev"] or not all(_NAME.match(p) for p in parts[2:]) \
+            or parts[2] in ("disk", "mapper", "block", "fd", "shm", "pts", "net", "input"):
+        return ""
+    ok, why = dm_available()
+    if not ok:
+        return (f": it looks like the LVM logical volume {parts[2]}/{parts[3]}, but device-mapper is "
+                f"not available on this host ({why}), so no LVM volume can exist here")
+    return f": no logical volume {parts[3]} in volume group {parts[2]} (see lvs)"
 
 
 def lv_path(vg: str, lv: str) -> str:

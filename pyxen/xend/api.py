@@ -85,7 +85,9 @@ class Api:
                 ref = request.match_info["dom"]
                 if self.is_dom0(ref):
                     verb = request.match_info.get("op", op.verb)
-                    raise InvalidRequest(f"Domain 0 cannot be {verb}")
+                    # "cannot be paused", but an op without a participle: "does not support pci-attach".
+                    raise InvalidRequest(f"Domain 0 cannot be {verb}" if verb.endswith("ed") or verb == "shutdown"
+                                         else f"Domain 0 does not support {verb}")
                 dom = self.domains.lookup(ref)
             res = await fn(Call(self, request, op, args, dom))
             if isinstance(res, web.StreamResponse):
@@ -139,6 +141,8 @@ class Api:
             body = await request.json()
         except ValueError:
             raise InvalidRequest("request body is not valid JSON") from None
+        except RecursionError:      # json's C scanner: deep [[[[...]]]]
+            raise InvalidRequest("request body is nested too deeply") from None
         if not isinstance(body, dict):
             raise InvalidRequest("request body must be a JSON object")
         return body

@@ -67,6 +67,8 @@ from dataclasses import dataclass
 
 import xxhash
 
+from .userpath import kind_of
+
 XEN_MAGIC = b"LinuxGuestRecord"
 RECORD_MAGIC = b"pyxen-qemu-state"
 VERSION = 1
@@ -143,14 +145,19 @@ def _read_exact(f, n: int, path: str, what: str) -> bytes:
 def read_header(path: str) -> SaveInfo:
     """Read and check the header of *path*: signature, version, header digest
     and the exact file size.  The stream digest is left to the restore."""
+    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a
+    # writer forever; the type is checked on the descriptor before any read.
     try:
-        f = open(path, "rb")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
         raise SaveFileError(f"Unable to read save file {path}: {e.strerror}") from None
-    with f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise SaveFileError(f"{path} is not a regular file")
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise SaveFileError(f"{path} is not a regular file (it is {kind_of(st.st_mode)}): "
+                            "a save file is what xm save wrote")
+    os.set_blocking(fd, True)
+    with open(fd, "rb") as f:
         return _parse(f, path, st.st_size)
 
 
@@ -158,8 +165,13 @@ def _parse(f, path: str, size: int) -> SaveInfo:
     sig = f.read(16)
     if sig and len(sig) < 16 and XEN_MAGIC.startswith(sig):
         raise SaveFileError(f"{path} is truncated: it ends inside the signature")
+    if not sig:
+        raise SaveFileError(f"{path} is empty: it is not a guest state file")
     if sig != XEN_MAGIC:
-        raise SaveFileError(f"{path} is not a valid guest state file: found {_show(sig)}")
+        # Say what was expected, never what was found: the file may be any
+        # root-readable file (/etc/shadow through the API).
+        raise SaveFileError(f"{path} is not a valid guest state file: it does not start with "
+                            f"the {XEN_MAGIC.decode()!r} signature xm save writes")
     (n,) = struct.unpack(">i", _read_exact(f, 4, path, "config length"))
     if not 0 < n <= MAX_CONFIG:
         raise SaveFileError(f"{path} is corrupt: impossible config length {n}")
@@ -205,16 +217,12 @@ def _parse(f, path: str, size: int) -> SaveInfo:
             raise ValueError(f"bad machine type {meta.get('machine')!r}")
     except ValueError as e:
         raise SaveFileError(f"{path} is corrupt: unreadable header ({e})") from None
+    except RecursionError:
+        raise SaveFileError(f"{path} is corrupt: its metadata is nested too deeply") from None
     digest_len = new_hash(algorithm).digest_size
     return SaveInfo(path=path, config=config, meta=meta, version=version, algorithm=algorithm,
                     stream_offset=offset, stream_length=length,
                     stream_digest=sdigest[:digest_len], file_size=size)
-
-
-def _show(sig: bytes) -> str:
-    if not sig:
-        return "an empty file"
-    return repr(sig.decode("latin-1"))
 
 
 # ------------------------------------------------------------------ I/O work

@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import logging
-import logging.handlers
 import os
-import secrets
+import resource
 import signal
 from pathlib import Path
 
@@ -20,8 +19,10 @@ from aiohttp import web
 
 from ..config.xendconfig import XendConfig
 from ..paths import Paths
-from ..store import FileStore, atomic_write
-from . import httptls, layout
+from ..filestore import FileStore
+from ..store import StoreError
+from ..fileutil import atomic_write
+from . import apitoken, httpguard, httptls, layout, logsetup, preauth
 from .accel import Accelerator
 from .api import Api
 from .domains import Domains
@@ -35,45 +36,19 @@ class StartupError(Exception):
     pass
 
 
-class Ring(logging.Handler):
-    """The 'hypervisor console' xm dmesg prints: lifecycle messages, newest last."""
-
-    def __init__(self, size: int = 2000):
-        super().__init__(logging.INFO)
-        import collections
-        self.lines = collections.deque(maxlen=size)
-        self.setFormatter(logging.Formatter("(XEN) [%(asctime)s] %(message)s"))
-
-    def emit(self, record):
-        if record.name.startswith(("pyxen.domain", "pyxen.accel", "pyxen.xend", "pyxen.cgroups")):
-            self.lines.append(self.format(record))
-
-
-RING = Ring()
-
-
 def setup_logging(paths: Paths, cfg: XendConfig) -> None:
-    logfile = cfg["logfile"] or str(paths.xend_log)
-    handler = logging.handlers.RotatingFileHandler(logfile, maxBytes=1 << 20, backupCount=5)
-    handler.setFormatter(logging.Formatter("[%(asctime)s %(process)d] %(levelname)s (%(name)s) %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler, RING]
-    root.setLevel(getattr(logging, cfg["loglevel"], logging.DEBUG))
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    logging.getLogger("asyncio").setLevel(logging.WARNING)
+    logsetup.setup_logging(cfg["logfile"] or str(paths.xend_log), cfg["loglevel"])
 
 
-def load_token(path: Path) -> str:
-    """The API token: read it, or create a random one (0600) on first start."""
-    try:
-        token = path.read_text().strip()
-        if token:
-            return token
-    except FileNotFoundError:
-        pass
-    token = secrets.token_urlsafe(32)
-    atomic_write(path, (token + "\n").encode(), 0o600)
-    return token
+def raise_fd_limit() -> None:
+    """Use the whole hard limit of open files: every connection, QEMU
+    monitor and disk is a descriptor (the shipped units raise it too)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as e:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, e)
 
 
 def take_lock(paths: Paths) -> int:
@@ -90,7 +65,10 @@ async def serve(paths: Paths, cfg: XendConfig, ready) -> None:
     # The HTTPS API's certificates first: missing files stop xend before
     # it touches the network or any domain.
     tls = httptls.context(cfg, paths.etc) if cfg["xend-http-server"] else None
-    store = FileStore(paths.state)
+    try:
+        store = FileStore(paths.state)      # upgrades a store of the first layout, once
+    except StoreError as e:
+        raise XendError(str(e)) from None
     accel = Accelerator(paths, cfg, store)
     net = HostNetwork(paths, cfg, store)
     domains = Domains(paths, cfg, store, accel, net)
@@ -105,11 +83,18 @@ async def serve(paths: Paths, cfg: XendConfig, ready) -> None:
         await relocation.start()
     token = None
     if cfg["xend-http-server"] and cfg["xend-http-auth"] == "token":
-        token = load_token(Path(cfg["xend-http-token-file"]) if cfg["xend-http-token-file"]
-                           else paths.etc / "xend-http-token")
+        token = apitoken.load_token(apitoken.token_path(cfg, paths.etc))
     cert_auth = cfg["xend-http-server"] and cfg["xend-http-auth"] == "cert"
-    api = Api(domains, paths.xend_log, RING, token, client_certs=cert_auth)
-    runner = web.AppRunner(api.app(), handle_signals=False, access_log=None)
+    api = Api(domains, paths.xend_log, logsetup.RING, token, client_certs=cert_auth)
+    app = api.app()
+    # The TCP API's connections are strangers until authenticated: one
+    # budget for them (httpguard), outermost so it runs before any handler.
+    guard = httpguard.Guard(preauth.from_config(cfg, "api", logging.getLogger("pyxen.api"),
+                                                "refused HTTPS connection" if tls else "refused HTTP connection"),
+                            trust_all=bool(cert_auth))
+    app.middlewares.insert(0, guard.middleware)
+    app.on_response_prepare.append(httpguard.security_headers)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     # xm finds the socket at the default path (or $XM_SERVER); a configured
     # xend-unix-path is honoured for clients that are told about it.
@@ -127,8 +112,8 @@ async def serve(paths: Paths, cfg: XendConfig, ready) -> None:
     sites = [site]
     if cfg["xend-http-server"]:
         host = cfg["xend-address"] or None
-        tcp = httptls.TlsSite(runner, host, cfg["xend-port"], tls) if tls else web.TCPSite(
-            runner, host, cfg["xend-port"])
+        tcp = httptls.TlsSite(runner, host, cfg["xend-port"], tls, guard) if tls else httpguard.GuardedSite(
+            runner, host, cfg["xend-port"], guard)
         await tcp.start()
         sites.append(tcp)
         what = "HTTPS" if tls else "HTTP"
@@ -145,12 +130,13 @@ async def serve(paths: Paths, cfg: XendConfig, ready) -> None:
     for s in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(s, stop.set)
     log.info("xend started on %s (pid %d), %d domain(s) adopted", sock, os.getpid(), len(domains.all()))
-    ready(None)
+    ready(None, net.problems)    # `xend start` prints these on stderr
     await stop.wait()
     log.info("xend stopping; domains keep running")
     if relocation is not None:
         await relocation.stop()
     await runner.cleanup()
+    guard.budget.close()
     await domains.detach_all()
     await net.stop(len(domains.all()))
     try:
@@ -168,6 +154,7 @@ def run(paths: Paths, ready=lambda err: None) -> int:
         ready(str(e))
         return 1
     setup_logging(paths, cfg)
+    raise_fd_limit()
     cfg.log_warnings()
     try:
         lock = take_lock(paths)
@@ -177,11 +164,11 @@ def run(paths: Paths, ready=lambda err: None) -> int:
     atomic_write(paths.pidfile, f"{os.getpid()}\n".encode(), 0o644)
     called = False
 
-    def once(err):
+    def once(err, warnings=()):
         nonlocal called
         if not called:
             called = True
-            ready(err)
+            ready(err, warnings) if warnings else ready(err)
     try:
         asyncio.run(serve(paths, cfg, once))
     except XendError as e:

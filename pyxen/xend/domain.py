@@ -19,21 +19,24 @@ import logging
 import shutil
 import time
 
-from .. import faults
+from .. import faults, storekeys
 from ..config import sxp
 from ..config.domain import DomainConfig
 from ..hypervisor import cgroups
 from ..hypervisor.qemu import argv as qargv
-from ..hypervisor.qemu import process
+from ..hypervisor.qemu import process, qemulog
 from ..hypervisor.qemu.kcache import boot_kernel
+from ..hypervisor.qemu.kernel import KernelError
 from ..hypervisor.qemu.monitor import PAUSED_STATES, Monitor
-from . import checkpoint, confine, features, jobs, lifecycle
+from ..store import Delete, Put, dump_json
+from . import apitoken, checkpoint, confine, features, jobs, lifecycle
 from .console import ConsoleRelay
+from .consolelog import ConsoleLog
 from .control import ControlChannel
 from .devices import Unplugs
 from .devices.block import BlockDevices
 from .devices.net import NetDevices
-from .errors import Conflict, XendError
+from .errors import Conflict, InvalidRequest, XendError
 from .hooks import FeatureContext
 from .lifecycle import State
 from .events import DomainEvents
@@ -55,6 +58,7 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
         self.net = services.net
         self.reservations = services.reservations
         self.cfg = cfg
+        self.qemu_log_start = 0     # offset in the qemu-dm log where the current QEMU began
         self.domid = domid
         self._state = State.CREATING
         self.paused = False
@@ -123,10 +127,6 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
         """The state an earlier xend recorded (adopting its domains)."""
         self._state = lifecycle.stored_state(value)
 
-    @property
-    def key(self) -> str:
-        return f"domains/{self.uuid}"
-
     def feature_context(self) -> FeatureContext:
         return FeatureContext(self)
 
@@ -140,9 +140,12 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
 
     def persist(self, config: bool = False) -> None:
         st = self.store
+        runtime = Put(storekeys.runtime(st.host, self.uuid), dump_json(self.runtime_record()))
         if config:
-            st.put(f"{self.key}/config", sxp.to_string(self.cfg.to_sxp()).encode())
-        st.put_json(f"{self.key}/runtime", self.runtime_record())
+            # One transaction: a crash never leaves a config without its record.
+            st.txn([], [Put(storekeys.config(self.uuid), sxp.to_string(self.cfg.to_sxp()).encode()), runtime])
+        else:
+            st.txn([], [runtime])
         # Every state change is persisted, so this is where observers hear of it.
         seen = self.emitted_view()
         if seen != self._last_emitted and self.announced:
@@ -171,8 +174,8 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
             log.error("%s: cannot persist config: %s", self.name, e)
 
     def forget(self) -> None:
-        self.store.delete(f"{self.key}/runtime")
-        self.store.delete(f"{self.key}/config")
+        st = self.store
+        st.txn([], [Delete(storekeys.runtime(st.host, self.uuid)), Delete(storekeys.config(self.uuid))])
 
     def runtime(self) -> qargv.Runtime:
         p = self.paths
@@ -207,8 +210,11 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
                 raise XendError(f"socket path too long for a Unix socket: {sock} (use a shorter PYXEN_ROOT)")
         loop = asyncio.get_running_loop()
         if self.cfg.builder == "linux":
-            rt.kernel = await loop.run_in_executor(None, boot_kernel, self.cfg.kernel,
-                                                   self.paths.images / "cache")
+            try:
+                rt.kernel = await loop.run_in_executor(None, boot_kernel, self.cfg.kernel,
+                                                       self.paths.images / "cache")
+            except KernelError as e:        # a hostile or absurd kernel file: one line
+                raise InvalidRequest(str(e)) from None
         elif restore is not None:
             features.check_restore(self.cfg, restore.meta, restore.path)
         # The features' files (OVMF variables, a fresh swtpm) before the
@@ -226,11 +232,13 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
             rt.disk_fds = disk_fds.sets
             argv = qargv.build(self.cfg, rt)
             log.info("%s: starting QEMU: %s", self.name, " ".join(argv))
+            self.qemu_log_start = qemulog.mark(rt.qemu_log)     # this QEMU's part of the log
             self.pid = await loop.run_in_executor(None, process.start, argv, rt.pidfile, rt.qemu_log,
                                                   60.0, tuple(disk_fds.fds()),
                                                   rt.hvm.env if rt.hvm else None)
         except process.QemuStartError as e:
-            raise XendError(f"QEMU failed to start domain {self.name}: {e}") from None
+            # QEMU said no to this domain on this host (a 4xx, not xend failing).
+            raise Conflict(f"QEMU failed to start domain {self.name}: {e}") from None
         finally:
             disk_fds.close()
         self.persist()
@@ -259,7 +267,9 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
         self.monitor = Monitor(self.name, on_event=self.on_event, on_disconnect=self.on_qmp_gone)
         await self.monitor.connect(str(rt.qmp_sock))
         self.console = ConsoleRelay(self.name, str(rt.console_sock),
-                                    self.config["console-limit"] * 1024)
+                                    self.config["console-limit"] * 1024,
+                                    ConsoleLog(rt.console_log, self.config["console-log-max-size"] * 1024,
+                                               self.config["console-log-max-files"]))
         await self.console.start()
         self.control = ControlChannel(self.name, str(rt.control_sock))
         await self.control.connect()
@@ -271,7 +281,8 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
             return
         port = self.cfg.console_port or 9600 + self.domid
         try:
-            await self.console.export_tcp(self.config["xend-console-address"], port)
+            token = apitoken.load_token(apitoken.token_path(self.config, self.paths.etc))
+            await self.console.export_tcp(self.config["xend-console-address"], port, token)
         except OSError as e:
             log.error("%s: cannot export console on port %d: %s", self.name, port, e.strerror)
 

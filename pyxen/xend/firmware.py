@@ -19,6 +19,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
+from .. import storekeys
 from ..config import hvmopts as hvmcfg
 from ..hypervisor.qemu import hvmargv as qhvm
 from ..hypervisor.qemu.monitor import QMPError
@@ -32,7 +33,7 @@ log = logging.getLogger("pyxen.domain")
 
 
 def nvram_key(uuid: str) -> str:
-    return f"nvram/{uuid}"
+    return storekeys.nvram(uuid)
 
 
 def prepare(dom: FeatureContext, rt: "Runtime") -> qhvm.HvmFacts:

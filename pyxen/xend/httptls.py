@@ -27,7 +27,7 @@ from .errors import XendError
 
 log = logging.getLogger("pyxen.api")
 
-HANDSHAKE_TIMEOUT = 30.0
+HANDSHAKE_TIMEOUT = 10.0     # the default; xend uses its budget's (xend-preauth-timeout)
 
 
 def context(cfg, etc: Path) -> ssl.SSLContext | None:
@@ -44,7 +44,7 @@ def context(cfg, etc: Path) -> ssl.SSLContext | None:
         raise XendError(f"HTTPS API ({'xend-http-auth cert' if cert_auth else 'xend-http-tls'}): {e}") from None
 
 
-def refusal(e: BaseException) -> str:
+def refusal(e: BaseException, timeout: float = HANDSHAKE_TIMEOUT) -> str:
     """Why a handshake failed, in words."""
     if isinstance(e, ssl.SSLCertVerificationError):
         return f"client certificate not trusted: {e.verify_message}"
@@ -56,7 +56,7 @@ def refusal(e: BaseException) -> str:
     if reason in ("WRONG_VERSION_NUMBER", "UNSUPPORTED_PROTOCOL", "NO_PROTOCOLS_AVAILABLE"):
         return f"not a TLS 1.3 client ({reason})"
     if isinstance(e, (asyncio.TimeoutError, TimeoutError)):
-        return f"no TLS handshake within {HANDSHAKE_TIMEOUT:.0f} s"
+        return f"no TLS handshake within {timeout:.0f} s"
     if isinstance(e, (ConnectionError, EOFError)):
         return "connection closed during the TLS handshake"
     return f"TLS handshake failed: {reason or e}"
@@ -90,9 +90,17 @@ class _Handshake(asyncio.Protocol):
         self.site = site
 
     def connection_made(self, transport):
+        # A stranger until the handshake (and, with a token, a request) says
+        # otherwise: admitted by the pre-authentication budget or closed.
+        peer = transport.get_extra_info("peername")
+        ticket = self.site._guard.budget.admit(
+            str(peer[0]).removeprefix("::ffff:") if isinstance(peer, tuple) else "?")
+        if ticket is None:
+            transport.abort()
+            return
         # Nothing may be read before the TLS layer is in place.
         transport.pause_reading()
-        t = asyncio.get_running_loop().create_task(self.site._handshake(transport))
+        t = asyncio.get_running_loop().create_task(self.site._handshake(transport, ticket))
         self.site._pending.add(t)
         t.add_done_callback(self.site._pending.discard)
 
@@ -103,9 +111,10 @@ class _Handshake(asyncio.Protocol):
 class TlsSite(web.TCPSite):
     """aiohttp's TCP site, with the TLS handshake done (and its failures logged) here."""
 
-    def __init__(self, runner, host, port, ctx: ssl.SSLContext):
+    def __init__(self, runner, host, port, ctx: ssl.SSLContext, guard):
         super().__init__(runner, host, port)
         self._tls = ctx
+        self._guard = guard         # httpguard.Guard: the pre-authentication budget
         self._pending: set[asyncio.Task] = set()
 
     @property
@@ -124,22 +133,23 @@ class TlsSite(web.TCPSite):
             t.cancel()
         await super().stop()
 
-    async def _handshake(self, transport) -> None:
-        peer = transport.get_extra_info("peername")
-        ip = str(peer[0]).removeprefix("::ffff:") if isinstance(peer, tuple) else "?"
+    async def _handshake(self, transport, ticket) -> None:
         early = _Early()
         loop = asyncio.get_running_loop()
+        budget = self._guard.budget
         try:
             tls = await loop.start_tls(transport, early, self._tls, server_side=True,
-                                       ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+                                       ssl_handshake_timeout=budget.deadline)
         except asyncio.CancelledError:
+            ticket.release()
             transport.abort()
             raise
-        except Exception as e:      # SSLError, timeouts, resets: all refusals
-            log.warning("refused HTTPS connection from %s: %s", ip, refusal(e))
+        except Exception as e:      # SSLError, timeouts, resets: all refusals (logged rate-limited)
+            ticket.release()
+            budget.refuse(ticket.peer, refusal(e, budget.deadline))
             transport.abort()
             return
-        handler = self._runner.server()
+        handler = self._guard.protocol(self._runner.server(), ticket)
         tls.set_protocol(handler)
         handler.connection_made(tls)
         if early.data:

@@ -10,11 +10,11 @@ from importlib import resources
 from ..config.xendconfig import default_file_text
 from ..net import scripts
 from ..paths import Paths
-from ..store import atomic_write
+from ..fileutil import atomic_write
 
 log = logging.getLogger("pyxen.layout")
 
-EXAMPLES = ("xmexample1", "xmexample2")
+EXAMPLES = ("xmexample1", "xmexample2", "xmexample.hvm", "xmexample.vmx")
 
 
 def ensure(paths: Paths) -> None:

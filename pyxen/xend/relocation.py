@@ -17,13 +17,14 @@ from .. import faults
 from ..config import sxp
 from ..config.domain import DomainConfig
 from ..config.errors import ConfigError
+from ..hypervisor.qemu import qemulog
 from ..pki import PkiError, is_host_cert, peer_name
 from ..store import StoreError
-from . import features, firmware
+from . import features, firmware, preauth
 from . import relocproto as rp
 from .errors import InvalidRequest, XendError
 from .lifecycle import State
-from .migration import (CONNECT_TIMEOUT, LINK_TIMEOUT, LOAD_TIMEOUT, MigrationError, describe,
+from .migration import (LINK_TIMEOUT, LOAD_TIMEOUT, MigrationError, describe,
                         run_blocking, socketpair, tls_files, tune)
 
 log = logging.getLogger("pyxen.domain.migrate")
@@ -50,6 +51,8 @@ class RelocationServer:
         self.sock: socket.socket | None = None
         self._task: asyncio.Task | None = None
         self._conns: set[asyncio.Task] = set()
+        # Peers are strangers until their first message: preauth's budget.
+        self.budget = preauth.from_config(cfg, "relocation", log)
 
     async def start(self) -> None:
         host = self.address or None
@@ -63,7 +66,9 @@ class RelocationServer:
                             f"{e.strerror}") from None
         self.sock.setblocking(False)
         self._task = asyncio.create_task(self._accept())
-        log.info("relocation server on %s:%d (%s)%s", host or "*", self.port,
+        # Plaintext lets anyone who reaches the port send a domain: a WARNING.
+        (log.info if self.ctx else log.warning)(
+                 "relocation server on %s:%d (%s)%s", host or "*", self.port,
                  "TLS, certificates required" if self.ctx else "PLAINTEXT: no authentication",
                  f", hosts-allow {' '.join(p.pattern for p in self.allow)}" if self.allow else "")
 
@@ -74,6 +79,7 @@ class RelocationServer:
             t.cancel()
         if self.sock:
             self.sock.close()
+        self.budget.close()
 
     async def _accept(self) -> None:
         loop = asyncio.get_running_loop()
@@ -86,7 +92,11 @@ class RelocationServer:
                 log.error("relocation server: accept failed: %s", e)
                 await asyncio.sleep(0.1)
                 continue
-            t = asyncio.create_task(self._handle(conn, addr))
+            ticket = self.budget.admit(str(addr[0]).removeprefix("::ffff:"))
+            if ticket is None:
+                conn.close()
+                continue
+            t = asyncio.create_task(self._handle(conn, addr, ticket))
             self._conns.add(t)
             t.add_done_callback(self._conns.discard)
 
@@ -96,54 +106,84 @@ class RelocationServer:
         addr = addr.removeprefix("::ffff:")
         names = [addr]
         try:
-            names.append(await asyncio.wait_for(run_blocking(socket.getfqdn, addr), 3))
+            names.append(await asyncio.wait_for(self.budget.run(socket.getfqdn, addr), 3))
         except Exception:
             pass
         return any(p.match(n) for p in self.allow for n in names)
 
-    async def _handle(self, conn: socket.socket, addr) -> None:
+    async def _handle(self, conn: socket.socket, addr, ticket: preauth.Ticket) -> None:
         peer = str(addr[0]).removeprefix("::ffff:")
         link = None
         try:
             if not await self.allowed(peer):
-                log.warning("relocation: refused a connection from %s: not in xend-relocation-hosts-allow",
-                            peer)
+                self.budget.refuse(peer, "not in xend-relocation-hosts-allow")
                 conn.close()
                 return
             conn.setblocking(True)
             tune(conn)
             try:
-                link = await run_blocking(self._wrap, conn)
+                link = await self.budget.run(self._wrap, conn)
             except (ssl.SSLError, OSError) as e:
-                log.warning("relocation: refused %s: TLS handshake failed: %s", peer, e)
+                self.budget.refuse(peer, f"TLS handshake failed: {e}", "tls")
                 conn.close()
                 return
             if self.ctx is not None and not is_host_cert(link.sock.getpeercert(binary_form=True)):
                 # An API user's client certificate comes from the same CA,
                 # but only a host may send domains here.
-                log.warning("relocation: refused %s (%s): not a host certificate", peer, peer_name(link.sock))
+                self.budget.refuse(peer, f"{peer_name(link.sock)}: not a host certificate")
                 return
+            first = await self._first_message(link, peer)
+            if first is None:
+                return
+            ticket.release()        # a real peer now: its migration may take its time
             who = peer_name(link.sock) if self.ctx else "unauthenticated"
             log.info("relocation: connection from %s (%s)", peer, who)
-            await Incoming(self.domains, link, peer).run()
+            await Incoming(self.domains, link, peer, first).run()
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("relocation: connection from %s failed", peer)
         finally:
+            ticket.release()
             if link is not None:
                 await run_blocking(link.close)
+            else:
+                conn.close()
+
+    async def _first_message(self, link: rp.Link, peer: str):
+        """The peer's first control message, whole, within the budget's
+        deadline (a peer dribbling a byte a second is cut off too); None
+        if it did not come (the refusal is logged, rate-limited)."""
+        job = asyncio.ensure_future(self.budget.run(link.recv, self.budget.deadline))
+        try:
+            return await asyncio.wait_for(asyncio.shield(job), self.budget.deadline)
+        except asyncio.TimeoutError:
+            why = f"no complete first message within {self.budget.deadline:.0f} s"
+        except rp.ProtocolError as e:
+            why = f"before its first message: {e}"
+        try:
+            link.sock.shutdown(socket.SHUT_RDWR)    # wakes the worker still reading
+        except OSError:
+            pass
+        try:
+            await job
+        except Exception:
+            pass
+        self.budget.refuse(peer, why)
+        return None
 
     def _wrap(self, conn: socket.socket) -> rp.Link:
-        conn.settimeout(CONNECT_TIMEOUT)
+        # The handshake is pre-authentication: the budget's short deadline.
+        conn.settimeout(self.budget.deadline)
         if self.ctx is not None:
             conn = self.ctx.wrap_socket(conn, server_side=True)
         return rp.Link(conn, LINK_TIMEOUT)
 
 
 class Incoming:
-    def __init__(self, domains, link: rp.Link, peer: str):
+    def __init__(self, domains, link: rp.Link, peer: str, first: list | None = None):
         self.domains, self.link, self.peer = domains, link, peer
+        self.first = first          # the (receive ...) already read by the server
         self.dom = None
 
     async def _send(self, msg: list) -> None:
@@ -151,7 +191,8 @@ class Incoming:
 
     async def run(self) -> None:
         try:
-            req = rp.parse_receive(await run_blocking(self.link.recv, LINK_TIMEOUT))
+            first = self.first if self.first is not None else await run_blocking(self.link.recv, LINK_TIMEOUT)
+            req = rp.parse_receive(first)
             try:
                 cfg = DomainConfig.from_sxp(req.config)
             except (ConfigError, sxp.SxpError) as e:
@@ -213,7 +254,8 @@ class Incoming:
             raise rp.ProtocolError(problem)       # the source was told already
         status = await mon.migration.wait_done(LOAD_TIMEOUT, tick=0.5, poll=True, check=lambda: bool(dom.pid))
         if status != "completed":
-            raise MigrationError(f"QEMU could not load the guest: {await mon.migration.error(status)}")
+            raise MigrationError(f"QEMU could not load the guest: {await mon.migration.error(status)}"
+                                 + qemulog.reason(dom.runtime().qemu_log, dom.qemu_log_start))
         await self._send(rp.ok("loaded"))
         faults.point("migrate-target-loaded")
         msg = await run_blocking(self.link.recv, LINK_TIMEOUT)

@@ -17,9 +17,11 @@ import stat
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable
 
+from ..config import names
 from ..config.domain import DomainConfig
+from ..config.errors import ConfigError
 from ..net import mac as macs
-from ..storage import guard
+from ..storage import guard, lvm
 from .errors import Conflict, InvalidRequest
 
 log = logging.getLogger("pyxen.domains")
@@ -33,8 +35,12 @@ class Reservations:
 
     # ------------------------------------------------------------------ names
     def check_name_free(self, name: str, owner=None) -> None:
-        if not name or name == "Domain-0" or name.isdigit() or "/" in name:
-            raise InvalidRequest(f"Invalid domain name {name!r}")
+        if name == "Domain-0":
+            raise InvalidRequest(f"Invalid domain name {name!r}: it is the host's")
+        try:
+            names.check(name)       # the one name rule (rename comes here too)
+        except ConfigError as e:
+            raise InvalidRequest(str(e).removeprefix("name: ")) from None
         for d in self.domains():
             if d.name == name and d is not owner:
                 raise Conflict(f"Domain '{name}' already exists with ID '{d.domid}'")
@@ -85,7 +91,8 @@ class Reservations:
         if not disk.target or disk.kind == "nbd":
             return
         if not os.path.exists(disk.target):
-            raise InvalidRequest(f"disk {disk.vdev}: {disk.target} does not exist")
+            raise InvalidRequest(f"disk {disk.vdev}: {disk.target} does not exist"
+                                 + (lvm.missing_hint(disk.target) if disk.kind == "phy" else ""))
         if disk.kind == "phy" and not stat.S_ISBLK(os.stat(disk.target).st_mode):
             raise InvalidRequest(f"disk {disk.vdev}: phy:{disk.target} is not a block device (use file: for images)")
         if not os.access(disk.target, os.R_OK if disk.readonly else os.R_OK | os.W_OK):

@@ -13,8 +13,8 @@ import time
 from .. import faults
 from ..config import hvmopts as hvmcfg
 from ..hypervisor.qemu.monitor import QMPError
-from . import firmware
-from .errors import InvalidRequest, XendError
+from . import firmware, guestreach, userpath
+from .errors import Conflict, InvalidRequest, XendError
 from .lifecycle import State
 
 log = logging.getLogger("pyxen.domain")
@@ -45,22 +45,32 @@ class DomainRunState:
             d = self.paths.dump_dir
             d.mkdir(parents=True, exist_ok=True)
             path = str(d / time.strftime(f"%Y-%m%d-%H%M.%S-{self.name}.{self.domid}.core"))
+        path = userpath.check(path, "core file")
         was_paused = self.paused
         if not live and not was_paused:
             await self.monitor.stop()
         try:
             # xend creates the file and QEMU writes to the descriptor: an
             # unprivileged QEMU (xend/confine.py) may not open dump paths.
+            # A new 0600 file renamed over the path when complete (userpath).
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                fd, tmp = userpath.create_temp(path, ".pyxen-core")
             except OSError as e:
                 raise XendError(f"dump of domain {self.name} failed: cannot create {path}: "
                                 f"{e.strerror}") from None
             try:
-                await self.monitor.send_fd(fd, "pyxen-dump")
-            finally:
-                os.close(fd)
-            await self.monitor.dump_guest_memory("pyxen-dump")
+                try:
+                    await self.monitor.send_fd(fd, "pyxen-dump")
+                finally:
+                    os.close(fd)
+                await self.monitor.dump_guest_memory("pyxen-dump")
+                userpath.commit(tmp, path, "core file")
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
+                raise
         except QMPError as e:
             raise XendError(f"dump of domain {self.name} failed: {e}") from None
         finally:
@@ -100,6 +110,8 @@ class DomainRunState:
     async def shutdown(self, reason: str) -> None:
         """Ask the guest to power off, halt or reboot (it does the work)."""
         self.refuse_if_busy("shutdown")
+        if (why := guestreach.shutdown_refusal(self.cfg, reason)) is not None:
+            raise Conflict(why)
         async with self.lock:
             self.require_live("shutdown")
             self.shutdown_reason = reason if reason == "halt" else None

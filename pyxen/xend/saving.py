@@ -13,15 +13,14 @@ import asyncio
 import logging
 import os
 import socket
-import tempfile
 import time
 
 from .. import faults
 from ..config import sxp
-from ..hypervisor.qemu import process
+from ..hypervisor.qemu import process, qemulog
 from ..hypervisor.qemu.monitor import QMPError, quietly
 from ..store import StoreError
-from . import checkpoint, features, jobs
+from . import checkpoint, features, jobs, userpath
 from .errors import InvalidRequest, XendError
 
 log = logging.getLogger("pyxen.domain")
@@ -35,21 +34,8 @@ RESTORE_RATE = 20 << 20     # ... its stream length at this many bytes/s
 
 
 def save_target(path: str) -> str:
-    """Check where ``xm save`` may write: an absolute path in an existing
-    directory, not itself a directory."""
-    if not isinstance(path, str) or not path:
-        raise InvalidRequest("a save file name is required")
-    if not os.path.isabs(path):
-        raise InvalidRequest(f"save file must be an absolute path, got {path!r}")
-    path = os.path.normpath(path)
-    d = os.path.dirname(path)
-    if not os.path.isdir(d):
-        raise InvalidRequest(f"Unable to create save file {path}: directory {d} does not exist")
-    if os.path.isdir(path):
-        raise InvalidRequest(f"Unable to create save file {path}: it is a directory")
-    if not os.access(d, os.W_OK):
-        raise InvalidRequest(f"Unable to create save file {path}: directory {d} is not writable")
-    return path
+    """Where ``xm save`` may write: the rule of every user-named path."""
+    return userpath.check(path, "save file")
 
 
 def phases(marks: dict, order: tuple) -> dict:
@@ -88,8 +74,7 @@ class DomainSaving:
         meta = await self.save_meta()
         resume = not self.paused
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".pyxen-save",
-                                       dir=os.path.dirname(target))
+            fd, tmp = userpath.create_temp(target, ".pyxen-save")
         except OSError as e:
             raise XendError(f"Unable to create save file {target}: {e.strerror}") from None
         self.job = jobs.Job("save", "saving", file=target, tmp=tmp, resume=resume, checkpoint=keep)
@@ -121,7 +106,7 @@ class DomainSaving:
             self.job["phase"] = "commit"
             self.persist()
             faults.point("save-after-commit")
-            os.replace(tmp, target)
+            userpath.commit(tmp, target, "save file")
         except BaseException as e:
             await self._save_failed(tmp, resume)
             if isinstance(e, OSError):
@@ -330,7 +315,8 @@ class DomainSaving:
         if problem is not None:
             m = info.meta
             raise XendError(f"Cannot restore {info.path}: {problem} (saved by QEMU {m.get('qemu', '?')}, "
-                            f"machine {m.get('machine', '?')}, {m.get('accel', '?')})")
+                            f"machine {m.get('machine', '?')}, {m.get('accel', '?')})"
+                            + qemulog.reason(self.runtime().qemu_log, self.qemu_log_start))
         times = phases(self.marks, ("qemu", "load", "verify"))
         log.info("%s: loaded %d bytes of saved state from %s (%s)", self.name, info.stream_length, info.path,
                  ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
@@ -342,11 +328,16 @@ async def recover_save(dom, job: dict) -> None:
     point, roll back one that had not.  QEMU may be gone."""
     alive = dom.monitor is not None and dom.pid is not None and process.alive(dom.pid)
     tmp, target = job.get("tmp"), job.get("file")
-    if job.get("phase") == "commit":
-        log.info("%s: finishing the save to %s interrupted by xend's exit", dom.name, target)
-        if tmp and os.path.exists(tmp):
-            os.replace(tmp, target)
+    committed = job.get("phase") == "commit"
+    if committed and tmp and os.path.exists(tmp):
+        try:
+            userpath.commit(tmp, target, "save file")
             checkpoint.fsync_dir(target)
+        except InvalidRequest as e:     # something else took the target's place meanwhile
+            log.error("%s: %s", dom.name, e)
+            committed = False
+    if committed:
+        log.info("%s: finished the save to %s interrupted by xend's exit", dom.name, target)
         if job.get("checkpoint"):
             if alive:
                 async with dom.lock:

@@ -1,18 +1,19 @@
 """xm's side of the API: JSON over HTTP on xend's Unix socket.
 
-Requests use the standard library's http.client (no event loop, so plain
-commands start fast); the console uses aiohttp's websocket client.
+Requests go through ``unixhttp``, a small HTTP/1.1 client, rather than the
+standard library's ``http.client``: importing that one (it pulls in
+``email.*`` and ``ssl``) cost more than everything else a plain ``xm``
+command does.  No event loop either, so plain commands start fast; only
+the console (``console.py``) uses aiohttp's websocket client.
 """
 
 from __future__ import annotations
 
 import errno
-import http.client
 import json
 import os
-import socket
 
-from ..paths import Paths
+from . import unixhttp
 
 
 class XmError(Exception):
@@ -23,45 +24,49 @@ class XmError(Exception):
         self.code = code
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float):
-        super().__init__("xend", timeout=timeout)
-        self.path = path
-
-    def connect(self):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        s.connect(self.path)
-        self.sock = s
-
-
 class Client:
-    def __init__(self, paths: Paths | None = None, timeout: float = 600.0):
-        self.paths = paths or Paths.from_env()
+    def __init__(self, paths=None, timeout: float = 600.0):
+        if paths is None:
+            # Imported here: the common case passes the Paths it already has.
+            from ..paths import Paths
+            paths = Paths.from_env()
+        self.paths = paths
         self.sock = str(self.paths.socket)
         self.timeout = timeout
 
-    def _connect_error(self, e: OSError) -> XmError:
+    def connect_error(self, e: OSError) -> XmError:
+        """The one line to print when xend's socket cannot be reached."""
         if isinstance(e, PermissionError) or (os.geteuid() != 0 and e.errno in (errno.EACCES, errno.EPERM)):
             return XmError("Most commands need root access. Please try again as root.")
         return XmError(f"Unable to connect to xend: {e.strerror or e}. Is xend running?")
 
-    def request(self, method: str, path: str, body: dict | None = None):
-        conn = _UnixConnection(self.sock, self.timeout)
+    def _open(self, method: str, path: str, body: bytes | None, headers: dict,
+              timeout: float | None) -> unixhttp.Response:
+        """Send one request and read the answer's head; the caller closes it."""
         try:
-            data = json.dumps(body).encode() if body is not None else None
-            headers = {"Content-Type": "application/json"} if data is not None else {}
-            try:
-                conn.request(method, path, body=data, headers=headers)
-            except OSError as e:
-                raise self._connect_error(e) from None
-            try:
-                resp = conn.getresponse()
-                raw = resp.read()
-            except (OSError, http.client.HTTPException) as e:
-                raise XmError(f"xend closed the connection: {e}") from None
+            sock = unixhttp.connect(self.sock, timeout)
+        except OSError as e:
+            raise self.connect_error(e) from None
+        try:
+            unixhttp.send_request(sock, method, path, body, headers)
+            return unixhttp.Response(sock)
+        except (OSError, unixhttp.ProtocolError) as e:
+            sock.close()
+            raise XmError(f"xend closed the connection: {e}") from None
+        except BaseException:
+            sock.close()
+            raise
+
+    def request(self, method: str, path: str, body: dict | None = None):
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        resp = self._open(method, path, data, headers, self.timeout)
+        try:
+            raw = resp.read()
+        except (OSError, unixhttp.ProtocolError) as e:
+            raise XmError(f"xend closed the connection: {e}") from None
         finally:
-            conn.close()
+            resp.close()
         try:
             doc = json.loads(raw) if raw else {}
         except ValueError:
@@ -75,35 +80,30 @@ class Client:
     def stream(self, path: str, on_open=None):
         """Yield (event, data) pairs from a server-sent-events resource;
         *on_open()* is called once xend has accepted the subscription."""
-        conn = _UnixConnection(self.sock, None)
+        resp = self._open("GET", path, None, {"Accept": "text/event-stream"}, None)
         try:
-            try:
-                conn.request("GET", path, headers={"Accept": "text/event-stream"})
-                resp = conn.getresponse()
-            except OSError as e:
-                raise self._connect_error(e) from None
             if resp.status >= 400:
                 raise XmError(f"xend refused the event stream (HTTP {resp.status})")
             if on_open:
                 on_open()
             event, data = None, []
-            while True:
-                line = resp.fp.readline()
-                if not line:
-                    return
-                line = line.decode(errors="replace").rstrip("\r\n")
-                if line == "":
-                    if event is not None:
-                        yield event, json.loads("\n".join(data)) if data else None
-                    event, data = None, []
-                elif line.startswith(":"):
-                    continue
-                elif line.startswith("event:"):
-                    event = line[6:].strip()
-                elif line.startswith("data:"):
-                    data.append(line[5:].strip())
+            try:
+                for raw in resp.lines():
+                    line = raw.decode(errors="replace")
+                    if line == "":
+                        if event is not None:
+                            yield event, json.loads("\n".join(data)) if data else None
+                        event, data = None, []
+                    elif line.startswith(":"):
+                        continue
+                    elif line.startswith("event:"):
+                        event = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data.append(line[5:].strip())
+            except (OSError, unixhttp.ProtocolError) as e:
+                raise XmError(f"xend closed the connection: {e}") from None
         finally:
-            conn.close()
+            resp.close()
 
     def get(self, path: str):
         return self.request("GET", path)

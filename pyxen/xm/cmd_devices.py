@@ -16,8 +16,10 @@ def cmd_block_list(ctx, opts, args):
     if "long" in opts:
         sys.stdout.write("".join(fmt.block_long(d) for d in devs))
     else:
-        print(fmt.BLOCK_HEADER)
-        for d in devs:
+        # As network-list: Xen printed the header only above at least one device.
+        for i, d in enumerate(devs):
+            if i == 0:
+                print(fmt.BLOCK_HEADER)
             print(fmt.block_row(d))
     return 0
 
@@ -73,11 +75,9 @@ def cmd_vnet_list(ctx, opts, args):
         for a in args:
             sys.stdout.write(sxp.pretty(ctx.client.get(f"/api/vnets/{quote(a, safe='')}")["sxp"]))
         return 0
+    # Xen printed each vnet's SXP, with or without -l (-l is accepted).
     for v in ctx.client.get("/api/vnets")["vnets"]:
-        if "long" in opts:
-            sys.stdout.write(sxp.pretty(v["sxp"]))
-        else:
-            print(v["id"])
+        sys.stdout.write(sxp.pretty(v["sxp"]))
     return 0
 
 

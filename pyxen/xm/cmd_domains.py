@@ -33,6 +33,11 @@ def cmd_console(ctx, opts, args):
     return 0
 
 
+# How long `xm shutdown -w` waits for a guest to act on the request (well
+# under the client's 600 s socket timeout, so the answer is xend's message).
+SHUTDOWN_WAIT = 300
+
+
 def _shutdown(ctx, opts, args, reason):
     if "all" in opts:
         if args:
@@ -42,21 +47,31 @@ def _shutdown(ctx, opts, args, reason):
         if len(args) != 1:
             raise XmError(f"'xm {ctx.name}' requires 1 argument.\n\n{usage(ctx.name)}".rstrip())
         targets = args
+    failed = []
     for t in targets:
-        ctx.call("shutdown", {"dom": t, "reason": reason, "wait": False})
+        try:
+            ctx.call("shutdown", {"dom": t, "reason": reason, "wait": False})
+        except XmError as e:
+            if "all" not in opts:
+                raise
+            # -a: one guest that cannot be asked (acpi = 0) does not spare the others.
+            print(f"Error: {e}", file=sys.stderr)
+            failed.append(t)
+    targets = [t for t in targets if t not in failed]
     if "wait" in opts and reason != "reboot":
         for t in targets:
             # Asking again with wait=true returns once the domain is gone;
             # the second request is idempotent for a domain already going down.
+            # xend gives up after SHUTDOWN_WAIT seconds and says so.
             try:
-                ctx.call("shutdown", {"dom": t, "reason": reason, "wait": True})
+                ctx.call("shutdown", {"dom": t, "reason": reason, "wait": True, "timeout": SHUTDOWN_WAIT})
             except XmError as e:
                 if e.code != 3 and "is not running" not in str(e):
                     raise
             print(f"Domain {t} terminated")
-        if "all" in opts:
+        if "all" in opts and not failed:
             print("All domains terminated")
-    return 0
+    return 1 if failed else 0
 
 
 def cmd_shutdown(ctx, opts, args):

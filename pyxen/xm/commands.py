@@ -25,6 +25,7 @@ from .args import parse_mem
 from .client import Client, XmError
 
 DEPRECATED = table.DEPRECATED
+MANUAL_SPELLINGS = table.MANUAL_SPELLINGS
 
 
 class XmCommand:
@@ -156,6 +157,8 @@ def long_help() -> str:
 def resolve(word: str) -> str | None:
     if word in COMMANDS:
         return word
+    if word in MANUAL_SPELLINGS:
+        return MANUAL_SPELLINGS[word]
     if word in DEPRECATED and DEPRECATED[word] in COMMANDS:
         print(f"Command {word} is deprecated.  Please use xm {DEPRECATED[word]} instead.", file=sys.stderr)
         return DEPRECATED[word]

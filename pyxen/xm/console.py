@@ -52,7 +52,7 @@ async def _attach(client: Client, dom: str) -> None:
             raise XmError(f"cannot attach to the console of {dom}: "
                           f"{'it is in use by another client' if e.status == 409 else e.message}") from None
         except aiohttp.ClientConnectorError as e:
-            raise client._connect_error(e.os_error) from None
+            raise client.connect_error(e.os_error) from None
         loop = asyncio.get_running_loop()
         out = sys.stdout.buffer
         stdin_fd = sys.stdin.fileno()

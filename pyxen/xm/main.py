@@ -7,15 +7,19 @@ domain that does not exist; never a traceback.
 
 from __future__ import annotations
 
-import getopt
 import sys
 
 from ..paths import Paths
 from .client import XmError
-from .commands import COMMANDS, Context, resolve, short_help, usage
+from .commands import COMMANDS, DEPRECATED, MANUAL_SPELLINGS, Context, resolve, short_help, usage
 
 
 def parse_opts(cmd, argv: list[str]) -> tuple[dict, list[str]]:
+    if not any(a.startswith("-") and a != "-" for a in argv):
+        # No option words: what gnu_getopt would return.  Skipping it keeps
+        # getopt (and the gettext it imports) off the common path.
+        return {}, list(argv)
+    import getopt
     shorts = "".join(o.short + (":" if o.arg else "") for o in cmd.opts if o.short)
     longs = [o.long + ("=" if o.arg else "") for o in cmd.opts]
     by_flag = {}
@@ -35,6 +39,14 @@ def parse_opts(cmd, argv: list[str]) -> tuple[dict, list[str]]:
     return opts, rest
 
 
+def nearest(word: str) -> str:
+    """' Did you mean ...?' for a mistyped command, or ''."""
+    import difflib     # here, not at the top: only a mistyped command pays for it
+    near = difflib.get_close_matches(word, list(COMMANDS) + list(DEPRECATED) + list(MANUAL_SPELLINGS),
+                                     n=1, cutoff=0.6)
+    return f"  Did you mean 'xm {near[0]}'?" if near else ""
+
+
 def run(argv: list[str]) -> int:
     if not argv:
         sys.stdout.write(short_help())
@@ -44,7 +56,7 @@ def run(argv: list[str]) -> int:
         first, argv = "help", ["help", "--long"]
     name = resolve(first)
     if name is None:
-        raise XmError(f"Subcommand {first} not found!\n\n{short_help()}".rstrip())
+        raise XmError(f"Subcommand {first} not found!{nearest(first)}\n\n{short_help()}".rstrip())
     cmd = COMMANDS[name]
     ctx = Context(name=name, paths=Paths.from_env())
     opts, args = parse_opts(cmd, argv[1:])

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from pyxen.testing import state
 from pyxen.testing.wait import poll
 
 HVMLOADER = "/usr/lib/xen/boot/hvmloader"   # Xen's loader: means SeaBIOS here (need not exist)
@@ -162,6 +163,13 @@ def test_iso_boot_d_with_vnc_password(make_host, hvm_media):
     assert "VM status: running" in host.xm("qemu-monitor", "hvmcd", "info status").stdout
     log = (host.root / "var/log/xen/xend.log").read_text()
     assert "device_model=/usr/lib/xen/bin/qemu-dm ignored" in log
+    # The password was set through QMP (logged at DEBUG, the default level),
+    # yet it is in no log, and the logs are not world-readable.
+    assert "set_password" in log
+    for f in (host.root / "var/log/xen").rglob("*"):
+        if f.is_file() and f.suffix in (".log", "") and "console" not in f.parts:
+            assert "s3cret" not in f.read_text(errors="replace"), f
+    assert (host.root / "var/log/xen/xend.log").stat().st_mode & 0o007 == 0
     host.xm("destroy", "hvmcd")
 
 
@@ -189,8 +197,8 @@ def test_uefi_boot_ovmf_keeps_nvram(make_host, hvm_media, tmp_path):
         assert "still-efi" in out
     host.xm("destroy", "uefi")
     # The variable store went back into the store, for the next boot.
-    nvram = list((host.root / "var/lib/pyxen/state/nvram").iterdir())
-    assert len(nvram) == 1 and nvram[0].stat().st_size == os.path.getsize("/usr/share/OVMF/OVMF_VARS_4M.fd")
+    [key] = state.keys(host.root, "nvram/")
+    assert len(state.get(host.root, key)) == os.path.getsize("/usr/share/OVMF/OVMF_VARS_4M.fd")
 
 
 def test_hvm_refusals_leave_nothing_behind(make_host, hvm_media):

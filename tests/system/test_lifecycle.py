@@ -162,7 +162,25 @@ def test_console_exported_on_tcp(make_host):
     h = make_host("(accel tcg)\n(xend-console-server yes)\n")
     h.xm("create", str(h.config("tcpcon")))
     domid = h.domains()["tcpcon"]["id"]
+    token = (h.root / "etc/xen/xend-http-token").read_text().strip()
+    # A root shell for whoever reaches the port, so it asks for the API token first.
+    for wrong in (b"guess\r\n", b"x" * 5000 + b"\r\n", b""):
+        bad = socket.create_connection(("127.0.0.1", 9600 + domid), timeout=60)
+        bad.settimeout(60)
+        assert b"API token" in bad.recv(4096)
+        bad.sendall(wrong)
+        if not wrong:
+            bad.shutdown(socket.SHUT_WR)
+        rest = b""
+        while chunk := bad.recv(65536):
+            rest += chunk
+        assert b"login" not in rest and b"pyxen-init" not in rest, rest[-300:]
+        bad.close()
+    assert "wrong token" in (h.root / "var/log/xen/xend.log").read_text()
     s = socket.create_connection(("127.0.0.1", 9600 + domid), timeout=5)
+    s.settimeout(5)
+    assert b"API token" in s.recv(4096)
+    s.sendall(token.encode() + b"\r\n")
     got = b""
     deadline = time.monotonic() + 120
     while b"login: " not in got:

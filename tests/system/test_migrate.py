@@ -17,6 +17,7 @@ import subprocess
 
 import pytest
 from test_network import lab  # noqa: F401  (a fixture: namespaces and veths, removed afterwards)
+from pyxen.testing import state
 from pyxen.testing.wait import poll
 
 A_IP, B_IP = "10.77.0.1", "10.77.0.2"
@@ -90,7 +91,7 @@ def xend_pid(host) -> int:
 
 
 def state_files(host) -> list[str]:
-    return sorted(str(p.relative_to(host.root)) for p in (host.root / "var/lib/pyxen/state").glob("domains/*/*"))
+    return state.domain_records(host.root)
 
 
 def taps(lab, ns) -> list[str]:

@@ -170,6 +170,7 @@ def test_xendomains_auto_start_and_shutdown_stop(host):
     res = host.run("xendomains", "status")
     assert res.returncode == 3 and "auto2" in res.stdout
     res = host.run("xendomains", "stop", check=True)
+    assert res.stdout.splitlines()[0] == "Shutting down Xen domains: auto1(shut)"
     assert set(host.domains()) == {"Domain-0"}
     log = (host.root / "var/log/xen/console/guest-auto1.log").read_text(errors="replace")
     assert "The system is going down" in log            # a clean shutdown, not a kill
@@ -206,9 +207,15 @@ def test_xendomains_save_cycle_survives_host_restart(host):
         with host.console(n) as con:
             con.login()
             con.run(f"echo {n}-state > /tmp/keep")
-    host.run("xendomains", "stop", check=True)
+    res = host.run("xendomains", "stop", check=True)
+    # Saved, and says so (Xen's "(save)"), not only "Shutting down".
+    assert res.stdout.splitlines()[0] == "Shutting down Xen domains: cyc1(save) cyc2(save)"
     assert set(host.domains()) == {"Domain-0"}
     assert sorted(p.name for p in save.iterdir()) == ["cyc1", "cyc2"]
+    res = host.run("xendomains", "status")
+    # Each saved auto domain once.
+    assert res.returncode == 3 and res.stdout.strip() == (
+        "Checking for xendomains: missing cyc1 (saved, not restored), cyc2 (saved, not restored)")
     assert all(p.read_bytes()[:16] == b"LinuxGuestRecord" for p in save.iterdir())
     host.xend("stop")
     host.xend("start")

@@ -68,7 +68,8 @@ def test_table_layout():
     assert lines[1].split()[-4:] == ["2.21", "s", "2.19", "2.30"]
     assert lines[2].startswith(boot.LABELS["pyxen"])
     assert lines[4].startswith(boot.LABELS["naive"]) and "3.50 s" in lines[4]
-    assert lines[-1] == "overhead 90 ms, ratio 1.04  -> target (< max(10%, 150 ms) = 221 ms): PASS"
+    assert lines[-1] == ("overhead 90 ms, ratio 1.04  -> target (< max(10%, 150 ms) = 221 ms): PASS; "
+                         "ratio <= 1.10: PASS")
     # the numbers line up in columns
     assert len({line.index(" s ") for line in lines[1:-1]}) == 1
 
@@ -78,6 +79,28 @@ def test_table_fail_and_no_naive():
     assert boot.LABELS["naive"] not in text
     assert text.splitlines()[-1].endswith(": FAIL")
     assert "overhead 400 ms, ratio 1.27" in text
+
+
+def test_ratio_target_is_issue_17s():
+    assert boot.compare(1.0, 1.10)["ratio_pass"] is True
+    assert boot.compare(1.0, 1.11)["ratio_pass"] is False
+    # A long boot can pass the 10 % budget's floor and still miss the ratio.
+    c = boot.compare(1.0, 1.14)
+    assert c["pass"] is True and c["ratio_pass"] is False
+
+
+def test_table_with_the_loaded_variant():
+    r = _result([1.5, 1.5], [1.6, 1.6])
+    ls = {"raw": boot.summarize([2.0, 2.2]), "pyxen": boot.summarize([2.6, 2.8]),
+          "pyxen_create": boot.summarize([0.3, 0.3]), "xend_cpu": boot.summarize([0.05, 0.07])}
+    r["loaded"] = {"busy_cpu_percent": 97.4, "loadavg_1min": 1.9, "summary": ls,
+                   "compare": boot.compare(2.1, 2.7)}
+    lines = boot.format_table(r).splitlines()
+    i = next(n for n, line in enumerate(lines) if line.startswith("beside one busy 1-vCPU guest"))
+    assert lines[i] == "beside one busy 1-vCPU guest (97 % of a core; load 1.9)"
+    assert lines[i + 1].startswith(boot.LABELS["raw"]) and "2.10 s" in lines[i + 1]
+    assert lines[i + 4].startswith(boot.LABELS["xend_cpu"]) and "0.06 s" in lines[i + 4]
+    assert lines[-1].startswith("overhead 600 ms, ratio 1.29") and lines[-1].endswith("ratio <= 1.10: FAIL")
 
 
 # --- raw argv -----------------------------------------------------------------

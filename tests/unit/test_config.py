@@ -179,3 +179,11 @@ def test_cpus_syntax():
     assert cfg.cpus == ["2", "3-8,^5"]
     with pytest.raises(ConfigError, match="cpus"):
         DomainConfig.from_values({"name": "c", "kernel": "/k", "cpus": "0-x"})
+
+
+def test_xl_octal_numbers_but_not_inside_strings():
+    # A uuid group such as -0412- once became -0o412- (a random uuid broke).
+    v = xmconfig.parse_xl('uuid = "1f8840f3-0412-49bd-8d20-146d242217cc"\nmemory = 0200\n'
+                          "x = ['0-0412', \"a\\\"0412\", 0777]\n", "t.cfg")
+    assert v == {"uuid": "1f8840f3-0412-49bd-8d20-146d242217cc", "memory": 128,
+                 "x": ["0-0412", 'a"0412', 511]}

@@ -185,3 +185,60 @@ def test_atomic_write_replaces(tmp_path):
     assert target.read_bytes() == b"new"
     assert (target.stat().st_mode & 0o777) == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+# --- decompression bombs (issue 15 item 9) ---------------------------------------
+
+def _compressors():
+    import bz2
+    import lzma
+    out = {"gzip": gzip.compress, "xz": lambda d: lzma.compress(d, format=lzma.FORMAT_XZ),
+           "bzip2": bz2.compress}
+    for tool, argv in (("zstd", ["zstd", "-c", "-q"]), ("lz4", ["lz4", "-l", "-c"])):
+        if shutil.which(tool):
+            out[tool] = lambda d, argv=argv: subprocess.run(argv, input=d, capture_output=True,
+                                                            check=True).stdout
+    return out
+
+
+@pytest.mark.parametrize("fmt", sorted(_compressors()))
+@pytest.mark.parametrize("with_header", [False, True])
+def test_a_payload_larger_than_any_kernel_is_refused(tmp_path, monkeypatch, fmt, with_header):
+    # The limit lowered so the bomb is small to build; the rule is the same.
+    monkeypatch.setattr(kernel, "MAX_VMLINUX", 1 << 20)
+    bomb = make_elf(with_pvh_note=True) + bytes(3 << 20)
+    img = tmp_path / "bzImage"
+    # The header claims a small kernel: only the bounded output tells.
+    img.write_bytes(fake_bzimage(_compressors()[fmt](bomb), 4096, with_header))
+    with pytest.raises(kernel.KernelError, match="decompresses to more than 1 MiB: not a plausible kernel"):
+        kernel.extract_vmlinux(img, tmp_path / "vmlinux")
+    assert not (tmp_path / "vmlinux").exists()
+
+
+def test_a_header_announcing_a_huge_kernel_is_refused_before_decompressing(tmp_path, monkeypatch):
+    monkeypatch.setattr(kernel, "MAX_VMLINUX", 1 << 20)
+    img = tmp_path / "bzImage"
+    img.write_bytes(fake_bzimage(gzip.compress(make_elf(True)), 2 << 30, with_header=True))
+    with pytest.raises(kernel.KernelError, match="not a plausible kernel"):
+        kernel.extract_vmlinux(img, tmp_path / "vmlinux")
+
+
+def test_a_kernel_just_under_the_limit_still_extracts(tmp_path, monkeypatch):
+    monkeypatch.setattr(kernel, "MAX_VMLINUX", 1 << 20)
+    elf = make_elf(with_pvh_note=True) + bytes((1 << 20) - 8192)
+    img = tmp_path / "bzImage"
+    img.write_bytes(fake_bzimage(gzip.compress(elf), len(elf), with_header=True))
+    assert kernel.extract_vmlinux(img, tmp_path / "vmlinux")
+
+
+def test_special_and_huge_kernel_files_are_refused(tmp_path, monkeypatch):
+    from pyxen.hypervisor.qemu import kcache
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)                              # reading it would block forever
+    with pytest.raises(kernel.KernelError, match="not a regular file"):
+        kcache.boot_kernel(str(fifo), tmp_path / "cache")
+    monkeypatch.setattr(kernel, "MAX_KERNEL_FILE", 1 << 16)
+    big = tmp_path / "big"
+    big.write_bytes(fake_bzimage(b"\0" * (1 << 17), 1, with_header=True))
+    with pytest.raises(kernel.KernelError, match=f"kernel {big}: it is larger than"):
+        kcache.boot_kernel(str(big), tmp_path / "cache")

@@ -14,7 +14,8 @@ from pyxen.config.xendconfig import XendConfig
 from pyxen.hypervisor import cgroups
 from pyxen.hypervisor.qemu import monitor as qmon
 from pyxen.paths import Paths
-from pyxen.store import FileStore
+from pyxen import storekeys
+from pyxen.filestore import FileStore
 from pyxen.xend import domains as _domains  # noqa: F401  (registers every job kind's recovery)
 from pyxen.xend import jobs, lifecycle
 from pyxen.xend.domain import Domain
@@ -232,7 +233,7 @@ def test_poweroff_preserve_keeps_the_domain_shut_down(env):
     dom, mon = make(on_poweroff="preserve")
     run(dom.guest_exited("poweroff"))
     assert dom.state == State.SHUTDOWN and dom.halted.is_set() and not removed
-    assert services.store.get_json(f"{dom.key}/runtime")["state"] == "shutdown"
+    assert services.store.get_json(storekeys.runtime(services.store.host, dom.uuid))["state"] == "shutdown"
     assert ("changed", "fd") in events
     assert cmds(mon) == []
 
@@ -259,7 +260,7 @@ def test_quick_crash_with_restart_is_destroyed(env):
     run(dom.guest_exited("crash"))
     assert dom.gone.is_set() and removed == [dom] and ("destroyed", "fd") in events
     assert dom.monitor is None and "cont" not in cmds(mon)     # released, not resumed
-    assert services.store.get_json(f"{dom.key}/runtime") is None
+    assert services.store.get_json(storekeys.runtime(services.store.host, dom.uuid)) is None
 
 
 def test_rename_restart_keeps_the_corpse_and_starts_a_successor(env):

@@ -90,3 +90,13 @@ def test_lvm_names_and_missing_device_mapper():
         # must say so rather than half-create anything.
         with pytest.raises(lvm.LvmError, match="device-mapper is not available"):
             lvm.snapshot("vg0", "root", "clone")
+
+
+def test_missing_lvm_volume_names_device_mapper(monkeypatch):
+    from pyxen.storage import lvm
+    monkeypatch.setattr(lvm, "dm_available", lambda: (False, "dmsetup is not installed"))
+    hint = lvm.missing_hint("/dev/vg0/root")
+    assert "LVM logical volume vg0/root" in hint and "device-mapper is not available" in hint
+    assert lvm.missing_hint("/dev/sda1") == "" and lvm.missing_hint("/dev/disk/by-id") == ""
+    monkeypatch.setattr(lvm, "dm_available", lambda: (True, ""))
+    assert "no logical volume root in volume group vg0" in lvm.missing_hint("/dev/vg0/root")

@@ -109,7 +109,7 @@ def test_control_d_is_end_of_input_at_token_start():
     # Inside an atom it is just a character, as in Xen.
     assert sxp.parse("b\x04") == ["b\x04"]
     e = err("(a \x04)")
-    assert e.message == "unexpected EOF"
+    assert e.message == "unexpected EOF: this '(' is never closed"
 
 
 # --- reading: errors ------------------------------------------------------------
@@ -129,15 +129,26 @@ def test_invalid_character():
     assert err("\u00a0").message == "invalid character: code 160"
 
 
-@pytest.mark.parametrize("text", [
-    "(a (b)", "(", "'abc", "'abc\\", "'\\x", "(a # comment\n", "(a # comment"])
-def test_unexpected_eof(text):
-    assert err(text).message == "unexpected EOF"
+@pytest.mark.parametrize("text", ["(a (b)", "(", "(a # comment\n", "(a # comment", "(a\n(b (c))\n"])
+def test_unexpected_eof_names_the_open_parenthesis(text):
+    assert err(text).message == "unexpected EOF: this '(' is never closed"
 
 
-def test_unexpected_eof_position_is_end_of_input():
-    e = err("(a\n (b c)\n")
-    assert (e.line, e.column) == (3, 1)
+@pytest.mark.parametrize("text", ["'abc", "'abc\\", "'\\x", "(a \"b c)"])
+def test_unexpected_eof_in_a_string_names_where_it_opened(text):
+    assert err(text).message == "unexpected EOF: the string opened here is never closed"
+
+
+@pytest.mark.parametrize("text, line, column", [
+    ("(a\n (b c)\n", 1, 1),                 # the outer one is left open
+    ("(vm (name a)\n  (image (linux)\n", 2, 3),
+    ("(a)\n(b\n(c)\n(d)", 2, 1),
+    ("(a 'x\ny", 1, 4),
+])
+def test_unexpected_eof_position_is_the_unclosed_opener(text, line, column):
+    e = err(text)
+    assert (e.line, e.column) == (line, column)
+    assert str(e.with_file("/etc/xen/vm")).startswith(f"/etc/xen/vm:{line}: unexpected EOF")
 
 
 def test_bad_numeric_escapes():
@@ -147,13 +158,23 @@ def test_bad_numeric_escapes():
     assert err("'\\xg'").message == "invalid hex escape"
 
 
-def test_deep_nesting_does_not_recurse():
-    assert err("(" * 100000).message == "unexpected EOF"
-    value = sxp.from_string("(" * 5000 + ")" * 5000)
+@pytest.mark.parametrize("text", ["(" * 100000, "(" * 100000 + ")" * 100000,
+                                  "(image " * (sxp.MAX_DEPTH + 1) + ")" * (sxp.MAX_DEPTH + 1),
+                                  "(vm (image " + "(a " * 70 + "))"])
+def test_deep_nesting_is_one_error_not_a_recursion(text):
+    e = err(text)
+    assert e.message == f"nested deeper than {sxp.MAX_DEPTH} levels"
+    assert e.line == 1
+
+
+def test_nesting_up_to_the_limit_reads_and_writes_back():
+    text = "(" * sxp.MAX_DEPTH + ")" * sxp.MAX_DEPTH
+    value = sxp.from_string(text)
+    assert sxp.to_string(value) == text
     depth = 0
     while value:
         value, depth = value[0], depth + 1
-    assert depth == 4999
+    assert depth == sxp.MAX_DEPTH - 1
 
 
 def test_from_string():

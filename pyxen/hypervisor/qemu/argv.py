@@ -7,6 +7,8 @@ accelerator): no processes, no I/O except reading the disk paths it names.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from ...config import hvmopts as hvmcfg
 from ...config.domain import DomainConfig
 from ...config.specs import DiskSpec, PciSpec, vif_model
 from . import hvmargv as hvm
+from . import optstr
 
 try:
     from .kernel import FAST_CMDLINE
@@ -74,7 +77,7 @@ class Runtime:
 
 def _chardev_path(p: Path) -> str:
     # QEMU's -chardev key=value syntax needs commas doubled.
-    return str(p).replace(",", ",,")
+    return optstr.value(p)
 
 
 def max_vcpus(cfg: DomainConfig) -> int:
@@ -96,6 +99,13 @@ FILE_AIO = "threads"
 FILE_CACHE_DIRECT = False
 
 
+def _is_blockdev(path: str) -> bool:
+    try:
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def disk_nodes(d: DiskSpec, fdset: int | None = None) -> list[dict]:
     """The two -blockdev / blockdev-add nodes of a disk: protocol, then format.
 
@@ -109,7 +119,9 @@ def disk_nodes(d: DiskSpec, fdset: int | None = None) -> list[dict]:
         proto = {"driver": "nbd", "server": {"type": "inet", "host": host, "port": port},
                  "node-name": proto_name, "read-only": d.readonly}
     else:
-        proto = {"driver": "host_device" if d.kind == "phy" else "file",
+        # file: naming a block device works as Xen's loop device over it
+        # did: it is opened as the device (QEMU's file driver refuses one).
+        proto = {"driver": "host_device" if d.kind == "phy" or _is_blockdev(d.target) else "file",
                  "filename": d.target if fdset is None else f"/dev/fdset/{fdset}",
                  "node-name": proto_name, "read-only": d.readonly, "aio": FILE_AIO,
                  "cache": {"direct": FILE_CACHE_DIRECT}}
@@ -127,7 +139,7 @@ def disk_device_props(d: DiskSpec) -> dict:
 
 
 def disk_device(d: DiskSpec) -> str:
-    return ",".join(f"{k}={v}" if k != "driver" else v for k, v in disk_device_props(d).items())
+    return optstr.kv(disk_device_props(d), "driver")
 
 
 def netdev_props(devid: int, tap: str) -> dict:
@@ -174,15 +186,14 @@ def tpm_args(sock: Path) -> list[str]:
 
 
 def _kv(props: dict, first: str) -> str:
-    rest = ",".join(f"{k}={v}" for k, v in props.items() if k != first)
-    return f"{props[first]},{rest}"
+    return optstr.kv(props, first)
 
 
 def build(cfg: DomainConfig, rt: Runtime) -> list[str]:
     is_hvm = cfg.builder == "hvm"
     facts = rt.hvm or hvm.HvmFacts()
     a = [rt.qemu,
-         "-name", f"{cfg.name},debug-threads=on",
+         "-name", f"{optstr.value(cfg.name)},debug-threads=on",
          # seccomp: no obsolete syscalls and no resource control from inside
          # QEMU.  (elevateprivileges=deny also forbids the setsid() of
          # -daemonize, and spawn=deny its fork, so those two stay allowed.)
@@ -243,7 +254,7 @@ def build(cfg: DomainConfig, rt: Runtime) -> list[str]:
             fdset = None
             if d.vdev in rt.disk_fds:
                 fd, fdset = rt.disk_fds[d.vdev]
-                a += ["-add-fd", f"fd={fd},set={fdset},opaque=pyxen-disk:{d.vdev}"]
+                a += ["-add-fd", optstr.props({"fd": fd, "set": fdset, "opaque": f"pyxen-disk:{d.vdev}"})]
             for node in disk_nodes(d, fdset):
                 a += ["-blockdev", json.dumps(node)]
         elif not is_hvm:

@@ -16,6 +16,7 @@ from pathlib import Path
 from ...config import hvmopts as hvmcfg
 from ...config.domain import DomainConfig
 from ...config.specs import DiskSpec
+from . import optstr
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
@@ -37,7 +38,7 @@ class HvmFacts:
 
 
 def _opts(props: dict) -> str:
-    return ",".join(f"{k}={v}" for k, v in props.items())
+    return optstr.props(props)
 
 
 def machine_suffix(cfg: DomainConfig) -> str:
@@ -111,7 +112,7 @@ def firmware_args(cfg: DomainConfig, facts: HvmFacts) -> list[str]:
     if cfg.hvm.get("firmware") != "ovmf":
         return []      # SeaBIOS is QEMU's own default
     return ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
-            "-drive", f"if=pflash,format=raw,unit=1,file={facts.nvram}"]
+            "-drive", f"if=pflash,format=raw,unit=1,file={optstr.value(facts.nvram)}"]
 
 
 def device_args(cfg: DomainConfig, facts: HvmFacts, run_dir: Path, boot: dict[str, int]) -> list[str]:
@@ -125,13 +126,13 @@ def device_args(cfg: DomainConfig, facts: HvmFacts, run_dir: Path, boot: dict[st
             a += ["-device", "cirrus-vga" + (f",vgamem_mb={h['videoram']}" if h.get("videoram") else "")]
         # Always a local display for xend (web console relay, screendumps
         # need none): a Unix socket only root can reach.
-        sock = str(run_dir / "vnc.sock").replace(",", ",,")     # = Runtime.vnc_sock
+        sock = optstr.value(run_dir / "vnc.sock")     # = Runtime.vnc_sock
         a += ["-vnc", f"unix:{sock},id={VNC_WEB_ID}"]
         if hvmcfg.vnc_wanted(h):
             host = facts.vnc_listen
             if ":" in host and not host.startswith("["):
                 host = f"[{host}]"
-            spec = f"{host}:{facts.vnc_display},id={VNC_TCP_ID}"
+            spec = f"{optstr.value(host)}:{facts.vnc_display},id={VNC_TCP_ID}"
             if facts.vnc_unused:
                 spec += ",to=99"
             if facts.vnc_password:
@@ -143,7 +144,7 @@ def device_args(cfg: DomainConfig, facts: HvmFacts, run_dir: Path, boot: dict[st
         a += ["-device", "piix3-usb-uhci,id=usb"]
         dev = h.get("usbdevice")
         if dev:
-            a += ["-device", f"usb-{dev},bus=usb.0"]
+            a += ["-device", f"usb-{optstr.value(dev)},bus=usb.0"]
     sound = hvmcfg.sound_devices(h)
     if sound:
         # The guest gets the cards; the host plays nothing (xend has no sound).
@@ -162,7 +163,7 @@ def device_args(cfg: DomainConfig, facts: HvmFacts, run_dir: Path, boot: dict[st
         a += ["-rtc", f"base={base}"]
     for unit, key in ((0, "fda"), (1, "fdb")):
         if h.get(key):
-            a += ["-blockdev", f"driver=file,filename={str(h[key]).replace(',', ',,')},node-name=f-{key}",
+            a += ["-blockdev", f"driver=file,filename={optstr.value(h[key])},node-name=f-{key}",
                   "-blockdev", f"driver=raw,file=f-{key},node-name=d-{key}",
                   "-device", f"floppy,unit={unit},drive=d-{key},id=fd{unit}"
                   + (f",bootindex={boot[f'fd{unit}']}" if f"fd{unit}" in boot else "")]

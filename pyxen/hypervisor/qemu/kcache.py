@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 from pathlib import Path
 
 from . import kernel as kmod
@@ -27,6 +28,9 @@ def boot_kernel(path: str, cache_dir: Path) -> str:
     p = Path(path)
     try:
         st = p.stat()
+        if not stat.S_ISREG(st.st_mode):
+            # A FIFO would block the read below, /dev/zero never end it.
+            raise kmod.KernelError(f"kernel {path} is not a regular file")
         # Hashing a 14 MiB kernel costs tens of ms per create: remember the
         # answer for this exact file (same inode, size and mtime).
         memo_key = (str(p), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, str(cache_dir))
@@ -62,6 +66,8 @@ def _boot_kernel(p: Path, path: str, digest: str, cache_dir: Path) -> str:
         os.replace(tmp, verdict)
         log.info("kernel %s: %s", p, "booting its PVH vmlinux" if ok else "booting as given")
         return str(elf) if ok else path
+    except kmod.KernelError as e:
+        raise kmod.KernelError(f"kernel {path}: {e}") from None
     except (OSError, ValueError) as e:
         log.warning("kernel cache for %s unavailable: %s", p, e)
         return path

@@ -67,8 +67,8 @@ _SHT_NOTE = 7
 _XEN_ELFNOTE_PHYS32_ENTRY = 18
 
 
-# Atomic file writes live with the state store; the image builder uses them too.
-from ...store import atomic_copy, atomic_write, file_sha256  # noqa: E402,F401
+# Atomic file writes (not state: a cache); the image builder uses them too.
+from ...fileutil import atomic_copy, atomic_write, file_sha256  # noqa: E402,F401
 
 
 def is_bzimage(path: Path) -> bool:
@@ -139,36 +139,74 @@ def _payload_candidates(blob: bytes):
             pos = blob.find(magic, pos + 1)
 
 
-def _run_cli(argv: list[str], data: bytes) -> bytes | None:
-    """Decompress with an external tool.  Trailing garbage after the stream
-    makes these tools exit non-zero even though the output is complete, so
-    the caller validates the output instead of trusting the exit status."""
+class KernelError(ValueError):
+    """A kernel file xend refuses to boot; str() is the one line to show."""
+
+
+# The largest plausible uncompressed kernel.  A distribution's vmlinux
+# payload is 30-70 MiB; a crafted bzImage (2 MiB of gzip holding 2 GiB of
+# zeros) must not make xend allocate gigabytes to find out it is not one.
+MAX_VMLINUX = 128 << 20
+# The largest kernel file read at all (a bzImage is a few MiB).
+MAX_KERNEL_FILE = 64 << 20
+
+
+def _too_large(fmt: str) -> KernelError:
+    return KernelError(f"its {fmt} payload decompresses to more than {MAX_VMLINUX >> 20} MiB: "
+                       "not a plausible kernel")
+
+
+def _limit_output():       # runs in the child: a larger output is cut off (SIGXFSZ)
+    import resource
+    resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_VMLINUX + 1, MAX_VMLINUX + 1))
+
+
+def _run_cli(argv: list[str], data: bytes, fmt: str) -> bytes | None:
+    """Decompress with an external tool, its output capped at MAX_VMLINUX.
+    Trailing garbage after the stream makes these tools exit non-zero even
+    though the output is complete, so the caller validates the output
+    instead of trusting the exit status."""
     if shutil.which(argv[0]) is None:
         return None
+    import tempfile
     try:
-        proc = subprocess.run(argv, input=data, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, check=False, timeout=120)
+        with tempfile.TemporaryFile() as out:
+            subprocess.run(argv, input=data, stdout=out, stderr=subprocess.DEVNULL, check=False,
+                           timeout=120, preexec_fn=_limit_output)
+            size = out.seek(0, os.SEEK_END)
+            if size > MAX_VMLINUX:
+                raise _too_large(fmt)
+            out.seek(0)
+            return out.read() or None
     except (OSError, subprocess.SubprocessError):
         return None
-    return proc.stdout or None
 
 
 def _decompress(fmt: str, data: bytes) -> bytes | None:
+    """The decompressed payload, None if it is not one, KernelError if it
+    would be larger than any plausible kernel (never more is allocated)."""
+    limit = MAX_VMLINUX + 1
     try:
         if fmt == "gzip":
-            return zlib.decompressobj(wbits=31).decompress(data)
-        if fmt == "xz":
-            return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(data)
-        if fmt == "lzma":
-            return lzma.LZMADecompressor(format=lzma.FORMAT_ALONE).decompress(data)
-        if fmt == "bzip2":
-            return bz2.BZ2Decompressor().decompress(data)
+            out = zlib.decompressobj(wbits=31).decompress(data, limit)
+        elif fmt == "xz":
+            out = lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(data, max_length=limit)
+        elif fmt == "lzma":
+            out = lzma.LZMADecompressor(format=lzma.FORMAT_ALONE).decompress(data, max_length=limit)
+        elif fmt == "bzip2":
+            out = bz2.BZ2Decompressor().decompress(data, max_length=limit)
+        else:
+            out = None
     except (zlib.error, lzma.LZMAError, OSError, EOFError, ValueError):
         return None
+    if out is not None:
+        if len(out) > MAX_VMLINUX:
+            raise _too_large(fmt)
+        return out
     if fmt == "lz4":
-        return _run_cli(["lz4", "-dc"], data)
+        return _run_cli(["lz4", "-dc"], data, fmt)
     if fmt == "zstd":
-        return _run_cli(["zstd", "-dcq"], data)
+        return _run_cli(["zstd", "-dcq"], data, fmt)
     return None
 
 
@@ -176,17 +214,23 @@ def extract_vmlinux(bzimage: Path, out: Path) -> bool:
     """Extract the uncompressed ELF kernel from *bzimage* into *out*.
 
     Returns False (and leaves *out* untouched) when no compressed payload
-    decompresses to a valid ELF; never raises for bad input."""
+    decompresses to a valid ELF; raises only KernelError, for a payload
+    larger than any plausible kernel (``MAX_VMLINUX``)."""
     try:
-        blob = Path(bzimage).read_bytes()
+        with open(bzimage, "rb") as f:
+            blob = f.read(MAX_KERNEL_FILE + 1)
     except OSError:
         return False
+    if len(blob) > MAX_KERNEL_FILE:
+        raise KernelError(f"it is larger than {MAX_KERNEL_FILE >> 20} MiB: not a plausible kernel")
     seen: set[tuple[str, int]] = set()
     for fmt, data, expected in _payload_candidates(blob):
         key = (fmt, len(data))
         if key in seen:
             continue
         seen.add(key)
+        if expected is not None and expected > MAX_VMLINUX:
+            raise _too_large(fmt)
         result = _decompress(fmt, data)
         if not result or not _elf_header_ok(result[:64]):
             continue

@@ -44,7 +44,9 @@ async def _shutdown(dom, reason: str, wait: bool, timeout: float | None):
         try:
             await asyncio.wait_for(_stopped(dom), timeout or None)
         except asyncio.TimeoutError:
-            raise Conflict(f"Domain {dom.name} did not shut down within {timeout:.0f} s") from None
+            raise Conflict(f"Domain {dom.name} did not shut down within {timeout:.0f} s "
+                           f"(the guest did not act on the request); 'xm destroy {dom.name}' "
+                           "stops it") from None
     return OK
 
 

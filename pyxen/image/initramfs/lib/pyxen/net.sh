@@ -35,8 +35,11 @@ net_from_ip() {
 	case "$_auto" in
 	dhcp|on|any|both|bootp)
 		if [ -z "$_client" ] || [ "$_client" = 0.0.0.0 ]; then
-			# -b: do not hold up the boot for long when no server answers.
-			udhcpc -i "$_dev" -b -t 3 -T 1 -s /etc/udhcpc/default.script \
+			# -b: do not hold up the boot for long when no server answers;
+			# -A 1: but keep asking every few seconds from the background
+			# (udhcpc's default pause is 20 s, so a DHCP server that came up
+			# a moment after the guest gave it an address only ~20 s late).
+			udhcpc -i "$_dev" -b -t 3 -T 1 -A 1 -s /etc/udhcpc/default.script \
 				-p "/run/udhcpc.$_dev.pid" ${_host:+-x hostname:$_host} \
 				>/dev/null 2>&1
 			return 0
