@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid as uuidlib
 from dataclasses import dataclass, field
 
-from . import hvm as hvmcfg
+from . import hvmopts as hvmcfg
 from . import names, sxp
 from .errors import ConfigError
 from .options import ACTIONS, CRASH_ACTIONS, default

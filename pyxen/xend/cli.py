@@ -65,8 +65,7 @@ def start(paths: Paths) -> int:
         print("xend is already running")
         return 0
     if check_config(paths, quiet_ok=True):
-        print("Error: xend not started", file=sys.stderr)
-        return 1
+        return 1        # check_config said why, one line per problem
     for d in (paths.run, paths.log):
         d.mkdir(parents=True, exist_ok=True)
     r, w = os.pipe()

@@ -20,7 +20,7 @@ import os
 import pwd
 
 from ..config.specs import DiskSpec
-from ..hypervisor.qemu.qmp import QmpSession
+from ..hypervisor.qemu.monitor import Monitor
 from .errors import InvalidRequest, XendError
 
 # fdset ids of disks given on the command line are 1..n; hot-plugged ones
@@ -107,22 +107,20 @@ def fdset_path(fdset: int) -> str:
     return f"/dev/fdset/{fdset}"
 
 
-async def add_disk_fd(qmp: QmpSession, d: DiskSpec) -> int | None:
+async def add_disk_fd(mon: Monitor, d: DiskSpec) -> int | None:
     """Hand QEMU an open descriptor of *d* (QMP add-fd); returns its fdset
     id, or None for a disk QEMU opens by path (see passes_fd)."""
     if not passes_fd(d):
         return None
     fd = open_disk(d)
     try:
-        qmp.client.send_fd_scm(fd)
-        res = await qmp.execute("add-fd", {"opaque": OPAQUE_PREFIX + d.vdev})
+        return await mon.add_fd(fd, OPAQUE_PREFIX + d.vdev)
     finally:
         os.close(fd)
-    return int(res["fdset-id"])
 
 
-async def remove_disk_fd(qmp: QmpSession, vdev: str) -> None:
+async def remove_disk_fd(mon: Monitor, vdev: str) -> None:
     """Drop the fdset(s) xend gave QEMU for disk *vdev* (after blockdev-del)."""
-    for s in await qmp.execute("query-fdsets"):
+    for s in await mon.fdsets():
         if any(f.get("opaque") == OPAQUE_PREFIX + vdev for f in s.get("fds", [])):
-            await qmp.execute("remove-fd", {"fdset-id": s["fdset-id"]})
+            await mon.remove_fdset(s["fdset-id"])

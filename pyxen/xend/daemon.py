@@ -78,7 +78,7 @@ async def serve(paths: Paths, cfg: XendConfig, ready) -> None:
     await domains.adopt_all()
     relocation = None
     if cfg["xend-relocation-server"]:
-        from .migration import RelocationServer
+        from .relocation import RelocationServer
         relocation = RelocationServer(domains)
         await relocation.start()
     token = None

@@ -13,25 +13,28 @@ import asyncio
 import logging
 import os
 import time
-import stat
-from contextlib import contextmanager
 
-from ..config import hvm as hvmcfg
-from ..config import names, sxp
+from .. import storekeys
+from ..config import hvmopts as hvmcfg
+from ..config import sxp
 from ..config.domain import DomainConfig
 from ..config.errors import ConfigError
 from ..config.xendconfig import XendConfig
 from ..hypervisor.qemu import process
-from ..net import mac as macs
 from ..paths import Paths
-from .. import storekeys
-from ..storage import guard, lvm
 from ..store import Store, StoreError
-from . import checkpoint, passthrough, vtpm
+from . import checkpoint, features, saving  # noqa: F401  (saving registers the save job's recovery)
+from . import migration  # noqa: F401  (registers the migrate job's recovery)
 from .accel import Accelerator
 from .domain import Domain
 from .errors import Conflict, InvalidRequest, NoSuchDomain, XendError
+from .host import dom0_memory_mib
+from .jobs import Job
+from .lifecycle import State
 from .network import HostNetwork
+from .reservations import Reservations
+from .resources import host_cpus
+from .services import DomainServices
 
 log = logging.getLogger("pyxen.domains")
 
@@ -45,13 +48,18 @@ class Domains:
         self.accel = accel
         self.net = net or HostNetwork(paths, config, store)
         self.by_uuid: dict[str, Domain] = {}
-        self._create_lock = asyncio.Lock()
+        self.reservations = Reservations(lambda: list(self.by_uuid.values()))
         self.subscribers: set[asyncio.Queue] = set()
-        self._reserved_macs: set[str] = set()   # handed out, not yet in a config
         # (direction "out"/"in", result "ok"/"failed") -> count, and stream
         # bytes per direction, since xend started (GET /metrics).
         self.migrations: dict[tuple[str, str], int] = {}
         self.migration_bytes: dict[str, int] = {"out": 0, "in": 0}
+
+    def services(self) -> DomainServices:
+        """What a Domain of this registry works with."""
+        return DomainServices(store=self.store, paths=self.paths, config=self.config, net=self.net,
+                              reservations=self.reservations, emit=self.emit, remove=self.remove,
+                              create=self.create_config, count_migration=self.count_migration)
 
     def count_migration(self, direction: str, ok: bool, nbytes: int = 0) -> None:
         key = (direction, "ok" if ok else "failed")
@@ -90,45 +98,12 @@ class Domains:
         if self.by_uuid.get(dom.uuid) is dom:
             del self.by_uuid[dom.uuid]
 
-    # ------------------------------------------------------------------ MACs
+    # ------------------------------------------------------- reservations
     def used_macs(self) -> set[str]:
-        used = {macs.normal(v["mac"]) for d in self.by_uuid.values() for v in d.cfg.vifs if v.get("mac")}
-        return used | self._reserved_macs
+        return self.reservations.used_macs()
 
-    def _assign_macs(self, cfg: DomainConfig) -> None:
-        """Give each vif without a MAC a random one, unique on this host (written into cfg)."""
-        used = self.used_macs()
-        mine: set[str] = set()
-        for i, v in enumerate(cfg.vifs):
-            if v.get("mac"):
-                m = macs.normal(v["mac"])
-                if m in mine:
-                    raise InvalidRequest(f"vif {i}: MAC {m} is used twice in domain {cfg.name}")
-                if m in used:
-                    log.warning("%s: vif %d: MAC %s is also used by another domain", cfg.name, i, m)
-                mine.add(m)
-        for v in cfg.vifs:
-            if not v.get("mac"):
-                v["mac"] = macs.allocate(used | mine)
-                mine.add(v["mac"])
-
-    @contextmanager
     def mac_for(self, spec: dict, dom: Domain):
-        """A MAC for a vif being attached to *dom*, held for the duration of the attach."""
-        own = {macs.normal(v["mac"]) for v in dom.cfg.vifs if v.get("mac")}
-        if spec.get("mac"):
-            m = macs.normal(spec["mac"])
-            if m in own:
-                raise InvalidRequest(f"MAC {m} is already used by another vif of {dom.name}")
-            if m in self.used_macs():
-                log.warning("%s: MAC %s is also used by another domain", dom.name, m)
-        else:
-            m = spec["mac"] = macs.allocate(self.used_macs())
-        self._reserved_macs.add(m)
-        try:
-            yield m
-        finally:
-            self._reserved_macs.discard(m)
+        return self.reservations.mac_for(spec, dom)
 
     # ------------------------------------------------------------------- ids
     def _alloc_domid(self) -> int:
@@ -140,22 +115,13 @@ class Domains:
 
     # ---------------------------------------------------------------- create
     def check_name_free(self, name: str, owner: Domain | None = None) -> None:
-        if name == "Domain-0":
-            raise InvalidRequest(f"Invalid domain name {name!r}: it is the host's")
-        try:
-            names.check(name)       # the one name rule (rename comes here too)
-        except ConfigError as e:
-            raise InvalidRequest(str(e).removeprefix("name: ")) from None
-        for d in self.by_uuid.values():
-            if d.name == name and d is not owner:
-                raise Conflict(f"Domain '{name}' already exists with ID '{d.domid}'")
+        self.reservations.check_name_free(name, owner)
 
     def _check_memory(self, cfg: DomainConfig) -> None:
         """Refuse up front a domain the host cannot hold (never OOM later)."""
-        from .host import dom0_memory_mib
         need = max(cfg.memory, cfg.maxmem or 0)
         used = sum(max(d.cfg.memory, d.cfg.maxmem or 0) for d in self.by_uuid.values() if d.pid or
-                   d.state == "creating")
+                   d.state == State.CREATING)
         floor = self.config["dom0-min-mem"]
         free = dom0_memory_mib() - floor - used
         if need > free:
@@ -179,12 +145,9 @@ class Domains:
                 raise InvalidRequest(f"{what} image does not exist: {path}")
             if not os.access(path, os.R_OK):
                 raise InvalidRequest(f"{what} image is not readable: {path}")
-        if cfg.pci:
-            # Every domain holds its devices; the host must be ready for VFIO.
-            passthrough.check_devices(self, cfg.name, cfg.pci)
-        vtpm.check(self, cfg)
+        # PCI devices (each held by one domain, the host ready for VFIO), vTPMs.
+        features.check(cfg, self.by_uuid.values())
         if cfg.cpus is not None:
-            from .domain import host_cpus
             for spec in (cfg.cpus if isinstance(cfg.cpus, list) else [cfg.cpus]):
                 host_cpus(spec)
         vdevs = set()
@@ -210,40 +173,14 @@ class Domains:
             names.add(name)
         self.check_sharing(cfg.name, cfg.disks)
 
-    @staticmethod
-    def check_disk_target(disk) -> None:
-        if not disk.target or disk.kind == "nbd":
-            return
-        if not os.path.exists(disk.target):
-            raise InvalidRequest(f"disk {disk.vdev}: {disk.target} does not exist"
-                                 + (lvm.missing_hint(disk.target) if disk.kind == "phy" else ""))
-        if disk.kind == "phy" and not stat.S_ISBLK(os.stat(disk.target).st_mode):
-            raise InvalidRequest(f"disk {disk.vdev}: phy:{disk.target} is not a block device (use file: for images)")
-        if not os.access(disk.target, os.R_OK if disk.readonly else os.R_OK | os.W_OK):
-            raise InvalidRequest(f"disk {disk.vdev}: {disk.target} is not "
-                                 f"{'readable' if disk.readonly else 'readable and writable'}")
+    def check_disk_target(self, disk) -> None:
+        self.reservations.check_disk_target(disk)
 
     def exported_disks(self, exclude=None) -> list:
-        """Every disk every domain of this host holds, whatever its state.
-
-        Domains adopted after a restart, paused, shut down (preserved) and
-        saved-but-reserved ones are all in the registry, so all count.
-        """
-        # A rename-restart corpse (Domain-<uuid>, QEMU stopped) hands its
-        # disks to the domain restarted under its name.
-        return [(d.name, disk) for d in self.by_uuid.values()
-                if d is not exclude and not (d.name == f"Domain-{d.uuid}" and d.state != "running")
-                for disk in d.cfg.disks]
+        return self.reservations.exported_disks(exclude)
 
     def check_sharing(self, name: str, disks: list) -> None:
-        """The sharing guard over the whole registry; w! overrides are logged."""
-        existing = guard.exports(self.exported_disks())
-        try:
-            warnings = guard.check(name, disks, existing)
-        except guard.SharingError as e:
-            raise Conflict(str(e)) from None
-        for w in warnings:
-            log.warning("%s", w)
+        self.reservations.check_sharing(name, disks)
 
     async def create(self, config_sxp: str, paused: bool = False) -> Domain:
         try:
@@ -301,17 +238,17 @@ class Domains:
                       restore: checkpoint.SaveInfo | None = None, machine: str | None = None) -> Domain:
         incoming = machine is not None
         what = "restore" if restore else ("incoming migration" if incoming else "create")
-        async with self._create_lock:
+        async with self.reservations.lock:
             self._validate(cfg)
             # MACs go into the config before it is persisted, so they stay the
             # same across reboot, save/restore and migration.
-            self._assign_macs(cfg)
+            self.reservations.assign_macs(cfg)
             try:
                 domid = self._alloc_domid()
-                dom = Domain(self, cfg, domid)
+                dom = Domain(self.services(), cfg, domid)
                 dom.accel = accel
                 if incoming:
-                    dom.state = "incoming"
+                    dom.state = State.INCOMING
                 self.by_uuid[cfg.uuid] = dom
                 dom.persist(config=True)
             except StoreError as e:
@@ -331,8 +268,7 @@ class Domains:
         if incoming:
             return dom          # announced when the source commits
         self.emit("created", dom)
-        dom.announced = True
-        dom._last_emitted = (dom.state, dom.paused, dom.name, dom.cfg.vcpus, dom.cfg.memory, dom.domid)
+        dom.announce()
         return dom
 
     # ----------------------------------------------------------------- adopt
@@ -365,8 +301,8 @@ class Domains:
                 self.store.quarantine(cfg_key, str(e))
                 self.store.quarantine(rt_key, str(e))
                 continue
-            dom = Domain(self, cfg, domid)
-            dom.state = rec.get("state", "running")
+            dom = Domain(self.services(), cfg, domid)
+            dom.load_state(rec.get("state", "running"))
             dom.pid = rec.get("pid")
             dom.paused = bool(rec.get("paused"))
             dom.start_time = rec.get("start_time") or dom.start_time
@@ -386,7 +322,7 @@ class Domains:
                 log.error("%s: bad vif record (%s); assuming every vif is up", cfg.name, e)
                 dom.vif_devids = []
                 dom.vifs_up = {d for d, _ in dom.vifs()}
-            dom.job = rec.get("job")
+            dom.job = Job.from_record(rec.get("job"))
             ident = rec.get("qemu_ident")
             if isinstance(ident, list) and len(ident) == 2:
                 dom.qemu_ident = (int(ident[0]), int(ident[1]))
@@ -395,7 +331,7 @@ class Domains:
             await self._adopt_one(dom)
 
     async def _adopt_one(self, dom: Domain) -> None:
-        if dom.state in ("creating", "dying", "incoming"):
+        if dom.state in (State.CREATING, State.DYING, State.INCOMING):
             # Interrupted create, destroy or arriving migration: roll back /
             # finish — never keep half a domain.  (An arriving domain runs
             # only once the source has committed, and that sets "running".)
@@ -417,9 +353,9 @@ class Domains:
             log.error("%s: cannot reconnect to QEMU pid %s: %s", dom.name, dom.pid, e)
             if dom.pid and process.alive(dom.pid):
                 # Keep the record and the name: never start it a second time.
-                dom.state = "running"
+                dom.load_state(State.RUNNING)
                 return
-        if dom.state in ("shutdown", "crashed") and dom.cfg:
+        if dom.state in (State.SHUTDOWN, State.CRASHED) and dom.cfg:
             if not process.is_ours(dom.pid, dom.uuid):
                 dom.pid = None
             log.info("%s: preserved %s domain kept", dom.name, dom.state)
@@ -430,7 +366,7 @@ class Domains:
             if dom.gone.is_set():
                 return
         log.error("%s: QEMU (pid %s) went away while xend was not running", dom.name, dom.pid)
-        await dom._qemu_died()
+        await dom.qemu_died()
 
     async def detach_all(self) -> None:
         for d in list(self.by_uuid.values()):

@@ -39,11 +39,3 @@ def shutdown_refusal(cfg, reason: str) -> str | None:
                 f"(no power button). Shut it down from inside, or stop it with 'xm destroy {cfg.name}'")
     return None
 
-
-def crash_action(action: str, reason: str, enable_dump: bool) -> str:
-    """The on_crash action with xend-config's (enable-dump yes) applied: as
-    in Xen, a crashed domain's core is dumped (into the dump directory)
-    before its on_crash action, as a coredump-<action> would."""
-    if reason == "crash" and enable_dump and not action.startswith("coredump-"):
-        return f"coredump-{action}"
-    return action

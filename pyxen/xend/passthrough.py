@@ -13,19 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import Any
 
 from .. import storekeys
 from ..config.errors import ConfigError
 from ..config.specs import PciSpec, parse_pci
 from ..hypervisor.pci import PciError, PciHost, normal_bdf
 from ..hypervisor.qemu import argv as qargv
-from ..hypervisor.qemu.qmp import QMPError, QmpTimeout
+from ..hypervisor.qemu.monitor import QMPError, QmpTimeout
 from .errors import Conflict, InvalidRequest, XendError
+from .hooks import Feature
 
-if TYPE_CHECKING:
-    from .domain import Domain
-    from .domains import Domains
+# A domain here is any object with its name and cfg (the Domain, or a
+# test's stand-in); the registry anything with by_uuid and store.  Not
+# imported: the domain modules import this one.
+Domain = Any
+Domains = Any
 
 log = logging.getLogger("pyxen.pci")
 
@@ -38,15 +41,15 @@ def _key(reg: "Domains", bdf: str) -> str:
     return storekeys.pci_assignable(reg.store.host, bdf)
 
 
-def holder(reg: "Domains", bdf: str, exclude: "Domain | None" = None) -> "Domain | None":
-    """The domain that has *bdf*, if any."""
-    for d in reg.by_uuid.values():
+def holder(domains, bdf: str, exclude: "Domain | None" = None) -> "Domain | None":
+    """The domain of *domains* that has *bdf*, if any."""
+    for d in domains:
         if d is not exclude and any(p.bdf == bdf for p in d.cfg.pci):
             return d
     return None
 
 
-def check_devices(reg: "Domains", name: str, specs: list[PciSpec], exclude: "Domain | None" = None) -> None:
+def check_devices(domains, name: str, specs: list[PciSpec], exclude: "Domain | None" = None) -> None:
     """Refuse devices used twice, held by another domain, or not ready for VFIO."""
     seen: set[str] = set()
     pci = host()
@@ -54,7 +57,7 @@ def check_devices(reg: "Domains", name: str, specs: list[PciSpec], exclude: "Dom
         if p.bdf in seen:
             raise InvalidRequest(f"PCI device {p.bdf} is given twice to domain {name}")
         seen.add(p.bdf)
-        other = holder(reg, p.bdf, exclude)
+        other = holder(domains, p.bdf, exclude)
         if other is not None:
             raise Conflict(f"PCI device {p.bdf} is already assigned to domain {other.name}")
         try:
@@ -86,20 +89,20 @@ async def attach(dom: "Domain", dev, vslot=None) -> PciSpec:
     """``xm pci-attach``: hot-plug host device *dev* into the running guest."""
     spec = _spec(dev, vslot)
     async with dom.lock:
-        dom._require_live()
+        dom.require_live("pci-attach")
         if any(p.bdf == spec.bdf for p in dom.cfg.pci):
             raise Conflict(f"PCI device {spec.bdf} is already assigned to domain {dom.name}")
-        # The registry's create lock: no create or other attach can take the
+        # The reservations' lock: no create or other attach can take the
         # same device between the check and the config update.
-        async with dom.reg._create_lock:
-            check_devices(dom.reg, dom.name, [spec], dom)
+        async with dom.reservations.lock:
+            check_devices(dom.reservations.domains(), dom.name, [spec], dom)
             dom.cfg.pci.append(spec)
             dom.persist(config=True)
         try:
-            await dom.qmp.execute("device_add", qargv.pci_device_props(spec))
+            await dom.monitor.device_add(qargv.pci_device_props(spec))
         except (QMPError, QmpTimeout) as e:
             dom.cfg.pci.remove(spec)
-            dom._persist_config_quietly()
+            dom.persist_config_quietly()
             raise XendError(f"pci-attach {spec.bdf} to {dom.name} failed: {e}") from None
         log.info("%s: PCI device %s attached", dom.name, spec.bdf)
         return spec
@@ -109,14 +112,14 @@ async def detach(dom: "Domain", dev, timeout: float = 30.0) -> None:
     """``xm pci-detach``: the guest lets go of the device, then QEMU drops it."""
     spec = _spec(dev)
     async with dom.lock:
-        dom._require_live()
+        dom.require_live("pci-detach")
         mine = [p for p in dom.cfg.pci if p.bdf == spec.bdf]
         if not mine:
             raise InvalidRequest(f"PCI device {spec.bdf} is not assigned to domain {dom.name}")
         dev_id = qargv.pci_device_id(spec)
-        gone = dom._device_gone[dev_id] = asyncio.Event()
+        gone = dom.unplugs.expect(dev_id)
         try:
-            await dom.qmp.execute("device_del", {"id": dev_id})
+            await dom.monitor.device_del(dev_id)
             await asyncio.wait_for(gone.wait(), timeout)
         except asyncio.TimeoutError:
             raise XendError(f"Domain {dom.name} did not release PCI device {spec.bdf} within "
@@ -124,7 +127,7 @@ async def detach(dom: "Domain", dev, timeout: float = 30.0) -> None:
         except (QMPError, QmpTimeout) as e:
             raise XendError(f"pci-detach {spec.bdf} from {dom.name} failed: {e}") from None
         finally:
-            dom._device_gone.pop(dev_id, None)
+            dom.unplugs.forget(dev_id)
         dom.cfg.pci.remove(mine[0])
         dom.persist(config=True)
         log.info("%s: PCI device %s detached", dom.name, spec.bdf)
@@ -161,7 +164,7 @@ async def assignable_remove(reg: "Domains", dev, rebind: bool) -> dict:
     """Take a device back from vfio-pci (refused while a domain has it);
     with *rebind*, give it back to the driver it had."""
     bdf = _bdf(dev)
-    other = holder(reg, bdf)
+    other = holder(reg.by_uuid.values(), bdf)
     if other is not None:
         raise Conflict(f"PCI device {bdf} is assigned to domain {other.name}; pci-detach it first")
     rec = reg.store.get_json(_key(reg, bdf), {}) or {}
@@ -177,3 +180,14 @@ async def assignable_remove(reg: "Domains", dev, rebind: bool) -> dict:
     reg.store.delete(_key(reg, bdf))
     log.info("PCI device %s: released from vfio-pci%s", bdf, f", rebound to {driver}" if driver else "")
     return {"dev": bdf, "driver": driver}
+
+
+class PciFeature(Feature):
+    """Host PCI devices a domain's config names: each held by one domain,
+    and ready for VFIO (QEMU's argv adds them; hotplug is attach/detach)."""
+
+    name = "pci"
+
+    def check(self, cfg, others) -> None:
+        if cfg.pci:
+            check_devices(others, cfg.name, cfg.pci)

@@ -49,7 +49,8 @@ def check(paths: Paths) -> tuple[list[str], list[str], XendConfig | None]:
         try:
             files.server_context(verify_clients=cfg["xend-http-auth"] == "cert")
         except PkiError as e:
-            errors.append(f"HTTPS API: {e}")
+            opt = "xend-http-auth cert" if cfg["xend-http-auth"] == "cert" else "xend-http-tls"
+            errors.append(f"HTTPS API ({opt}): {e}")
     if cfg["xend-relocation-server"]:
         for pattern in cfg["xend-relocation-hosts-allow"].split():
             try:

@@ -31,11 +31,10 @@ from ..config.domain import DomainConfig
 from ..hypervisor import swtpm
 from ..store import StoreError
 from .errors import Conflict, InvalidRequest, XendError
+from .hooks import Feature, FeatureContext
 
 if TYPE_CHECKING:
     from ..hypervisor.qemu.argv import Runtime
-    from .domain import Domain
-    from .domains import Domains
 
 log = logging.getLogger("pyxen.vtpm")
 
@@ -57,36 +56,37 @@ def describe(cfg: DomainConfig) -> str:
     return f"the vTPM of domain {cfg.name}"
 
 
-def check(reg: "Domains", cfg: DomainConfig) -> None:
+def check(others, cfg: DomainConfig) -> None:
     """Before a create or restore: swtpm is there and no other domain has this TPM."""
     key = state_key(cfg)
     if key is None:
         return
     if not swtpm.available():
         raise InvalidRequest("vtpm: swtpm is not installed on this host (Debian package swtpm)")
-    for d in reg.by_uuid.values():
+    for d in others:
         if d.uuid != cfg.uuid and state_key(d.cfg) == key:
             raise Conflict(f"{describe(cfg)} is in use by domain {d.name}")
 
 
-def _files(dom: "Domain") -> tuple[Path, Path, Path]:
-    run = dom.reg.paths.domain_run(dom.domid)
-    return run / "tpm.sock", run / "swtpm.pid", dom.reg.paths.log / f"vtpm-{dom.name}.log"
+def _files(dom) -> tuple[Path, Path, Path]:
+    """*dom*: a FeatureContext, or anything with its name, domid and paths."""
+    run = dom.paths.domain_run(dom.domid)
+    return run / "tpm.sock", run / "swtpm.pid", dom.paths.log / f"vtpm-{dom.name}.log"
 
 
-async def start_fresh(dom: "Domain", rt: "Runtime") -> Path | None:
+async def start_fresh(dom: FeatureContext, rt: "Runtime") -> Path | None:
     """Start a new swtpm for *dom* (its run dir must exist) and point *rt* at it."""
     key = state_key(dom.cfg)
     if key is None:
         return None
     sock, pidfile, logf = _files(dom)
     await swtpm.stop(sock, pidfile)       # a leftover of an earlier QEMU of this domain
-    state = dom.reg.paths.checkout(key)
+    state = dom.paths.checkout(key)
     try:
         if state.is_dir():
             # A copy no stop checked in (xend died first): it is the newest.
-            dom.reg.store.checkin(key, state)
-        dom.reg.store.checkout(key, state)
+            dom.store.checkin(key, state)
+        dom.store.checkout(key, state)
     except StoreError as e:
         raise XendError(str(e)) from None
     loop = asyncio.get_running_loop()
@@ -99,7 +99,7 @@ async def start_fresh(dom: "Domain", rt: "Runtime") -> Path | None:
     return sock
 
 
-def adopt(dom: "Domain") -> None:
+def adopt(dom: FeatureContext) -> None:
     """After an xend restart: the domain's swtpm should still serve its QEMU."""
     if not dom.cfg.vtpm:
         return
@@ -111,16 +111,16 @@ def adopt(dom: "Domain") -> None:
         log.info("%s: adopted swtpm pid %d", dom.name, pid)
 
 
-async def stop(dom: "Domain") -> None:
+async def stop(dom: FeatureContext) -> None:
     if not dom.cfg.vtpm:
         return
     sock, pidfile, _ = _files(dom)
     await swtpm.stop(sock, pidfile)
-    key, state = state_key(dom.cfg), dom.reg.paths.checkout(state_key(dom.cfg))
+    key, state = state_key(dom.cfg), dom.paths.checkout(state_key(dom.cfg))
     if not state.is_dir():
         return
     try:
-        dom.reg.store.checkin(key, state)
+        dom.store.checkin(key, state)
     except StoreError as e:
         # The copy stays: the next start of this TPM checks it in first.
         log.error("%s: cannot keep the vTPM state: %s", dom.name, e)
@@ -128,7 +128,7 @@ async def stop(dom: "Domain") -> None:
     shutil.rmtree(state, ignore_errors=True)
 
 
-def devices(dom: "Domain") -> list[dict]:
+def devices(dom) -> list[dict]:
     """``xm vtpm-list``: Xen's columns (no rings or event channels here: -1)."""
     out = []
     for i, t in enumerate(dom.cfg.vtpm):
@@ -138,3 +138,21 @@ def devices(dom: "Domain") -> list[dict]:
                     "ring-ref": -1, "be-path": f"/local/domain/0/backend/vtpm/{dom.domid}/{i}",
                     "instance": t.instance, "uuid": t.uuid, "state-key": state_key(dom.cfg)})
     return out
+
+
+class VtpmFeature(Feature):
+    """A domain's swtpm beside its QEMU."""
+
+    name = "vtpm"
+
+    def check(self, cfg: DomainConfig, others) -> None:
+        check(others, cfg)
+
+    async def before_start(self, ctx: FeatureContext, rt: "Runtime") -> None:
+        await start_fresh(ctx, rt)
+
+    async def adopt(self, ctx: FeatureContext) -> None:
+        adopt(ctx)
+
+    async def release(self, ctx: FeatureContext) -> None:
+        await stop(ctx)

@@ -159,8 +159,9 @@ class _ApiHarness:
                 raise InvalidRequest("fuzz: no vnet is made")
 
         self.domains = Domains(paths, cfg, store, NoAccel(), NoNet(paths, cfg, store))
-        dom = Domain(self.domains, DomainConfig.from_values({"name": "fz", "kernel": "/k", "memory": 64}), 1)
-        dom.state = "shutdown"
+        dom = Domain(self.domains.services(), DomainConfig.from_values({"name": "fz", "kernel": "/k",
+                                                                        "memory": 64}), 1)
+        dom.load_state("shutdown")
         self.domains.by_uuid[dom.uuid] = dom
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)

@@ -19,6 +19,7 @@ from pathlib import Path
 from playwright.sync_api import expect, sync_playwright
 
 from conftest import Host
+from pyxen.testing.browser import wait_js
 from pyxen.testing import guide
 
 CHROMIUM = "/usr/bin/chromium"
@@ -70,16 +71,16 @@ def test_web_console_screenshots(image):
                     term.focus()
                     page.keyboard.press("Enter")
                     try:
-                        page.wait_for_function("/login: *$/m.test(window.pyxenConsoleText())", timeout=5000)
+                        wait_js(page, "/login: *$/m.test(window.pyxenConsoleText())", timeout=5000)
                     except Exception:
                         pass
                 term.focus()
                 page.keyboard.type("root")
                 page.keyboard.press("Enter")
-                page.wait_for_function("/# *$/m.test(window.pyxenConsoleText())", timeout=60_000)
+                wait_js(page, "/# *$/m.test(window.pyxenConsoleText())", timeout=60_000)
                 page.keyboard.type("uname -sm")
                 page.keyboard.press("Enter")
-                page.wait_for_function("/^Linux x86_64/m.test(window.pyxenConsoleText())", timeout=60_000)
+                wait_js(page, "/^Linux x86_64/m.test(window.pyxenConsoleText())", timeout=60_000)
                 page.screenshot(path=str(IMAGES / "web-console.png"), full_page=True)
             finally:
                 browser.close()

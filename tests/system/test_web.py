@@ -24,6 +24,8 @@ from playwright.sync_api import expect, sync_playwright
 
 from conftest import Host
 
+from pyxen.testing.browser import wait_js
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -145,17 +147,17 @@ def test_web_console_in_browser(web_host, tmp_path):
                 term.focus()
                 page.keyboard.press("Enter")    # the prompt may have scrolled past before we attached
                 try:
-                    page.wait_for_function("/login: *$/m.test(window.pyxenConsoleText())", timeout=5000)
+                    wait_js(page, "/login: *$/m.test(window.pyxenConsoleText())", timeout=5000)
                 except Exception:
                     pass
             term.focus()
             page.keyboard.type("root")
             page.keyboard.press("Enter")
-            page.wait_for_function("/# *$/m.test(window.pyxenConsoleText())", timeout=60_000)
+            wait_js(page, "/# *$/m.test(window.pyxenConsoleText())", timeout=60_000)
             page.keyboard.type("uname -a")
             page.keyboard.press("Enter")
             pattern = rf"^Linux \S+ {re.escape(kernel)} .*x86_64"
-            page.wait_for_function(f"new RegExp({json.dumps(pattern)}, 'm').test(window.pyxenConsoleText())",
+            wait_js(page, f"new RegExp({json.dumps(pattern)}, 'm').test(window.pyxenConsoleText())",
                                    timeout=60_000)
             assert re.search(pattern, screen(), re.M)
             page.click("#console-close")
@@ -211,10 +213,10 @@ def test_hvm_screen_in_browser(web_host, hvm_media):
                 expect(vnc.locator("#status")).to_have_text("connected", timeout=30_000)
                 # A VGA text screen (720x400) or more, and not blank: the
                 # kernel's messages are light text on black.
-                vnc.wait_for_function("document.querySelector('#screen canvas') && "
+                wait_js(vnc, "document.querySelector('#screen canvas') && "
                                       "document.querySelector('#screen canvas').width >= 640",
                                       timeout=30_000)
-                vnc.wait_for_function("""() => {
+                wait_js(vnc, """() => {
                     const c = document.querySelector('#screen canvas');
                     const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
                     let lit = 0;
@@ -340,7 +342,7 @@ def test_novnc_page_through_relay_to_qemu_vnc(tmp_path):
                 page.goto(f"http://127.0.0.1:{port}/ui/vnc.html?dom=hvm")
                 expect(page.locator("#status")).to_have_text("connected", timeout=30_000)
                 # noVNC sized its canvas from the server's framebuffer (VGA: 640x480 or more).
-                page.wait_for_function("document.querySelector('#screen canvas') && "
+                wait_js(page, "document.querySelector('#screen canvas') && "
                                        "document.querySelector('#screen canvas').width >= 640",
                                        timeout=30_000)
             finally:

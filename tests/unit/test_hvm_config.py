@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from pyxen.config import hvm as hvmcfg
+from pyxen.config import hvmopts as hvmcfg
 from pyxen.config.domain import DomainConfig
 from pyxen.config.errors import ConfigError
 from pyxen.config.options import BY_NAME, help_text
 from pyxen.hypervisor.qemu import argv as qargv
-from pyxen.hypervisor.qemu import hvm as qhvm
+from pyxen.hypervisor.qemu import hvmargv as qhvm
 from pyxen.image import hvm as media
 
 
@@ -92,7 +92,7 @@ def test_vfb_gives_an_hvm_domain_its_display():
 
 
 def test_restore_must_match_the_firmware():
-    from pyxen.xend import hvm as xhvm
+    from pyxen.xend import firmware as xhvm
     from pyxen.xend.errors import InvalidRequest
     xhvm.check_restore(cfg(), {"firmware": "seabios"}, "/f")
     xhvm.check_restore(cfg(), {}, "/f")           # a file from before HVM meta existed

@@ -211,7 +211,7 @@ def _harness(root: Path, job: dict | None = None):
             raise InvalidRequest("test: no domain is started")
 
     domains = Domains(paths, cfg, store, NoAccel(), HostNetwork(paths, cfg, store))
-    dom = Domain(domains, DomainConfig.from_values({"name": "fz", "kernel": "/k", "memory": 64}), 1)
+    dom = Domain(domains.services(), DomainConfig.from_values({"name": "fz", "kernel": "/k", "memory": 64}), 1)
     dom.state = "running"
     dom.job = job
     domains.by_uuid[dom.uuid] = dom

@@ -171,13 +171,14 @@ def test_a_device_goes_to_one_domain_only(fake, monkeypatch):
     # Any domain in the registry counts, whatever its state (here: shut down, preserved).
     other = SimpleNamespace(name="web", state="shutdown", cfg=SimpleNamespace(pci=[parse_pci(BDF)]))
     reg = SimpleNamespace(by_uuid={"u1": other})
+    doms = reg.by_uuid.values()         # the registry's domains (a live view)
     with pytest.raises(Conflict, match="already assigned to domain web"):
-        passthrough.check_devices(reg, "db", [spec])
-    passthrough.check_devices(reg, "web", [spec], exclude=other)
+        passthrough.check_devices(doms, "db", [spec])
+    passthrough.check_devices(doms, "web", [spec], exclude=other)
     reg.by_uuid.clear()
-    passthrough.check_devices(reg, "db", [spec])
+    passthrough.check_devices(doms, "db", [spec])
     with pytest.raises(InvalidRequest, match="given twice"):
-        passthrough.check_devices(reg, "db", [spec, parse_pci("0000:01:00.0")])
+        passthrough.check_devices(doms, "db", [spec, parse_pci("0000:01:00.0")])
 
 
 def test_vtpm_specs():

@@ -12,10 +12,11 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...config import hvm as hvmcfg
+from ...config import hvmopts as hvmcfg
 from ...config.domain import DomainConfig
 from ...config.specs import DiskSpec, PciSpec, vif_model
-from . import hvm, optstr
+from . import hvmargv as hvm
+from . import optstr
 
 try:
     from .kernel import FAST_CMDLINE

@@ -3,6 +3,7 @@
 Adds what a toolstack needs around the library: a deadline on every command
 (one hung QEMU must not hang ``xm list`` for everyone), an event callback,
 and a callback when the monitor goes away (QEMU exited or was killed).
+The commands themselves are sent through the typed monitor (monitor.py).
 """
 
 from __future__ import annotations
@@ -37,19 +38,16 @@ class QmpSession:
         self._tasks.append(asyncio.create_task(self._watch(), name=f"qmp-watch-{self.name}"))
 
     async def execute(self, cmd: str, args: dict | None = None, timeout: float = 15.0):
-        log.debug("%s: qmp %s %s", self.name, cmd, args or "")
+        """One command with a deadline.  Not logged here: the typed monitor
+        (monitor.py) logs what it sends, secrets left out."""
         try:
-            res = await asyncio.wait_for(self.client.execute(cmd, args), timeout)
+            return await asyncio.wait_for(self.client.execute(cmd, args), timeout)
         except asyncio.TimeoutError:
             raise QmpTimeout(f"QEMU did not answer {cmd} within {timeout:.0f} s") from None
-        log.debug("%s: qmp %s -> %s", self.name, cmd, res)
-        return res
 
-    async def send_fd(self, fd: int, name: str) -> None:
-        """Hand QEMU a copy of *fd* under *name* (``fd:<name>`` in a migration
-        URI).  The caller keeps, and closes, its own copy."""
+    def send_fd_scm(self, fd: int) -> None:
+        """Pass a copy of *fd* with the next command (getfd, add-fd)."""
         self.client.send_fd_scm(fd)
-        await self.execute("getfd", {"fdname": name})
 
     async def _events(self) -> None:
         try:

@@ -1,8 +1,11 @@
-"""xend's side of HVM domains: what is decided at start (display, firmware
-variable store), what is asked of QEMU once it runs (VNC password and port),
-the device-model monitor, and what a save must record.
+"""The HVM firmware and display feature (xend's side of HVM domains): what
+is decided at start (display, firmware variable store), what is asked of
+QEMU once it runs (VNC password and port), the device-model monitor, and
+what a save must record.  (The config's HVM options are checked in
+pyxen.config.hvmopts, QEMU's HVM arguments built in pyxen.hypervisor.qemu.hvmargv.)
 
-``Domain`` calls these; they keep the HVM detail out of the lifecycle code.
+The domain reaches these through :class:`HvmFeature`'s hooks (hooks.py)
+with a :class:`~pyxen.xend.hooks.FeatureContext`, never the Domain itself.
 
 The OVMF variable store (UEFI boot entries and settings) is the domain's
 state: it lives in the store under ``nvram/<uuid>`` — kept, like libvirt's
@@ -17,27 +20,27 @@ import os
 from typing import TYPE_CHECKING
 
 from .. import storekeys
-from ..config import hvm as hvmcfg
-from ..hypervisor.qemu import hvm as qhvm
-from ..hypervisor.qemu.qmp import QMPError
+from ..config import hvmopts as hvmcfg
+from ..hypervisor.qemu import hvmargv as qhvm
+from ..hypervisor.qemu.monitor import QMPError
 from .errors import Conflict, InvalidRequest, XendError
+from .hooks import Feature, FeatureContext
 
 if TYPE_CHECKING:
     from ..hypervisor.qemu.argv import Runtime
-    from .domain import Domain
 
 log = logging.getLogger("pyxen.domain")
 
 
-def nvram_key(dom: "Domain") -> str:
-    return storekeys.nvram(dom.uuid)
+def nvram_key(uuid: str) -> str:
+    return storekeys.nvram(uuid)
 
 
-def prepare(dom: "Domain", rt: "Runtime") -> qhvm.HvmFacts:
+def prepare(dom: FeatureContext, rt: "Runtime") -> qhvm.HvmFacts:
     """The HvmFacts of this start; writes the OVMF variable file if needed.
     Raises XendError for what the host cannot give (no X display for SDL,
     no OVMF)."""
-    h, conf = dom.cfg.hvm, dom.reg.config
+    h, conf = dom.cfg.hvm, dom.config
     if h.get("device_model"):
         log.info("%s: device_model=%s ignored: QEMU is the device model", dom.name, h["device_model"])
     facts = qhvm.HvmFacts(
@@ -59,7 +62,7 @@ def prepare(dom: "Domain", rt: "Runtime") -> qhvm.HvmFacts:
         for f in (qhvm.OVMF_CODE, qhvm.OVMF_VARS):
             if not f.is_file():
                 raise XendError(f"UEFI firmware {f} is missing: apt-get install ovmf")
-        data = dom.reg.store.get(nvram_key(dom))
+        data = dom.store.get(nvram_key(dom.uuid))
         if data is None:
             data = qhvm.OVMF_VARS.read_bytes()
         facts.nvram = rt.run_dir / "ovmf-vars.fd"
@@ -69,29 +72,28 @@ def prepare(dom: "Domain", rt: "Runtime") -> qhvm.HvmFacts:
     return facts
 
 
-def vnc_password(dom: "Domain") -> str:
+def vnc_password(dom: FeatureContext) -> str:
     pw = dom.cfg.hvm.get("vncpasswd")
     if pw is None:
-        pw = dom.reg.config["vncpasswd"]
+        pw = dom.config["vncpasswd"]
     return str(pw or "")
 
 
-async def after_start(dom: "Domain") -> None:
+async def after_start(dom: FeatureContext) -> None:
     """QEMU runs (the guest not yet): set the VNC password, learn the port."""
     if dom.cfg.builder != "hvm":
         return
     pw = vnc_password(dom)
     if pw and hvmcfg.vnc_wanted(dom.cfg.hvm):
-        await dom.qmp.execute("set_password", {"protocol": "vnc", "password": pw[:8],
-                                               "display": qhvm.VNC_TCP_ID})
+        await dom.monitor.set_vnc_password(pw[:8], qhvm.VNC_TCP_ID)
     await query_vnc(dom)
 
 
-async def query_vnc(dom: "Domain") -> None:
+async def query_vnc(dom: FeatureContext) -> None:
     dom.vnc = None
     if dom.cfg.builder != "hvm" or not hvmcfg.vnc_wanted(dom.cfg.hvm):
         return
-    for server in await dom.qmp.execute("query-vnc-servers"):
+    for server in await dom.monitor.vnc_servers():
         if server.get("id") != qhvm.VNC_TCP_ID:
             continue
         for s in server.get("server", []):
@@ -102,32 +104,32 @@ async def query_vnc(dom: "Domain") -> None:
                 return
 
 
-def keep_nvram(dom: "Domain") -> None:
+def keep_nvram(dom: FeatureContext) -> None:
     """QEMU has stopped: the variable file goes back into the store."""
     if dom.cfg.builder != "hvm" or dom.cfg.hvm.get("firmware") != "ovmf":
         return
-    path = dom.reg.paths.domain_run(dom.domid) / "ovmf-vars.fd"
+    path = dom.run_dir / "ovmf-vars.fd"
     try:
         data = path.read_bytes()
     except OSError:
         return
     try:
-        dom.reg.store.put(nvram_key(dom), data)
+        dom.store.put(nvram_key(dom.uuid), data)
     except Exception as e:
         log.error("%s: cannot keep the UEFI variable store: %s", dom.name, e)
 
 
-def nvram_now(dom: "Domain") -> bytes:
+def nvram_now(dom: FeatureContext) -> bytes:
     """The UEFI variable store as QEMU has it now (a migration takes it along)."""
     if dom.cfg.builder != "hvm" or dom.cfg.hvm.get("firmware") != "ovmf":
         return b""
     try:
-        return (dom.reg.paths.domain_run(dom.domid) / "ovmf-vars.fd").read_bytes()
+        return (dom.run_dir / "ovmf-vars.fd").read_bytes()
     except OSError:
-        return dom.reg.store.get(nvram_key(dom)) or b""
+        return dom.store.get(nvram_key(dom.uuid)) or b""
 
 
-def save_meta(dom: "Domain") -> dict:
+def save_meta(dom: FeatureContext) -> dict:
     """What a restore must match: the firmware (and OVMF's flash size)."""
     if dom.cfg.builder != "hvm":
         return {}
@@ -156,18 +158,43 @@ def check_restore(cfg, meta: dict, path: str) -> None:
                                  f"this host's {qhvm.OVMF_CODE} has {size} bytes")
 
 
-async def monitor(dom: "Domain", command: str) -> str:
+async def monitor(dom: FeatureContext, command: str) -> str:
     """One HMP command (the manual's Ctrl+Alt+2 monitor) through QMP."""
     if not command.strip():
         return ""
     if command.split()[0] in ("quit", "q"):
         # QEMU would exit under xend, which would take it for a crash.
         raise InvalidRequest("qemu-monitor: 'quit' would kill the device model; use xm destroy")
-    if dom.state != "running" or dom.qmp is None:
+    if dom.state != "running" or dom.monitor is None:
         raise Conflict(f"Domain {dom.name} is not running (state {dom.state})")
     try:
-        out = await dom.qmp.execute("human-monitor-command", {"command-line": command})
+        out = await dom.monitor.human_command(command)
     except QMPError as e:
         raise InvalidRequest(f"qemu-monitor: {e}") from None
     log.info("%s: qemu-monitor: %s", dom.name, command)
     return str(out)
+
+
+class HvmFeature(Feature):
+    """HVM firmware (OVMF variables) and display (VNC password and port)."""
+
+    name = "hvm"
+
+    def check_restore(self, cfg, meta: dict, what: str) -> None:
+        check_restore(cfg, meta, what)
+
+    async def before_start(self, ctx: FeatureContext, rt: "Runtime") -> None:
+        if ctx.cfg.builder == "hvm":
+            rt.hvm = prepare(ctx, rt)
+
+    async def after_start(self, ctx: FeatureContext) -> None:
+        await after_start(ctx)
+
+    async def adopt(self, ctx: FeatureContext) -> None:
+        await query_vnc(ctx)
+
+    async def release(self, ctx: FeatureContext) -> None:
+        keep_nvram(ctx)
+
+    def save_meta(self, ctx: FeatureContext) -> dict:
+        return save_meta(ctx)

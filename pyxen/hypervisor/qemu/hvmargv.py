@@ -1,7 +1,7 @@
 """The HVM part of a domain's QEMU command line: firmware, emulated devices,
 display.
 
-Pure functions of the config (``cfg.hvm``, checked by pyxen.config.hvm)
+Pure functions of the config (``cfg.hvm``, checked by pyxen.config.hvmopts)
 and the facts xend decided at start (``HvmFacts``).  Kept minimal for
 TCG's sake: an i440FX PC, the IDE controller it has anyway, one VGA card
 and only the extra devices a config asks for.
@@ -13,7 +13,7 @@ import datetime
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...config import hvm as hvmcfg
+from ...config import hvmopts as hvmcfg
 from ...config.domain import DomainConfig
 from ...config.specs import DiskSpec
 from . import optstr

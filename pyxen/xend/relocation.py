@@ -1,0 +1,295 @@
+"""Live migration, the target's end: the relocation server (manual §8.2,
+§9.3) accepting domains from other hosts' xends, and the receiving side of
+one migration (``Incoming``).  The protocol and who runs the domain at
+every step are described in migration.py, the source's end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+import ssl
+import time
+
+from .. import faults
+from ..config import sxp
+from ..config.domain import DomainConfig
+from ..config.errors import ConfigError
+from ..hypervisor.qemu import qemulog
+from ..pki import PkiError, is_host_cert, peer_name
+from ..store import StoreError
+from . import features, firmware, preauth
+from . import relocproto as rp
+from .errors import InvalidRequest, XendError
+from .lifecycle import State
+from .migration import (LINK_TIMEOUT, LOAD_TIMEOUT, MigrationError, describe,
+                        run_blocking, socketpair, tls_files, tune)
+
+log = logging.getLogger("pyxen.domain.migrate")
+
+
+class RelocationServer:
+    """Accepts migrations on xend-relocation-address:xend-relocation-port."""
+
+    def __init__(self, domains):
+        self.domains = domains
+        cfg = domains.config
+        self.port = cfg["xend-relocation-port"]
+        self.address = cfg["xend-relocation-address"]
+        try:
+            self.allow = [re.compile(p) for p in cfg["xend-relocation-hosts-allow"].split()]
+        except re.error as e:
+            raise XendError(f"xend-relocation-hosts-allow: bad regular expression: {e}") from None
+        self.ctx = None
+        if cfg["xend-relocation-tls"]:
+            try:
+                self.ctx = tls_files(domains.config, domains.paths).server_context()
+            except PkiError as e:
+                raise XendError(f"relocation server: {e}") from None
+        self.sock: socket.socket | None = None
+        self._task: asyncio.Task | None = None
+        self._conns: set[asyncio.Task] = set()
+        # Peers are strangers until their first message: preauth's budget.
+        self.budget = preauth.from_config(cfg, "relocation", log)
+
+    async def start(self) -> None:
+        host = self.address or None
+        try:
+            if host is None and socket.has_dualstack_ipv6():
+                self.sock = socket.create_server(("", self.port), family=socket.AF_INET6, dualstack_ipv6=True)
+            else:
+                self.sock = socket.create_server((host or "", self.port))
+        except OSError as e:
+            raise XendError(f"relocation server: cannot listen on {host or '*'}:{self.port}: "
+                            f"{e.strerror}") from None
+        self.sock.setblocking(False)
+        self._task = asyncio.create_task(self._accept())
+        # Plaintext lets anyone who reaches the port send a domain: a WARNING.
+        (log.info if self.ctx else log.warning)(
+                 "relocation server on %s:%d (%s)%s", host or "*", self.port,
+                 "TLS, certificates required" if self.ctx else "PLAINTEXT: no authentication",
+                 f", hosts-allow {' '.join(p.pattern for p in self.allow)}" if self.allow else "")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        for t in list(self._conns):
+            t.cancel()
+        if self.sock:
+            self.sock.close()
+        self.budget.close()
+
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, addr = await loop.sock_accept(self.sock)
+            except asyncio.CancelledError:
+                return
+            except OSError as e:
+                log.error("relocation server: accept failed: %s", e)
+                await asyncio.sleep(0.1)
+                continue
+            ticket = self.budget.admit(str(addr[0]).removeprefix("::ffff:"))
+            if ticket is None:
+                conn.close()
+                continue
+            t = asyncio.create_task(self._handle(conn, addr, ticket))
+            self._conns.add(t)
+            t.add_done_callback(self._conns.discard)
+
+    async def allowed(self, addr: str) -> bool:
+        if not self.allow:
+            return True
+        addr = addr.removeprefix("::ffff:")
+        names = [addr]
+        try:
+            names.append(await asyncio.wait_for(self.budget.run(socket.getfqdn, addr), 3))
+        except Exception:
+            pass
+        return any(p.match(n) for p in self.allow for n in names)
+
+    async def _handle(self, conn: socket.socket, addr, ticket: preauth.Ticket) -> None:
+        peer = str(addr[0]).removeprefix("::ffff:")
+        link = None
+        try:
+            if not await self.allowed(peer):
+                self.budget.refuse(peer, "not in xend-relocation-hosts-allow")
+                conn.close()
+                return
+            conn.setblocking(True)
+            tune(conn)
+            try:
+                link = await self.budget.run(self._wrap, conn)
+            except (ssl.SSLError, OSError) as e:
+                self.budget.refuse(peer, f"TLS handshake failed: {e}", "tls")
+                conn.close()
+                return
+            if self.ctx is not None and not is_host_cert(link.sock.getpeercert(binary_form=True)):
+                # An API user's client certificate comes from the same CA,
+                # but only a host may send domains here.
+                self.budget.refuse(peer, f"{peer_name(link.sock)}: not a host certificate")
+                return
+            first = await self._first_message(link, peer)
+            if first is None:
+                return
+            ticket.release()        # a real peer now: its migration may take its time
+            who = peer_name(link.sock) if self.ctx else "unauthenticated"
+            log.info("relocation: connection from %s (%s)", peer, who)
+            await Incoming(self.domains, link, peer, first).run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("relocation: connection from %s failed", peer)
+        finally:
+            ticket.release()
+            if link is not None:
+                await run_blocking(link.close)
+            else:
+                conn.close()
+
+    async def _first_message(self, link: rp.Link, peer: str):
+        """The peer's first control message, whole, within the budget's
+        deadline (a peer dribbling a byte a second is cut off too); None
+        if it did not come (the refusal is logged, rate-limited)."""
+        job = asyncio.ensure_future(self.budget.run(link.recv, self.budget.deadline))
+        try:
+            return await asyncio.wait_for(asyncio.shield(job), self.budget.deadline)
+        except asyncio.TimeoutError:
+            why = f"no complete first message within {self.budget.deadline:.0f} s"
+        except rp.ProtocolError as e:
+            why = f"before its first message: {e}"
+        try:
+            link.sock.shutdown(socket.SHUT_RDWR)    # wakes the worker still reading
+        except OSError:
+            pass
+        try:
+            await job
+        except Exception:
+            pass
+        self.budget.refuse(peer, why)
+        return None
+
+    def _wrap(self, conn: socket.socket) -> rp.Link:
+        # The handshake is pre-authentication: the budget's short deadline.
+        conn.settimeout(self.budget.deadline)
+        if self.ctx is not None:
+            conn = self.ctx.wrap_socket(conn, server_side=True)
+        return rp.Link(conn, LINK_TIMEOUT)
+
+
+class Incoming:
+    def __init__(self, domains, link: rp.Link, peer: str, first: list | None = None):
+        self.domains, self.link, self.peer = domains, link, peer
+        self.first = first          # the (receive ...) already read by the server
+        self.dom = None
+
+    async def _send(self, msg: list) -> None:
+        await run_blocking(self.link.send, msg)
+
+    async def run(self) -> None:
+        try:
+            first = self.first if self.first is not None else await run_blocking(self.link.recv, LINK_TIMEOUT)
+            req = rp.parse_receive(first)
+            try:
+                cfg = DomainConfig.from_sxp(req.config)
+            except (ConfigError, sxp.SxpError) as e:
+                raise InvalidRequest(f"the domain config is invalid: {e}") from None
+        except (rp.ProtocolError, InvalidRequest) as e:
+            log.warning("relocation: bad request from %s: %s", self.peer, e)
+            await self._try_send(rp.err("protocol", str(e)))
+            return
+        log.info("relocation: receiving domain %s from %s (%s, %s)", cfg.name, req.host,
+                 "live" if req.live else "paused", self.peer)
+        try:
+            firmware.check_restore(cfg, req.firmware, f"the domain from {req.host}")
+            if req.nvram:
+                # The target's QEMU starts from the source's UEFI variables.
+                self.domains.store.put(firmware.nvram_key(cfg.uuid), req.nvram)
+            self.dom = await self.domains.prepare_incoming(cfg, req.accel, req.machine)
+        except (XendError, StoreError) as e:
+            log.warning("relocation: refused domain %s from %s: %s", cfg.name, self.peer, e)
+            await self._try_send(rp.err(getattr(e, "code", "refused"), str(e)))
+            return
+        try:
+            await self._receive(req)
+            self.domains.count_migration("in", True, self.link.sent)
+        except BaseException as e:
+            self.domains.count_migration("in", False, self.link.sent)
+            log.error("relocation: domain %s from %s not received: %s", cfg.name, self.peer, describe(e))
+            if self.dom is not None and self.dom.state == State.INCOMING:
+                await self.dom.destroy(force=True)
+            if not isinstance(e, (rp.ProtocolError, asyncio.CancelledError)):
+                await self._try_send(rp.err("receive", describe(e)))
+            if isinstance(e, asyncio.CancelledError):
+                raise
+
+    async def _try_send(self, msg: list) -> None:
+        try:
+            self.link.sock.settimeout(5)
+            await self._send(msg)
+        except Exception:
+            pass
+
+    async def _receive(self, req: rp.Receive) -> None:
+        dom = self.dom
+        mon = dom.monitor
+        a, b = socketpair()
+        try:
+            await mon.migration.enable_events()
+            await mon.send_fd(a.fileno(), "pyxen-migrate")
+            a.close()
+            await mon.migration.start_in("pyxen-migrate")
+            await self._send(rp.ok(["domid", dom.domid]))
+            faults.point("migrate-target-receiving")
+            kind, problem = await run_blocking(self.link.pump_in, b)
+        finally:
+            a.close()
+            b.close()       # QEMU sees the end of its stream
+        if kind == rp.ABORT:
+            raise rp.ProtocolError("the source gave up the migration")
+        if problem:
+            raise rp.ProtocolError(problem)       # the source was told already
+        status = await mon.migration.wait_done(LOAD_TIMEOUT, tick=0.5, poll=True, check=lambda: bool(dom.pid))
+        if status != "completed":
+            raise MigrationError(f"QEMU could not load the guest: {await mon.migration.error(status)}"
+                                 + qemulog.reason(dom.runtime().qemu_log, dom.qemu_log_start))
+        await self._send(rp.ok("loaded"))
+        faults.point("migrate-target-loaded")
+        msg = await run_blocking(self.link.recv, LINK_TIMEOUT)
+        if msg[0] != "commit":
+            raise rp.ProtocolError(f"the source did not commit ({msg[0]})")
+        await self._commit(req.paused)
+
+    async def _commit(self, paused: bool) -> None:
+        dom = self.dom
+        async with dom.lock:
+            # Durable before the guest runs: a restart now adopts it as a
+            # running domain instead of rolling it back.
+            dom.state = State.RUNNING
+            dom.paused = paused
+            dom.start_time = time.time()
+            dom.persist()
+            await features.after_start(dom.feature_context())
+            if not paused:
+                asked = time.time()
+                await dom.monitor.cont()
+                answered = time.time()
+            await dom.refresh_vcpus()
+            dom.apply_placement(initial=True)
+        resumed = None
+        if not paused:
+            # The guest runs from QEMU's RESUME event (its timestamp, like
+            # the source's STOP), which QEMU sends before answering 'cont';
+            # under TCG the answer itself lagged the event by 13-28 ms
+            # here (bench/migrate.py), so the clock after 'cont' answered
+            # overstates the downtime.  It is the fallback if the event
+            # was not seen.
+            ev = dom.last_runstate_change.get("RESUME")
+            resumed = ev if ev is not None and asked <= ev <= answered else answered
+        dom.announced = True
+        dom.services.emit("created", dom, migrated_from=self.peer)
+        log.info("%s: arrived from %s and running (domid %d)", dom.name, self.peer, dom.domid)
+        await self._send(rp.ok("running", ["resumed", f"{resumed:.6f}"] if not paused else ["paused", 1]))
