@@ -122,7 +122,7 @@ web: $(WEB_STAMP)
 demo: image web install
 	PATH=$(BINDIR):$$PATH $(PY) -m pyxen.demo
 
-test: image web
+test: image hvm-images web
 	PATH=$(BINDIR):$$PATH $(PY) -m pytest -q tests
 
 # The user's guide (docs/guide, English and Chinese) as static HTML in
