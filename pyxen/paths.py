@@ -91,6 +91,12 @@ class Paths:
     def pidfile(self) -> Path:
         return self.run / "xend.pid"
 
+    def checkout(self, key: str) -> Path:
+        """Where state another program keeps as files (a vTPM's swtpm) is
+        checked out of the store while it runs (the store keeps the copy
+        that lasts; this one is gone after a host reboot)."""
+        return self.run / "checkout" / key.replace("/", "_")
+
     def domain_run(self, domid: int) -> Path:
         # Keyed by domid (short) rather than uuid: unix socket paths are
         # limited to 107 bytes and PYXEN_ROOT may already be long.

@@ -33,7 +33,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-from .store import atomic_write
+from .fileutil import atomic_write
 
 CA_CERT, CA_KEY = "ca-cert.pem", "ca-key.pem"
 HOST_CERT, HOST_KEY = "host-cert.pem", "host-key.pem"

@@ -1,62 +1,145 @@
-"""The one place persistent host and domain state is read and written.
+"""The interface to xend's persistent state: what must survive a crash.
 
-Everything that must survive a crash of xend goes through a :class:`Store`:
-keys are slash-separated names (``domains/<uuid>/config``), values are bytes.
-The file implementation writes atomically (temp file, fsync, rename, fsync
-of the directory) so a crash leaves either the old or the new value, never
-half of one.  A later multi-host pool replaces it with an etcd-backed store
-with the same interface, so nothing else in pyxen touches state files.
+Keys are slash-separated names built by :mod:`pyxen.storekeys` (nowhere
+else); values are bytes.  The interface is the part of etcd v3 that xend
+needs, so a cluster backend on etcd is a second implementation of
+:class:`Store`, not a rewrite:
+
+* every read returns the value with its *revision* (etcd's mod_revision):
+  a number the store raises on every write, so a key's revision changes
+  whenever its value does, and an absent key has revision 0;
+* :meth:`Store.txn` is etcd's Txn with only the success branch: a list of
+  :class:`Compare` (key must be at this revision) and a list of
+  :class:`Put`/:class:`Delete`, applied all or none; a failed compare raises
+  :class:`StoreConflict` and changes nothing;
+* :meth:`Store.cas` and :meth:`Store.update_json` are the compare-and-swap
+  loops built on it (domid allocation uses them);
+* state kept as many files by another program (swtpm's) is not handed out
+  as a live directory: :meth:`Store.checkout` copies the blobs under a key
+  into a local directory before the program starts and :meth:`Store.checkin`
+  puts the directory back at the points where it must be durable (stop,
+  save, migration).  A networked store syncs at exactly those points.
+
+Leases and watches (a cluster's liveness and change events) are not in the
+interface yet: nothing here needs them, and nothing here precludes them.
+
+:class:`pyxen.filestore.FileStore` implements it on a local directory.
+Ordinary files that are not state (pid files, tokens, certificates, caches)
+are written with :mod:`pyxen.fileutil`, so the importers of this module are
+the modules that keep state.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
 import os
-import shutil
-import tempfile
-import time
+from dataclasses import dataclass
 from pathlib import Path
-
-log = logging.getLogger("pyxen.store")
 
 
 class StoreError(Exception):
-    pass
+    """The store cannot do what was asked (bad key, I/O error, full disk)."""
+
+
+class StoreConflict(StoreError):
+    """A compare of a transaction failed: the key is not at the expected
+    revision (another writer got there first).  Nothing was written."""
+
+    def __init__(self, key: str, expected: int, actual: int):
+        super().__init__(f"state {key} changed under us (expected revision {expected}, found {actual})")
+        self.key, self.expected, self.actual = key, expected, actual
+
+
+@dataclass(frozen=True)
+class Entry:
+    value: bytes
+    revision: int
+
+
+@dataclass(frozen=True)
+class Compare:
+    """The transaction applies only if *key* is at *revision* (0: absent)."""
+    key: str
+    revision: int
+
+
+@dataclass(frozen=True)
+class Put:
+    key: str
+    value: bytes
+
+
+@dataclass(frozen=True)
+class Delete:
+    key: str
+
+
+def check_key(key: str) -> None:
+    """Keys are relative slash-separated names without empty, dot or
+    dot-dot parts (a dot part would escape or hide in a file store)."""
+    parts = key.split("/")
+    if not key or any(p in ("", ".", "..") or p.startswith(".") for p in parts):
+        raise StoreError(f"invalid store key {key!r}")
+
+
+def dump_json(value) -> bytes:
+    return json.dumps(value, indent=1, sort_keys=True).encode()
 
 
 class Store:
-    """Interface: a flat key/value namespace with atomic single-key writes."""
+    """A flat key/value namespace with revisions and transactions.
 
-    def get(self, key: str) -> bytes | None:
+    ``host`` is the name of the host this store is opened for: the prefix of
+    its host-scoped keys (:func:`pyxen.storekeys.host_prefix`)."""
+
+    host: str = ""
+
+    # --- what a backend implements
+    def read(self, key: str) -> Entry | None:
         raise NotImplementedError
 
-    def put(self, key: str, value: bytes) -> None:
-        raise NotImplementedError
-
-    def delete(self, key: str) -> None:
+    def txn(self, compares: list[Compare], ops: list[Put | Delete]) -> int:
+        """Apply *ops* if every compare holds, all or none; returns the
+        revision the written keys now have.  Raises StoreConflict."""
         raise NotImplementedError
 
     def keys(self, prefix: str = "") -> list[str]:
+        """Every key starting with *prefix* (a plain string prefix), sorted."""
         raise NotImplementedError
 
     def quarantine(self, key: str, reason: str) -> None:
         """Set a corrupt value aside so it is kept for inspection, not fatal."""
         raise NotImplementedError
 
-    def directory(self, key: str) -> Path:
-        """A private local directory (mode 0700, created if missing) for
-        state that is many files another program writes itself, such as a
-        vTPM's swtpm state.  It lives with the store's values but is not a
-        value: keys() does not list its files.  A networked store keeps a
-        local copy here and syncs it."""
+    def quarantined(self) -> list[str]:
+        """What was set aside (names for a person to look at, not keys)."""
         raise NotImplementedError
 
-    def remove_directory(self, key: str) -> None:
-        raise NotImplementedError
+    # --- built on those
+    def get(self, key: str) -> bytes | None:
+        e = self.read(key)
+        return None if e is None else e.value
 
-    # JSON convenience, used for most records.
+    def revision(self, key: str) -> int:
+        e = self.read(key)
+        return 0 if e is None else e.revision
+
+    def put(self, key: str, value: bytes) -> int:
+        return self.txn([], [Put(key, value)])
+
+    def delete(self, key: str) -> None:
+        self.txn([], [Delete(key)])
+
+    def cas(self, key: str, revision: int, value: bytes) -> int:
+        """Write *value* only if *key* is still at *revision* (0: absent)."""
+        return self.txn([Compare(key, revision)], [Put(key, value)])
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete every key under *prefix* at once."""
+        ks = self.keys(prefix)
+        if ks:
+            self.txn([], [Delete(k) for k in ks])
+
     def get_json(self, key: str, default=None):
         raw = self.get(key)
         if raw is None:
@@ -67,143 +150,84 @@ class Store:
             self.quarantine(key, f"not valid JSON: {e}")
             return default
 
-    def put_json(self, key: str, value) -> None:
-        self.put(key, json.dumps(value, indent=1, sort_keys=True).encode())
+    def put_json(self, key: str, value) -> int:
+        return self.put(key, dump_json(value))
 
-
-def _check_key(key: str) -> None:
-    parts = key.split("/")
-    if not key or any(p in ("", ".", "..") or p.startswith(".") for p in parts):
-        raise StoreError(f"invalid store key {key!r}")
-
-
-def _atomic(path: Path, fill, mode: int) -> None:
-    """Create *path* from *fill(file)* so readers see the old or the new file,
-    never a torn one: temp file beside it, fsync, rename, fsync the directory."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fill(f)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write *data* to *path* atomically."""
-    _atomic(path, lambda f: f.write(data), mode)
-
-
-def atomic_copy(src: Path, dest: Path, mode: int = 0o644) -> None:
-    """Copy *src* to *dest* atomically, streaming (no whole-file read)."""
-    def fill(f):
-        with open(src, "rb") as inp:
-            shutil.copyfileobj(inp, f, 1 << 20)
-    _atomic(dest, fill, mode)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-class FileStore(Store):
-    """A directory tree; one file per key."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-
-    def _path(self, key: str) -> Path:
-        _check_key(key)
-        return self.root / key
-
-    def get(self, key: str) -> bytes | None:
-        try:
-            return self._path(key).read_bytes()
-        except FileNotFoundError:
-            return None
-        except IsADirectoryError:
-            return None
-
-    def put(self, key: str, value: bytes) -> None:
-        try:
-            atomic_write(self._path(key), value)
-        except OSError as e:
-            raise StoreError(f"cannot write state {key}: {e.strerror or e}") from e
-
-    def delete(self, key: str) -> None:
-        p = self._path(key)
-        try:
-            p.unlink()
-        except FileNotFoundError:
-            return
-        # Drop directories the key left empty, up to the store root.
-        d = p.parent
-        while d != self.root:
+    def update_json(self, key: str, change, default=None, attempts: int = 100):
+        """Read-modify-write of a JSON value by compare-and-swap: *change*
+        gets the current value (*default* if absent or corrupt) and returns
+        the new one, which is returned once it is written.  Retried while
+        another writer wins the race."""
+        for _ in range(attempts):
+            e = self.read(key)
+            old, rev = default, 0
+            if e is not None:
+                rev = e.revision
+                try:
+                    old = json.loads(e.value)
+                except ValueError as err:
+                    self.quarantine(key, f"not valid JSON: {err}")
+                    rev = 0
+            new = change(old)
             try:
-                d.rmdir()
-            except OSError:
-                break
-            d = d.parent
+                self.cas(key, rev, dump_json(new))
+                return new
+            except StoreConflict:
+                continue
+        raise StoreError(f"state {key} keeps changing under us ({attempts} attempts)")
 
-    def keys(self, prefix: str = "") -> list[str]:
-        base = self.root
-        out = []
-        for dirpath, dirnames, filenames in os.walk(base):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            for fn in filenames:
-                if fn.startswith("."):
+    # --- state another program keeps as files
+    def checkout(self, key: str, local_dir: Path) -> None:
+        """Make *local_dir* (created 0700) hold exactly the blobs stored
+        under ``key/``: one file per key, the rest of the key its path."""
+        local_dir = Path(local_dir)
+        want = {k[len(key) + 1:]: k for k in self.keys(key + "/")}
+        try:
+            local_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(local_dir, 0o700)
+            for rel in _local_files(local_dir):
+                if rel not in want:
+                    (local_dir / rel).unlink()
+            for rel, k in want.items():
+                data = self.get(k)
+                if data is None:
                     continue
-                rel = os.path.relpath(os.path.join(dirpath, fn), base)
-                if rel.startswith(prefix):
-                    out.append(rel)
-        return sorted(out)
-
-    def _dir_path(self, key: str) -> Path:
-        _check_key(key)
-        # Under a dot-directory: keys() skips those, so the files another
-        # program keeps there never look like values.
-        return self.root / ".dirs" / key
-
-    def directory(self, key: str) -> Path:
-        p = self._dir_path(key)
-        try:
-            p.mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.chmod(p, 0o700)
+                p = local_dir / rel
+                p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
         except OSError as e:
-            raise StoreError(f"cannot make state directory {key}: {e.strerror or e}") from e
-        return p
+            raise StoreError(f"cannot check out state {key} into {local_dir}: {e.strerror or e}") from e
 
-    def remove_directory(self, key: str) -> None:
-        shutil.rmtree(self._dir_path(key), ignore_errors=True)
-
-    def quarantine(self, key: str, reason: str) -> None:
-        p = self._path(key)
-        dest = self.root / ".corrupt" / f"{key.replace('/', '_')}.{int(time.time())}"
-        dest.parent.mkdir(parents=True, exist_ok=True)
+    def checkin(self, key: str, local_dir: Path) -> None:
+        """Store the files of *local_dir* as the blobs under ``key/``, in one
+        transaction (files that are gone are deleted; dot files such as
+        lock files are not state).  Unchanged blobs are not rewritten."""
+        local_dir = Path(local_dir)
+        ops: list[Put | Delete] = []
         try:
-            os.replace(p, dest)
-            log.error("state %s is corrupt (%s); moved to %s", key, reason, dest)
-        except FileNotFoundError:
-            pass
+            have = set(_local_files(local_dir)) if local_dir.is_dir() else set()
+            for rel in sorted(have):
+                k = f"{key}/{rel}"
+                data = (local_dir / rel).read_bytes()
+                if self.get(k) != data:
+                    ops.append(Put(k, data))
+        except OSError as e:
+            raise StoreError(f"cannot check in state {key} from {local_dir}: {e.strerror or e}") from e
+        for k in self.keys(key + "/"):
+            if k[len(key) + 1:] not in have:
+                ops.append(Delete(k))
+        if ops:
+            self.txn([], ops)
+
+
+def _local_files(d: Path) -> list[str]:
+    """Relative paths of the regular files under *d*, dot names skipped."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(d):
+        dirnames[:] = [n for n in dirnames if not n.startswith(".")]
+        for fn in filenames:
+            if not fn.startswith(".") and os.path.isfile(os.path.join(dirpath, fn)):
+                out.append(os.path.relpath(os.path.join(dirpath, fn), d))
+    return out

@@ -41,7 +41,7 @@ def shipped(name: str) -> bytes:
 
 def install(dest: Path) -> list[str]:
     """Lay the built-in scripts out in *dest*; return the names written."""
-    from ..store import atomic_write
+    from ..fileutil import atomic_write
     dest.mkdir(parents=True, exist_ok=True)
     written = []
     for name in BUILTIN:

@@ -7,6 +7,7 @@ import logging
 
 from ..config.xendconfig import XendConfig
 from ..hypervisor.qemu import accel as qaccel
+from .. import storekeys
 from ..paths import Paths
 from ..store import Store
 
@@ -43,7 +44,7 @@ class Accelerator:
             self.detail = "configured (accel kvm)"
             return "kvm"
         key = await asyncio.get_running_loop().run_in_executor(None, qaccel.cache_key, qemu)
-        cached = self.store.get_json("host/accel-probe")
+        cached = self.store.get_json(storekeys.accel_probe(self.store.host))
         if isinstance(cached, dict) and cached.get("key") == key and cached.get("verdict") in ("kvm", "tcg"):
             self.detail = f"probed earlier: {cached.get('detail', '')}"
             return cached["verdict"]
@@ -56,5 +57,6 @@ class Accelerator:
         self.detail = detail
         # A probe that could not run (no image) is not cached: try again next start.
         if ok or "no guest image" not in detail:
-            self.store.put_json("host/accel-probe", {"key": key, "verdict": verdict, "detail": detail})
+            self.store.put_json(storekeys.accel_probe(self.store.host),
+                                {"key": key, "verdict": verdict, "detail": detail})
         return verdict

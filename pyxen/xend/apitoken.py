@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from ..store import atomic_write
+from ..fileutil import atomic_write
 
 __all__ = ["token_path", "load_token"]
 

@@ -19,7 +19,7 @@ from ..paths import Paths
 from ..hypervisor.qemu import process
 from . import startcheck
 
-USAGE = "Usage: xend {start|stop|restart|status|check-config|foreground}"
+USAGE = "Usage: xend {start|stop|restart|status|check-config|reprobe|foreground}"
 
 
 def running_pid(paths: Paths) -> int | None:
@@ -44,6 +44,20 @@ def check_config(paths: Paths, quiet_ok: bool = False) -> int:
     if not quiet_ok:
         print(f"{paths.xend_config}: OK")
     return 0
+
+
+def reprobe(paths: Paths) -> int:
+    """Forget the cached KVM probe verdict; a running xend is restarted so
+    it probes now (its domains keep running)."""
+    from .. import storekeys
+    from ..store import FileStore
+    store = FileStore(paths.state)
+    store.delete(storekeys.accel_probe(store.host))
+    if not running_pid(paths):
+        print("accelerator verdict cleared: xend probes again when it starts")
+        return 0
+    print("accelerator verdict cleared: restarting xend to probe again")
+    return main(["restart"])
 
 
 def start(paths: Paths) -> int:
@@ -141,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         return rc or start(paths)
     if cmd == "check-config":
         return check_config(paths)
+    if cmd == "reprobe":
+        return reprobe(paths)
     if cmd == "status":
         return 0 if running_pid(paths) else 3
     if cmd == "foreground":

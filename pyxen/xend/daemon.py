@@ -19,7 +19,9 @@ from aiohttp import web
 
 from ..config.xendconfig import XendConfig
 from ..paths import Paths
-from ..store import FileStore, atomic_write
+from ..filestore import FileStore
+from ..store import StoreError
+from ..fileutil import atomic_write
 from . import apitoken, httpguard, httptls, layout, logsetup, preauth
 from .accel import Accelerator
 from .api import Api
@@ -63,7 +65,10 @@ async def serve(paths: Paths, cfg: XendConfig, ready) -> None:
     # The HTTPS API's certificates first: missing files stop xend before
     # it touches the network or any domain.
     tls = httptls.context(cfg, paths.etc) if cfg["xend-http-server"] else None
-    store = FileStore(paths.state)
+    try:
+        store = FileStore(paths.state)      # upgrades a store of the first layout, once
+    except StoreError as e:
+        raise XendError(str(e)) from None
     accel = Accelerator(paths, cfg, store)
     net = HostNetwork(paths, cfg, store)
     domains = Domains(paths, cfg, store, accel, net)

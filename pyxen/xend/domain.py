@@ -24,7 +24,7 @@ import time
 import uuid as uuidlib
 from typing import TYPE_CHECKING
 
-from .. import faults
+from .. import faults, storekeys
 from ..config import sxp
 from ..config.domain import DomainConfig
 from ..config.specs import disk_from_parts, disk_number, format_cpuset, parse_cpuset
@@ -35,7 +35,7 @@ from ..hypervisor.qemu import process, qemulog
 from ..hypervisor.qemu.kcache import boot_kernel
 from ..hypervisor.qemu.kernel import KernelError
 from ..hypervisor.qemu.qmp import QmpSession, QMPError, QmpTimeout
-from ..store import StoreError
+from ..store import Delete, Put, StoreError, dump_json
 from . import apitoken, checkpoint, confine, guestreach, userpath, vtpm
 from . import hvm as hvmx
 from .console import ConsoleRelay
@@ -121,10 +121,6 @@ class Domain:
     def __repr__(self) -> str:
         return f"<Domain {self.name} id={self.domid} {self.state}>"
 
-    @property
-    def key(self) -> str:
-        return f"domains/{self.uuid}"
-
     def runtime_record(self) -> dict:
         return {"domid": self.domid, "state": self.state, "paused": self.paused, "pid": self.pid,
                 "start_time": self.start_time, "shutdown_reason": self.shutdown_reason,
@@ -134,9 +130,12 @@ class Domain:
 
     def persist(self, config: bool = False) -> None:
         st = self.reg.store
+        runtime = Put(storekeys.runtime(st.host, self.uuid), dump_json(self.runtime_record()))
         if config:
-            st.put(f"{self.key}/config", sxp.to_string(self.cfg.to_sxp()).encode())
-        st.put_json(f"{self.key}/runtime", self.runtime_record())
+            # One transaction: a crash never leaves a config without its record.
+            st.txn([], [Put(storekeys.config(self.uuid), sxp.to_string(self.cfg.to_sxp()).encode()), runtime])
+        else:
+            st.txn([], [runtime])
         # Every state change is persisted, so this is where observers hear of it.
         seen = (self.state, self.paused, self.name, self.cfg.vcpus, self.cfg.memory, self.domid)
         if seen != getattr(self, "_last_emitted", None) and self.announced:
@@ -144,8 +143,8 @@ class Domain:
             self.reg.emit("changed", self)
 
     def forget(self) -> None:
-        self.reg.store.delete(f"{self.key}/runtime")
-        self.reg.store.delete(f"{self.key}/config")
+        st = self.reg.store
+        st.txn([], [Delete(storekeys.runtime(st.host, self.uuid)), Delete(storekeys.config(self.uuid))])
 
     def runtime(self) -> qargv.Runtime:
         p = self.reg.paths
@@ -353,6 +352,7 @@ class Domain:
                     log.error("%s: crashed after only %.0f s (< minimum-restart-time %d s); destroying "
                               "instead of restarting", self.name, ran, self.reg.config["minimum-restart-time"])
                     action = "destroy"
+                action = guestreach.crash_action(action, reason, self.reg.config["enable-dump"])
                 if action.startswith("coredump-"):
                     await self._coredump_locked(None)
                     action = action.split("-", 1)[1]
@@ -449,6 +449,8 @@ class Domain:
             self._require_live()
             boot = self._boot_memory()
             limit = min(self.cfg.maxmem or boot, boot)
+            if (why := guestreach.mem_set_refusal(self.name, mib)) is not None:
+                raise InvalidRequest(why)
             if not 16 <= mib <= limit:
                 raise InvalidRequest(f"memory for domain {self.name} must be 16-{limit} MiB (maxmem), got {mib}")
             await self.qmp.execute("balloon", {"value": mib << 20})

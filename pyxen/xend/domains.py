@@ -24,6 +24,7 @@ from ..config.xendconfig import XendConfig
 from ..hypervisor.qemu import process
 from ..net import mac as macs
 from ..paths import Paths
+from .. import storekeys
 from ..storage import guard, lvm
 from ..store import Store, StoreError
 from . import checkpoint, passthrough, vtpm
@@ -131,11 +132,11 @@ class Domains:
 
     # ------------------------------------------------------------------- ids
     def _alloc_domid(self) -> int:
-        nxt = self.store.get_json("host/next-domid", 1)
         used = max((d.domid for d in self.by_uuid.values()), default=0)
-        domid = max(int(nxt), used + 1, 1)
-        self.store.put_json("host/next-domid", domid + 1)
-        return domid
+        # Compare-and-swap: two allocators sharing the store never hand out one domid twice.
+        nxt = self.store.update_json(storekeys.next_domid(self.store.host),
+                                     lambda n: max(int(n or 1), used + 1, 1) + 1, default=1)
+        return nxt - 1
 
     # ---------------------------------------------------------------- create
     def check_name_free(self, name: str, owner: Domain | None = None) -> None:
@@ -336,23 +337,33 @@ class Domains:
 
     # ----------------------------------------------------------------- adopt
     async def adopt_all(self) -> None:
-        uuids = sorted({k.split("/")[1] for k in self.store.keys("domains/") if k.count("/") == 2})
+        host = self.store.host
+        # This host's domains are those with a runtime record here; a config
+        # whose domain has no record on any host is a leftover of a crash.
+        hosts = {storekeys.host_of(k) for k in self.store.keys(storekeys.HOSTS_PREFIX)}
+        elsewhere = {storekeys.uuid_of_runtime(h, k) for h in hosts - {host}
+                     for k in self.store.keys(storekeys.runtime_prefix(h))}
+        uuids = sorted({u for k in self.store.keys(storekeys.runtime_prefix(host))
+                        if (u := storekeys.uuid_of_runtime(host, k))} |
+                       {u for k in self.store.keys(storekeys.CONFIG_PREFIX)
+                        if (u := storekeys.uuid_of_config(k)) and u not in elsewhere})
         for u in uuids:
-            raw_cfg = self.store.get(f"domains/{u}/config")
-            rec = self.store.get_json(f"domains/{u}/runtime")
+            cfg_key, rt_key = storekeys.config(u), storekeys.runtime(host, u)
+            raw_cfg = self.store.get(cfg_key)
+            rec = self.store.get_json(rt_key)
             if raw_cfg is None or rec is None:
                 log.error("domain %s: incomplete state record; setting it aside", u)
-                for k in ("config", "runtime"):
-                    if self.store.get(f"domains/{u}/{k}") is not None:
-                        self.store.quarantine(f"domains/{u}/{k}", "incomplete record")
+                for k in (cfg_key, rt_key):
+                    if self.store.get(k) is not None:
+                        self.store.quarantine(k, "incomplete record")
                 continue
             try:
                 cfg = DomainConfig.from_sxp(raw_cfg.decode())
                 domid = int(rec["domid"])
             except (ConfigError, sxp.SxpError, KeyError, ValueError, UnicodeDecodeError) as e:
                 log.error("domain %s: corrupt state record (%s); setting it aside", u, e)
-                self.store.quarantine(f"domains/{u}/config", str(e))
-                self.store.quarantine(f"domains/{u}/runtime", str(e))
+                self.store.quarantine(cfg_key, str(e))
+                self.store.quarantine(rt_key, str(e))
                 continue
             dom = Domain(self, cfg, domid)
             dom.state = rec.get("state", "running")

@@ -16,6 +16,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
+from .. import storekeys
 from ..config import hvm as hvmcfg
 from ..hypervisor.qemu import hvm as qhvm
 from ..hypervisor.qemu.qmp import QMPError
@@ -29,7 +30,7 @@ log = logging.getLogger("pyxen.domain")
 
 
 def nvram_key(dom: "Domain") -> str:
-    return f"nvram/{dom.uuid}"
+    return storekeys.nvram(dom.uuid)
 
 
 def prepare(dom: "Domain", rt: "Runtime") -> qhvm.HvmFacts:

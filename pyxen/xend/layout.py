@@ -10,7 +10,7 @@ from importlib import resources
 from ..config.xendconfig import default_file_text
 from ..net import scripts
 from ..paths import Paths
-from ..store import atomic_write
+from ..fileutil import atomic_write
 
 log = logging.getLogger("pyxen.layout")
 

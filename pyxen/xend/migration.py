@@ -34,7 +34,7 @@ import socket
 import ssl
 import time
 
-from .. import faults
+from .. import faults, storekeys
 from ..config import sxp
 from ..config.domain import DomainConfig
 from ..config.errors import ConfigError
@@ -577,7 +577,7 @@ class Incoming:
             hvmx.check_restore(cfg, req.firmware, f"the domain from {req.host}")
             if req.nvram:
                 # The target's QEMU starts from the source's UEFI variables.
-                self.domains.store.put(f"nvram/{cfg.uuid}", req.nvram)
+                self.domains.store.put(storekeys.nvram(cfg.uuid), req.nvram)
             self.dom = await self.domains.prepare_incoming(cfg, req.accel, req.machine)
         except (XendError, StoreError) as e:
             log.warning("relocation: refused domain %s from %s: %s", cfg.name, self.peer, e)

@@ -27,6 +27,7 @@ from ..net import links, scripts, shaping
 from ..net.links import LinkError
 from ..net.scripts import ScriptError
 from ..net.vnet import VnetConfig, VnetError
+from .. import storekeys
 from ..paths import Paths
 from ..store import Store, StoreError
 from .errors import Conflict, InvalidRequest, XendError
@@ -185,7 +186,7 @@ class HostNetwork:
             raise
 
     async def restore_vnets(self) -> None:
-        for key in self.store.keys("vnets/"):
+        for key in self.store.keys(storekeys.VNET_PREFIX):
             raw = self.store.get(key)
             try:
                 v = VnetConfig.parse(raw.decode(), key)
@@ -224,7 +225,7 @@ class HostNetwork:
                 await _sync(links.delete, v.vnetif)
                 raise
             try:
-                self.store.put(f"vnets/{v.id}", sxp.to_string(v.to_sxp()).encode())
+                self.store.put(storekeys.vnet(str(v.id)), sxp.to_string(v.to_sxp()).encode())
             except StoreError as e:
                 await _sync(self._remove, v)
                 raise XendError(str(e)) from None
@@ -254,7 +255,7 @@ class HostNetwork:
             users = [p for p in await _sync(links.bridge_ports, v.bridge) if p != v.vnetif]
             if users:
                 raise Conflict(f"vnet {v.id} is in use: {' '.join(users)} on bridge {v.bridge}")
-            self.store.delete(f"vnets/{v.id}")
+            self.store.delete(storekeys.vnet(str(v.id)))
             del self.vnets[v.id]
             try:
                 await _sync(self._remove, v)

@@ -5,8 +5,8 @@ hotplug (``xm pci-attach/-detach/-list``) and the host-side rebinding
 A device goes to at most one domain: every domain in the registry counts,
 whatever its state.  The sysfs work is in :mod:`pyxen.hypervisor.pci`; the
 driver a device had before it was made assignable is remembered in the
-store (``host/pci-assignable/<bdf>``) so ``pci-assignable-remove -r`` can
-give it back, even after an xend restart.
+store (:func:`pyxen.storekeys.pci_assignable`, host-scoped) so
+``pci-assignable-remove -r`` can give it back, even after an xend restart.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from .. import storekeys
 from ..config.errors import ConfigError
 from ..config.specs import PciSpec, parse_pci
 from ..hypervisor.pci import PciError, PciHost, normal_bdf
@@ -33,8 +34,8 @@ def host() -> PciHost:
     return PciHost.from_env()
 
 
-def _key(bdf: str) -> str:
-    return "host/pci-assignable/" + bdf.replace(":", "-")
+def _key(reg: "Domains", bdf: str) -> str:
+    return storekeys.pci_assignable(reg.store.host, bdf)
 
 
 def holder(reg: "Domains", bdf: str, exclude: "Domain | None" = None) -> "Domain | None":
@@ -151,7 +152,7 @@ async def assignable_add(reg: "Domains", dev) -> dict:
     except PciError as e:
         raise InvalidRequest(str(e)) from None
     if old is not None:
-        reg.store.put_json(_key(bdf), {"driver": old})
+        reg.store.put_json(_key(reg, bdf), {"driver": old})
         log.info("PCI device %s: unbound from %s, bound to vfio-pci", bdf, old)
     return {"dev": bdf, "driver": old}
 
@@ -163,7 +164,7 @@ async def assignable_remove(reg: "Domains", dev, rebind: bool) -> dict:
     other = holder(reg, bdf)
     if other is not None:
         raise Conflict(f"PCI device {bdf} is assigned to domain {other.name}; pci-detach it first")
-    rec = reg.store.get_json(_key(bdf), {}) or {}
+    rec = reg.store.get_json(_key(reg, bdf), {}) or {}
     driver = rec.get("driver") if rebind and isinstance(rec.get("driver"), str) else None
     if rebind and driver is None:
         log.warning("PCI device %s: no original driver recorded; letting the kernel choose", bdf)
@@ -173,6 +174,6 @@ async def assignable_remove(reg: "Domains", dev, rebind: bool) -> dict:
         await loop.run_in_executor(None, pci.release, bdf, driver, rebind)
     except PciError as e:
         raise InvalidRequest(str(e)) from None
-    reg.store.delete(_key(bdf))
+    reg.store.delete(_key(reg, bdf))
     log.info("PCI device %s: released from vfio-pci%s", bdf, f", rebound to {driver}" if driver else "")
     return {"dev": bdf, "driver": driver}

@@ -1,12 +1,16 @@
 """xend's vTPMs (``vtpm = ['instance=N,backend=0']``): which TPM state a
 domain gets, and its swtpm's life beside the domain's QEMU.
 
-A vTPM's persistent state is a directory from the store
-(:meth:`pyxen.store.Store.directory`), named the way Xen's vTPM manager
-named instances: by ``instance=N``, else by xl's ``uuid=``, else by the
-domain's name (Xen's hotplug scripts kept a name -> instance table).  It
+A vTPM's persistent state is swtpm's files, kept in the store as blobs
+under one key (:func:`pyxen.storekeys.vtpm`), named the way Xen's vTPM
+manager named instances: by ``instance=N``, else by xl's ``uuid=``, else by
+the domain's name (Xen's hotplug scripts kept a name -> instance table).  It
 outlives the domain, so a domain destroyed and created again, or restored,
-finds its TPM as it left it.  Two domains never share one.
+finds its TPM as it left it.  Two domains never share one.  swtpm works on
+a local copy (:meth:`pyxen.store.Store.checkout` before it starts), which
+goes back into the store (:meth:`~pyxen.store.Store.checkin`) when it stops
+— the domain shut down, destroyed, saved or migrated away — or, if xend
+lost track of it, before the next swtpm of that TPM starts.
 
 :func:`start_fresh` is the one step every way of starting a domain's QEMU
 takes — create, restore, a restart after a crash, and the receiving side
@@ -18,9 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import storekeys
 from ..config.domain import DomainConfig
 from ..hypervisor import swtpm
 from ..store import StoreError
@@ -39,11 +45,7 @@ def state_key(cfg: DomainConfig) -> str | None:
     if not cfg.vtpm:
         return None
     t = cfg.vtpm[0]
-    if t.instance is not None:
-        return f"vtpm/instance-{t.instance}"
-    if t.uuid is not None:
-        return f"vtpm/uuid-{t.uuid}"
-    return f"vtpm/name-{cfg.name}"
+    return storekeys.vtpm(instance=t.instance, uuid=t.uuid, name=cfg.name)
 
 
 def describe(cfg: DomainConfig) -> str:
@@ -79,8 +81,12 @@ async def start_fresh(dom: "Domain", rt: "Runtime") -> Path | None:
         return None
     sock, pidfile, logf = _files(dom)
     await swtpm.stop(sock, pidfile)       # a leftover of an earlier QEMU of this domain
+    state = dom.reg.paths.checkout(key)
     try:
-        state = dom.reg.store.directory(key)
+        if state.is_dir():
+            # A copy no stop checked in (xend died first): it is the newest.
+            dom.reg.store.checkin(key, state)
+        dom.reg.store.checkout(key, state)
     except StoreError as e:
         raise XendError(str(e)) from None
     loop = asyncio.get_running_loop()
@@ -110,6 +116,16 @@ async def stop(dom: "Domain") -> None:
         return
     sock, pidfile, _ = _files(dom)
     await swtpm.stop(sock, pidfile)
+    key, state = state_key(dom.cfg), dom.reg.paths.checkout(state_key(dom.cfg))
+    if not state.is_dir():
+        return
+    try:
+        dom.reg.store.checkin(key, state)
+    except StoreError as e:
+        # The copy stays: the next start of this TPM checks it in first.
+        log.error("%s: cannot keep the vTPM state: %s", dom.name, e)
+        return
+    shutil.rmtree(state, ignore_errors=True)
 
 
 def devices(dom: "Domain") -> list[dict]:

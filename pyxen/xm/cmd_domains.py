@@ -96,7 +96,9 @@ def cmd_migrate(ctx, opts, args):
             res = ctx.call("migrate", values)
             prog.done(res)
     else:
-        ctx.call("migrate", values)
+        # No terminal: no progress line, but the summary (it printed nothing).
+        from .progress import summary
+        sys.stderr.write(summary(ctx.call("migrate", values)))
     return 0
 
 

@@ -25,6 +25,13 @@ def line(name: str, target: str, p: dict) -> str:
             f"expected downtime {exp if exp is not None else '?'} ms (limit {p.get('downtime_limit_ms')} ms)")
 
 
+def summary(res: dict) -> str:
+    """The line a finished migration ends with, with or without a terminal."""
+    dt = res.get("downtime_ms")
+    return (f"Migrated to {res.get('host')}:{res.get('port')} in {res.get('seconds')} s, "
+            f"{_mib(res.get('bytes'))} MiB sent, downtime {dt if dt is not None else '?'} ms\n")
+
+
 class MigrationProgress:
     def __init__(self, client, dom: str, out):
         self.client, self.dom, self.out = client, dom, out
@@ -79,8 +86,5 @@ class MigrationProgress:
             if self._printed and self.tty:
                 self.out.write("\n")
             self._printed = False
-            dt = res.get("downtime_ms")
-            self.out.write(f"Migrated to {res.get('host')}:{res.get('port')} in {res.get('seconds')} s, "
-                           f"{_mib(res.get('bytes'))} MiB sent, downtime "
-                           f"{dt if dt is not None else '?'} ms\n")
+            self.out.write(summary(res))
             self.out.flush()

@@ -130,7 +130,7 @@ class _ApiHarness:
         from aiohttp.test_utils import TestClient, TestServer
 
         from pyxen.paths import Paths
-        from pyxen.store import FileStore
+        from pyxen.filestore import FileStore
         from pyxen.xend.api import Api
         from pyxen.xend.domain import Domain
         from pyxen.xend.domains import Domains

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import time
+
+from pyxen import storekeys
+from pyxen.testing import state
 
 
 def test_auto_probe_decides_caches_and_boots(make_host):
@@ -13,7 +15,7 @@ def test_auto_probe_decides_caches_and_boots(make_host):
     verdict = info["accelerator"]
     assert verdict in ("kvm", "tcg")
     assert info["accelerator_detail"] not in ("", "(none)")
-    cached = json.loads((h.root / "var/lib/pyxen/state/host/accel-probe").read_text())
+    cached = state.get_json(h.root, storekeys.accel_probe)
     assert cached["verdict"] == verdict
 
     # The domain runs with the verdict.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
+from pyxen.testing import state
+
 
 def assert_clean_error(res, *needles, code=1):
     assert res.returncode == code, (res.returncode, res.stdout, res.stderr)
@@ -17,7 +19,7 @@ def assert_clean_error(res, *needles, code=1):
 def assert_nothing_left(host):
     assert set(host.domains()) == {"Domain-0"}
     assert host.qemu_pids() == []
-    assert not list((host.root / "var/lib/pyxen/state").glob("domains/*/runtime"))
+    assert not state.runtime_records(host.root)
 
 
 def test_missing_kernel(host):

@@ -7,6 +7,9 @@ import concurrent.futures
 import os
 import subprocess
 
+from pyxen import storekeys
+from pyxen.paths import Paths
+from pyxen.testing import state
 from pyxen.testing.wait import poll
 
 
@@ -17,7 +20,7 @@ def start_faulty(h, point: str) -> None:
 
 
 def state_records(h) -> list[str]:
-    return sorted(str(p.relative_to(h.root)) for p in (h.root / "var/lib/pyxen/state").glob("domains/*/*"))
+    return state.domain_records(h.root)
 
 
 def test_xend_killed_during_create_rolls_back(host):
@@ -61,24 +64,25 @@ def test_corrupt_state_is_set_aside_not_fatal(host):
     host.xm("create", str(host.config("bad")))
     bad_uuid = [ln for ln in host.xm("list", "-l", "bad").stdout.splitlines() if "(uuid " in ln][0].split()[1][:-1]
     host.xend("stop")
-    (host.root / f"var/lib/pyxen/state/domains/{bad_uuid}/config").write_text("(vm (name bad) (memory")
+    with state.open_store(host.root, writable=True) as st:
+        st.put(storekeys.config(bad_uuid), b"(vm (name bad) (memory")
     host.xend("start")
     assert "good" in host.domains()
     assert "corrupt state record" in (host.root / "var/log/xen/xend.log").read_text()
-    assert list((host.root / "var/lib/pyxen/state/.corrupt").iterdir())     # kept for inspection
+    assert state.quarantined(host.root)     # kept for inspection
 
 
 def test_full_state_disk_gives_clean_error_and_keeps_domains(host):
     host.xm("create", str(host.config("before")))
-    state = host.root / "var/lib/pyxen/state"
+    state_dir = Paths(host.root).state      # the disk itself is the point here, so its path
     host.xend("stop")
     saved = host.root / "state.saved"
-    os.rename(state, saved)
-    state.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(state)], check=True)
+    os.rename(state_dir, saved)
+    state_dir.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(state_dir)], check=True)
     try:
-        subprocess.run(["cp", "-a", f"{saved}/.", str(state)], check=True)
-        with open(state / "filler", "wb") as f:
+        subprocess.run(["cp", "-a", f"{saved}/.", str(state_dir)], check=True)
+        with open(state_dir / ".filler", "wb") as f:
             try:
                 f.write(b"\0" * (256 << 10))
             except OSError:
@@ -87,11 +91,12 @@ def test_full_state_disk_gives_clean_error_and_keeps_domains(host):
         assert "before" in host.domains()
         res = host.xm("create", str(host.config("after")), check=False)
         assert res.returncode == 1 and "cannot write state" in res.stderr and "Traceback" not in res.stderr
+        assert f"no space left on {state_dir}" in res.stderr
         assert "after" not in host.domains() and len(host.qemu_pids()) == 1
         assert "p" not in host.domains()["before"]["state"]
         host.xend("stop")
     finally:
-        subprocess.run(["umount", str(state)], check=False)
+        subprocess.run(["umount", str(state_dir)], check=False)
 
 
 def test_twenty_concurrent_creates(host):

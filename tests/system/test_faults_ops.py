@@ -14,6 +14,7 @@ import os
 import subprocess
 
 
+from pyxen.testing import state
 from pyxen.testing.wait import poll
 
 MAC = "00:16:3e:5a:7e:09"
@@ -38,7 +39,7 @@ def assert_nothing_left(h, domid: int) -> None:
     assert h.qemu_pids() == []
     assert taps(domid) == []
     assert not (h.root / f"var/run/pyxen/qemu/{domid}").exists()
-    assert list((h.root / "var/lib/pyxen/state").glob("domains/*/*")) == []
+    assert state.domain_records(h.root) == []
 
 
 def count_running(h, name: str) -> int:
@@ -119,7 +120,7 @@ def test_xend_killed_during_restore_rolls_back(host, bridge, tmp_path):
     assert "rs" not in host.domains()
     assert host.qemu_pids() == []
     assert not any((host.root / "var/run/pyxen/qemu").iterdir())
-    assert list((host.root / "var/lib/pyxen/state").glob("domains/*/*")) == []
+    assert state.domain_records(host.root) == []
     assert taps(domid + 1) == []                        # the restore's would-be domid
     assert target.read_bytes() == saved
     host.xm("restore", str(target), timeout=120)

@@ -64,7 +64,7 @@ def test_xend_start_refuses_a_missing_network_script(make_host):
 
 
 def test_xend_start_prints_misspelt_options_and_script_failures(make_host):
-    h = make_host("(accel tcg)\n(xend-relocation-sever yes)\n(enable-dump yes)\n"
+    h = make_host("(accel tcg)\n(xend-relocation-sever yes)\n(vnc-tls yes)\n"
                   "(network-script my-net)\n", start=False)
     scripts = h.root / "etc/xen/scripts"
     scripts.mkdir(parents=True)
@@ -72,7 +72,7 @@ def test_xend_start_prints_misspelt_options_and_script_failures(make_host):
     (scripts / "my-net").chmod(0o755)
     res = h.xend("start")
     assert "did you mean (xend-relocation-server ...)?" in res.stderr
-    assert "(enable-dump yes) is accepted but has no effect" in res.stderr
+    assert "(vnc-tls yes) is accepted but has no effect" in res.stderr
     assert "Warning: (network-script my-net) start failed: my-net: no uplink found" in res.stderr
     assert h.xend("status", check=False).returncode == 0
 
@@ -193,3 +193,92 @@ def test_file_naming_a_block_device_is_used_as_the_device(host, tmp_path):
         host.xm("destroy", "fb")
     finally:
         subprocess.run(["losetup", "-d", loop])
+
+
+# ------------------------------------------------------------------ memory
+def test_mem_set_below_the_floor_is_refused_and_the_floor_keeps_the_guest(host):
+    """xm-test's mem-set dom 18 killed the guest's console and the guest:
+    refused with the floor named; at the floor the guest still answers."""
+    from pyxen.xend.guestreach import MEM_FLOOR
+    host.xm("create", str(host.config("mf")))
+    with host.console("mf") as con:
+        con.login()
+        res = host.xm("mem-set", "mf", "18", check=False)
+        assert res.returncode == 1 and f"below the {MEM_FLOOR} MiB floor" in res.stderr
+        host.xm("mem-set", "mf", str(MEM_FLOOR))
+        poll(lambda: int(con.run("awk '/MemTotal/ {print $2}' /proc/meminfo")[0]) < 100 * 1024,
+             timeout=60, what="the balloon to inflate")
+        out, rc = con.run("ls / >/dev/null; echo alive")
+        assert rc == 0 and out.splitlines()[-1] == "alive"      # (kernel lines may come first)
+    assert host.domains()["mf"]["mem"] == MEM_FLOOR
+    host.xm("destroy", "mf")
+
+
+# ------------------------------------------------------------- boot log
+def test_boot_log_is_shown_unless_extra_asks_for_quiet(host):
+    """xm create -c users see the kernel's boot messages; quiet is theirs to ask for."""
+    host.xm("create", str(host.config("loud")))
+    host.xm("create", str(host.config("hush", extra="quiet")))
+    for name in ("loud", "hush"):
+        with host.console(name) as con:
+            con.wait_login_prompt()
+    logs = {n: (host.root / f"var/log/xen/console/guest-{n}.log").read_text(errors="replace")
+            for n in ("loud", "hush")}
+    assert "Linux version" in logs["loud"] and "Linux version" not in logs["hush"]
+    with host.console("hush") as con:
+        con.login()
+        out, _ = con.run("cat /proc/cmdline")
+        assert " quiet" in out
+
+
+# ------------------------------------------------------------ accelerator
+def test_xend_reprobe_forgets_the_verdict_and_probes_again(make_host):
+    h = make_host("(accel auto)\n")
+    poll(lambda: "accelerator " in h.xm("info").stdout, timeout=120, what="the verdict")
+    pid = (h.root / "var/run/pyxen/xend.pid").read_text()
+    res = h.xend("reprobe")
+    assert "accelerator verdict cleared: restarting xend to probe again" in res.stdout
+    assert (h.root / "var/run/pyxen/xend.pid").read_text() != pid
+    info = h.xm("info").stdout
+    assert "probed earlier" not in [ln for ln in info.splitlines() if ln.startswith("accelerator_detail")][0]
+    h.xend("stop")
+    assert "verdict cleared: xend probes again when it starts" in h.xend("reprobe").stdout
+
+
+# ------------------------------------------------------------------- DHCP
+def test_dhcp_lease_arrives_soon_after_a_late_server(host, bridge, tmp_path):
+    """The guest's udhcpc gave up before the server answered and only asked
+    again 20 s later: a server that comes up after the guest has booted is
+    asked again within a few seconds."""
+    host.xm("create", str(host.config("dh", vif=[f"bridge={bridge}"], dhcp="dhcp")))
+    with host.console("dh") as con:
+        con.login()
+        out, _ = con.run("ip -4 -o addr show dev eth0")
+        assert "inet " not in out                          # no server yet
+        subprocess.run(["ip", "addr", "add", "10.253.7.1/24", "dev", bridge], check=True)
+        subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
+        leases = tmp_path / "leases"
+        dns = subprocess.Popen(["dnsmasq", "--no-daemon", "--port=0", f"--interface={bridge}",
+                                "--bind-interfaces", "--except-interface=lo",
+                                "--dhcp-range=10.253.7.10,10.253.7.50,1h", f"--dhcp-leasefile={leases}",
+                                "--conf-file=/dev/null", f"--pid-file={tmp_path / 'pid'}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            poll(lambda: "inet 10.253.7." in con.run("ip -4 -o addr show dev eth0")[0], timeout=12,
+                 interval=0.5, what="the DHCP lease (udhcpc asks again every few seconds)")
+        finally:
+            dns.terminate()
+            dns.wait(10)
+    host.xm("destroy", "dh")
+
+
+# ------------------------------------------------------------ enable-dump
+def test_enable_dump_dumps_a_crashed_domains_core(make_host):
+    h = make_host("(accel tcg)\n(enable-dump yes)\n")
+    h.xm("create", str(h.config("cr", on_crash="destroy")))
+    with h.console("cr") as con:
+        con.login()
+        con.send("echo c > /proc/sysrq-trigger\r")
+    poll(lambda: "cr" not in h.domains(), timeout=120, what="the crashed domain to be destroyed")
+    cores = list((h.root / "var/xen/dump").glob("*-cr.*.core"))
+    assert len(cores) == 1 and cores[0].stat().st_size > 64 << 20

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from pyxen.testing import state
 from pyxen.testing.wait import poll
 
 HVMLOADER = "/usr/lib/xen/boot/hvmloader"   # Xen's loader: means SeaBIOS here (need not exist)
@@ -196,8 +197,8 @@ def test_uefi_boot_ovmf_keeps_nvram(make_host, hvm_media, tmp_path):
         assert "still-efi" in out
     host.xm("destroy", "uefi")
     # The variable store went back into the store, for the next boot.
-    nvram = list((host.root / "var/lib/pyxen/state/nvram").iterdir())
-    assert len(nvram) == 1 and nvram[0].stat().st_size == os.path.getsize("/usr/share/OVMF/OVMF_VARS_4M.fd")
+    [key] = state.keys(host.root, "nvram/")
+    assert len(state.get(host.root, key)) == os.path.getsize("/usr/share/OVMF/OVMF_VARS_4M.fd")
 
 
 def test_hvm_refusals_leave_nothing_behind(make_host, hvm_media):

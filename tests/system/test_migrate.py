@@ -17,6 +17,7 @@ import subprocess
 
 import pytest
 from test_network import lab  # noqa: F401  (a fixture: namespaces and veths, removed afterwards)
+from pyxen.testing import state
 from pyxen.testing.wait import poll
 
 A_IP, B_IP = "10.77.0.1", "10.77.0.2"
@@ -90,7 +91,7 @@ def xend_pid(host) -> int:
 
 
 def state_files(host) -> list[str]:
-    return sorted(str(p.relative_to(host.root)) for p in (host.root / "var/lib/pyxen/state").glob("domains/*/*"))
+    return state.domain_records(host.root)
 
 
 def taps(lab, ns) -> list[str]:
@@ -153,7 +154,9 @@ def test_non_live_migration(pair):
         assert last(con.run("echo $foo")) == "still"
     # A paused domain arrives paused, and unpauses on request.
     b.xm("pause", "still")
-    migrate(b, "still", A_IP)
+    # Without a terminal and without --progress: still the one summary line.
+    res = b.xm("migrate", "still", A_IP, timeout=600)
+    assert MIGRATED.search(res.stderr) and len(res.stderr.splitlines()) == 1, res.stderr
     assert a.domains()["still"]["state"] == "--p---"
     a.xm("unpause", "still")
     assert a.domains()["still"]["state"] in ("r-----", "-b----")

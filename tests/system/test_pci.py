@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import pytest
 
+from pyxen.testing import state
 from pyxen.testing.sysfs import FakeSysfs
 
 BDF = "0000:01:00.0"
@@ -32,7 +33,7 @@ def clean_error(res, *needles):
 def nothing_left(host):
     assert set(host.domains()) == {"Domain-0"}
     assert host.qemu_pids() == []
-    assert not list((host.root / "var/lib/pyxen/state").glob("domains/*/runtime"))
+    assert not state.runtime_records(host.root)
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ import signal
 import subprocess
 
 
-from pyxen.store import FileStore
+from pyxen import storekeys
+from pyxen.testing import state
 from pyxen.testing.wait import poll
 
 COUNTER = ("(i=0; while :; do i=$((i+1)); echo $i >> /tmp/count; usleep 100000; done) "
@@ -180,7 +181,7 @@ def test_bad_save_files_are_refused(host, tmp_path):
         assert_clean_error(res, str(f), *needles)
         assert set(host.domains()) == {"Domain-0"}
         assert host.qemu_pids() == []
-        assert not list((host.root / "var/lib/pyxen/state").glob("domains/*"))
+        assert not state.domain_records(host.root)
 
     refused(None, "Unable to read save file", "No such file", name="missing.chk")
     refused(b"", "is empty")
@@ -262,20 +263,15 @@ def test_save_is_a_job_and_survives_xend_crash(host, tmp_path):
     host.xend("stop")
     pending = tmp_path / ".job.final.x.pyxen-save"
     cp.rename(pending)
-    store = FileStore(host.root / "var/lib/pyxen/state")
-    key = f"domains/{uuid_of_store(store)}/runtime"
-    rec = store.get_json(key)
-    rec["job"] = {"op": "save", "phase": "commit", "file": str(tmp_path / "job.final"),
-                  "tmp": str(pending), "resume": True, "checkpoint": False}
-    store.put_json(key, rec)
+    with state.open_store(host.root, writable=True) as store:     # xend is stopped
+        [key] = store.keys(storekeys.runtime_prefix(store.host))
+        rec = store.get_json(key)
+        rec["job"] = {"op": "save", "phase": "commit", "file": str(tmp_path / "job.final"),
+                      "tmp": str(pending), "resume": True, "checkpoint": False}
+        store.put_json(key, rec)
     host.xend("start")
     assert "job" not in host.domains()
     assert host.qemu_pids() == []
     assert list(tmp_path.iterdir()) == [tmp_path / "job.final"]
     host.xm("restore", str(tmp_path / "job.final"), timeout=120)
     assert_counting_on(host, "job", before)
-
-
-def uuid_of_store(store: FileStore) -> str:
-    [u] = {k.split("/")[1] for k in store.keys("domains/")}
-    return u

@@ -54,7 +54,7 @@ def _result(n=200, **over):
          "rss": {"per_domain_mib": 0.6, "xend_0_kib": 48000, "xend_n_kib": 170000, "qemu_pss_kib": 40000},
          "idle": {"xend_cpu_percent": 0.2, "qemu_cpu_percent": 3.0},
          "restart": {"seconds": 4.0, "adopted": n},
-         "create": {"per_second": 3.1}}
+         "create": {"per_second": 3.1}, "api_list_ms": {"1": 0.5, "200": 6.0}}
     r.update(over)
     return r
 
@@ -65,6 +65,15 @@ def test_compare_all_pass():
     assert c["list_n_vs_1"]["value"] == pytest.approx(44 / 30, abs=0.01) and c["list_n_vs_1"]["pass"]
     assert all(row["pass"] for k, row in c.items() if k != "create_rate")
     assert c["create_rate"]["pass"] is None
+
+
+def test_xm_ratios_use_the_pass_runs_of_the_same_point():
+    r = _result()
+    r["latency_ms"].update({"pass_100": 40.0, "pass_1": 10.0})   # the host got busier at 100
+    c = scale.compare(r)
+    assert c["xm_list_100"]["value"] == pytest.approx(38 / 40, abs=0.01)
+    r["compare"] = c
+    assert "0.95x its pass (40.0 ms)" in scale.format_table(r)
 
 
 def test_compare_failures():
@@ -90,7 +99,7 @@ def test_format_table_has_every_row_and_verdict():
     text = scale.format_table(r)
     for label in ("python -c pass", "xm list (100 domains)", "xm domid Domain-0 (1 domains)",
                   "xend RSS per domain", "xend CPU, all idle", "xend restart, re-adopt 200",
-                  "create rate"):
+                  "create rate", "6.0 ms with 200"):
         assert label in text
     assert text.count("PASS") == 6 and "FAIL" not in text
 

@@ -194,7 +194,7 @@ def _harness(root: Path, job: dict | None = None):
     from pyxen.config.domain import DomainConfig
     from pyxen.config.xendconfig import XendConfig
     from pyxen.paths import Paths
-    from pyxen.store import FileStore
+    from pyxen.filestore import FileStore
     from pyxen.xend.api import Api
     from pyxen.xend.domain import Domain
     from pyxen.xend.domains import Domains

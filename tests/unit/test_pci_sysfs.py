@@ -206,14 +206,3 @@ def test_vtpm_qemu_args(tmp_path):
     argv = qargv.build(cfg, rt)
     assert "emulator,id=tpm0,chardev=chrtpm" in argv and "tpm-crb,tpmdev=tpm0" in argv
     assert argv[argv.index("-bios") + 1] == "qboot.rom"
-
-
-def test_store_directory_is_not_a_value(tmp_path):
-    from pyxen.store import FileStore
-    st = FileStore(tmp_path)
-    d = st.directory("vtpm/instance-1")
-    (d / "tpm2-00.permall").write_bytes(b"x")
-    assert st.keys() == [] and st.directory("vtpm/instance-1") == d
-    assert oct(d.stat().st_mode & 0o777) == "0o700"
-    st.remove_directory("vtpm/instance-1")
-    assert not d.exists()

@@ -24,7 +24,7 @@ def test_every_acting_option_is_read_somewhere():
 
 def test_the_manuals_inert_options_are_marked():
     by = {o.name: o for o in OPTIONS}
-    for name in ("enable-dump", "vnc-tls", "vnc-x509-cert-dir", "vnc-x509-verify", "xend-unix-server"):
+    for name in ("vnc-tls", "vnc-x509-cert-dir", "vnc-x509-verify", "xend-unix-server"):
         assert by[name].origin == "inert", name
 
 
@@ -36,10 +36,10 @@ def test_misspelt_option_names_the_nearest():
 
 
 def test_inert_option_set_is_a_warning():
-    w = XendConfig.parse("(enable-dump yes)\n(vnc-tls 1)\n").warnings()
-    assert any("(enable-dump yes)" in x and "no effect" in x for x in w), w
+    w = XendConfig.parse("(xend-unix-server no)\n(vnc-tls 1)\n").warnings()
+    assert any("(xend-unix-server no)" in x and "no effect" in x for x in w), w
     assert any("(vnc-tls yes)" in x for x in w), w
-    assert XendConfig.parse("(enable-dump no)\n").warnings() == []
+    assert XendConfig.parse("(vnc-tls no)\n(enable-dump yes)\n").warnings() == []
 
 
 def _paths(tmp_path, text: str) -> Paths:
@@ -69,3 +69,14 @@ def test_check_relocation_without_certificates(tmp_path):
 def test_check_bad_sxp(tmp_path):
     errors, _, cfg = startcheck.check(_paths(tmp_path, "(logfile /tmp/x\n"))
     assert cfg is None and len(errors) == 1 and "xend-config.sxp" in errors[0]
+
+
+def test_accel_verdict_key_follows_qemu_binary_and_cpu(tmp_path):
+    from pyxen.hypervisor.qemu import accel
+    fake = tmp_path / "qemu-system-x86_64"
+    fake.write_text("#!/bin/sh\necho 'QEMU emulator version 7.2.0'\n")
+    fake.chmod(0o755)
+    k1 = accel.cache_key(str(fake))
+    assert k1["qemu"] == "7.2.0" and k1["cpu"] != "unknown" and str(fake) in k1["qemu_binary"]
+    fake.write_text("#!/bin/sh\necho 'QEMU emulator version 7.2.0'\n# rebuilt\n")
+    assert accel.cache_key(str(fake))["qemu_binary"] != k1["qemu_binary"]   # same version, new binary

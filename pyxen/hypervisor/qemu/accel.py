@@ -9,8 +9,10 @@ verdict is cached by the caller (keyed by host kernel and QEMU version).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import platform
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -27,8 +29,35 @@ def qemu_version(qemu: str) -> str:
     return first.replace("QEMU emulator version ", "").strip() or "unknown"
 
 
+def _cpu_identity() -> str:
+    """Digest of the first CPU's model and flags: a verdict taken on other
+    CPU features (a microcode or BIOS change, a VM moved) is not trusted."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return "unknown"
+    first = text.split("\n\n", 1)[0]
+    keep = [ln for ln in first.splitlines()
+            if ln.split(":", 1)[0].strip() in ("vendor_id", "model name", "flags", "microcode")]
+    return hashlib.sha256("\n".join(keep).encode()).hexdigest()[:16]
+
+
+def _binary_identity(qemu: str) -> str:
+    """Where the QEMU binary is and which file it is: a rebuilt package can
+    keep its version string."""
+    path = shutil.which(qemu) or qemu
+    try:
+        st = os.stat(path)
+    except OSError:
+        return f"{path}: missing"
+    return f"{os.path.realpath(path)} {st.st_size} {st.st_mtime_ns}"
+
+
 def cache_key(qemu: str) -> dict:
-    return {"host_kernel": platform.release(), "qemu": qemu_version(qemu)}
+    """What the cached verdict depends on: when any of it changes, xend
+    probes again (`xend reprobe` forces it)."""
+    return {"host_kernel": platform.release(), "qemu": qemu_version(qemu),
+            "qemu_binary": _binary_identity(qemu), "cpu": _cpu_identity()}
 
 
 def kvm_usable() -> tuple[bool, str]:

@@ -41,7 +41,10 @@ from pathlib import Path
 # "value calculated using timer frequency", and a fixed value is wrong on a
 # host with another TSC rate) and 8250.nr_uarts=1 (no measurable gain, and
 # it would hide extra serial ports the host may add).
-FAST_CMDLINE = "quiet cryptomgr.notests tsc=reliable no_timer_check edd=off"
+# quiet is left out too: it bought nothing measurable (1.67 -> 1.65) and hid
+# the boot log that `xm create -c` users expect to see; extra = "quiet" in a
+# domain config still asks for it.
+FAST_CMDLINE = "cryptomgr.notests tsc=reliable no_timer_check edd=off"
 
 # The x86 boot protocol header lives at fixed offsets in the first sector.
 _HDR_SETUP_SECTS = 0x1F1
@@ -67,8 +70,8 @@ _SHT_NOTE = 7
 _XEN_ELFNOTE_PHYS32_ENTRY = 18
 
 
-# Atomic file writes live with the state store; the image builder uses them too.
-from ...store import atomic_copy, atomic_write, file_sha256  # noqa: E402,F401
+# Atomic file writes (not state: a cache); the image builder uses them too.
+from ...fileutil import atomic_copy, atomic_write, file_sha256  # noqa: E402,F401
 
 
 def is_bzimage(path: Path) -> bool:
