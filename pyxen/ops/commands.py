@@ -18,11 +18,10 @@ collects the remaining ``key=value`` words into an object, and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from .record import Record
 
 
-@dataclass(frozen=True)
-class Opt:
+class Opt(Record):
     short: str | None       # 'l' (no dash)
     long: str               # 'long'
     help: str
@@ -30,8 +29,7 @@ class Opt:
     param: str | None = None   # the operation parameter it sets (a flag sets True)
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(Record):
     name: str
     args: str               # the synopsis after 'xm <name>'
     help: str

@@ -15,11 +15,10 @@ Only the standard library is imported here: xm loads this on every start.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from .record import Record
 
 
-@dataclass(frozen=True)
-class Param:
+class Param(Record):
     name: str
     type: str                # string | integer | number | boolean | array | object | vif
     help: str
@@ -31,8 +30,7 @@ class Param:
     positive: bool = False        # numbers: > 0
 
 
-@dataclass(frozen=True)
-class Op:
+class Op(Record):
     name: str
     method: str
     path: str

@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
 from ..ops import commands as table
@@ -79,12 +78,15 @@ def pass_on(ctx, spec: table.Command, opts: dict, args: list[str]) -> int:
     return 0
 
 
-@dataclass
 class Context:
-    name: str
-    paths: Paths
-    long_help: bool = False
-    _client: Client | None = None
+    """One xm command's run: its name, the host's paths, and the API client
+    (made only when the command first talks to xend)."""
+
+    def __init__(self, name: str, paths: Paths, long_help: bool = False, _client: Client | None = None):
+        self.name = name
+        self.paths = paths
+        self.long_help = long_help
+        self._client = _client
 
     @property
     def client(self) -> Client:
