@@ -11,30 +11,26 @@ from . import format as fmt
 from .client import XmError
 from .commands import dom_path as _dom
 
-def cmd_block_list(ctx, opts, args):
-    devs = ctx.client.get(f"/api/domains/{_dom(args[0])}/devices/vbd")["devices"]
+def _device_list(ctx, opts, dom: str, cls: str, long_fmt, header: str, row) -> int:
+    """xm block-list / network-list: SXP with -l, else Xen's table, whose
+    header Xen printed only above at least one device."""
+    devs = ctx.client.get(f"/api/domains/{_dom(dom)}/devices/{cls}")["devices"]
     if "long" in opts:
-        sys.stdout.write("".join(fmt.block_long(d) for d in devs))
+        sys.stdout.write("".join(long_fmt(d) for d in devs))
     else:
-        # As network-list: Xen printed the header only above at least one device.
         for i, d in enumerate(devs):
             if i == 0:
-                print(fmt.BLOCK_HEADER)
-            print(fmt.block_row(d))
+                print(header)
+            print(row(d))
     return 0
+
+
+def cmd_block_list(ctx, opts, args):
+    return _device_list(ctx, opts, args[0], "vbd", fmt.block_long, fmt.BLOCK_HEADER, fmt.block_row)
 
 
 def cmd_network_list(ctx, opts, args):
-    devs = ctx.client.get(f"/api/domains/{_dom(args[0])}/devices/vif")["devices"]
-    if "long" in opts:
-        sys.stdout.write("".join(fmt.network_long(d) for d in devs))
-    else:
-        # Xen prints the header only above at least one device.
-        for i, d in enumerate(devs):
-            if i == 0:
-                print(fmt.NETWORK_HEADER)
-            print(fmt.network_row(d))
-    return 0
+    return _device_list(ctx, opts, args[0], "vif", fmt.network_long, fmt.NETWORK_HEADER, fmt.network_row)
 
 
 def cmd_pci_attach(ctx, opts, args):
