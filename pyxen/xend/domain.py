@@ -28,8 +28,8 @@ from ..hypervisor.qemu import process, qemulog
 from ..hypervisor.qemu.kcache import boot_kernel
 from ..hypervisor.qemu.kernel import KernelError
 from ..hypervisor.qemu.monitor import PAUSED_STATES, Monitor
-from ..store import Delete, Put, dump_json
-from . import apitoken, checkpoint, confine, features, jobs, lifecycle
+from ..store import Delete, Put, StoreError, dump_json
+from . import apitoken, checkpoint, confine, durable, features, jobs, lifecycle
 from .console import ConsoleRelay
 from .consolelog import ConsoleLog
 from .control import ControlChannel
@@ -41,7 +41,7 @@ from .hooks import FeatureContext
 from .lifecycle import State
 from .events import DomainEvents
 from .runstate import DomainRunState
-from .resources import DomainResources
+from .resources import DomainResources, sedf_record
 from .saving import DomainSaving
 from .services import DomainServices
 from .views import DomainViews
@@ -65,6 +65,7 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
         self.pid: int | None = None
         self.start_time = time.time()
         self.shutdown_reason: str | None = None
+        self.shutdown_requested: str | None = None   # what xm shutdown/reboot last asked (recorded first)
         self.accel = "tcg"
         self.lock = asyncio.Lock()
         self.gone = asyncio.Event()
@@ -89,9 +90,9 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
         self.shutdown_request: asyncio.Task | None = None
         self.announced = False   # 'created' was published; later changes are too
         self._last_emitted: tuple | None = None
-        # SEDF's view (xm sched-sedf): period and latency in ms; the slice and
-        # extratime are derived from cpu_cap, the weight is cpu_weight.
-        self.sedf = {"period": 100.0, "latency": 0.0}
+        # SEDF's parameters as xm sched-sedf last set them (ms; the cap they
+        # give is cpu_cap, the weight is cpu_weight): resources.sedf_view.
+        self.sedf = {"period": 100.0, "slice": 0.0, "latency": 0.0, "extratime": 1}
         self.job: jobs.Job | None = None         # a save or migration in flight (persisted)
         self.marks: dict[str, float] = {}        # when each step of a save/restore ended
         # QEMU's wall-clock time of the last STOP and RESUME (a migration's
@@ -133,6 +134,7 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
     def runtime_record(self) -> dict:
         return {"domid": self.domid, "state": str(self.state), "paused": self.paused, "pid": self.pid,
                 "start_time": self.start_time, "shutdown_reason": self.shutdown_reason,
+                "shutdown_requested": self.shutdown_requested,
                 "accel": self.accel, "sedf": self.sedf, "vif_devids": self.vif_devids,
                 "vif_next_devid": self.vif_next_devid, "vifs_up": sorted(self.vifs_up),
                 "job": dict(self.job) if self.job else None,
@@ -195,6 +197,8 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
         rt = self.runtime()
         self.marks = {"start": time.monotonic()}
         if restore is not None:
+            if "sedf" in restore.meta:      # scheduler settings travel with the guest
+                self.sedf = sedf_record(restore.meta["sedf"])
             rt.incoming = "defer"
             rt.machine = str(restore.meta.get("machine") or rt.machine)
         incoming = self.state == State.INCOMING
@@ -345,7 +349,10 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
             return
         self.state = State.DYING
         self.expect_exit = True
-        self.persist()
+        # Recorded so a crash mid-destroy is finished by the next xend; on a
+        # full disk the destroy goes on regardless (durable.py: a destroy
+        # must destroy, and the store's deletes need no space).
+        durable.persist_or_log(self, "destroy")
         faults.point("destroy-after-dying")
         await self.release()
         self.finish_destroy()
@@ -382,7 +389,12 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
 
     def finish_destroy(self) -> None:
         self.pid = None
-        self.forget()
+        try:
+            self.forget()
+        except StoreError as e:
+            # QEMU is gone already; the record left says "dying" (or less),
+            # and the next xend finishes a dying domain, never restarts it.
+            log.error("%s: destroyed, but its state record could not be removed: %s", self.name, e)
         self.services.remove(self)
         self.gone.set()
         self.services.emit("destroyed", self)

@@ -36,7 +36,7 @@ import time
 from .. import faults
 from ..hypervisor.qemu.monitor import quietly
 from ..pki import PkiError, TlsFiles
-from . import firmware, jobs
+from . import durable, firmware, jobs
 from . import relocproto as rp
 from .errors import Conflict, InvalidRequest, XendError
 
@@ -170,8 +170,8 @@ class Outgoing:
 
     async def run(self) -> dict:
         dom = self.dom
-        dom.job = jobs.Job("migrate", "connect", target=self.where, resume=self.resume, live=self.live)
-        dom.persist()
+        async with durable.change(dom, "migrate"):      # the job is recorded before anything moves
+            dom.job = jobs.Job("migrate", "connect", target=self.where, resume=self.resume, live=self.live)
         try:
             try:
                 self.link = await run_blocking(_connect, self.host, self.port, self.ctx)

@@ -13,7 +13,7 @@ import time
 from .. import faults
 from ..config import hvmopts as hvmcfg
 from ..hypervisor.qemu.monitor import QMPError
-from . import firmware, guestreach, userpath
+from . import durable, firmware, guestreach, userpath
 from .errors import Conflict, InvalidRequest, XendError
 from .lifecycle import State
 
@@ -83,29 +83,31 @@ class DomainRunState:
         async with self.lock:
             self.reservations.check_name_free(new, self)
             old = self.cfg.name
-            self.cfg.name = new
-            try:
-                self.persist(config=True)
-            except Exception:
-                self.cfg.name = old
-                raise
+            async with durable.change(self, "rename", config=True):
+                self.cfg.name = new
             log.info("%s: renamed to %s", old, new)
 
     async def pause(self) -> None:
         self.refuse_if_busy("pause")
         async with self.lock:
             self.require_live("pause")
-            await self.monitor.stop()
-            self.paused = True
-            self.persist()
+            was = self.paused
+            async with durable.change(self, "pause") as ch:
+                await self.monitor.stop()
+                if not was:
+                    ch.undo(self.monitor.cont)
+                self.paused = True
 
     async def unpause(self) -> None:
         self.refuse_if_busy("unpause")
         async with self.lock:
             self.require_live("unpause")
-            await self.monitor.cont()
-            self.paused = False
-            self.persist()
+            was = self.paused
+            async with durable.change(self, "unpause") as ch:
+                await self.monitor.cont()
+                if was:
+                    ch.undo(self.monitor.stop)
+                self.paused = False
 
     async def shutdown(self, reason: str) -> None:
         """Ask the guest to power off, halt or reboot (it does the work)."""
@@ -114,7 +116,11 @@ class DomainRunState:
             raise Conflict(why)
         async with self.lock:
             self.require_live("shutdown")
-            self.shutdown_reason = reason if reason == "halt" else None
+            # The request is recorded before the guest is asked (a guest's
+            # shutdown cannot be taken back): on a full disk nothing happens.
+            async with durable.change(self, "reboot" if reason == "reboot" else "shutdown"):
+                self.shutdown_reason = reason if reason == "halt" else None
+                self.shutdown_requested = reason
             if self.paused:
                 await self.monitor.cont()
                 self.paused = False
