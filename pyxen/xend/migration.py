@@ -333,6 +333,10 @@ class Outgoing:
             return e
         dom = self.dom
         still = f"; {dom.name} is still {'running' if self.resume else 'paused'} here"
+        if isinstance(e, rp.PeerError) and e.kind == "refused":
+            # The target would not talk to us at all (its hosts-allow).
+            return MigrationError(f"migrating {dom.name} to {self.where} failed: refused by {self.host}: "
+                                  f"{e}{still}")
         if isinstance(e, rp.PeerError):
             return MigrationError(f"{self.where} refused domain {dom.name}: {e}{still}")
         return MigrationError(f"migrating {dom.name} to {self.where} failed: {describe(e)}{still}")
