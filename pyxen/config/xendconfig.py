@@ -119,9 +119,15 @@ OPTIONS: tuple[XendOption, ...] = (
     XendOption("console-limit", "int", 1024, "KiB of unread console output kept per domain."),
     XendOption("vnc-listen", "str", "127.0.0.1", "Default VNC listen address for HVM guests."),
     XendOption("vncpasswd", "str", "", "Default VNC password."),
-    XendOption("vnc-tls", "bool", False, "Accepted for compatibility: VNC is not offered over TLS.", origin="inert"),
-    XendOption("vnc-x509-cert-dir", "str", "/etc/xen/vnc", "Accepted for compatibility (see vnc-tls).", origin="inert"),
-    XendOption("vnc-x509-verify", "bool", False, "Accepted for compatibility (see vnc-tls).", origin="inert"),
+    XendOption("vnc-tls", "bool", False,
+               "Serve HVM guests' VNC displays over TLS (VeNCrypt x509), with the certificates of\n"
+               "vnc-x509-cert-dir, or this host's certificate of the pool CA (`pyxen cert`)."),
+    XendOption("vnc-x509-cert-dir", "str", "",
+               "With (vnc-tls yes): ca-cert.pem, server-cert.pem, server-key.pem (default\n"
+               "<root>/etc/xen/vnc; without a server-cert.pem there, etc/xen/pki's host certificate is used)."),
+    XendOption("vnc-x509-verify", "bool", False,
+               "With (vnc-tls yes): VNC clients must show a certificate signed by that CA\n"
+               "(`pyxen cert NAME --client --out DIR`)."),
     XendOption("keymap", "str", "", "Default keymap for VNC/SDL."),
     XendOption("device-create-timeout", "int", 100, "Seconds to wait for a device to appear."),
     XendOption("device-destroy-timeout", "int", 100, "Seconds to wait for a device to go."),

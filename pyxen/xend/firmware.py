@@ -23,6 +23,7 @@ from .. import storekeys
 from ..config import hvmopts as hvmcfg
 from ..hypervisor.qemu import hvmargv as qhvm
 from ..hypervisor.qemu.monitor import QMPError
+from . import vnctls
 from .errors import Conflict, InvalidRequest, XendError
 from .hooks import Feature, FeatureContext
 
@@ -49,6 +50,9 @@ def prepare(dom: FeatureContext, rt: "Runtime") -> qhvm.HvmFacts:
         vnc_unused=bool(h.get("vncunused", 1)),
         vnc_password=bool(vnc_password(dom)),
         keymap=str(h.get("keymap") or conf["keymap"] or ""))
+    if conf["vnc-tls"] and hvmcfg.graphics(h) and hvmcfg.vnc_wanted(h):
+        facts.vnc_tls_dir = vnctls.prepare(conf, dom.paths.etc, rt.run_dir, dom.qemu_ident)
+        facts.vnc_tls_verify = bool(conf["vnc-x509-verify"])
     if hvmcfg.sdl_wanted(h):
         display = h.get("display") or os.environ.get("DISPLAY")
         if not display:

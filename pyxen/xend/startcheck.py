@@ -17,6 +17,8 @@ from ..config.xendconfig import XendConfig, XendConfigError
 from ..net import scripts
 from ..paths import Paths
 from ..pki import PkiError, TlsFiles
+from . import vnctls
+from .errors import XendError
 
 
 def _script_problem(setting: str, what: str, paths: Paths) -> str | None:
@@ -64,4 +66,9 @@ def check(paths: Paths) -> tuple[list[str], list[str], XendConfig | None]:
                 files.server_context()
             except PkiError as e:
                 errors.append(f"relocation server: {e}")
+    if cfg["vnc-tls"]:
+        try:
+            vnctls.sources(cfg, paths.etc)
+        except XendError as e:
+            errors.append(str(e))
     return errors, warnings, cfg
