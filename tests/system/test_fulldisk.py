@@ -64,7 +64,8 @@ def fd_host(image):
         data.write_bytes(b"\0" * (4 << 20))
         (root / "more.img").write_bytes(b"\0" * (4 << 20))
         h.xm("create", str(h.config(DOM, vcpus=2, memory=128, disk=[f"file:{data},xvdb,w"],
-                                    vif=[f"bridge={bridge}"])))
+                                    # Its own tap name: vif<domid>.0 may be another test's right now.
+                                    vif=[f"bridge={bridge},vifname={bridge}v"])))
         with h.console(DOM) as con:
             con.login()
         h.uuid = [ln for ln in h.xm("list", "-l", DOM).stdout.splitlines() if "(uuid " in ln][0].split()[1][:-1]
