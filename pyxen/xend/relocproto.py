@@ -117,6 +117,7 @@ class Receive:
     paused: bool = False        # paused by the user: it arrives paused
     firmware: dict = field(default_factory=dict)   # HVM: what the target must match (hvm.save_meta)
     nvram: bytes = b""          # HVM under UEFI: the current variable store
+    storage: list | None = None  # --copy-storage: the (storage (disk ...) ...) to create (storagemigrate)
 
     def to_msg(self) -> list:
         msg = ["receive", ["version", VERSION], ["config", self.config], ["accel", self.accel],
@@ -126,6 +127,8 @@ class Receive:
             msg.append(["firmware", *[[k, v] for k, v in sorted(self.firmware.items())]])
         if self.nvram:
             msg.append(["nvram", base64.b64encode(self.nvram).decode()])
+        if self.storage is not None:
+            msg.append(self.storage)
         return msg
 
 
@@ -162,7 +165,8 @@ def parse_receive(msg: list) -> Receive:
         raise ProtocolError("bad (nvram ...): not base64") from None
     return Receive(config=cfg, accel=accel, machine=machine, firmware=firmware, nvram=nvram,
                    qemu=str(sxp.child_value(msg, "qemu", "?"))[:32], live=live == "1",
-                   host=str(sxp.child_value(msg, "host", "?"))[:255], paused=paused == "1")
+                   host=str(sxp.child_value(msg, "host", "?"))[:255], paused=paused == "1",
+                   storage=sxp.child(msg, "storage"))
 
 
 def ok(*values) -> list:
