@@ -34,61 +34,97 @@ from . import relocproto as rp
 
 log = logging.getLogger("pyxen.domain.migrate")
 
-CHUNK = 1 << 18             # bytes per read (NBD's requests are up to 32 MiB; mirror's are 1 MiB)
-HIGH_WATER = 1 << 22        # stop reading a side while this much waits for the other
+CHUNK = 1 << 20             # one direction's buffer (mirror requests are up to 1 MiB)
 TICK = 0.5                  # how often a relay looks at its stop flag
 
 _WOULD_BLOCK = (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError)
 
 
+class _Direction:
+    """One way of a relay: a buffer filled from *src* only once it has all
+    gone to *dst*, so an SSL write that would block is retried with exactly
+    the same bytes (OpenSSL's rule) and nothing is copied twice."""
+
+    def __init__(self, src, dst):
+        self.src, self.dst = src, dst
+        self.buf = bytearray(CHUNK)
+        self.mv = memoryview(self.buf)
+        self.start = self.end = 0
+        self.eof = False
+        self.wait_r = self.wait_w = False
+        self.broken = False
+        self.moved = 0
+
+    @property
+    def done(self) -> bool:
+        return self.broken or (self.eof and self.start == self.end)
+
+    def pump(self) -> bool:
+        """Move what can move now; whether anything did."""
+        progress = False
+        self.wait_r = self.wait_w = False
+        while not self.broken:
+            if self.start == self.end and not self.eof:
+                self.start = self.end = 0
+                try:
+                    while self.end < CHUNK:
+                        n = self.src.recv_into(self.mv[self.end:])
+                        if not n:
+                            self.eof = True
+                            break
+                        self.end += n
+                        progress = True
+                        # An SSL read returns one record: go on while it has more.
+                        if not (isinstance(self.src, ssl.SSLSocket) and self.src.pending()):
+                            break
+                except _WOULD_BLOCK:
+                    pass
+                except OSError:
+                    self.broken = True
+                    return progress
+                if self.start == self.end:
+                    self.wait_r = not self.eof
+                    return progress
+            if self.start == self.end:
+                return progress
+            try:
+                n = self.dst.send(self.mv[self.start:self.end])
+            except _WOULD_BLOCK:
+                self.wait_w = True
+                return progress
+            except OSError:
+                self.broken = True
+                return progress
+            self.start += n
+            self.moved += n
+            progress = True
+            if self.start < self.end:       # a plain socket's short write
+                self.wait_w = True
+                return progress
+
+
 def relay(a: socket.socket, b: socket.socket, stop: threading.Event | None = None) -> int:
     """Copy bytes both ways between *a* and *b* until one end closes (and
-    what it sent is delivered) or *stop* is set.  Returns the bytes moved
-    from *a* to *b* plus the other way.  Either may be an SSLSocket."""
-    socks = (a, b)
-    for s in socks:
+    what it sent is delivered), a connection breaks, or *stop* is set.
+    Returns the bytes moved both ways.  Either may be an SSLSocket."""
+    for s in (a, b):
         s.setblocking(False)
-    peer = {a: b, b: a}
-    out = {a: bytearray(), b: bytearray()}      # waiting to be written to the key
-    retry: dict = {a: None, b: None}            # an SSL write to repeat, byte for byte
-    eof: set = set()
-    moved = 0
+    ways = (_Direction(a, b), _Direction(b, a))
     while stop is None or not stop.is_set():
-        if eof and not any(out.values()) and not any(retry.values()):
+        progress = False
+        for w in ways:
+            progress |= w.pump()
+        if any(w.done for w in ways):
             break
-        rl = [s for s in socks if s not in eof and len(out[peer[s]]) < HIGH_WATER]
-        wl = [s for s in socks if out[s] or retry[s] is not None]
-        # Bytes already decrypted inside an SSL object do not wake select.
-        buffered = [s for s in rl if isinstance(s, ssl.SSLSocket) and s.pending()]
+        if progress:
+            continue
+        rl = [w.src for w in ways if w.wait_r]
+        wl = [w.dst for w in ways if w.wait_w]
         try:
-            r, w, _ = select.select(rl, wl, [], 0 if buffered else TICK)
+            select.select(rl, wl, [], TICK)
         except (OSError, ValueError):
             break
-        for s in w:
-            chunk = retry[s] if retry[s] is not None else bytes(out[s][:CHUNK])
-            try:
-                n = s.send(chunk)
-            except _WOULD_BLOCK:
-                retry[s] = chunk
-                continue
-            except OSError:
-                return moved
-            # *chunk* is always the head of out[s]: n of it went (SSL: all).
-            del out[s][:n]
-            retry[s] = None
-            moved += n
-        for s in set(r) | set(buffered):
-            try:
-                data = s.recv(CHUNK)
-            except _WOULD_BLOCK:
-                continue
-            except OSError:
-                return moved
-            if not data:
-                eof.add(s)
-                continue
-            out[peer[s]] += data
-    return moved
+    return sum(w.moved for w in ways)
 
 
 async def in_thread(fn, *args):
