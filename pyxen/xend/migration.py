@@ -273,13 +273,13 @@ class Outgoing:
             self.stats["disk_bytes"] = self.mirror.progress.get("transferred", 0)
         await run_blocking(self.link.send, ["stream"])
 
-    def _check_link(self) -> None:
+    async def _check_link(self) -> None:
         """While the disks copy the main link is quiet: anything from the
         target (an error, its end) fails the migration."""
         if self.channel is not None and self.channel.errors:
             raise MigrationError(self.channel.errors[0])
         if self.link.pending():
-            rp.check_reply(self.link.recv(5))
+            rp.check_reply(await run_blocking(self.link.recv, 5))
             raise rp.ProtocolError("the target spoke out of turn during the disk copy")
 
     async def _stream(self) -> None:

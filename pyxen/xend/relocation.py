@@ -334,7 +334,6 @@ class Incoming:
             if self.disks is not None:
                 # No NBD client may write once the guest runs here.
                 await storagemigrate.unexport(dom)
-                await run_blocking(self._drop_disks)
             await features.after_start(dom.feature_context())
             if not paused:
                 asked = time.time()
@@ -342,6 +341,8 @@ class Incoming:
                 answered = time.time()
             await dom.refresh_vcpus()
             dom.apply_placement(initial=True)
+        if self.disks is not None:
+            await run_blocking(self._drop_disks)     # after the resume: out of the downtime
         resumed = None
         if not paused:
             # The guest runs from QEMU's RESUME event (its timestamp, like

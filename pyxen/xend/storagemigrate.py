@@ -148,6 +148,8 @@ def parse(storage: list) -> list[dict]:
         v["backing"] = []
         back = sxp.child(item, "backing")
         for img in (back[1:] if back else []):
+            if not isinstance(img, list):
+                raise InvalidRequest(f"disk {v['vdev']}: bad backing image entry")
             p, f, n = (sxp.child_value(img, k) for k in ("path", "format", "file-size"))
             if not (isinstance(p, str) and os.path.isabs(p) and f in ("raw", "qcow2") and str(n).isdigit()):
                 raise InvalidRequest(f"disk {v['vdev']}: bad backing image entry")
@@ -365,7 +367,7 @@ class SourceMirror:
             report()
             if all(j.get("status") == "ready" for j in jobs.values()):
                 return
-            check()
+            await check()
             if loop.time() > deadline:
                 raise InvalidRequest("the disks did not get in sync")
             await asyncio.sleep(0.5)
