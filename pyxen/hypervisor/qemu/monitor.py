@@ -143,6 +143,16 @@ class Monitor:
     async def blockdev_del(self, node_name: str) -> None:
         await self._call("blockdev-del", {"node-name": node_name})
 
+    async def snapshot_internal(self, nodes: list[str], tag: str) -> None:
+        """One internal snapshot *tag* of each qcow2 node, all or none (a
+        QMP transaction): the disks of a snapshot are of one instant."""
+        await self._call("transaction", {"actions": [
+            {"type": "blockdev-snapshot-internal-sync", "data": {"device": n, "name": tag}} for n in nodes]},
+            timeout=LONG)
+
+    async def snapshot_delete_internal(self, node: str, tag: str) -> None:
+        await self._call("blockdev-snapshot-delete-internal-sync", {"device": node, "name": tag}, timeout=LONG)
+
     async def blockstats(self) -> list[dict]:
         return await self._call("query-blockstats", timeout=QUICK)
 
@@ -191,6 +201,10 @@ class Monitor:
 
     async def migrate_cancel(self) -> None:
         await self._call("migrate_cancel")
+
+    async def migrate_continue(self, state: str = "pre-switchover") -> None:
+        """Go on from a pause the capabilities asked for (pause-before-switchover)."""
+        await self._call("migrate-continue", {"state": state})
 
     async def query_migrate(self) -> dict:
         return await self._call("query-migrate", timeout=SETTLE)

@@ -1,0 +1,43 @@
+"""qcow2 internal snapshots of an image no QEMU has open (``qemu-img
+snapshot``): apply one (a snapshot revert restarts QEMU on the reverted
+image), delete one, list them.  A running QEMU's images are snapshotted
+and pruned through its monitor instead (QMP blockdev-snapshot-*-internal-sync).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+QEMU_IMG_TIMEOUT = 300.0
+
+
+class Qcow2Error(Exception):
+    pass
+
+
+def _run(*args: str) -> str:
+    try:
+        res = subprocess.run(["qemu-img", *args], capture_output=True, text=True, timeout=QEMU_IMG_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise Qcow2Error(f"qemu-img {args[0]}: {e}") from None
+    if res.returncode != 0:
+        lines = (res.stderr or res.stdout).strip().splitlines() or [f"exit status {res.returncode}"]
+        raise Qcow2Error(lines[-1].removeprefix("qemu-img: "))
+    return res.stdout
+
+
+def snapshot_names(path: str) -> list[str]:
+    """The tags of *path*'s internal snapshots."""
+    info = json.loads(_run("info", "--force-share", "--output=json", "-f", "qcow2", path))
+    return [s.get("name", "") for s in info.get("snapshots", [])]
+
+
+def apply(path: str, tag: str) -> None:
+    """Make *path*'s active state that of its snapshot *tag*."""
+    _run("snapshot", "-f", "qcow2", "-a", tag, path)
+
+
+def delete(path: str, tag: str) -> None:
+    """Drop snapshot *tag* of *path* (its clusters are freed once nothing else refers to them)."""
+    _run("snapshot", "-f", "qcow2", "-d", tag, path)
