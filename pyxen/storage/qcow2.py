@@ -1,12 +1,14 @@
 """qcow2 internal snapshots of an image no QEMU has open (``qemu-img
 snapshot``): apply one (a snapshot revert restarts QEMU on the reverted
-image), delete one, list them.  A running QEMU's images are snapshotted
+image), delete one, list them; and the qcow2 overlay a raw image gets
+before its first snapshot.  A running QEMU's images are snapshotted
 and pruned through its monitor instead (QMP blockdev-snapshot-*-internal-sync).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 QEMU_IMG_TIMEOUT = 300.0
@@ -37,6 +39,12 @@ def _opts(path: str) -> str:
     # qemu-img snapshot has no -f: the format is named in --image-opts, so
     # nothing is probed (commas in a path are doubled, QEMU's escape).
     return "driver=qcow2,file.driver=file,file.filename=" + path.replace(",", ",,")
+
+
+def create_overlay(path: str, base: str) -> None:
+    """A new qcow2 image at *path* over the raw image *base* (its backing
+    file, named by absolute path with its format, so nothing is probed)."""
+    _run("create", "-q", "-f", "qcow2", "-F", "raw", "-b", os.path.abspath(base), path)
 
 
 def apply(path: str, tag: str) -> None:

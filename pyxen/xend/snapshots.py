@@ -44,6 +44,7 @@ import time
 from .. import faults, storekeys
 from ..config import sxp
 from ..config.domain import DomainConfig
+from ..config.specs import DiskSpec
 from ..hypervisor.qemu.monitor import QMPError, quietly
 from ..storage import qcow2
 from ..store import StoreError
@@ -121,10 +122,72 @@ class DomainSnapshots:
                 raise Conflict(f"Disk {d.uname} ({d.vdev}) of domain {self.name} is a block device, "
                                "which cannot take a snapshot (no room for a qcow2 overlay on it); "
                                "use a qcow2 image or an LVM snapshot (lvcreate -s)")
-            if d.fmt != "qcow2":
+            if d.fmt not in ("qcow2", "raw"):
                 raise Conflict(f"Disk {d.uname} ({d.vdev}) of domain {self.name} is a {d.fmt} image: "
-                               f"snapshots need qcow2 disks (qemu-img convert -O qcow2 {d.target} ...)")
+                               f"snapshots need qcow2 or raw disks (qemu-img convert -O qcow2 {d.target} ...)")
             out.append(d)
+        return out
+
+    def overlay_bases(self) -> list:
+        """The raw images under this domain's overlays, as the read-only
+        disks they now are (the sharing guard counts them: nobody may write
+        a base another image depends on)."""
+        bases = self.snapshot_doc().get("overlays") or {}
+        out = []
+        for d in self.cfg.disks:
+            b = bases.get(d.target)
+            if isinstance(b, dict) and b.get("base"):
+                out.append(DiskSpec(uname=f"file:{b['base']}", kind="file", target=str(b["base"]), fmt="raw",
+                                    vdev=d.vdev, mode="r"))
+        return out
+
+    async def _overlay(self, d):
+        """Give raw disk *d* a qcow2 overlay, live: the raw file becomes its
+        read-only base and the domain's config names the overlay from now
+        on.  The config is persisted before QEMU switches (a crash between
+        leaves an empty overlay over the base, which reads the same)."""
+        loop = asyncio.get_running_loop()
+        path = str(self.snapshot_state_dir() / f"{d.vdev}-{secrets.token_hex(4)}.qcow2")
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        try:
+            await loop.run_in_executor(None, qcow2.create_overlay, path, d.target)
+        except qcow2.Qcow2Error as e:
+            raise XendError(f"Cannot make a qcow2 overlay for disk {d.uname} ({d.vdev}): {e}") from None
+        new = DiskSpec(uname=f"tap:qcow2:{path}", kind="tap", target=path, fmt="qcow2", vdev=d.vdev,
+                       mode=d.mode, devtype=d.devtype, ioemu=d.ioemu, backend=d.backend)
+
+        def record(doc):
+            doc = snaptree.normalise(doc)
+            doc.setdefault("overlays", {})[path] = {"base": d.target, "vdev": d.vdev, "created": time.time()}
+            return doc
+        self.store.update_json(storekeys.snapshots(self.uuid), record)
+        self.cfg.disks[self.cfg.disks.index(d)] = new
+        self.persist(config=True)
+        # QEMU (perhaps no longer root) gets the overlay as a descriptor.
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            fdset = await self.monitor.add_fd(fd, f"pyxen-overlay:{d.vdev}")
+        finally:
+            os.close(fd)
+        node = (await self._root_nodes([d.vdev]))[d.vdev]
+        over = f"o-{d.vdev}-{secrets.token_hex(3)}"
+        await self.monitor.blockdev_add({"driver": "qcow2", "node-name": over, "backing": None,
+                                         "file": {"driver": "file", "filename": f"/dev/fdset/{fdset}"}})
+        await self.monitor.blockdev_snapshot(node, over)
+        log.info("%s: disk %s (%s) now writes to the qcow2 overlay %s; the raw image is its read-only base",
+                 self.name, d.vdev, d.target, path)
+        return new
+
+    async def _root_nodes(self, vdevs: list[str]) -> dict[str, str]:
+        """The node each disk's guest device writes to now: d-<vdev> as
+        argv named it, or the overlay a snapshot put on top of it."""
+        out = {v: _node(v) for v in vdevs}
+        for b in await self.monitor.query_block():
+            segs = str(b.get("qdev", "")).split("/")
+            vdev = next((s[4:] for s in segs if s.startswith("vbd-")), None)
+            node = (b.get("inserted") or {}).get("node-name")
+            if vdev in out and node:
+                out[vdev] = node
         return out
 
     def refuse_snapshot_features(self, op: str) -> None:
@@ -154,7 +217,11 @@ class DomainSnapshots:
             raise InvalidRequest(f"Domain {self.name} has no writable disk: a disk-only snapshot would "
                                  "hold nothing")
         sid = "pyxen-" + secrets.token_hex(8)
-        nodes = [_node(d.vdev) for d in disks]
+        try:
+            disks = [await self._overlay(d) if d.fmt == "raw" else d for d in disks]
+            nodes = list((await self._root_nodes([d.vdev for d in disks])).values())
+        except QMPError as e:
+            raise XendError(f"Cannot snapshot domain {self.name}: {e}") from None
         resume = not self.paused
         state = None if disk_only else str(self.snapshot_state_dir() / f"{sid}.state")
         tmp = None if state is None else state + ".tmp"
@@ -228,6 +295,8 @@ class DomainSnapshots:
         """Roll a create back: no disk snapshot, no state file, the guest as it was."""
         mon = self.monitor
         if mon is not None and self.qemu_alive():
+            if nodes and nodes[0].startswith("vdev:"):       # from a job record: resolve them now
+                nodes = list((await quietly(self._root_nodes([n[5:] for n in nodes])) or {}).values())
             await quietly(mon.migration.cancel(self.qemu_alive))
             await quietly(mon.migrate_set_capabilities(pause_before_switchover=False))
             if not resume:
@@ -352,7 +421,8 @@ class DomainSnapshots:
         for path in snap.get("paths", []):
             try:
                 if path in attached and self.monitor is not None and self.qemu_alive():
-                    await self.monitor.snapshot_delete_internal(_node(attached[path]), str(snap["id"]))
+                    node = (await self._root_nodes([attached[path]]))[attached[path]]
+                    await self.monitor.snapshot_delete_internal(node, str(snap["id"]))
                 else:
                     await loop.run_in_executor(None, qcow2.delete, path, str(snap["id"]))
             except (QMPError, qcow2.Qcow2Error) as e:
@@ -383,7 +453,7 @@ async def recover_create(dom, job: dict) -> None:
     vdevs, paths = job.get("vdevs") or [], job.get("paths") or []
     async with dom.lock:
         if alive:
-            await dom._create_failed([_node(v) for v in vdevs], job.get("tmp"), job.get("state"), resume)
+            await dom._create_failed([f"vdev:{v}" for v in vdevs], job.get("tmp"), job.get("state"), resume)
             return
         loop = asyncio.get_running_loop()
         for path in paths:

@@ -11,6 +11,7 @@ that of the snapshot, not a fresh boot's nor the time since.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -143,6 +144,34 @@ def test_qcow2_guest_snapshot_tree_revert_delete(host, q2, tmp_path):
     assert snaps(host, "snap") == {} and disk_tags(q2) == []
 
 
+def test_raw_disk_gets_an_overlay_and_its_base_stays_read_only(host, tmp_path):
+    raw = tmp_path / "raw.img"
+    raw.write_bytes(b"\0" * (16 << 20))
+    host.xm("create", str(host.config("rawdisk", disk=[f"file:{raw},sdb,w"])))
+    with host.console("rawdisk") as con:
+        con.login()
+        mark(con, 0, "AAAA")
+        at_snapshot = uptime(con)
+        host.xm("snapshot-create", "rawdisk", "r1")
+        mark(con, 1, "BBBB")
+        poll(lambda: uptime(con) > at_snapshot + 10, 60, what="guest time to move on")
+    # The guest writes to the overlay now: the raw file is its untouched base.
+    data = raw.read_bytes()
+    assert data.startswith(b"AAAA") and b"BBBB" not in data
+    long = host.xm("list", "-l", "rawdisk").stdout
+    assert re.search(r"tap:qcow2:/\S+/sdb-\w+\.qcow2", long) and str(raw) not in long, long
+    # Nobody may write the base now (read-only sharing is still fine).
+    res = host.xm("create", "-p", str(host.config("thief", disk=[f"file:{raw},sda1,w"])), check=False)
+    assert_one_line_error(res, "already exported read-only to domain rawdisk")
+    host.xm("snapshot-revert", "rawdisk", "r1")
+    with host.console("rawdisk") as con:
+        con.login()
+        assert at_snapshot <= uptime(con) < at_snapshot + 8
+        assert sector(con, 0) == "AAAA" and sector(con, 1) == ""
+        assert "AAAA" in tmp_files(con) and "BBBB" not in tmp_files(con)
+    assert b"BBBB" not in raw.read_bytes()
+
+
 def test_diskless_guest_live_snapshot_and_refused_disks(host, tmp_path):
     host.xm("create", str(host.config("mem")))
     with host.console("mem") as con:
@@ -158,12 +187,12 @@ def test_diskless_guest_live_snapshot_and_refused_disks(host, tmp_path):
         con.login()
         files = tmp_files(con)
         assert "a" in files and "b" not in files, files
-    raw = tmp_path / "raw.img"
-    raw.write_bytes(b"\0" * (1 << 20))
-    host.xm("create", str(host.config("rawdisk", disk=[f"file:{raw},sdb,w"])))
-    assert_one_line_error(host.xm("snapshot-create", "rawdisk", "r1", check=False),
-                          "is a raw image: snapshots need qcow2 disks")
-    assert snaps(host, "rawdisk") == {}
+    vmdk = tmp_path / "d.vmdk"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "vmdk", str(vmdk), "8M"], check=True)
+    host.xm("create", "-p", str(host.config("vm", disk=[f"tap:vmdk:{vmdk},sdb,w"])))
+    assert_one_line_error(host.xm("snapshot-create", "vm", "v1", check=False),
+                          "is a vmdk image: snapshots need qcow2 or raw disks")
+    assert snaps(host, "vm") == {}
 
 
 def test_xend_killed_during_snapshot_create_leaves_no_half_snapshot(host, q2):

@@ -150,6 +150,14 @@ class Monitor:
             {"type": "blockdev-snapshot-internal-sync", "data": {"device": n, "name": tag}} for n in nodes]},
             timeout=LONG)
 
+    async def blockdev_snapshot(self, node: str, overlay: str) -> None:
+        """Put the (added, backing-less) *overlay* node on top of *node*: the
+        guest writes to the overlay from now on, *node* becomes its backing."""
+        await self._call("blockdev-snapshot", {"node": node, "overlay": overlay})
+
+    async def query_block(self) -> list[dict]:
+        return await self._call("query-block")
+
     async def snapshot_delete_internal(self, node: str, tag: str) -> None:
         await self._call("blockdev-snapshot-delete-internal-sync", {"device": node, "name": tag}, timeout=LONG)
 
