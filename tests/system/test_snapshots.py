@@ -210,3 +210,25 @@ def test_xend_killed_during_snapshot_create_leaves_no_half_snapshot(host, q2):
     assert "p" not in host.domains()["kill"]["state"]                  # running again, not left paused
     host.xm("snapshot-create", "kill", "k1")                          # the name is free
     assert list(snaps(host, "kill")) == ["k1"] and len(disk_tags(q2)) == 1
+
+
+def test_xend_killed_during_revert_finishes_it(host):
+    host.xm("create", str(host.config("rev")))
+    with host.console("rev") as con:
+        con.login()
+        _, rc = con.run("echo a > /tmp/a")
+        host.xm("snapshot-create", "rev", "r1")
+        _, rc = con.run("echo b > /tmp/b")
+    start_faulty(host, "revert-after-stop")
+    res = host.xm("snapshot-revert", "rev", "r1", check=False)
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert host.xend("status", check=False).returncode == 3
+    assert host.qemu_pids() == []                                     # the old QEMU was stopped
+    host.xend("start")
+    poll(lambda: len(host.qemu_pids()) == 1, 60, what="the revert to be done again")
+    assert host.domains()["rev"]["state"] in ("r-----", "-b----")
+    with host.console("rev") as con:
+        con.login()
+        files = tmp_files(con)
+        assert "a" in files and "b" not in files, files
+    assert snaps(host, "rev")["r1"]["current"]
