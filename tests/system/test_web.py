@@ -186,7 +186,7 @@ def test_snapshots_page_in_browser(web_host):
     h.xm("create", str(h.config("websnap")))
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            browser = launch(pw)
             try:
                 page = browser.new_page()
                 page.goto(base + "/")
