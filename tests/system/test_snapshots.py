@@ -206,6 +206,14 @@ def test_diskless_guest_live_snapshot_and_refused_disks(host, tmp_path):
         _, rc = con.run("echo b > /tmp/b")
     assert_one_line_error(host.xm("snapshot-create", "mem", "d", "--disk-only", check=False),
                           "has no writable disk")
+    # A paused guest stays paused through its snapshot, and a revert to it is paused too.
+    host.xm("pause", "mem")
+    host.xm("snapshot-create", "mem", "p1")
+    assert host.domains()["mem"]["state"] == "--p---"
+    host.xm("unpause", "mem")
+    host.xm("snapshot-revert", "mem", "p1")
+    assert host.domains()["mem"]["state"] == "--p---"
+    host.xm("unpause", "mem")
     host.xm("snapshot-revert", "mem", "m1")
     with host.console("mem") as con:
         con.login()
