@@ -102,6 +102,23 @@ def vtpm(instance: int | None = None, uuid: str | None = None, name: str | None 
     return f"vtpm/name-{name}"
 
 
+# ------------------------------------------------------- cluster operations
+FAILOVER_PREFIX = "failover/"
+
+
+def failover(uuid: str) -> str:
+    """Shared: the claim of the last restart of *uuid* after its host failed
+    (pyxen.cluster.failover: the incident, the host that starts it, how far)."""
+    return f"{FAILOVER_PREFIX}{uuid}"
+
+
+def host_status(host: str) -> str:
+    """Host-scoped: what the host publishes for placement and xm host-list
+    (free memory, vCPUs, bridges, domains, relocation address), refreshed
+    by the host itself."""
+    return f"{host_prefix(host)}status"
+
+
 # ------------------------------------------------------------------- upgrade
 def upgrade_v1(key: str, host: str) -> str:
     """The key a value stored under *key* in the first layout has now."""
