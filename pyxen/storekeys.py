@@ -102,23 +102,6 @@ def vtpm(instance: int | None = None, uuid: str | None = None, name: str | None 
     return f"vtpm/name-{name}"
 
 
-# ------------------------------------------------------- cluster operations
-FAILOVER_PREFIX = "failover/"
-
-
-def failover(uuid: str) -> str:
-    """Shared: the claim of the last restart of *uuid* after its host failed
-    (pyxen.cluster.failover: the incident, the host that starts it, how far)."""
-    return f"{FAILOVER_PREFIX}{uuid}"
-
-
-def host_status(host: str) -> str:
-    """Host-scoped: what the host publishes for placement and xm host-list
-    (free memory, vCPUs, bridges, domains, relocation address), refreshed
-    by the host itself."""
-    return f"{host_prefix(host)}status"
-
-
 # ------------------------------------------------------------------- upgrade
 def upgrade_v1(key: str, host: str) -> str:
     """The key a value stored under *key* in the first layout has now."""
@@ -128,3 +111,22 @@ def upgrade_v1(key: str, host: str) -> str:
     if len(parts) == 3 and parts[0] == "domains" and parts[2] == "runtime":
         return runtime(host, parts[1])
     return key
+
+
+# ------------------------------------------------------- cluster operations
+# (pyxen.cluster.failover, .evacuate, .view: at the end of the file so the
+# foundation's own cluster section above merges without a conflict)
+FAILOVER_PREFIX = "cluster/failover/"
+
+
+def failover(uuid: str) -> str:
+    """Shared: the claim of the last restart of *uuid* after its host failed
+    (the incident, the host that starts it, how far it got)."""
+    return f"{FAILOVER_PREFIX}{uuid}"
+
+
+def listing(host: str) -> str:
+    """Host-scoped: the host's own xm list rows, republished by the host
+    when they change, so that xm list --cluster is one read, not one
+    request per host."""
+    return f"{host_prefix(host)}listing"
