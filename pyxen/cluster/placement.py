@@ -40,6 +40,9 @@ class HostInfo:
     # ramdisk).  None: the host was not asked (its paths are unknown), which
     # placement treats as "has them" only when ``assume_paths`` is set.
     missing: frozenset | None = frozenset()
+    # For xm host-list and migration by name (placement does not use them).
+    port: int = 0                 # relocation port
+    lease_age: float | None = None    # seconds since its last keep-alive
 
 
 @dataclass(frozen=True)
