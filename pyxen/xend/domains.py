@@ -182,12 +182,15 @@ class Domains:
     def check_sharing(self, name: str, disks: list) -> None:
         self.reservations.check_sharing(name, disks)
 
-    async def create(self, config_sxp: str, paused: bool = False) -> Domain:
+    @staticmethod
+    def parse(config_sxp: str) -> DomainConfig:
         try:
-            cfg = DomainConfig.from_sxp(sxp.from_string(config_sxp))
+            return DomainConfig.from_sxp(sxp.from_string(config_sxp))
         except (ConfigError, sxp.SxpError) as e:
             raise InvalidRequest(f"invalid domain config: {e}") from None
-        return await self.create_config(cfg, paused)
+
+    async def create(self, config_sxp: str, paused: bool = False) -> Domain:
+        return await self.create_config(self.parse(config_sxp), paused)
 
     async def create_config(self, cfg: DomainConfig, paused: bool = False) -> Domain:
         accel = await self.accel.get()
