@@ -80,11 +80,15 @@ def harness(root, clustered: bool):
     if clustered:
         cs = FileStore(root / "cluster-store", host="shared")
         for h in HOSTS:
-            rec = {k: v for k, v in h.items() if k != "lease_age"}
-            prefix = view.KNOWN_PREFIX if h["state"] == "lost" else view.MEMBERS_PREFIX
-            cs.put(prefix + h["name"], json.dumps(dict(rec, renewed=0)).encode())
-        view.publish_listing(cs, "beta", [{"name": "web", "domid": 3, "memory": 64, "vcpus": 1,
-                                           "state": "-b----", "cpu_time": 12.0}])
+            # as pyxen.cluster.membership publishes them (no leases on a FileStore)
+            rec = json.dumps({"name": h["name"], "address": h["address"], "free_mem": h["free_memory"],
+                              "vcpus": h["vcpus"], "domains": h["domains"],
+                              "relocation": f"{h['address']}:{h['relocation_port']}"}).encode()
+            cs.put(storekeys.known_host(h["name"]), rec)
+            if h["state"] == "up":
+                cs.put(storekeys.member(h["name"]), rec)
+        view.ListingPublisher(cs, "beta").publish([{"name": "web", "domid": 3, "memory": 64, "vcpus": 1,
+                                                     "state": "-b----", "cpu_time": 12.0}], now=0)
         domains.cluster = SimpleNamespace(store=cs, name="alpha")
     return Api(domains, paths.xend_log, None, None)
 

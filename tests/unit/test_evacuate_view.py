@@ -28,39 +28,50 @@ def test_plan_accounts_memory_and_refuses_with_reasons():
     assert "big -> b" in p.summary() and "pci: stays (it has PCI" in p.summary()
 
 
-def member(st, prefix, name, **kw):
-    st.put(prefix + name, json.dumps(dict(name=name, **kw)).encode())
+def member(st, name, lost=False, **kw):
+    """A member record as pyxen.cluster.membership publishes it (FileStore has no
+    leases: the live record is a plain key here)."""
+    rec = json.dumps(dict(name=name, **kw)).encode()
+    st.put(storekeys.known_host(name), rec)
+    if not lost:
+        st.put(storekeys.member(name), rec)
 
 
-def test_hosts_up_lost_and_lease_age(tmp_path):
+def test_hosts_up_lost_and_relocation_address(tmp_path):
     st = FileStore(tmp_path / "s", host="a")
-    member(st, view.MEMBERS_PREFIX, "a", address="10.0.0.1", relocation_port=8002, free_memory=900, vcpus=2,
-           domains=1, bridges=["xenbr0"], renewed=1000.0)
-    member(st, view.MEMBERS_PREFIX, "b", address="10.0.0.2", free_memory=300, state="maintenance",
-           renewed=998.5)
-    member(st, view.KNOWN_PREFIX, "b", address="10.0.0.2")
-    member(st, view.KNOWN_PREFIX, "c", address="10.0.0.3", free_memory=5000)
-    hs = view.hosts(st, now=1001.0)
-    assert [(h.name, h.state, h.lease_age) for h in hs] == [("a", "up", 1.0), ("b", "maintenance", 2.5),
-                                                           ("c", "lost", None)]
+    member(st, "a", address="10.0.0.1", relocation="10.0.0.1:8002", free_mem=900, vcpus=2, domains=1,
+           bridges=["xenbr0"])
+    member(st, "b", address="10.0.0.2", relocation="[fd00::2]:8102", free_mem=300)
+    member(st, "c", lost=True, address="10.0.0.3", free_mem=5000)
+    hs = view.hosts(st)
+    assert [(h.name, h.state, h.free_memory) for h in hs] == [("a", "up", 900), ("b", "up", 300),
+                                                             ("c", "lost", 5000)]
     a = view.resolve(st, "a")
-    assert (a.address, a.port, a.bridges) == ("10.0.0.1", 8002, frozenset({"xenbr0"}))
+    assert (a.address, a.port, a.bridges, a.vcpus, a.domains) == ("10.0.0.1", 8002, frozenset({"xenbr0"}), 2, 1)
+    assert (view.resolve(st, "b").address, view.resolve(st, "b").port) == ("fd00::2", 8102)
+    assert (view.resolve(st, "c").address, view.resolve(st, "c").port) == ("10.0.0.3", 0)
     assert view.resolve(st, "zz") is None
 
 
 def test_listing_published_on_change_and_merged(tmp_path):
     st = FileStore(tmp_path / "s", host="a")
     for n in "abc":
-        member(st, view.MEMBERS_PREFIX, n)
+        member(st, n)
     rows_b = [{"name": "Domain-0", "domid": 0, "memory": 512, "vcpus": 2, "state": "r-----", "cpu_time": 3.4},
               {"name": "web", "domid": 4, "memory": 64, "vcpus": 1, "state": "-b----", "cpu_time": 10.6,
                "extra": "not published"}]
-    last = view.publish_listing(st, "b", rows_b)
+    pub = view.ListingPublisher(st, "b", every=10)
+    assert pub.publish(rows_b, now=0)
     rev = st.revision(storekeys.listing("b"))
-    assert view.publish_listing(st, "b", rows_b, last) == last
+    assert not pub.publish(rows_b, now=1)
     assert st.revision(storekeys.listing("b")) == rev          # unchanged rows are not rewritten
     assert "extra" not in st.get_json(storekeys.listing("b"))[1]
+    busy = [dict(r, cpu_time=r["cpu_time"] + 1) for r in rows_b]
+    assert not pub.publish(busy, now=5)                        # CPU time alone: at most every 10 s
+    assert pub.publish(busy, now=10.5)
+    paused = [dict(busy[0]), dict(busy[1], state="--p---")]
+    assert pub.publish(paused, now=11)                         # anything else: at once
     local = [{"name": "Domain-0", "domid": 0, "memory": 256, "vcpus": 1, "state": "r-----", "cpu_time": 1.0}]
     out = view.cluster_domains(st, "a", local)
     assert [(d["host"], d["name"]) for d in out] == [("a", "Domain-0"), ("b", "Domain-0"), ("b", "web")]
-    assert out[2]["cpu_time"] == 11
+    assert out[2]["cpu_time"] == 11.6 and out[2]["state"] == "--p---"
