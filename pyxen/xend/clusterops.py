@@ -1,0 +1,84 @@
+"""xend's part in the cluster's operations, once a second: publish this
+host's listing (for ``xm list --cluster`` elsewhere) and take part in
+restarting a failed host's domains (:mod:`pyxen.cluster.failover`).
+
+It runs only when xend is in a cluster (``Domains.cluster``: the
+foundation's object with ``store``, ``name``, ``membership`` and ``lock``).
+Store calls block (etcd over HTTP), so they run in the default executor,
+never on the event loop.  A start this host won goes through
+``Domains.create``, which takes the domain lock like any create: if another
+host somehow holds it, the create is refused and the claim marked failed —
+never two copies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from ..cluster import failover as fo, view
+from .errors import XendError
+
+log = logging.getLogger("pyxen.cluster")
+
+INTERVAL = 1.0
+
+
+class ClusterOps:
+    def __init__(self, domains, cluster, interval: float = INTERVAL, grace: float = fo.DEFAULT_GRACE):
+        self.domains, self.cluster, self.interval = domains, cluster, interval
+        self.publisher = view.ListingPublisher(cluster.store, cluster.name)
+        self.failover = fo.Failover(cluster.store, cluster.name, lambda: view.hosts(cluster.store),
+                                    cluster.lock.owner, grace=grace)
+        self._said: dict[str, str] = {}     # uuid -> the last decision logged (no log line every second)
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="cluster-ops")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.tick()
+            except Exception as e:      # one bad tick (etcd away) must not end the loop
+                log.warning("cluster operations: %s", e)
+
+    async def tick(self) -> list[fo.Action]:
+        loop = asyncio.get_running_loop()
+        infos = [d.info() for d in self.domains.all()]
+        await loop.run_in_executor(None, self.publisher.publish, infos, time.monotonic())
+        actions = await loop.run_in_executor(None, self.failover.scan)
+        for a in actions:
+            if self._said.get(a.uuid) != a.what + a.detail[:40]:
+                self._said[a.uuid] = a.what + a.detail[:40]
+                if a.what != "start":
+                    log.info("failover: %s: %s (%s)", a.name, a.what, a.detail)
+            if a.what == "start":
+                await self._start(a)
+        return actions
+
+    async def _start(self, a: fo.Action) -> None:
+        loop = asyncio.get_running_loop()
+        store = self.cluster.store
+        claim = await loop.run_in_executor(None, fo.mark, store, a.uuid, a.claim, "starting")
+        if claim is None:
+            return
+        log.warning("failover: restarting domain %s here: %s", a.name, a.detail)
+        try:
+            dom = await self.domains.create(a.config)
+        except (XendError, Exception) as e:
+            log.error("failover: domain %s could not be restarted here: %s", a.name, e)
+            await loop.run_in_executor(None, fo.mark, store, a.uuid, claim, "failed", str(e))
+            return
+        await loop.run_in_executor(None, fo.mark, store, a.uuid, claim, "started")
+        self.domains.emit("restarted", dom, reason=f"host {a.claim.source} failed")
