@@ -7,7 +7,7 @@ import logging
 
 from .. import host
 from . import Call
-from .cluster import cluster_of, place, with_hosts
+from .cluster import cluster_of, place, this_host, with_hosts
 
 log = logging.getLogger("pyxen.api")
 
@@ -30,7 +30,7 @@ async def list_domains(call: Call):
         out[0]["stats"] = {"vbds": 0, "vbd_rd": 0, "vbd_wr": 0, "vbd_oo": 0, "vbd_rsect": 0,
                            "vbd_wsect": 0, "nets": 0, "net_tx": 0, "net_rx": 0}
     if call.args["cluster"]:
-        out = with_hosts(call.domains, out)
+        return {"domains": with_hosts(call.domains, out), "host": this_host(call.domains)}
     return {"domains": out}
 
 
