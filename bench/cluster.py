@@ -81,7 +81,8 @@ def one_failure(stores, uuid: str) -> dict:
     st.put(storekeys.config(uuid), sxp.to_string(cfg.to_sxp()).encode())
     st.put_json(storekeys.runtime("a", uuid), {"domid": 1, "state": "running"})
     DomainLock(st, a).acquire(uuid, "victim")
-    nodes = {n: fo.Failover(stores[n], n, lambda n=n: view.hosts(stores[n]), locks[n].owner)
+    nodes = {n: fo.Failover(stores[n], n, lambda n=n: view.hosts(stores[n]), locks[n].owner,
+                             parse=DomainConfig.from_sxp)
              for n in "bc"}
     started, locked = [], []
     stop = threading.Event()

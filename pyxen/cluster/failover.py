@@ -46,9 +46,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .. import storekeys
-from ..config import sxp
-from ..config.domain import DomainConfig
-from ..config.errors import ConfigError
 from ..store import Store, StoreConflict, dump_json
 from .placement import HostInfo, PlacementError, UP, choose, needs_of
 
@@ -187,6 +184,9 @@ class Failover:
     me: str
     members: Callable[[], list[HostInfo]]      # every member, with state up or not
     lock_owner: Callable[[str], str | None]    # uuid -> the host holding its lock, None if free
+    # Stored config text -> a DomainConfig (xend passes its parser: this
+    # package knows nothing of pyxen.config); raises ValueError if unreadable.
+    parse: Callable[[str], object] = None
     grace: float = DEFAULT_GRACE
     clock: Callable[[], float] = time.monotonic
     # (uuid, incident id) -> when this host first saw it with host and lock gone.
@@ -219,8 +219,8 @@ class Failover:
             return None     # its lock still lives: not dead as far as the cluster knows
         raw = self.store.get(cfg_key)
         try:
-            cfg = DomainConfig.from_sxp(raw.decode())
-        except (AttributeError, ConfigError, sxp.SxpError, UnicodeDecodeError) as e:
+            cfg = self.parse(raw.decode())
+        except (AttributeError, ValueError) as e:      # UnicodeDecodeError is a ValueError
             return Action(uuid, uuid, "refused", f"its config cannot be read: {e}")
         if cfg.on_host_failure != "restart":
             return Action(uuid, cfg.name, "preserve", f"host {owner} is down; on_host_failure is preserve")

@@ -18,6 +18,7 @@ import logging
 import time
 
 from ..cluster import failover as fo, view
+from ..config.domain import DomainConfig
 from .errors import XendError
 
 log = logging.getLogger("pyxen.cluster")
@@ -30,7 +31,8 @@ class ClusterOps:
         self.domains, self.cluster, self.interval = domains, cluster, interval
         self.publisher = view.ListingPublisher(cluster.store, cluster.name)
         self.failover = fo.Failover(cluster.store, cluster.name, lambda: view.hosts(cluster.store),
-                                    cluster.lock.owner, grace=grace)
+                                    cluster.lock.owner, grace=grace,
+                                    parse=DomainConfig.from_sxp)
         self._said: dict[str, str] = {}     # uuid -> the last decision logged (no log line every second)
         self._task: asyncio.Task | None = None
 

@@ -47,7 +47,7 @@ def cluster(tmp_path):
         return [HostInfo(n, state=s, free_memory=free[n]) for n, s in state.items()]
 
     def node(me):
-        return fo.Failover(st, me, members, locks.get, grace=3.0, clock=clock)
+        return fo.Failover(st, me, members, locks.get, grace=3.0, clock=clock, parse=DomainConfig.from_sxp)
     return st, state, locks, clock, node
 
 

@@ -13,6 +13,7 @@ from pyxen import storekeys
 from pyxen.cluster import failover as fo, view
 from pyxen.cluster.lock import DomainLock, LockHeld
 from pyxen.cluster.membership import Membership
+from pyxen.config.domain import DomainConfig
 from pyxen.testing import etcd as etcdtest
 from pyxen.testing.wait import poll
 
@@ -45,7 +46,8 @@ def test_one_survivor_restarts_and_the_returning_host_cannot(etcd):
         put_domain(stores["a"], U2, "db", "a", "preserve")
         locks["a"].acquire(U1, "web")
         locks["a"].acquire(U2, "db")
-        nodes = {n: fo.Failover(stores[n], n, lambda n=n: view.hosts(stores[n]), locks[n].owner, grace=1.0)
+        nodes = {n: fo.Failover(stores[n], n, lambda n=n: view.hosts(stores[n]), locks[n].owner, grace=1.0,
+                             parse=DomainConfig.from_sxp)
                  for n in "bc"}
         # a is alive: nothing to do, however long one waits
         for _ in range(3):
