@@ -73,10 +73,12 @@ def open_store(paths, cfg) -> EtcdStore:
     if ttl < 2 or not 0 < margin < ttl:
         raise XendError(f"(xend-cluster-fence-margin {margin}) must be between 1 and "
                         f"(xend-cluster-lease-ttl {ttl}) minus 1")
-    # A request may take at most a third of the TTL, so a dead member
-    # costs the keep-alive one try, not the lease.
+    # A store call (made on xend's loop) may block at most half the fence
+    # margin, so a dead etcd can delay the fencer only that much: it still
+    # pauses the domains before the lease's TTL.  (The keep-alive thread
+    # has its own timeout, TTL/4.)
     store = EtcdStore(endpoints, cluster_name(cfg), str(tls.ca), str(tls.cert), str(tls.key),
-                      timeout=max(1.0, min(5.0, ttl / 3)))
+                      timeout=max(0.5, margin / 2))
     try:
         store.ping()
     except StoreError as e:
@@ -359,7 +361,12 @@ class ClusterNode:
             dom.paused = True
             log.error("%s: paused by the fence: %s", dom.name, reason)
             done.append(dom.uuid)
-            dom.persist_quietly()
+        # Recorded after every domain is paused: with etcd gone each write
+        # costs a timeout, which the pauses must not wait for.
+        for uuid in done:
+            d = self.domains.by_uuid.get(uuid)
+            if d is not None:
+                d.persist_quietly()
         return done
 
     async def _resume(self, uuid: str) -> None:
