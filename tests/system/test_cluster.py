@@ -22,6 +22,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -139,6 +140,10 @@ def test_a_second_host_is_refused_and_migration_moves_the_lock(cluster):
     assert "g" not in b.domains() and b.qemu_pids() == []
 
     watch = c.ctl("watch", "-w", "json", "--prefix", f"cluster/owners/{uuid}", popen=True)
+    # xm events on A shows the cluster's changes too (the lock arriving on B).
+    events_out = open(a.root / "events.json", "w")
+    follower = subprocess.Popen(["xm", "events", "--json"], env=a.env, stdout=events_out,
+                                stderr=subprocess.DEVNULL)
     try:
         time.sleep(1)           # etcdctl's watch is made (it prints nothing until an event)
         res = a.xm("migrate", "--live", "g", b.ip, check=False, timeout=600)
@@ -154,6 +159,14 @@ def test_a_second_host_is_refused_and_migration_moves_the_lock(cluster):
             else:
                 events.append(("PUT", json.loads(base64.b64decode(ev["kv"]["value"]))["host"]))
     assert events == [("PUT", "b")], out       # one step: never two owners, never none
+    try:
+        poll(lambda: any(e.get("event") == "cluster-owner" and e.get("host") == "b" and e.get("uuid") == uuid
+                         for e in map(json.loads, (a.root / "events.json").read_text().splitlines())),
+             timeout=10, what="xm events on A to show the lock moving to B")
+    finally:
+        follower.kill()
+        follower.wait()
+        events_out.close()
     assert c.owner(uuid) == "b"
     assert "g" not in a.domains() and a.qemu_pids() == []
     assert state(b, "g") in ("r-----", "-b----")
@@ -226,3 +239,17 @@ def test_etcd_with_one_member_dead_works_with_two_dead_creates_nothing_and_fence
         assert "p" not in state(a, "g1")
     poll(lambda: "p" in state(a, "g1") and "p" in state(b, "g2"), timeout=TTL + 5, interval=0.2,
          what="both hosts to fence")
+
+
+def test_xend_refuses_to_start_when_etcd_does_not_answer(make_host, tmp_path):
+    h = make_host("(accel tcg)\n(xend-cluster-etcd 'https://127.0.0.1:9 https://127.0.0.1:10')\n"
+                  "(xend-cluster-name 'lonely')\n", start=False)
+    ca = h.root / "etc/xen/pki"
+    pki.make_ca(ca)
+    pki.make_host_cert(ca, "lonely", out=ca)
+    res = h.xend("start", check=False)
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert ("cluster configured but etcd unreachable: https://127.0.0.1:9: Connection refused; "
+            "https://127.0.0.1:10: Connection refused; xend not started") in res.stderr, res.stderr
+    assert h.run("xend", "status").returncode != 0
