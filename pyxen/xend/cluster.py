@@ -120,7 +120,7 @@ class ClusterNode:
         self.lock = DomainLock(store, self.membership)
         self.fencer = Fencer(self.membership, self.lock, cfg["xend-cluster-fence"],
                              float(cfg["xend-cluster-fence-margin"]), fence=self._fence, resume=self._resume,
-                             name=self._name, on_event=self._fence_event)
+                             name=self._name, on_event=self._fence_event, superseded=self._superseded)
         # What another host waits after a lock is gone before taking the
         # domain (clusterops's failover reads it; the fence is the other half).
         self.grace = int(cfg["xend-cluster-grace"])
@@ -198,13 +198,7 @@ class ClusterNode:
                 self.acquire(dom.uuid, dom.name)
             except Conflict as e:
                 # Restarted elsewhere while this xend was away: never run it twice.
-                log.error("cluster: %s; pausing this host's copy and not resuming it", e)
-                try:
-                    await dom.monitor.stop()
-                    dom.paused = True
-                    dom.persist_quietly()
-                except Exception as err:    # noqa: BLE001
-                    log.error("%s: cannot pause the superseded copy: %s", dom.name, err)
+                await self._drop_superseded(dom, str(e))
         self._watch = self.membership.watch(self._on_cluster_event)
         self._tasks = [asyncio.create_task(self.fencer.run(), name="cluster-fence"),
                        asyncio.create_task(self._tick(), name="cluster-periodic")]
@@ -368,6 +362,27 @@ class ClusterNode:
             if d is not None:
                 d.persist_quietly()
         return done
+
+    async def _drop_superseded(self, dom, why: str) -> None:
+        """This host's copy of a domain another host owns now: stop it and
+        forget only this host's record (the shared config is the owner's:
+        Domain.forget keeps it, see may_forget_config)."""
+        log.error("cluster: %s: %s; destroying this host's superseded copy", dom.name, why)
+        self.domains.emit_raw({"time": time.time(), "event": "cluster-superseded", "host": self.name,
+                               "name": dom.name, "uuid": dom.uuid, "detail": why})
+        try:
+            await dom.destroy(force=True)
+        except Exception as err:    # noqa: BLE001 — at least never let it run
+            log.error("%s: cannot destroy the superseded copy (%s); killing QEMU", dom.name, err)
+            from ..hypervisor.qemu import process
+            if dom.pid and process.alive(dom.pid):
+                dom.expect_exit = True
+                process.kill(dom.pid)
+
+    async def _superseded(self, uuid: str, why: str) -> None:
+        dom = self.domains.by_uuid.get(uuid) if self.domains else None
+        if dom is not None:
+            await self._drop_superseded(dom, why)
 
     async def _resume(self, uuid: str) -> None:
         dom = self.domains.by_uuid.get(uuid)

@@ -305,10 +305,15 @@ class Domains:
         hosts = {storekeys.host_of(k) for k in self.store.keys(storekeys.HOSTS_PREFIX)}
         elsewhere = {storekeys.uuid_of_runtime(h, k) for h in hosts - {host}
                      for k in self.store.keys(storekeys.runtime_prefix(h))}
+        leftovers = {u for k in self.store.keys(storekeys.CONFIG_PREFIX)
+                     if (u := storekeys.uuid_of_config(k)) and u not in elsewhere}
+        if self.cluster is not None:
+            # In a cluster a config without a runtime record is anybody's
+            # (a failover about to start it, a host that died mid-create):
+            # only one whose lock names this host is a leftover of ours.
+            leftovers = {u for u in leftovers if self.cluster.lock.owner(u) == self.cluster.name}
         uuids = sorted({u for k in self.store.keys(storekeys.runtime_prefix(host))
-                        if (u := storekeys.uuid_of_runtime(host, k))} |
-                       {u for k in self.store.keys(storekeys.CONFIG_PREFIX)
-                        if (u := storekeys.uuid_of_config(k)) and u not in elsewhere})
+                        if (u := storekeys.uuid_of_runtime(host, k))} | leftovers)
         for u in uuids:
             cfg_key, rt_key = storekeys.config(u), storekeys.runtime(host, u)
             raw_cfg = self.store.get(cfg_key)
