@@ -68,9 +68,9 @@ def lock_latency(stores, runs: int) -> dict:
 
 
 def one_failure(stores, uuid: str) -> dict:
-    a = Membership(stores["a"], "a", info=lambda: {"free_mem": 512, "relocation": "a:8002"})
+    a = Membership(stores["a"], "a", info=lambda: {"free_memory": 512, "relocation": "a:8002"})
     a.join()
-    survivors = {n: Membership(stores[n], n, info=lambda n=n: {"free_mem": 1024, "relocation": f"{n}:8002"})
+    survivors = {n: Membership(stores[n], n, info=lambda n=n: {"free_memory": 1024, "relocation": f"{n}:8002"})
                  for n in "bc"}
     for m in survivors.values():
         m.join()

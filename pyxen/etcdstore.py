@@ -9,8 +9,9 @@ an etcd with ``--client-cert-auth``.
 
 Why synchronous.  The store interface is synchronous (a FileStore call is
 a few syscalls), and so is this backend: every call is one HTTP request
-with a short timeout (``timeout``, default 5 s) so a dead etcd costs a
-caller seconds, never forever.  What must not wait on a caller — the
+with one deadline (``timeout``, default 5 s; xend uses half the fence
+margin) across all endpoints, so a dead etcd costs a caller that long,
+never forever, and never long enough to delay the fence past the lease.  What must not wait on a caller — the
 lease keep-alive, the watches — runs in threads of its own
 (:mod:`pyxen.cluster.membership`, :class:`_WatchThread`), never on xend's
 event loop.
@@ -132,11 +133,18 @@ class EtcdStore(Store):
         n = len(self.endpoints)
         errors = []
         start = self._good
+        # One deadline for the whole call, whatever the number of endpoints:
+        # xend's loop (and so its fencer) never waits longer than this.
+        deadline = time.monotonic() + (timeout or self.timeout)
         for i in range(n):
             idx = (start + i) % n
+            left = deadline - time.monotonic()
+            if left <= 0.05:
+                errors.append(f"{self.endpoints[idx]}: not tried (out of time)")
+                continue
             url = self.endpoints[idx] + API + path
             try:
-                r = self._sessions[idx].post(url, data=json.dumps(body), timeout=timeout or self.timeout)
+                r = self._sessions[idx].post(url, data=json.dumps(body), timeout=left)
             except requests.exceptions.SSLError as e:
                 errors.append(f"{self.endpoints[idx]}: TLS: {_short(e)}")
                 continue

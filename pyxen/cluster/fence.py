@@ -13,8 +13,9 @@ rates of two machines and the time a pause takes.
 
 When keep-alives succeed again, each paused domain is resumed only if
 this host holds its lock again — retaken with :meth:`DomainLock.acquire`,
-which fails if the domain was restarted elsewhere meanwhile; such a domain
-stays paused and is reported (two running copies would corrupt its disk).
+which fails if the domain was restarted elsewhere meanwhile; such a copy
+is never resumed: it is handed to ``superseded`` (xend destroys it,
+keeping the shared config, which is the new owner's).
 
 :class:`Fencer` is the policy, driven by :meth:`Fencer.step` with the
 current time; xend runs :meth:`Fencer.run` as a task and gives it the
@@ -37,7 +38,7 @@ MODES = ("pause", "destroy")
 
 class Fencer:
     def __init__(self, membership, lock, mode: str = "pause", margin: float = 3.0,
-                 fence=None, resume=None, name=None, on_event=None):
+                 fence=None, resume=None, name=None, on_event=None, superseded=None):
         if mode not in MODES:
             raise ValueError(f"xend-cluster-fence must be one of {', '.join(MODES)}, not {mode!r}")
         if not 0 < margin < membership.ttl:
@@ -46,6 +47,7 @@ class Fencer:
         self.membership, self.lock = membership, lock
         self.mode, self.margin = mode, margin
         self._fence, self._resume, self._name = fence, resume, name or (lambda uuid: uuid)
+        self._superseded = superseded      # async (uuid, why): its lock is another host's now
         self.on_event = on_event or (lambda kind, detail: None)
         self.fenced = False
         self.paused: list[str] = []     # what this host paused when it fenced, to resume later
@@ -94,8 +96,13 @@ class Fencer:
             try:
                 self.lock.acquire(uuid, name)
             except LockHeld as e:
-                log.error("cluster: not resuming %s: %s now; it stays paused here", name, e)
+                log.error("cluster: not resuming %s: %s now", name, e)
                 self.on_event("not-resumed", f"{name}: {e}")
+                if self._superseded is not None:
+                    try:
+                        await self._superseded(uuid, str(e))
+                    except Exception:   # noqa: BLE001
+                        log.exception("cluster: dropping the superseded copy of %s failed", name)
                 continue
             except ClusterError as e:
                 log.warning("cluster: cannot retake the lock of %s yet: %s", name, e)

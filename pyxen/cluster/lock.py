@@ -198,3 +198,10 @@ def _json(raw: bytes | None) -> dict:
     except ValueError:
         return {}
     return v if isinstance(v, dict) else {}
+
+
+def owner_of(store, uuid: str) -> str | None:
+    """The host named by domain *uuid*'s owner key, None when it is gone
+    (for code without a Membership: failover's scan, tools)."""
+    raw = store.get(K.owner(uuid))
+    return str(_json(raw).get("host", "")) or None if raw is not None else None

@@ -42,8 +42,13 @@ log = logging.getLogger("pyxen.cluster")
 class HostInfo:
     """One host as the cluster sees it.
 
-    ``state`` is ``up`` while its leased record exists, ``lost`` once it is
-    gone (the fields are then the last ones it published).  ``free_mem`` is
+    ``state`` is ``up`` while its leased record exists (``fenced`` or
+    ``maintenance`` when its record says so: placement skips those),
+    ``lost`` once it is gone (the fields are then the last ones it
+    published).  The record's JSON fields: ``name``, ``address``,
+    ``relocation`` (HOST:PORT), ``relocation_port``, ``api``,
+    ``free_memory`` (MiB), ``vcpus``, ``domains``, ``bridges``, ``state``,
+    ``lease``, ``updated`` (wall clock).  ``free_mem`` is
     MiB, ``lease_age`` the seconds since its lease was last renewed (None
     when lost or unknown), ``address`` the host's cluster address,
     ``relocation`` and ``api`` ``HOST:PORT`` of its relocation server and
@@ -63,14 +68,17 @@ class HostInfo:
 
     @classmethod
     def from_record(cls, rec: dict, state: str, lease: int = 0, lease_age: float | None = None) -> "HostInfo":
+        # A live host may say it is fencing itself or being evacuated.
+        if state == "up" and rec.get("state") in ("fenced", "maintenance"):
+            state = rec["state"]
         return cls(name=str(rec.get("name", "")), address=str(rec.get("address", "")), state=state,
-                   free_mem=int(rec.get("free_mem", 0)), vcpus=int(rec.get("vcpus", 0)),
+                   free_mem=int(rec.get("free_memory", 0)), vcpus=int(rec.get("vcpus", 0)),
                    domains=int(rec.get("domains", 0)), bridges=tuple(rec.get("bridges", ())),
                    lease_age=lease_age, relocation=str(rec.get("relocation", "")),
                    api=str(rec.get("api", "")), lease=lease, updated=float(rec.get("updated", 0)))
 
     def to_json(self) -> dict:
-        return {"name": self.name, "address": self.address, "state": self.state, "free_mem": self.free_mem,
+        return {"name": self.name, "address": self.address, "state": self.state, "free_memory": self.free_mem,
                 "vcpus": self.vcpus, "domains": self.domains, "bridges": list(self.bridges),
                 "lease_age": self.lease_age, "relocation": self.relocation, "api": self.api}
 

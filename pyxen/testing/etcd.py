@@ -143,8 +143,29 @@ class EtcdCluster:
         ca, cert, key = self.client_cert(host, self.root / "clients" / host)
         return EtcdStore(self.endpoints, host, ca, cert, key, timeout=timeout)
 
+    def etcdctl(self, *args: str, ns: str | None = None, client: str = "probe",
+                timeout: float = 20, popen: bool = False):
+        """Run Debian's etcdctl (an observer independent of pyxen's client)
+        against this cluster, in namespace *ns*; with *popen* a running
+        process (for ``watch``), else its CompletedProcess."""
+        d = self.root / "clients" / f"ctl-{client}"
+        if not (d / pki.HOST_CERT).exists():
+            self.client_cert(f"ctl-{client}", d)
+        argv = ["etcdctl", "--endpoints", ",".join(self.endpoints), "--cacert", str(d / pki.CA_CERT),
+                "--cert", str(d / pki.HOST_CERT), "--key", str(d / pki.HOST_KEY),
+                "--dial-timeout", "2s", "--command-timeout", "5s", *args]
+        if ns:
+            argv = ["ip", "netns", "exec", ns, *argv]
+        env = dict(os.environ, ETCDCTL_API="3")
+        if popen:
+            return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Until a linearizable read succeeds (a leader exists)."""
+        if self.members[0].netns:
+            self._wait_healthy_ctl(timeout)
+            return
         from ..store import StoreError
         st = self.store("probe", timeout=2.0)
         deadline = time.monotonic() + timeout
@@ -164,6 +185,21 @@ class EtcdCluster:
                     time.sleep(0.2)
         finally:
             st.close()
+
+    def _wait_healthy_ctl(self, timeout: float) -> None:
+        """In namespaces the members are reached from the first one's."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for m in self.members:
+                if m.proc is not None and m.proc.poll() is not None:
+                    raise RuntimeError(f"etcd member {m.name} exited ({m.proc.returncode}):\n" + self.log_tail(m))
+            res = self.etcdctl("get", "--prefix", "--keys-only", "health-probe", ns=self.members[0].netns)
+            if res.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"etcd did not become healthy in {timeout:.0f} s: {res.stderr.strip()}\n" +
+                                   "\n".join(self.log_tail(m) for m in self.members))
+            time.sleep(0.3)
 
     def log_tail(self, m: Member, n: int = 15) -> str:
         try:

@@ -2,8 +2,9 @@
 host's listing (for ``xm list --cluster`` elsewhere) and take part in
 restarting a failed host's domains (:mod:`pyxen.cluster.failover`).
 
-It runs only when xend is in a cluster (``Domains.cluster``: the
-foundation's object with ``store``, ``name``, ``membership`` and ``lock``).
+It runs only when xend is in a cluster, on the ClusterNode's periodic loop
+(:func:`attach`, called by the daemon), with the node's grace delay
+(``xend-cluster-grace``).
 Store calls block (etcd over HTTP), so they run in the default executor,
 never on the event loop.  A start this host won goes through
 ``Domains.create``, which takes the domain lock like any create: if another
@@ -23,37 +24,23 @@ from .errors import XendError
 
 log = logging.getLogger("pyxen.cluster")
 
-INTERVAL = 1.0
+
+def attach(domains, node) -> "ClusterOps":
+    """Run the cluster operations on *node*'s once-a-second loop
+    (:meth:`pyxen.xend.cluster.ClusterNode.add_periodic`)."""
+    ops = ClusterOps(domains, node, grace=float(getattr(node, "grace", fo.DEFAULT_GRACE)))
+    node.add_periodic(ops.tick)
+    return ops
 
 
 class ClusterOps:
-    def __init__(self, domains, cluster, interval: float = INTERVAL, grace: float = fo.DEFAULT_GRACE):
-        self.domains, self.cluster, self.interval = domains, cluster, interval
+    def __init__(self, domains, cluster, grace: float = fo.DEFAULT_GRACE):
+        self.domains, self.cluster = domains, cluster
         self.publisher = view.ListingPublisher(cluster.store, cluster.name)
         self.failover = fo.Failover(cluster.store, cluster.name, lambda: view.hosts(cluster.store),
                                     cluster.lock.owner, grace=grace,
                                     parse=DomainConfig.from_sxp)
         self._said: dict[str, str] = {}     # uuid -> the last decision logged (no log line every second)
-        self._task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="cluster-ops")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.tick()
-            except Exception as e:      # one bad tick (etcd away) must not end the loop
-                log.warning("cluster operations: %s", e)
 
     async def tick(self) -> list[fo.Action]:
         loop = asyncio.get_running_loop()

@@ -242,7 +242,10 @@ class Incoming:
             await mon.send_fd(a.fileno(), "pyxen-migrate")
             a.close()
             await mon.migration.start_in("pyxen-migrate")
-            await self._send(rp.ok(["domid", dom.domid]))
+            cluster = self.domains.cluster
+            extra = ([["cluster-host", cluster.name], ["cluster-lease", f"{cluster.membership.lease:x}"]]
+                     if cluster is not None else [])
+            await self._send(rp.ok(["domid", dom.domid], *extra))
             faults.point("migrate-target-receiving")
             kind, problem = await run_blocking(self.link.pump_in, b)
         finally:
@@ -265,6 +268,12 @@ class Incoming:
 
     async def _commit(self, paused: bool) -> None:
         dom = self.dom
+        cluster = self.domains.cluster
+        if cluster is not None and cluster.lock_enabled and not cluster.lock.holds(dom.uuid):
+            # The source's commit moves the lock here; without it the guest
+            # must not run here (the source keeps it, paused).
+            raise MigrationError(f"domain {dom.name}: the source committed but this host does not hold "
+                                 f"its lock (owner {cluster.lock.owner(dom.uuid) or 'nobody'})")
         async with dom.lock:
             # Durable before the guest runs: a restart now adopts it as a
             # running domain instead of rolling it back.

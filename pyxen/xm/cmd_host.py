@@ -52,7 +52,15 @@ def cmd_events(ctx, opts, args):
             print(_json.dumps(data), flush=True)
         else:
             stamp = time.strftime("%H:%M:%S", time.localtime(data["time"]))
-            print(f"{stamp} {event:<9} {data['name']} (id={data['domid']}) {data['state']}", flush=True)
+            if event.startswith("cluster-"):
+                # A cluster's change (a host joined or was lost, a domain's
+                # lock moved): no domid, it may be another host's.
+                what = data.get("name") or data.get("uuid") or ""
+                tail = f" {data['detail']}" if data.get("detail") else ""
+                print(f"{stamp} {event} host={data.get('host', '')}{' ' + what if what else ''}{tail}",
+                      flush=True)
+            else:
+                print(f"{stamp} {event:<9} {data['name']} (id={data['domid']}) {data['state']}", flush=True)
         seen += 1
         if limit is not None and seen >= limit:
             break

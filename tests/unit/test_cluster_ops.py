@@ -81,7 +81,7 @@ def harness(root, clustered: bool):
         cs = FileStore(root / "cluster-store", host="shared")
         for h in HOSTS:
             # as pyxen.cluster.membership publishes them (no leases on a FileStore)
-            rec = json.dumps({"name": h["name"], "address": h["address"], "free_mem": h["free_memory"],
+            rec = json.dumps({"name": h["name"], "address": h["address"], "free_memory": h["free_memory"],
                               "vcpus": h["vcpus"], "domains": h["domains"],
                               "relocation": f"{h['address']}:{h['relocation_port']}"}).encode()
             cs.put(storekeys.known_host(h["name"]), rec)

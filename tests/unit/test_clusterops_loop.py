@@ -34,7 +34,7 @@ class FakeDomains:
 def setup(tmp_path, fail=None):
     st = FileStore(tmp_path / "s", host="shared")
     for name, free, up in (("a", 4096, False), ("b", 2048, True), ("c", 1024, True)):
-        rec = json.dumps({"name": name, "free_mem": free, "relocation": f"{name}:8002"}).encode()
+        rec = json.dumps({"name": name, "free_memory": free, "relocation": f"{name}:8002"}).encode()
         st.put(storekeys.known_host(name), rec)
         if up:
             st.put(storekeys.member(name), rec)

@@ -39,10 +39,10 @@ def member(st, name, lost=False, **kw):
 
 def test_hosts_up_lost_and_relocation_address(tmp_path):
     st = FileStore(tmp_path / "s", host="a")
-    member(st, "a", address="10.0.0.1", relocation="10.0.0.1:8002", free_mem=900, vcpus=2, domains=1,
+    member(st, "a", address="10.0.0.1", relocation="10.0.0.1:8002", free_memory=900, vcpus=2, domains=1,
            bridges=["xenbr0"])
-    member(st, "b", address="10.0.0.2", relocation="[fd00::2]:8102", free_mem=300)
-    member(st, "c", lost=True, address="10.0.0.3", free_mem=5000)
+    member(st, "b", address="10.0.0.2", relocation="[fd00::2]:8102", free_memory=300)
+    member(st, "c", lost=True, address="10.0.0.3", free_memory=5000)
     hs = view.hosts(st)
     assert [(h.name, h.state, h.free_memory) for h in hs] == [("a", "up", 900), ("b", "up", 300),
                                                              ("c", "lost", 5000)]

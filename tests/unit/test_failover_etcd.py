@@ -35,7 +35,7 @@ def test_one_survivor_restarts_and_the_returning_host_cannot(etcd):
     stores = {n: etcd.store(n) for n in "abc"}
     stores["a"].delete_prefix("")
     free = {"a": 4096, "b": 1024, "c": 2048}
-    members = {n: Membership(stores[n], n, ttl=5, info=lambda n=n: {"free_mem": free[n],
+    members = {n: Membership(stores[n], n, ttl=5, info=lambda n=n: {"free_memory": free[n],
                                                                     "relocation": f"{n}:8002"})
                for n in "abc"}
     locks = {n: DomainLock(stores[n], members[n]) for n in "abc"}

@@ -124,11 +124,20 @@ async def evacuate(call: Call):
     cands = [evac.Candidate(n, placement.needs_of(d.cfg), _blocker(d)) for n, d in doms.items()]
     plan = evac.plan(view.hosts(cl.store), cl.name, cands)
     moved, failed = [], {}
-    for dname, target in plan.moves:
-        h = view.resolve(cl.store, target)
-        try:
-            await migrate(doms[dname], h.address, h.port or None, live=True)
-            moved.append({"name": dname, "host": target})
-        except XendError as e:
-            failed[dname] = str(e)
+    # In maintenance meanwhile, so that no placement elsewhere picks this host.
+    set_state = getattr(cl, "set_state", None)
+    if set_state is not None:
+        set_state("maintenance")
+    try:
+        for dname, target in plan.moves:
+            h = view.resolve(cl.store, target)
+            try:
+                await migrate(doms[dname], h.address, h.port or None, live=True)
+                moved.append({"name": dname, "host": target})
+            except XendError as e:
+                failed[dname] = str(e)
+    finally:
+        if set_state is not None:
+            set_state("up")
+    log.info("host-evacuate: %d moved, %d stayed, %d failed", len(moved), len(plan.refused), len(failed))
     return {"moved": moved, "refused": plan.refused, "failed": failed}
