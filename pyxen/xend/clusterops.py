@@ -16,13 +16,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 
 from ..cluster import failover as fo, view
 from ..config.domain import DomainConfig
+from . import host
 from .errors import XendError
 
 log = logging.getLogger("pyxen.cluster")
+
+
+def _dom0() -> dict:
+    """This host's Domain-0 row, as xm list shows it (pyxen.xend.api's dom0)."""
+    return {"domid": 0, "name": "Domain-0", "uuid": host.DOM0_UUID, "memory": host.dom0_memory_mib(),
+            "vcpus": os.cpu_count(), "online_vcpus": os.cpu_count(), "state": "r-----",
+            "cpu_time": host.host_cpu_seconds()}
 
 
 def attach(domains, node) -> "ClusterOps":
@@ -44,7 +53,7 @@ class ClusterOps:
 
     async def tick(self) -> list[fo.Action]:
         loop = asyncio.get_running_loop()
-        infos = [d.info() for d in self.domains.all()]
+        infos = [_dom0()] + [d.info() for d in self.domains.all()]
         await loop.run_in_executor(None, self.publisher.publish, infos, time.monotonic())
         actions = await loop.run_in_executor(None, self.failover.scan)
         for a in actions:
