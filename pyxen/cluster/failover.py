@@ -52,8 +52,9 @@ from .placement import HostInfo, PlacementError, UP, choose, needs_of
 log = logging.getLogger("pyxen.cluster.failover")
 
 # Seconds a host's lease and the domain's lock must have been gone, on the
-# survivor's clock, before it restarts the domain (xend-cluster-failover-grace).
-DEFAULT_GRACE = 3.0
+# survivor's clock, before it restarts the domain: xend passes its
+# xend-cluster-grace (whose default this is).
+DEFAULT_GRACE = 5.0
 
 
 @dataclass(frozen=True)
