@@ -260,10 +260,7 @@ class Domains:
             if self.cluster is not None:
                 # The domain lock (an arriving migration's stays the source's
                 # until the source's commit hands it over).
-                if incoming:
-                    self.cluster.check_incoming(cfg.uuid, cfg.name)
-                else:
-                    self.cluster.acquire(cfg.uuid, cfg.name)
+                self.cluster.admit(cfg, incoming)
             # MACs go into the config before it is persisted, so they stay the
             # same across reboot, save/restore and migration.
             self.reservations.assign_macs(cfg)
