@@ -128,6 +128,7 @@ class ClusterNode:
         self.state = "up"
         self._info: dict = {}
         self._periodic: list = []
+        self._was_paused: set[str] = set()     # paused before the fence: stays paused after it
         self._tasks: list[asyncio.Task] = []
         self._watch = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -224,14 +225,35 @@ class ClusterNode:
         await asyncio.get_running_loop().run_in_executor(None, self.membership.leave, not running)
         self.store.close()
 
+    async def _relock(self) -> None:
+        """The keep-alive thread had to take a new lease (the old one ended
+        while this host was cut off): the locks and claims went with it.
+        Retake them for every domain that still runs here; one that another
+        host owns now is destroyed here.  (Paused-by-fence domains are the
+        fencer's: it retakes theirs before resuming.)"""
+        log.warning("cluster: new lease %x; retaking the locks of this host's domains", self.membership.lease)
+        for dom in list(self.domains.all()):
+            if not dom.pid or dom.uuid in self.fencer.paused:
+                continue
+            try:
+                self.admit(dom.cfg)
+            except Conflict as e:
+                await self._drop_superseded(dom, str(e))
+            except XendError as e:
+                log.error("cluster: cannot retake the lock of %s yet: %s", dom.name, e)
+
     def add_periodic(self, fn) -> None:
         """Run ``await fn()`` about once a second while xend runs."""
         self._periodic.append(fn)
 
     async def _tick(self) -> None:
+        lease = self.membership.lease
         while True:
             await asyncio.sleep(1.0)
             self._snapshot()
+            if self.membership.lease != lease:
+                lease = self.membership.lease
+                await self._relock()
             for fn in list(self._periodic):
                 try:
                     await fn()
@@ -389,6 +411,10 @@ class ClusterNode:
                 done.append(dom.uuid)
                 continue
             if dom.paused:
+                # Paused already (by its user): the fencer retakes its lock
+                # too, but leaves it paused (_resume).
+                self._was_paused.add(dom.uuid)
+                done.append(dom.uuid)
                 continue
             try:
                 await asyncio.wait_for(dom.monitor.stop(), 3)
@@ -431,6 +457,9 @@ class ClusterNode:
 
     async def _resume(self, uuid: str) -> None:
         dom = self.domains.by_uuid.get(uuid)
+        if uuid in self._was_paused:
+            self._was_paused.discard(uuid)
+            return
         if dom is None or not dom.pid or not dom.paused:
             return
         await dom.monitor.cont()
