@@ -359,6 +359,18 @@ class ClusterNode:
         except (ClusterError, StoreError) as e:
             raise XendError(f"cluster: cannot take the lock of domain {name}: {e}") from None
 
+    def rename(self, uuid: str, old: str, new: str) -> None:
+        """``xm rename``: the name lock moves (Conflict if another domain of
+        the cluster has the new name)."""
+        if not self.lock_enabled or old == new:
+            return
+        try:
+            self.lock.rename(uuid, new)
+        except LockHeld as e:
+            raise Conflict(str(e)) from None
+        except (ClusterError, StoreError) as e:
+            raise XendError(f"cluster: cannot rename the lock of domain {old}: {e}") from None
+
     def released(self, uuid: str) -> None:
         """The domain ended here: drop its lock (if it is still ours)."""
         if not self.lock_enabled:

@@ -83,11 +83,16 @@ class DomainRunState:
         async with self.lock:
             self.reservations.check_name_free(new, self)
             old = self.cfg.name
+            cluster = self.services.cluster
+            if cluster is not None:
+                cluster.rename(self.uuid, old, new)    # the name is the cluster's too
             self.cfg.name = new
             try:
                 self.persist(config=True)
             except Exception:
                 self.cfg.name = old
+                if cluster is not None:
+                    cluster.rename(self.uuid, new, old)
                 raise
             log.info("%s: renamed to %s", old, new)
 

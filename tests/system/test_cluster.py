@@ -192,7 +192,12 @@ def test_a_shared_disk_written_on_one_host_is_refused_on_another(cluster, tmp_pa
         assert f"disk file:{shared} (xvdb) is in use by domain writer on host a (read-write)" in res.stderr, \
             res.stderr
         assert "other" not in b.domains() and b.qemu_pids() == []
-        a.xm("destroy", "writer")
+        # xm rename moves the name's lock: the new name is refused on B, the old one is free.
+        a.xm("rename", "writer", "w2")
+        refused(create(b, "w2"), "a", "w2")
+        assert create(b, "writer").returncode == 0
+        b.xm("destroy", "writer")
+        a.xm("destroy", "w2")
         assert create(b, "other", disk=[f"file:{shared},xvdb,w"]).returncode == 0
     finally:
         shutil.rmtree(shared.parent, ignore_errors=True)

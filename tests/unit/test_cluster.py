@@ -216,3 +216,15 @@ def test_disk_claims_follow_xens_rule_across_hosts(hosts):
         claims.claim(lb.store, "B", b.lease, "33333333-3333-3333-3333-333333333333", "x", [(*ro, False)])
     b.leave(revoke=True)                                                  # claims go with the lease
     claims.claim(la.store, "A", a.lease, "33333333-3333-3333-3333-333333333333", "x", [(*disk, False)])
+
+
+def test_rename_moves_the_name_lock(hosts):
+    _, la = hosts("A")
+    _, lb = hosts("B")
+    la.acquire(U1, "web")
+    lb.acquire(U2, "db")
+    with pytest.raises(LockHeld, match="domain db is running on host B"):
+        la.rename(U1, "db")
+    la.rename(U1, "www")
+    assert la.owner_of_name("www") == (U1, "A") and la.owner_of_name("web") is None
+    lb.acquire("33333333-3333-3333-3333-333333333333", "web")     # the old name is free again
