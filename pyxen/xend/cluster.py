@@ -43,6 +43,7 @@ from ..etcdstore import EtcdStore, parse_endpoints
 from ..fileutil import atomic_write
 from ..pki import TlsFiles
 from ..store import StoreError
+from .clusterfence import FenceActions
 from .errors import Conflict, XendError
 
 log = logging.getLogger("pyxen.xend")
@@ -106,7 +107,7 @@ def _bridges() -> list[str]:
         return []
 
 
-class ClusterNode:
+class ClusterNode(FenceActions):
     """This xend's part in the cluster (see the module docstring)."""
 
     def __init__(self, paths, cfg, store: EtcdStore):
@@ -129,6 +130,8 @@ class ClusterNode:
         self._info: dict = {}
         self._periodic: list = []
         self._was_paused: set[str] = set()     # paused before the fence: stays paused after it
+        # Arriving migrations not yet running here (relocation's commit ends it).
+        self.arriving: set[str] = set()
         self._tasks: list[asyncio.Task] = []
         self._watch = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -199,7 +202,13 @@ class ClusterNode:
             try:
                 self.acquire(dom.uuid, dom.name)
             except Conflict as e:
-                # Restarted elsewhere while this xend was away: never run it twice.
+                if dom.paused:
+                    # Paused (a migration whose end is unknown, a fence):
+                    # harmless; unpausing it needs its lock, so it stays so.
+                    log.error("cluster: %s: %s; this host's copy stays paused", dom.name, e)
+                    continue
+                # Running here and restarted elsewhere while this xend was
+                # away: never run it twice.
                 await self._drop_superseded(dom, str(e))
         self._watch = self.membership.watch(self._on_cluster_event)
         self._tasks = [asyncio.create_task(self.fencer.run(), name="cluster-fence"),
@@ -312,6 +321,7 @@ class ClusterNode:
             return
         if incoming:
             self.check_incoming(cfg.uuid, cfg.name)
+            self.arriving.add(cfg.uuid)
         else:
             self.acquire(cfg.uuid, cfg.name)
         try:
@@ -376,14 +386,26 @@ class ClusterNode:
         if not self.lock_enabled:
             return
         self._release_claims(uuid)
+        # An arriving migration dropped before it ran: a lock the source's
+        # commit handed over is released too, so the source (which kept
+        # the guest paused) can take it back when it is unpaused.
+        self.arriving.discard(uuid)
         try:
             self.lock.release(uuid)
         except StoreError as e:
             log.warning("cluster: cannot release the lock of %s (it goes with the lease): %s", uuid, e)
 
+    def arrived(self, uuid: str) -> None:
+        """An arriving migration runs here now (the target's commit)."""
+        self.arriving.discard(uuid)
+
     def may_forget_config(self, uuid: str) -> bool:
         """False when another host owns *uuid* now (a migration's source, a
-        superseded copy): its shared config is that host's to keep."""
+        superseded copy): its shared config is that host's to keep; and for
+        an arriving migration that never ran here (the source still has
+        the guest)."""
+        if uuid in self.arriving:
+            return False
         try:
             owner = self.lock.owner(uuid)
         except StoreError:
@@ -394,6 +416,16 @@ class ClusterNode:
         """False while this host is fenced and *uuid* is one it paused."""
         return not (self.fencer.fenced and uuid in self.fencer.paused)
 
+    def before_unpause(self, dom) -> None:
+        """``xm unpause`` of a domain: it runs only with its lock (a copy
+        kept paused after an uncertain migration, or one whose lock lapsed,
+        takes it first; Conflict naming the host that has it)."""
+        if not self.may_run(dom.uuid):
+            raise Conflict(f"domain {dom.name} was paused by the cluster fence (this host lost touch "
+                           "with etcd); it resumes by itself once this host holds its lock again")
+        if self.lock_enabled and not self.lock.holds(dom.uuid):
+            self.admit(dom.cfg)
+
     def handover_ops(self, uuid: str, to_host: str, to_lease: int):
         """The lock's move to *to_host* for the migration commit transaction
         (([], []) without locks)."""
@@ -403,77 +435,3 @@ class ClusterNode:
         if rec is None or rec.host != self.name:
             raise XendError(f"cluster: this host does not hold the lock of domain {uuid}; not migrating")
         return self.lock.handover_ops(uuid, to_host, rec.revision, to_lease or None)
-
-    # --------------------------------------------------------------- fencing
-    def _name(self, uuid: str) -> str:
-        d = self.domains.by_uuid.get(uuid) if self.domains else None
-        return d.name if d is not None else uuid
-
-    async def _fence(self, mode: str, reason: str) -> list[str]:
-        from ..hypervisor.qemu import process
-        self.state = "fenced"
-        done = []
-        for dom in list(self.domains.all()):
-            if not dom.pid or not process.alive(dom.pid):
-                continue
-            if mode == "destroy":
-                log.error("%s: destroyed by the fence: %s", dom.name, reason)
-                dom.expect_exit = True
-                process.kill(dom.pid)
-                done.append(dom.uuid)
-                continue
-            if dom.paused:
-                # Paused already (by its user): the fencer retakes its lock
-                # too, but leaves it paused (_resume).
-                self._was_paused.add(dom.uuid)
-                done.append(dom.uuid)
-                continue
-            try:
-                await asyncio.wait_for(dom.monitor.stop(), 3)
-            except Exception as e:      # noqa: BLE001 — a QEMU that will not pause is killed
-                log.error("%s: cannot pause it (%s); killing QEMU instead", dom.name, e)
-                dom.expect_exit = True
-                process.kill(dom.pid)
-                continue
-            dom.paused = True
-            log.error("%s: paused by the fence: %s", dom.name, reason)
-            done.append(dom.uuid)
-        # Recorded after every domain is paused: with etcd gone each write
-        # costs a timeout, which the pauses must not wait for.
-        for uuid in done:
-            d = self.domains.by_uuid.get(uuid)
-            if d is not None:
-                d.persist_quietly()
-        return done
-
-    async def _drop_superseded(self, dom, why: str) -> None:
-        """This host's copy of a domain another host owns now: stop it and
-        forget only this host's record (the shared config is the owner's:
-        Domain.forget keeps it, see may_forget_config)."""
-        log.error("cluster: %s: %s; destroying this host's superseded copy", dom.name, why)
-        self.domains.emit_raw({"time": time.time(), "event": "cluster-superseded", "host": self.name,
-                               "name": dom.name, "uuid": dom.uuid, "detail": why})
-        try:
-            await dom.destroy(force=True)
-        except Exception as err:    # noqa: BLE001 — at least never let it run
-            log.error("%s: cannot destroy the superseded copy (%s); killing QEMU", dom.name, err)
-            from ..hypervisor.qemu import process
-            if dom.pid and process.alive(dom.pid):
-                dom.expect_exit = True
-                process.kill(dom.pid)
-
-    async def _superseded(self, uuid: str, why: str) -> None:
-        dom = self.domains.by_uuid.get(uuid) if self.domains else None
-        if dom is not None:
-            await self._drop_superseded(dom, why)
-
-    async def _resume(self, uuid: str) -> None:
-        dom = self.domains.by_uuid.get(uuid)
-        if uuid in self._was_paused:
-            self._was_paused.discard(uuid)
-            return
-        if dom is None or not dom.pid or not dom.paused:
-            return
-        await dom.monitor.cont()
-        dom.paused = False
-        dom.persist_quietly()

@@ -359,6 +359,8 @@ class Domains:
             await self._adopt_one(dom)
 
     async def _adopt_one(self, dom: Domain) -> None:
+        if dom.state == State.INCOMING and self.cluster is not None:
+            self.cluster.arriving.add(dom.uuid)     # never ran here: its config is the source's
         if dom.state in (State.CREATING, State.DYING, State.INCOMING):
             # Interrupted create, destroy or arriving migration: roll back /
             # finish — never keep half a domain.  (An arriving domain runs

@@ -107,9 +107,8 @@ class DomainRunState:
     async def unpause(self) -> None:
         self.refuse_if_busy("unpause")
         cluster = self.services.cluster
-        if cluster is not None and not cluster.may_run(self.uuid):
-            raise Conflict(f"domain {self.name} was paused by the cluster fence (this host lost touch "
-                           "with etcd); it resumes by itself once this host holds its lock again")
+        if cluster is not None:
+            cluster.before_unpause(self)
         async with self.lock:
             self.require_live("unpause")
             await self.monitor.cont()
