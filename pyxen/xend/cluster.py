@@ -231,6 +231,10 @@ class ClusterNode(FenceActions):
         # Domains keep running when xend stops, so their locks must stay:
         # the lease is revoked only when nothing runs here.
         running = any(d.pid for d in self.domains.all()) if self.domains else False
+        if running:
+            log.warning("cluster: xend stops with domains running: their locks last until the lease "
+                        "(%d s) runs out; start xend again before that, or they may be started "
+                        "elsewhere", self.membership.ttl)
         await asyncio.get_running_loop().run_in_executor(None, self.membership.leave, not running)
         self.store.close()
 
