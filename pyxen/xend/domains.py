@@ -263,10 +263,7 @@ class Domains:
             if self.cluster is not None:
                 # The domain lock (an arriving migration's stays the source's
                 # until the source's commit hands it over).
-                if incoming:
-                    self.cluster.check_incoming(cfg.uuid, cfg.name)
-                else:
-                    self.cluster.acquire(cfg.uuid, cfg.name)
+                self.cluster.admit(cfg, incoming)
             # MACs go into the config before it is persisted, so they stay the
             # same across reboot, save/restore and migration.
             self.reservations.assign_macs(cfg)
@@ -365,6 +362,8 @@ class Domains:
             await self._adopt_one(dom)
 
     async def _adopt_one(self, dom: Domain) -> None:
+        if dom.state == State.INCOMING and self.cluster is not None:
+            self.cluster.arriving.add(dom.uuid)     # never ran here: its config is the source's
         if dom.state in (State.CREATING, State.DYING, State.INCOMING):
             # Interrupted create, destroy or arriving migration: roll back /
             # finish — never keep half a domain.  (An arriving domain runs

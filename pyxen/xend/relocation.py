@@ -274,6 +274,8 @@ class Incoming:
             # must not run here (the source keeps it, paused).
             raise MigrationError(f"domain {dom.name}: the source committed but this host does not hold "
                                  f"its lock (owner {cluster.lock.owner(dom.uuid) or 'nobody'})")
+        if cluster is not None:
+            cluster.arrived(dom.uuid)
         async with dom.lock:
             # Durable before the guest runs: a restart now adopts it as a
             # running domain instead of rolling it back.

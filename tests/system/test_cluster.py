@@ -21,6 +21,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -177,6 +178,29 @@ def test_a_second_host_is_refused_and_migration_moves_the_lock(cluster):
     b.xm("destroy", "g")
     assert c.owner(uuid) is None
     assert create(a, "g").returncode == 0
+
+
+def test_a_shared_disk_written_on_one_host_is_refused_on_another(cluster, tmp_path):
+    c = cluster()
+    a, b = c.hosts["a"], c.hosts["b"]
+    shared = Path(tempfile.mkdtemp(prefix="pxshared", dir="/tmp")) / "data.img"
+    shared.write_bytes(b"\0" * (4 << 20))
+    try:
+        assert create(a, "writer", disk=[f"file:{shared},xvdb,w"]).returncode == 0
+        res = create(b, "other", disk=[f"file:{shared},xvdb,w"])
+        assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
+        assert f"disk file:{shared} (xvdb) is in use by domain writer on host a (read-write)" in res.stderr, \
+            res.stderr
+        assert "other" not in b.domains() and b.qemu_pids() == []
+        # xm rename moves the name's lock: the new name is refused on B, the old one is free.
+        a.xm("rename", "writer", "w2")
+        refused(create(b, "w2"), "a", "w2")
+        assert create(b, "writer").returncode == 0
+        b.xm("destroy", "writer")
+        a.xm("destroy", "w2")
+        assert create(b, "other", disk=[f"file:{shared},xvdb,w"]).returncode == 0
+    finally:
+        shutil.rmtree(shared.parent, ignore_errors=True)
 
 
 def test_kill_9_of_xend_keeps_the_lock_and_a_restart_takes_the_lease_back(cluster):

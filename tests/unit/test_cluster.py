@@ -193,3 +193,38 @@ def test_fencer_settings_are_checked():
         Fencer(FakeMembership(), FakeLock(), "reboot")
     with pytest.raises(ValueError, match="margin"):
         Fencer(FakeMembership(ttl=5), FakeLock(), "pause", margin=5)
+
+
+def test_disk_claims_follow_xens_rule_across_hosts(hosts):
+    from pyxen.cluster import claims
+    a, la = hosts("A")
+    b, lb = hosts("B")
+    disk = ("file:/shared/web.img (xvda)", {"path:/shared/web.img"})
+    claims.claim(la.store, "A", a.lease, U1, "web", [(*disk, False)])
+    with pytest.raises(claims.DiskClaimed, match="in use by domain web on host A .read-write."):
+        claims.claim(lb.store, "B", b.lease, U2, "db", [(*disk, False)])
+    with pytest.raises(claims.DiskClaimed):
+        claims.claim(lb.store, "B", b.lease, U2, "db", [(*disk, True)])   # read-only beside a writer
+    # The same domain on B (a migration's target) may hold it beside A.
+    claims.claim(lb.store, "B", b.lease, U1, "web", [(*disk, False)])
+    claims.release(la.store, "A", U1)
+    claims.release(lb.store, "B", U1)
+    ro = ("file:/shared/iso (hdc)", {"path:/shared/iso"})
+    claims.claim(la.store, "A", a.lease, U1, "web", [(*ro, True)])
+    claims.claim(lb.store, "B", b.lease, U2, "db", [(*ro, True)])        # read-only sharing is fine
+    with pytest.raises(claims.DiskClaimed, match="read-only"):
+        claims.claim(lb.store, "B", b.lease, "33333333-3333-3333-3333-333333333333", "x", [(*ro, False)])
+    b.leave(revoke=True)                                                  # claims go with the lease
+    claims.claim(la.store, "A", a.lease, "33333333-3333-3333-3333-333333333333", "x", [(*disk, False)])
+
+
+def test_rename_moves_the_name_lock(hosts):
+    _, la = hosts("A")
+    _, lb = hosts("B")
+    la.acquire(U1, "web")
+    lb.acquire(U2, "db")
+    with pytest.raises(LockHeld, match="domain db is running on host B"):
+        la.rename(U1, "db")
+    la.rename(U1, "www")
+    assert la.owner_of_name("www") == (U1, "A") and la.owner_of_name("web") is None
+    lb.acquire("33333333-3333-3333-3333-333333333333", "web")     # the old name is free again
