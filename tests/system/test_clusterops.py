@@ -11,8 +11,10 @@ real TCG guests.
   'preserve' one is not restarted; A, healed, destroys its superseded copy
   and does not resume it, and resumes the preserved one.
 
-Not here yet: the guest on a shared disk writing its host name every 100 ms
-(the default image has no such writer; see the report).
+Not here yet: the guest on a shared disk writing its host name every 100 ms.
+Written (branch clusterops-wip-writer), it shows the restart refused by
+QEMU's image lock, still held by A's fenced (paused) QEMU: a restart domain
+must be destroyed, not paused, when its host fences (NEEDS-FROM-CLUSTER.md).
 """
 
 from __future__ import annotations
