@@ -1,6 +1,6 @@
 """Run every benchmark: ``python -m bench [--only NAME] [--runs N] [--json PATH]
 [--save-runs N] [--save-json PATH] [--migrate-runs IDLE,DIRTY] [--migrate-json PATH]
-[--scale-domains N] [--scale-json PATH]``.
+[--scale-domains N] [--scale-json PATH] [--cluster-failures N] [--cluster-json PATH]``.
 
 Prints a plain table per benchmark and writes each one's results as JSON
 (atomically: a temp file in the same directory, then a rename).
@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import boot, disk, migrate, migratestorage, saverestore, scale
+from . import boot, cluster, disk, migrate, migratestorage, saverestore, scale
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_JSON = RESULTS / "boot.json"
@@ -24,6 +24,7 @@ DISK_JSON = RESULTS / "disk.json"
 MIGRATE_JSON = RESULTS / "migrate.json"
 SCALE_JSON = RESULTS / "scale.json"
 MIGRATE_STORAGE_JSON = RESULTS / "migrate-storage.json"
+CLUSTER_JSON = RESULTS / "cluster.json"
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -45,8 +46,8 @@ def write_json(path: Path, data: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench",
                                  description="Run pyxen's benchmarks; print tables, write JSON.")
-    ap.add_argument("--only", choices=("boot", "disk", "saverestore", "migrate", "migrate-storage", "scale"),
-                    help="run just this benchmark")
+    ap.add_argument("--only", choices=("boot", "disk", "saverestore", "migrate", "migrate-storage", "scale",
+                                       "cluster"), help="run just this benchmark")
     ap.add_argument("--runs", type=int, default=5, help="timed boots per side (default 5)")
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON,
                     help=f"where to write the boot results (default {DEFAULT_JSON})")
@@ -68,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"paused domains the scale benchmark creates (default {scale.DOMAINS})")
     ap.add_argument("--scale-json", type=Path, default=SCALE_JSON,
                     help=f"where to write the scale results (default {SCALE_JSON})")
+    ap.add_argument("--cluster-failures", type=int, default=20, metavar="N",
+                    help="host failures the cluster benchmark injects (default 20, about 15 s each)")
+    ap.add_argument("--cluster-json", type=Path, default=CLUSTER_JSON,
+                    help=f"where to write the cluster results (default {CLUSTER_JSON})")
     args = ap.parse_args(argv)
     try:
         idle, dirty = (int(n) for n in args.migrate_runs.split(","))
@@ -77,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--migrate-runs counts must be at least 1")
     if args.runs < 1 or args.save_runs < 1:
         ap.error("--runs and --save-runs must be at least 1")
+    if args.cluster_failures < 1:
+        ap.error("--cluster-failures must be at least 1")
     if args.scale_domains < 1:
         ap.error("--scale-domains must be at least 1")
     progress = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
@@ -110,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         print(scale.format_table(result))
         write_json(args.scale_json, result)
         print(f"results written to {args.scale_json}")
+    if args.only in (None, "cluster"):
+        result = cluster.run(args.cluster_failures, progress=progress)
+        print(cluster.format_table(result))
+        write_json(args.cluster_json, result)
+        print(f"results written to {args.cluster_json}")
     return 0
 
 

@@ -17,6 +17,13 @@ Two namespaces:
   snapshots wherever it runs, and by uuid so it outlives ``xm save`` /
   ``xm restore`` and xend restarts.
 
+* **cluster**, under ``cluster/`` (only in a cluster store): each host's
+  record, attached to its lease (``cluster/members/<host>``) and the last
+  one it published, kept after it is gone (``cluster/known/<host>``); the
+  domain lock: a domain's owner by uuid (``cluster/owners/<uuid>``) and by
+  name (``cluster/names/<name>``), both attached to the owner's lease; the
+  sharing guard's claims on shared storage (``cluster/claims/<id>``).
+
 The first store layout (before the split) had ``host/...`` and
 ``domains/<uuid>/runtime`` at the top; :func:`upgrade_v1` maps its keys to
 these, so a host that upgrades keeps its domains.
@@ -24,7 +31,9 @@ these, so a host that upgrades keeps its domains.
 
 from __future__ import annotations
 
+import hashlib
 import socket
+from urllib.parse import quote
 
 HOSTS_PREFIX = "hosts/"
 CONFIG_PREFIX = "domains/"
@@ -110,6 +119,44 @@ def vtpm(instance: int | None = None, uuid: str | None = None, name: str | None 
     return f"vtpm/name-{name}"
 
 
+# ------------------------------------------------------------------ cluster
+CLUSTER_PREFIX = "cluster/"
+MEMBERS_PREFIX = "cluster/members/"
+KNOWN_PREFIX = "cluster/known/"
+OWNERS_PREFIX = "cluster/owners/"
+NAMES_PREFIX = "cluster/names/"
+CLAIMS_PREFIX = "cluster/claims/"
+
+
+def _part(text: str) -> str:
+    """*text* as one key part: no slash, no leading dot (quoted, reversibly)."""
+    q = quote(text, safe="")
+    return "%2E" + q[1:] if q.startswith(".") else q
+
+
+def member(host: str) -> str:
+    return f"{MEMBERS_PREFIX}{_part(host)}"
+
+
+def known_host(host: str) -> str:
+    return f"{KNOWN_PREFIX}{_part(host)}"
+
+
+def owner(uuid: str) -> str:
+    return f"{OWNERS_PREFIX}{uuid}"
+
+
+def owner_name(name: str) -> str:
+    return f"{NAMES_PREFIX}{_part(name)}"
+
+
+def claim(ident: str) -> str:
+    """A sharing-guard claim on the storage *ident* names (a canonical
+    path or a stable block-device id): hashed, since a path has slashes
+    and may be long."""
+    return f"{CLAIMS_PREFIX}{hashlib.sha256(ident.encode()).hexdigest()[:40]}"
+
+
 # ------------------------------------------------------------------- upgrade
 def upgrade_v1(key: str, host: str) -> str:
     """The key a value stored under *key* in the first layout has now."""
@@ -119,3 +166,22 @@ def upgrade_v1(key: str, host: str) -> str:
     if len(parts) == 3 and parts[0] == "domains" and parts[2] == "runtime":
         return runtime(host, parts[1])
     return key
+
+
+# ------------------------------------------------------- cluster operations
+# (pyxen.cluster.failover, .evacuate, .view: at the end of the file so the
+# foundation's own cluster section above merges without a conflict)
+FAILOVER_PREFIX = "cluster/failover/"
+
+
+def failover(uuid: str) -> str:
+    """Shared: the claim of the last restart of *uuid* after its host failed
+    (the incident, the host that starts it, how far it got)."""
+    return f"{FAILOVER_PREFIX}{uuid}"
+
+
+def listing(host: str) -> str:
+    """Host-scoped: the host's own xm list rows, republished by the host
+    when they change, so that xm list --cluster is one read, not one
+    request per host."""
+    return f"{host_prefix(host)}listing"

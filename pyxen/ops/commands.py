@@ -86,10 +86,14 @@ COMMANDS: tuple[Command, ...] = (
         O("F", "config", "Domain configuration to use (SXP).", "FILE"),
         O("n", "dryrun", "Dry run - prints the resulting configuration in SXP but does not create the domain."),
         O("p", "paused", "Leave the domain paused after it is created."),
-        O("c", "console_autoconnect", "Connect to the console after the domain is created.")),
+        O("c", "console_autoconnect", "Connect to the console after the domain is created."),
+        O(None, "host", "In a cluster: create it on this host (default: the host with the most free memory "
+          "that has its bridges, disks and kernel).", "NAME")),
         op="create", run="pyxen.xm.cmd_create:cmd_create", common=True, min_args=0, max_args=None),
     Command("list", "[options] [Domain, ...]", "List information about all/some domains.",
-            (O("l", "long", "Output all domain details in SXP."),), op="domains", run=_DOM + "cmd_list",
+            (O("l", "long", "Output all domain details in SXP."),
+             O(None, "cluster", "Every cluster host's domains, with a Host column (not in a cluster: this "
+               "host's).")), op="domains", run=_DOM + "cmd_list",
             common=True, min_args=0, max_args=None),
     Command("console", "[-q|--quiet] <Domain>", "Attach to <Domain>'s console (Ctrl-] detaches).",
             (O("q", "quiet", "Do not print an error when the domain does not exist."),), op="console",
@@ -123,7 +127,8 @@ COMMANDS: tuple[Command, ...] = (
             op="snapshot-delete", send=("dom", "name")),
     Command("migrate", "<Domain> <Host> [-l|--live] [-p|--port N] [-r|--resource MB/s] [--downtime MS] "
             "[--copy-storage]",
-            "Migrate a domain to another machine (its xend must run the relocation server).", (
+            "Migrate a domain to another machine (its xend must run the relocation server); in a cluster "
+            "<Host> may be a member's name.", (
                 O("l", "live", "Use live migration: copy memory while the guest runs, then a short stop."),
                 O("p", "port", "Use the given relocation port (default xend-relocation-port, 8002).", "N"),
                 O("r", "resource", "Limit the bandwidth the migration uses, in MiB/s.", "MB/s"),
@@ -154,6 +159,11 @@ COMMANDS: tuple[Command, ...] = (
     Command("events", "[--json] [-n N]", "Follow domain state changes as they happen.",
             (O(None, "json", "One JSON object per line."), O("n", "count", "Exit after N events.", "N")),
             op="events", run=_HOST + "cmd_events", min_args=0, max_args=0),
+    Command("host-list", "", "List the cluster's hosts: address, state, free memory, vCPUs, domains, "
+            "lease age.", op="hosts", run=_HOST + "cmd_host_list", min_args=0, max_args=0),
+    Command("host-evacuate", "<Host>", "Live-migrate every domain of <Host> (this host) to the other hosts, "
+            "for maintenance; lists what cannot go and why.", op="host-evacuate", run=_HOST + "cmd_host_evacuate",
+            min_args=1, max_args=1),
     Command("log", "", "Print xend log.", op="log", run=_HOST + "cmd_log", min_args=0, max_args=0),
     Command("vcpu-list", "[Domain, ...]", "List the VCPUs for all/some domains.", op="vcpus",
             run=_SCHED + "cmd_vcpu_list", min_args=0, max_args=None),

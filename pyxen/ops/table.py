@@ -121,12 +121,16 @@ OPS: tuple[Op, ...] = (
     # ------------------------------------------------------------- domains
     Op("domains", "GET", "/api/domains", "All domains, Domain-0 first (?long=1 adds the SXP, ?stats=1 "
        "I/O counters).", "pyxen.xend.handlers.domains:list_domains",
-       (_LONG, P("stats", "boolean", "add I/O counters", where="query")), tag="domains", fuzz="host"),
+       (_LONG, P("stats", "boolean", "add I/O counters", where="query"),
+        P("cluster", "boolean", "every cluster host's domains, each with its host (xm list --cluster); "
+          "on a host not in a cluster, this host's", where="query")), tag="domains", fuzz="host"),
     Op("create", "POST", "/api/domains", "Create a domain from its SXP config (xm create).",
        "pyxen.xend.handlers.domains:create",
        (P("config", "string", "the domain's (vm ...) SXP", True),
         P("paused", "boolean", "leave it paused"),
-        P("notes", "array", "messages for xend's log")), tag="domains", status=201, fuzz="create"),
+        P("notes", "array", "messages for xend's log"),
+        P("host", "string", "the cluster host to run it on (default: placement picks the host with the most "
+          "free memory that has its bridges, disks and kernel)")), tag="domains", status=201, fuzz="create"),
     Op("create-from-file", "POST", "/api/domains/from-file", "Create a domain from an uploaded config file: "
        "SXP (vm ...) or xl.cfg KEY=VALUE; Python configs are refused (xend never runs Python).",
        "pyxen.xend.web:create_from_file",
@@ -244,6 +248,13 @@ OPS: tuple[Op, ...] = (
        "pyxen.xend.handlers.host:pci_assignable_remove",
        (P("dev", "string", _DEV, True), P("rebind", "boolean", "bind the driver it had before")),
        tag="pci", fuzz="host"),
+    # -------------------------------------------------------------- cluster
+    Op("hosts", "GET", "/api/hosts", "The cluster's hosts: address, state, free memory, vCPUs, domains, lease "
+       "age (xm host-list); 409 on a host not in a cluster.", "pyxen.xend.handlers.cluster:list_hosts",
+       tag="cluster", fuzz="host"),
+    Op("host-evacuate", "POST", "/api/hosts/{host}/evacuate", "Live-migrate every domain of this host to the "
+       "others, placed one by one (xm host-evacuate); what cannot go is listed with the reason.",
+       "pyxen.xend.handlers.cluster:evacuate", tag="cluster", body=True, fuzz="host"),
     # ---------------------------------------------------------------- vnets
     Op("vnets", "GET", "/api/vnets", "All vnets (xm vnet-list).", "pyxen.xend.handlers.vnets:list_vnets",
        tag="vnets", fuzz="host"),

@@ -141,14 +141,19 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
                 "job": dict(self.job) if self.job else None,
                 "qemu_ident": list(self.qemu_ident) if self.qemu_ident else None}
 
-    def persist(self, config: bool = False) -> None:
+    def persist(self, config: bool = False, extra: tuple = ((), ())) -> None:
+        """Write the runtime record (and with *config* the config) in one
+        transaction, with *extra* (compares, ops) in it too: the migration
+        commit hands the domain lock over in the same step."""
         st = self.store
         runtime = Put(storekeys.runtime(st.host, self.uuid), dump_json(self.runtime_record()))
+        compares, more = list(extra[0]), list(extra[1])
         if config:
             # One transaction: a crash never leaves a config without its record.
-            st.txn([], [Put(storekeys.config(self.uuid), sxp.to_string(self.cfg.to_sxp()).encode()), runtime])
+            st.txn(compares, [Put(storekeys.config(self.uuid), sxp.to_string(self.cfg.to_sxp()).encode()),
+                              runtime, *more])
         else:
-            st.txn([], [runtime])
+            st.txn(compares, [runtime, *more])
         # Every state change is persisted, so this is where observers hear of it.
         seen = self.emitted_view()
         if seen != self._last_emitted and self.announced:
@@ -178,7 +183,15 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
 
     def forget(self) -> None:
         st = self.store
-        st.txn([], [Delete(storekeys.runtime(st.host, self.uuid)), Delete(storekeys.config(self.uuid))])
+        cluster = self.services.cluster
+        ops = [Delete(storekeys.runtime(st.host, self.uuid))]
+        # In a cluster the config is shared: a domain that runs on another
+        # host now (migrated there, restarted there) keeps it.
+        if cluster is None or cluster.may_forget_config(self.uuid):
+            ops.append(Delete(storekeys.config(self.uuid)))
+        st.txn([], ops)
+        if cluster is not None:
+            cluster.released(self.uuid)
 
     def runtime(self) -> qargv.Runtime:
         p = self.paths

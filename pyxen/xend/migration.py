@@ -194,7 +194,9 @@ class Outgoing:
                 # The commit point: once it is on disk only the target may
                 # run the guest (a failure to record it still rolls back).
                 dom.job["phase"] = "commit"
-                dom.persist()
+                # In a cluster the domain lock moves to the target in this
+                # same transaction, comparing the source's revision of it.
+                dom.persist(extra=self._handover())
             except BaseException as e:
                 dom.services.count_migration("out", False, self.link.sent if self.link else 0)
                 await self._roll_back(e)
@@ -247,6 +249,7 @@ class Outgoing:
         finally:
             storagemigrate.remove_probes(probes)
         self.stats["target_domid"] = _value(reply, "domid")
+        self.target_cluster = (_value(reply, "cluster-host"), _value(reply, "cluster-lease"))
         if self.copy_storage:
             token, hows = storagemigrate.parse_reply(reply)
             self.stats["disks"] = storagemigrate.summary(hows)
@@ -281,6 +284,16 @@ class Outgoing:
         if self.link.pending():
             rp.check_reply(await run_blocking(self.link.recv, 5))
             raise rp.ProtocolError("the target spoke out of turn during the disk copy")
+
+    def _handover(self) -> tuple:
+        """(compares, ops) moving the domain lock to the target, if both
+        hosts are in the cluster (a target outside it: the lock is
+        released with this host's copy)."""
+        cluster = self.dom.services.cluster
+        host, lease = getattr(self, "target_cluster", (None, None))
+        if cluster is None or not host:
+            return (), ()
+        return cluster.handover_ops(self.dom.uuid, str(host), int(str(lease or 0), 16))
 
     async def _stream(self) -> None:
         dom, mon = self.dom, self.dom.monitor

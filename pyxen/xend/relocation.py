@@ -293,6 +293,9 @@ class Incoming:
             a.close()
             await mon.migration.start_in("pyxen-migrate")
             extra = [storagemigrate.reply(self.disks, self.token)] if self.disks is not None else []
+            cluster = self.domains.cluster
+            if cluster is not None:
+                extra += [["cluster-host", cluster.name], ["cluster-lease", f"{cluster.membership.lease:x}"]]
             await self._send(rp.ok(["domid", dom.domid], *extra))
             if self.disks is not None:
                 # The source mirrors the disks first; the link is quiet
@@ -323,6 +326,14 @@ class Incoming:
 
     async def _commit(self, paused: bool) -> None:
         dom = self.dom
+        cluster = self.domains.cluster
+        if cluster is not None and cluster.lock_enabled and not cluster.lock.holds(dom.uuid):
+            # The source's commit moves the lock here; without it the guest
+            # must not run here (the source keeps it, paused).
+            raise MigrationError(f"domain {dom.name}: the source committed but this host does not hold "
+                                 f"its lock (owner {cluster.lock.owner(dom.uuid) or 'nobody'})")
+        if cluster is not None:
+            cluster.arrived(dom.uuid)
         async with dom.lock:
             # Durable before the guest runs: a restart now adopts it as a
             # running domain instead of rolling it back.

@@ -83,11 +83,16 @@ class DomainRunState:
         async with self.lock:
             self.reservations.check_name_free(new, self)
             old = self.cfg.name
+            cluster = self.services.cluster
+            if cluster is not None:
+                cluster.rename(self.uuid, old, new)    # the name is the cluster's too
             self.cfg.name = new
             try:
                 self.persist(config=True)
             except Exception:
                 self.cfg.name = old
+                if cluster is not None:
+                    cluster.rename(self.uuid, new, old)
                 raise
             log.info("%s: renamed to %s", old, new)
 
@@ -101,6 +106,9 @@ class DomainRunState:
 
     async def unpause(self) -> None:
         self.refuse_if_busy("unpause")
+        cluster = self.services.cluster
+        if cluster is not None:
+            cluster.before_unpause(self)
         async with self.lock:
             self.require_live("unpause")
             await self.monitor.cont()

@@ -14,6 +14,12 @@ from .commands import dom_path as _dom, usage
 
 def cmd_list(ctx, opts, args):
     long = "long" in opts
+    if "cluster" in opts:
+        if long or args:
+            raise XmError("--cluster lists every domain of the cluster: it takes no -l and no domain")
+        doms = ctx.client.get("/api/domains?cluster=1")["domains"]
+        sys.stdout.write(fmt.list_cluster_table(doms))
+        return 0
     if args:
         doms = [ctx.client.get(f"/api/domains/{_dom(a)}?long={int(long)}") for a in args]
     else:

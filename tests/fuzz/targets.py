@@ -217,7 +217,7 @@ def fuzz_api(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)
     method, route = fdp.PickValueInList(ROUTES)
     dom = fdp.PickValueInList(["fz", "0", "1", "Domain-0", "nosuch"])
-    fill = {"dom": dom, "vnet": dom,
+    fill = {"dom": dom, "vnet": dom, "host": dom,
             "op": fdp.PickValueInList(OPS), "cls": fdp.PickValueInList(["vbd", "vif", "pci", "vtpm"]),
             "dev": fdp.PickValueInList(["0", "1", "xvda"])}
     path = route.format(**fill)

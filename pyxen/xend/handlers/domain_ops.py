@@ -110,8 +110,10 @@ async def save(call: Call):
 
 async def migrate(call: Call):
     from ..migration import migrate as run
+    from .cluster import relocation_target
     a = call.args
-    return await run(call.dom, a["host"], a["port"], a["live"], a["resource"], a["downtime"],
+    host, port = relocation_target(call.domains, a["host"], a["port"])
+    return await run(call.dom, host, port, a["live"], a["resource"], a["downtime"],
                      copy_storage=a["copy_storage"])
 
 
