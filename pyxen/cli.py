@@ -46,11 +46,19 @@ def main(argv: list[str] | None = None) -> int:
     cert.add_argument("--out", type=Path, help="write here instead of this host's etc/xen/pki")
     cert.add_argument("--client", action="store_true",
                       help="a client certificate for an HTTP API user named NAME (needs --out)")
+    cert.add_argument("--etcd", action="store_true",
+                      help="an etcd member's server and peer certificate for the --ip addresses (needs --out)")
     a = p.parse_args(argv)
     d = pki.pki_dir(Paths.from_env().etc)
     try:
         if a.cmd == "ca":
             path = pki.make_ca(d, a.cn, a.force)
+        elif a.etcd:
+            if a.out is None:
+                p.error("cert --etcd needs --out DIR (the member's own directory)")
+            if a.client:
+                p.error("cert: --etcd and --client are different certificates")
+            path = pki.make_etcd_cert(d, a.name, a.ip, a.out, a.dns)
         elif a.client:
             if a.out is None:
                 p.error("cert --client needs --out DIR (the user's certificate is not this host's)")

@@ -52,7 +52,7 @@ from pathlib import Path
 
 from . import faults, storekeys
 from .fileutil import atomic_write, fsync_dir
-from .store import Compare, Delete, Entry, Put, Store, StoreConflict, StoreError, check_key
+from .store import Compare, Delete, Entry, NotClustered, Put, Store, StoreConflict, StoreError, check_key
 
 log = logging.getLogger("pyxen.store")
 
@@ -233,6 +233,8 @@ class FileStore(Store):
             puts = {}
             for op in ops:
                 if isinstance(op, Put):
+                    if op.lease:
+                        raise NotClustered("a key attached to a lease")
                     if not isinstance(op.value, bytes):
                         raise TypeError(f"store values are bytes, not {type(op.value).__name__}")
                     puts[op.key] = _header(rev) + op.value

@@ -20,7 +20,11 @@ certificate (for this host or, with ``--out DIR``, for another one to copy
 over).  ``pyxen cert NAME --client --out DIR`` issues a certificate for a
 user of the HTTP API (``(xend-http-auth cert)``): ``client-cert.pem`` and
 ``client-key.pem`` beside a copy of ``ca-cert.pem``, good for TLS client
-authentication only, so it can never pose as a host.  Keys are ECDSA
+authentication only, so it can never pose as a host.  ``pyxen cert NAME
+--etcd --ip ADDR --out DIR`` issues an etcd member's certificate
+(``etcd-cert.pem``/``etcd-key.pem``), good as its server certificate to
+clients and as both ends of its peer connections; xend authenticates to
+etcd with its own host certificate (docs/cluster.md).  Keys are ECDSA
 P-256: small, and a handshake costs well under a millisecond.
 """
 
@@ -38,6 +42,7 @@ from .fileutil import atomic_write
 CA_CERT, CA_KEY = "ca-cert.pem", "ca-key.pem"
 HOST_CERT, HOST_KEY = "host-cert.pem", "host-key.pem"
 CLIENT_CERT, CLIENT_KEY = "client-cert.pem", "client-key.pem"
+ETCD_CERT, ETCD_KEY = "etcd-cert.pem", "etcd-key.pem"
 VALID_DAYS = 3650
 
 
@@ -170,6 +175,25 @@ def make_host_cert(ca_dir: Path, name: str, ips: list[str] = (), dns: list[str] 
     # the HTTPS API) and as a client (a migration leaving).
     return _issue(ca_dir, name, sans, [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
                   out or ca_dir, HOST_CERT, HOST_KEY)
+
+
+def make_etcd_cert(ca_dir: Path, name: str, ips: list[str], out: Path, dns: list[str] = ()) -> Path:
+    """Issue etcd member *name*'s certificate for the addresses *ips* (its
+    client and peer URLs' hosts): serverAuth for clients and for peers that
+    dial it, clientAuth for dialing its peers (``--peer-client-cert-auth``)."""
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+    _check_name(name, "etcd member")
+    if not ips:
+        raise PkiError("an etcd certificate needs --ip (the member's client and peer addresses)")
+    sans: list = [x509.DNSName(n) for n in [name, *dns]]
+    for ip in ips:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(ip)))
+        except ValueError:
+            raise PkiError(f"--ip {ip}: not an IP address") from None
+    return _issue(ca_dir, name, sans, [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+                  out, ETCD_CERT, ETCD_KEY)
 
 
 def make_client_cert(ca_dir: Path, name: str, out: Path) -> Path:

@@ -20,8 +20,13 @@ needs, so a cluster backend on etcd is a second implementation of
   puts the directory back at the points where it must be durable (stop,
   save, migration).  A networked store syncs at exactly those points.
 
-Leases and watches (a cluster's liveness and change events) are not in the
-interface yet: nothing here needs them, and nothing here precludes them.
+Leases and watches are the cluster's additions (etcd's, as in
+:mod:`pyxen.etcdstore`): :meth:`Store.grant_lease` gives a lease that lives
+while :meth:`Store.keepalive` renews it, a :class:`Put` with ``lease=`` makes
+a key that vanishes with its lease, and :meth:`Store.watch` calls back on
+every change under a prefix from a given revision on.  A store on one host
+(:class:`pyxen.filestore.FileStore`) has no use for them and refuses them
+with :class:`NotClustered`; ``Store.clustered`` says which kind a store is.
 
 :class:`pyxen.filestore.FileStore` implements it on a local directory.
 Ordinary files that are not state (pid files, tokens, certificates, caches)
@@ -39,6 +44,13 @@ from pathlib import Path
 
 class StoreError(Exception):
     """The store cannot do what was asked (bad key, I/O error, full disk)."""
+
+
+class NotClustered(StoreError):
+    """A lease or a watch asked of a store that is one host's own."""
+
+    def __init__(self, what: str):
+        super().__init__(f"{what} needs a cluster store (xend-cluster-etcd is not configured)")
 
 
 class StoreConflict(StoreError):
@@ -65,13 +77,34 @@ class Compare:
 
 @dataclass(frozen=True)
 class Put:
+    """Write *value*; with *lease* (a cluster store's lease id) the key is
+    deleted by the store when that lease ends."""
     key: str
     value: bytes
+    lease: int = 0
 
 
 @dataclass(frozen=True)
 class Delete:
     key: str
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """A change seen by :meth:`Store.watch`: ``kind`` is ``put`` or
+    ``delete`` (a deleted key's ``value`` is its value before, when known)."""
+    kind: str
+    key: str
+    value: bytes
+    revision: int
+    lease: int = 0
+
+
+class Watch:
+    """A running watch; :meth:`cancel` stops it (no callback after it returns)."""
+
+    def cancel(self) -> None:
+        raise NotImplementedError
 
 
 def check_key(key: str) -> None:
@@ -114,6 +147,46 @@ class Store:
     def quarantined(self) -> list[str]:
         """What was set aside (names for a person to look at, not keys)."""
         raise NotImplementedError
+
+    # --- a cluster store's additions (etcd's leases and watches)
+    clustered: bool = False
+
+    def grant_lease(self, ttl: int) -> int:
+        """A new lease of at least *ttl* seconds; returns its id."""
+        raise NotClustered("a lease")
+
+    def keepalive(self, lease: int) -> int:
+        """Renew *lease*; returns its TTL from now, 0 if it is gone."""
+        raise NotClustered("a lease")
+
+    def revoke_lease(self, lease: int) -> None:
+        """End *lease* now: every key attached to it is deleted."""
+        raise NotClustered("a lease")
+
+    def lease_remaining(self, lease: int) -> tuple[int, int]:
+        """(granted TTL, seconds left) of *lease*; (0, 0) if it is gone."""
+        raise NotClustered("a lease")
+
+    def watch(self, prefix: str, callback, start_revision: int = 0) -> "Watch":
+        """Call ``callback(WatchEvent)`` for every change of a key under
+        *prefix* after *start_revision* (0: from now), in revision order,
+        from a thread of the store's; a dropped connection is resumed
+        from the last revision seen, so no change is missed or repeated."""
+        raise NotClustered("a watch")
+
+    def head_revision(self) -> int:
+        """The store's current revision (a watch started after it misses
+        nothing written later)."""
+        raise NotClustered("a watch")
+
+    def read_prefix(self, prefix: str) -> dict[str, Entry]:
+        """Every key under *prefix* with its value (one request on etcd)."""
+        out = {}
+        for k in self.keys(prefix):
+            e = self.read(k)
+            if e is not None:
+                out[k] = e
+        return out
 
     # --- built on those
     def get(self, key: str) -> bytes | None:

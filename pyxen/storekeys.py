@@ -11,7 +11,18 @@ Two namespaces:
 * **shared**: what a cluster shares and any host may act on — a domain's
   configuration by uuid (``domains/<uuid>/config``), vnets
   (``vnets/<id>``), UEFI variables (``nvram/<uuid>``), vTPM state
-  (``vtpm/<name>/...``: swtpm's files as blobs).
+  (``vtpm/<name>/...``: swtpm's files as blobs), a domain's snapshot
+  tree by uuid (``snapshots/<uuid>``: names, parents, disk-snapshot ids,
+  state files; xend/snaptree.py) — shared so a cluster sees a domain's
+  snapshots wherever it runs, and by uuid so it outlives ``xm save`` /
+  ``xm restore`` and xend restarts.
+
+* **cluster**, under ``cluster/`` (only in a cluster store): each host's
+  record, attached to its lease (``cluster/members/<host>``) and the last
+  one it published, kept after it is gone (``cluster/known/<host>``); the
+  domain lock: a domain's owner by uuid (``cluster/owners/<uuid>``) and by
+  name (``cluster/names/<name>``), both attached to the owner's lease; the
+  sharing guard's claims on shared storage (``cluster/claims/<id>``).
 
 The first store layout (before the split) had ``host/...`` and
 ``domains/<uuid>/runtime`` at the top; :func:`upgrade_v1` maps its keys to
@@ -20,7 +31,9 @@ these, so a host that upgrades keeps its domains.
 
 from __future__ import annotations
 
+import hashlib
 import socket
+from urllib.parse import quote
 
 HOSTS_PREFIX = "hosts/"
 CONFIG_PREFIX = "domains/"
@@ -92,6 +105,10 @@ def nvram(uuid: str) -> str:
     return f"nvram/{uuid}"
 
 
+def snapshots(uuid: str) -> str:
+    return f"snapshots/{uuid}"
+
+
 def vtpm(instance: int | None = None, uuid: str | None = None, name: str | None = None) -> str:
     """A vTPM's state: by Xen's ``instance=N``, else xl's ``uuid=``, else the
     domain's name.  The blobs of its swtpm files sit under this key."""
@@ -100,6 +117,44 @@ def vtpm(instance: int | None = None, uuid: str | None = None, name: str | None 
     if uuid is not None:
         return f"vtpm/uuid-{uuid}"
     return f"vtpm/name-{name}"
+
+
+# ------------------------------------------------------------------ cluster
+CLUSTER_PREFIX = "cluster/"
+MEMBERS_PREFIX = "cluster/members/"
+KNOWN_PREFIX = "cluster/known/"
+OWNERS_PREFIX = "cluster/owners/"
+NAMES_PREFIX = "cluster/names/"
+CLAIMS_PREFIX = "cluster/claims/"
+
+
+def _part(text: str) -> str:
+    """*text* as one key part: no slash, no leading dot (quoted, reversibly)."""
+    q = quote(text, safe="")
+    return "%2E" + q[1:] if q.startswith(".") else q
+
+
+def member(host: str) -> str:
+    return f"{MEMBERS_PREFIX}{_part(host)}"
+
+
+def known_host(host: str) -> str:
+    return f"{KNOWN_PREFIX}{_part(host)}"
+
+
+def owner(uuid: str) -> str:
+    return f"{OWNERS_PREFIX}{uuid}"
+
+
+def owner_name(name: str) -> str:
+    return f"{NAMES_PREFIX}{_part(name)}"
+
+
+def claim(ident: str) -> str:
+    """A sharing-guard claim on the storage *ident* names (a canonical
+    path or a stable block-device id): hashed, since a path has slashes
+    and may be long."""
+    return f"{CLAIMS_PREFIX}{hashlib.sha256(ident.encode()).hexdigest()[:40]}"
 
 
 # ------------------------------------------------------------------- upgrade
@@ -111,3 +166,22 @@ def upgrade_v1(key: str, host: str) -> str:
     if len(parts) == 3 and parts[0] == "domains" and parts[2] == "runtime":
         return runtime(host, parts[1])
     return key
+
+
+# ------------------------------------------------------- cluster operations
+# (pyxen.cluster.failover, .evacuate, .view: at the end of the file so the
+# foundation's own cluster section above merges without a conflict)
+FAILOVER_PREFIX = "cluster/failover/"
+
+
+def failover(uuid: str) -> str:
+    """Shared: the claim of the last restart of *uuid* after its host failed
+    (the incident, the host that starts it, how far it got)."""
+    return f"{FAILOVER_PREFIX}{uuid}"
+
+
+def listing(host: str) -> str:
+    """Host-scoped: the host's own xm list rows, republished by the host
+    when they change, so that xm list --cluster is one read, not one
+    request per host."""
+    return f"{host_prefix(host)}listing"

@@ -140,9 +140,50 @@ OPTIONS: tuple[XendOption, ...] = (
     XendOption("resource-label-change-script", "str", "", "Accepted for compatibility (ACM).", origin="inert"),
     XendOption("xsm_module_name", "str", "dummy", "Accepted for compatibility (XSM).", origin="inert"),
     XendOption("xend-domain-lock", "bool", False,
-               "Accepted for compatibility: domain locks (SUSE's option) are not taken yet.", origin="inert"),
+               "Take a cluster-wide lock per domain (its owner key in etcd, on this host's lease), so a\n"
+               "domain never runs on two hosts: a create or restore of a domain (by uuid or name) that\n"
+               "runs elsewhere is refused naming that host.  On by default when xend-cluster-etcd is set\n"
+               "((xend-domain-lock no) there turns them off, with a warning at every start: two hosts may\n"
+               "then run one domain from one disk);\n"
+               "without a cluster there is no other host to lock against and it has no effect."),
     XendOption("xend-domain-lock-path", "str", "/var/lib/xen/images/vm_locks",
-               "Accepted for compatibility (see xend-domain-lock).", origin="inert"),
+               "Accepted for compatibility: the domain locks live in etcd (xend-cluster-etcd), not in\n"
+               "lock files on shared storage.", origin="inert"),
+    # A cluster of xends on etcd (pyxen/xend/cluster.py, docs/cluster.md)
+    XendOption("xend-cluster-etcd", "str", "",
+               "The etcd cluster this host joins: its client URLs, space-separated.  '' means no cluster:\n"
+               "this host keeps its state in its own files, as always.  xend refuses to start if none of\n"
+               "them answers.", example="'https://10.0.0.1:2379 https://10.0.0.2:2379 https://10.0.0.3:2379'",
+               origin="pyxen"),
+    XendOption("xend-cluster-name", "str", "",
+               "This host's name in the cluster (what `xm migrate dom NAME` and placement call it);\n"
+               "'' means the hostname.  Two live hosts cannot share one.", example="host-a", origin="pyxen"),
+    XendOption("xend-cluster-address", "str", "",
+               "The address other hosts reach this one at (relocation, the API); '' means the address\n"
+               "this host talks to etcd from.", example="10.0.0.11", origin="pyxen"),
+    XendOption("xend-cluster-tls-ca", "str", "",
+               "CA certificate that etcd's server certificates must be signed by; '' means the pool's\n"
+               "(etc/xen/pki/ca-cert.pem, as `pyxen ca` made it).", origin="pyxen"),
+    XendOption("xend-cluster-tls-cert", "str", "",
+               "Client certificate xend shows etcd (--client-cert-auth); '' means this host's certificate\n"
+               "(etc/xen/pki/host-cert.pem, from `pyxen cert`).", origin="pyxen"),
+    XendOption("xend-cluster-tls-key", "str", "",
+               "Key of xend-cluster-tls-cert; '' means etc/xen/pki/host-key.pem.", origin="pyxen"),
+    XendOption("xend-cluster-lease-ttl", "int", 10,
+               "Seconds of this host's etcd lease: its host record and its domains' locks vanish this\n"
+               "long after its last keep-alive (renewed every TTL/4 s).", origin="pyxen"),
+    XendOption("xend-cluster-fence", "choice", "pause",
+               "What this host does to its domains when its keep-alive has not succeeded for\n"
+               "lease TTL minus xend-cluster-fence-margin seconds (on its own clock): 'pause' them\n"
+               "(resumed once it holds their locks again) or 'destroy' them.", ("pause", "destroy"),
+               origin="pyxen"),
+    XendOption("xend-cluster-fence-margin", "int", 3,
+               "Seconds before the lease TTL at which this host fences itself (see xend-cluster-fence);\n"
+               "between 1 and the TTL minus 1.", origin="pyxen"),
+    XendOption("xend-cluster-grace", "int", 5,
+               "Seconds another host waits after a domain's lock is gone before it may start the\n"
+               "domain (on_host_failure='restart'): covers clock rates and the time a fence takes.",
+               origin="pyxen"),
     # pyxen's own options
     XendOption("accel", "choice", "auto",
                "Accelerator: 'auto' proves KVM with a short probe boot (verdict cached), else uses TCG.",
@@ -222,6 +263,7 @@ class XendConfig:
     def __init__(self, values: dict | None = None, unknown: list[str] | None = None, path: Path | None = None):
         self.values = {o.name: o.default for o in OPTIONS}
         self.values.update(values or {})
+        self.given = set(values or {})      # set in the file (not defaults)
         self.unknown = unknown or []
         self.path = path
 

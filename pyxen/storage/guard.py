@@ -133,6 +133,39 @@ def identities(target: str) -> set[str]:
     return ids
 
 
+def shared_ids(target: str) -> set[str]:
+    """Names of ``target`` that mean the same storage on every host of a
+    cluster (the claims in etcd are keyed by them): a regular file by its
+    canonical path (the shared mount is at the same path everywhere), a
+    block device by what its hardware or device mapper calls it (a disk's
+    WWID or serial, an LV's dm uuid) — never a device number or inode,
+    which are one host's.  Empty if it has none (a host-local device)."""
+    try:
+        st = os.stat(target)
+    except OSError:
+        return set()
+    if stat.S_ISREG(st.st_mode):
+        return {f"path:{os.path.realpath(target)}"}
+    if not stat.S_ISBLK(st.st_mode):
+        return set()
+    out = set()
+    sysd = _sys_of(st.st_rdev)
+    for rel, kind in (("dm/uuid", "dm"), ("device/wwid", "wwid"), ("wwid", "wwid"), ("device/serial", "serial")):
+        try:
+            v = (sysd / rel).read_text().strip()
+        except OSError:
+            continue
+        if v:
+            # A partition carries its disk's id plus its number.
+            part = ""
+            try:
+                part = (sysd / "partition").read_text().strip()
+            except OSError:
+                pass
+            out.add(f"{kind}:{v}" + (f":part{part}" if part else ""))
+    return out
+
+
 # --------------------------------------------------------------- mounts
 def rw_mounts(mountinfo: str | None = None) -> dict[str, str]:
     """blk:<maj>:<min> -> mount point, for every filesystem mounted read-write."""

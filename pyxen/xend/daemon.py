@@ -22,7 +22,7 @@ from ..paths import Paths
 from ..filestore import FileStore
 from ..store import StoreError
 from ..fileutil import atomic_write
-from . import apitoken, httpguard, httptls, layout, logsetup, preauth
+from . import apitoken, cluster, httpguard, httptls, layout, logsetup, preauth
 from .accel import Accelerator
 from .api import Api
 from .domains import Domains
@@ -65,17 +65,31 @@ async def serve(paths: Paths, cfg: XendConfig, ready) -> None:
     # The HTTPS API's certificates first: missing files stop xend before
     # it touches the network or any domain.
     tls = httptls.context(cfg, paths.etc) if cfg["xend-http-server"] else None
-    try:
-        store = FileStore(paths.state)      # upgrades a store of the first layout, once
-    except StoreError as e:
-        raise XendError(str(e)) from None
+    node = None
+    if cluster.configured(cfg):
+        # A cluster's state is etcd's; unreachable at start: not started.
+        store = cluster.open_store(paths, cfg)
+    else:
+        try:
+            store = FileStore(paths.state)      # upgrades a store of the first layout, once
+        except StoreError as e:
+            raise XendError(str(e)) from None
     accel = Accelerator(paths, cfg, store)
     net = HostNetwork(paths, cfg, store)
     domains = Domains(paths, cfg, store, accel, net)
+    if store.clustered:
+        node = cluster.ClusterNode(paths, cfg, store)
+        domains.cluster = node
+        node.join(domains)          # before adoption: the domains' locks go on this lease
     accel.start()
     # The network (network-script, vnets) before the domains that use it.
     await net.start()
     await domains.adopt_all()
+    if node is not None:
+        await node.start()
+        # Placement, host-failure restart and the cluster listing (pyxen/xend/clusterops.py).
+        from . import clusterops
+        clusterops.attach(domains, node)
     relocation = None
     if cfg["xend-relocation-server"]:
         from .relocation import RelocationServer
@@ -135,6 +149,8 @@ async def serve(paths: Paths, cfg: XendConfig, ready) -> None:
     log.info("xend stopping; domains keep running")
     if relocation is not None:
         await relocation.stop()
+    if node is not None:
+        await node.stop()
     await runner.cleanup()
     guard.budget.close()
     await domains.detach_all()

@@ -4,6 +4,7 @@ sends and the on_* policy applied to them, and the run-state operations
 
 The state machine and the on_* policy are pure functions in lifecycle.py;
 CPU and memory are in resources.py, save and restore in saving.py,
+snapshots in snapshots.py,
 hotplug in devices/, the Xen layouts in views.py; features (HVM
 firmware and display, vTPM, PCI) take part through hooks (features.py).
 Every change that must survive an xend crash is persisted through the
@@ -43,13 +44,15 @@ from .events import DomainEvents
 from .runstate import DomainRunState
 from .resources import DomainResources, sedf_record
 from .saving import DomainSaving
+from .snapshots import DomainSnapshots
 from .services import DomainServices
 from .views import DomainViews
 
 log = logging.getLogger("pyxen.domain")
 
 
-class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainSaving, BlockDevices, NetDevices):
+class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainSaving, DomainSnapshots,
+             BlockDevices, NetDevices):
     def __init__(self, services: DomainServices, cfg: DomainConfig, domid: int):
         self.services = services
         self.store = services.store
@@ -140,14 +143,19 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
                 "job": dict(self.job) if self.job else None,
                 "qemu_ident": list(self.qemu_ident) if self.qemu_ident else None}
 
-    def persist(self, config: bool = False) -> None:
+    def persist(self, config: bool = False, extra: tuple = ((), ())) -> None:
+        """Write the runtime record (and with *config* the config) in one
+        transaction, with *extra* (compares, ops) in it too: the migration
+        commit hands the domain lock over in the same step."""
         st = self.store
         runtime = Put(storekeys.runtime(st.host, self.uuid), dump_json(self.runtime_record()))
+        compares, more = list(extra[0]), list(extra[1])
         if config:
             # One transaction: a crash never leaves a config without its record.
-            st.txn([], [Put(storekeys.config(self.uuid), sxp.to_string(self.cfg.to_sxp()).encode()), runtime])
+            st.txn(compares, [Put(storekeys.config(self.uuid), sxp.to_string(self.cfg.to_sxp()).encode()),
+                              runtime, *more])
         else:
-            st.txn([], [runtime])
+            st.txn(compares, [runtime, *more])
         # Every state change is persisted, so this is where observers hear of it.
         seen = self.emitted_view()
         if seen != self._last_emitted and self.announced:
@@ -177,7 +185,15 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
 
     def forget(self) -> None:
         st = self.store
-        st.txn([], [Delete(storekeys.runtime(st.host, self.uuid)), Delete(storekeys.config(self.uuid))])
+        cluster = self.services.cluster
+        ops = [Delete(storekeys.runtime(st.host, self.uuid))]
+        # In a cluster the config is shared: a domain that runs on another
+        # host now (migrated there, restarted there) keeps it.
+        if cluster is None or cluster.may_forget_config(self.uuid):
+            ops.append(Delete(storekeys.config(self.uuid)))
+        st.txn([], ops)
+        if cluster is not None:
+            cluster.released(self.uuid)
 
     def runtime(self) -> qargv.Runtime:
         p = self.paths

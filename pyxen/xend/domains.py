@@ -25,6 +25,7 @@ from ..paths import Paths
 from ..store import Store, StoreError
 from . import checkpoint, features, saving  # noqa: F401  (saving registers the save job's recovery)
 from . import migration  # noqa: F401  (registers the migrate job's recovery)
+from . import storagemigrate
 from .accel import Accelerator
 from .domain import Domain
 from .errors import Conflict, InvalidRequest, NoSuchDomain, XendError
@@ -54,12 +55,14 @@ class Domains:
         # bytes per direction, since xend started (GET /metrics).
         self.migrations: dict[tuple[str, str], int] = {}
         self.migration_bytes: dict[str, int] = {"out": 0, "in": 0}
+        self.cluster = None         # a ClusterNode when xend-cluster-etcd is set (daemon.serve)
 
     def services(self) -> DomainServices:
         """What a Domain of this registry works with."""
         return DomainServices(store=self.store, paths=self.paths, config=self.config, net=self.net,
                               reservations=self.reservations, emit=self.emit, remove=self.remove,
-                              create=self.create_config, count_migration=self.count_migration)
+                              create=self.create_config, count_migration=self.count_migration,
+                              cluster=self.cluster)
 
     def count_migration(self, direction: str, ok: bool, nbytes: int = 0) -> None:
         key = (direction, "ok" if ok else "failed")
@@ -78,6 +81,14 @@ class Domains:
                 q.put_nowait(ev)
             except asyncio.QueueFull:
                 pass        # a stalled client loses events, xend does not block
+
+    def emit_raw(self, ev: dict) -> None:
+        """Publish an event that is not one domain's (the cluster's)."""
+        for q in list(self.subscribers):
+            try:
+                q.put_nowait(ev)
+            except asyncio.QueueFull:
+                pass
 
     # ---------------------------------------------------------------- lookup
     def all(self) -> list[Domain]:
@@ -117,11 +128,18 @@ class Domains:
     def check_name_free(self, name: str, owner: Domain | None = None) -> None:
         self.reservations.check_name_free(name, owner)
 
+    def _used_memory(self) -> int:
+        return sum(max(d.cfg.memory, d.cfg.maxmem or 0) for d in self.by_uuid.values() if d.pid or
+                   d.state == State.CREATING)
+
+    def free_memory(self) -> int:
+        """MiB a new domain may still have here (what placement compares)."""
+        return max(0, dom0_memory_mib() - self.config["dom0-min-mem"] - self._used_memory())
+
     def _check_memory(self, cfg: DomainConfig) -> None:
         """Refuse up front a domain the host cannot hold (never OOM later)."""
         need = max(cfg.memory, cfg.maxmem or 0)
-        used = sum(max(d.cfg.memory, d.cfg.maxmem or 0) for d in self.by_uuid.values() if d.pid or
-                   d.state == State.CREATING)
+        used = self._used_memory()
         floor = self.config["dom0-min-mem"]
         free = dom0_memory_mib() - floor - used
         if need > free:
@@ -182,12 +200,15 @@ class Domains:
     def check_sharing(self, name: str, disks: list) -> None:
         self.reservations.check_sharing(name, disks)
 
-    async def create(self, config_sxp: str, paused: bool = False) -> Domain:
+    @staticmethod
+    def parse(config_sxp: str) -> DomainConfig:
         try:
-            cfg = DomainConfig.from_sxp(sxp.from_string(config_sxp))
+            return DomainConfig.from_sxp(sxp.from_string(config_sxp))
         except (ConfigError, sxp.SxpError) as e:
             raise InvalidRequest(f"invalid domain config: {e}") from None
-        return await self.create_config(cfg, paused)
+
+    async def create(self, config_sxp: str, paused: bool = False) -> Domain:
+        return await self.create_config(self.parse(config_sxp), paused)
 
     async def create_config(self, cfg: DomainConfig, paused: bool = False) -> Domain:
         accel = await self.accel.get()
@@ -240,6 +261,10 @@ class Domains:
         what = "restore" if restore else ("incoming migration" if incoming else "create")
         async with self.reservations.lock:
             self._validate(cfg)
+            if self.cluster is not None:
+                # The domain lock (an arriving migration's stays the source's
+                # until the source's commit hands it over).
+                self.cluster.admit(cfg, incoming)
             # MACs go into the config before it is persisted, so they stay the
             # same across reboot, save/restore and migration.
             self.reservations.assign_macs(cfg)
@@ -253,6 +278,8 @@ class Domains:
                 dom.persist(config=True)
             except StoreError as e:
                 self.by_uuid.pop(cfg.uuid, None)
+                if self.cluster is not None and not incoming:
+                    self.cluster.released(cfg.uuid)
                 raise XendError(str(e)) from None
         try:
             async with dom.lock:
@@ -279,10 +306,15 @@ class Domains:
         hosts = {storekeys.host_of(k) for k in self.store.keys(storekeys.HOSTS_PREFIX)}
         elsewhere = {storekeys.uuid_of_runtime(h, k) for h in hosts - {host}
                      for k in self.store.keys(storekeys.runtime_prefix(h))}
+        leftovers = {u for k in self.store.keys(storekeys.CONFIG_PREFIX)
+                     if (u := storekeys.uuid_of_config(k)) and u not in elsewhere}
+        if self.cluster is not None:
+            # In a cluster a config without a runtime record is anybody's
+            # (a failover about to start it, a host that died mid-create):
+            # only one whose lock names this host is a leftover of ours.
+            leftovers = {u for u in leftovers if self.cluster.lock.owner(u) == self.cluster.name}
         uuids = sorted({u for k in self.store.keys(storekeys.runtime_prefix(host))
-                        if (u := storekeys.uuid_of_runtime(host, k))} |
-                       {u for k in self.store.keys(storekeys.CONFIG_PREFIX)
-                        if (u := storekeys.uuid_of_config(k)) and u not in elsewhere})
+                        if (u := storekeys.uuid_of_runtime(host, k))} | leftovers)
         for u in uuids:
             cfg_key, rt_key = storekeys.config(u), storekeys.runtime(host, u)
             raw_cfg = self.store.get(cfg_key)
@@ -330,8 +362,13 @@ class Domains:
             self.by_uuid[u] = dom
             dom.announced = True
             await self._adopt_one(dom)
+        # Disks a cut-off incoming storage migration created (after the
+        # domains: an interrupted arrival has just been rolled back).
+        storagemigrate.recover(self.paths.lib, {u for u, d in self.by_uuid.items() if d.state == State.RUNNING})
 
     async def _adopt_one(self, dom: Domain) -> None:
+        if dom.state == State.INCOMING and self.cluster is not None:
+            self.cluster.arriving.add(dom.uuid)     # never ran here: its config is the source's
         if dom.state in (State.CREATING, State.DYING, State.INCOMING):
             # Interrupted create, destroy or arriving migration: roll back /
             # finish — never keep half a domain.  (An arriving domain runs
@@ -362,9 +399,10 @@ class Domains:
             log.info("%s: preserved %s domain kept", dom.name, dom.state)
             return
         if dom.job:
-            # A save past its commit point ends with the domain gone anyway.
+            # A save past its commit point ends with the domain gone anyway;
+            # a snapshot revert's recovery starts QEMU again (or gives up).
             await dom.recover_job()
-            if dom.gone.is_set():
+            if dom.gone.is_set() or dom.qemu_alive() or dom.state != State.RUNNING:
                 return
         log.error("%s: QEMU (pid %s) went away while xend was not running", dom.name, dom.pid)
         await dom.qemu_died()

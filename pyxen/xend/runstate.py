@@ -83,8 +83,16 @@ class DomainRunState:
         async with self.lock:
             self.reservations.check_name_free(new, self)
             old = self.cfg.name
-            async with durable.change(self, "rename", config=True):
-                self.cfg.name = new
+            cluster = self.services.cluster
+            if cluster is not None:
+                cluster.rename(self.uuid, old, new)    # the name is the cluster's too
+            try:
+                async with durable.change(self, "rename", config=True):
+                    self.cfg.name = new
+            except Exception:
+                if cluster is not None:
+                    cluster.rename(self.uuid, new, old)
+                raise
             log.info("%s: renamed to %s", old, new)
 
     async def pause(self) -> None:
@@ -100,6 +108,9 @@ class DomainRunState:
 
     async def unpause(self) -> None:
         self.refuse_if_busy("unpause")
+        cluster = self.services.cluster
+        if cluster is not None:
+            cluster.before_unpause(self)
         async with self.lock:
             self.require_live("unpause")
             was = self.paused

@@ -30,3 +30,5 @@ class DomainServices:
     create: Callable[["DomainConfig"], Awaitable[Any]]
     # count_migration(direction, ok, nbytes): GET /metrics
     count_migration: Callable[..., None]
+    # this host's part in a cluster (pyxen.xend.cluster.ClusterNode), None without one
+    cluster: Any = None

@@ -1,4 +1,5 @@
-"""xm's host-wide commands: info, dmesg, log, top and the event stream."""
+"""xm's host-wide commands: info, dmesg, log, top, the event stream, and the
+cluster's hosts (host-list, host-evacuate)."""
 
 from __future__ import annotations
 
@@ -51,7 +52,15 @@ def cmd_events(ctx, opts, args):
             print(_json.dumps(data), flush=True)
         else:
             stamp = time.strftime("%H:%M:%S", time.localtime(data["time"]))
-            print(f"{stamp} {event:<9} {data['name']} (id={data['domid']}) {data['state']}", flush=True)
+            if event.startswith("cluster-"):
+                # A cluster's change (a host joined or was lost, a domain's
+                # lock moved): no domid, it may be another host's.
+                what = data.get("name") or data.get("uuid") or ""
+                tail = f" {data['detail']}" if data.get("detail") else ""
+                print(f"{stamp} {event} host={data.get('host', '')}{' ' + what if what else ''}{tail}",
+                      flush=True)
+            else:
+                print(f"{stamp} {event:<9} {data['name']} (id={data['domid']}) {data['state']}", flush=True)
         seen += 1
         if limit is not None and seen >= limit:
             break
@@ -61,3 +70,19 @@ def cmd_events(ctx, opts, args):
 def cmd_log(ctx, opts, args):
     sys.stdout.write(ctx.client.get("/api/log")["log"])
     return 0
+
+
+def cmd_host_list(ctx, opts, args):
+    sys.stdout.write(fmt.host_table(ctx.call("hosts", {})["hosts"]))
+    return 0
+
+
+def cmd_host_evacuate(ctx, opts, args):
+    res = ctx.call("host-evacuate", {"host": args[0]})
+    for m in res["moved"]:
+        print(f"Domain {m['name']} migrated to {m['host']}")
+    for name, why in sorted(res["refused"].items()):
+        print(f"Domain {name} stays: {why}", file=sys.stderr)
+    for name, why in sorted(res["failed"].items()):
+        print(f"Domain {name} failed to migrate: {why}", file=sys.stderr)
+    return 1 if res["refused"] or res["failed"] else 0

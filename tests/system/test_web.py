@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,17 +23,8 @@ from playwright.sync_api import expect, sync_playwright
 
 from conftest import Host
 
-from pyxen.testing.browser import wait_js
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from pyxen.testing.browser import launch, wait_js
+from pyxen.testing.ports import free_port
 
 
 def call(port, method, path, headers=None, body=None):
@@ -91,7 +81,7 @@ def test_web_console_in_browser(web_host, tmp_path):
 
     with sync_playwright() as pw:
         # (launch() gives Chromium a fresh temporary profile of its own)
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        browser = launch(pw)
         try:
             context = browser.new_context()
             page = context.new_page()
@@ -190,6 +180,44 @@ def test_web_console_in_browser(web_host, tmp_path):
     assert "refused GET /api/domains from 127.0.0.1: unknown or expired session" in log
 
 
+def test_snapshots_page_in_browser(web_host):
+    """A domain's snapshots on the page: take, list, refuse a duplicate, revert, delete."""
+    h, base = web_host, f"http://127.0.0.1:{web_host.port}"
+    h.xm("create", str(h.config("websnap")))
+    try:
+        with sync_playwright() as pw:
+            browser = launch(pw)
+            try:
+                page = browser.new_page()
+                page.goto(base + "/")
+                page.fill("#token", h.token)
+                page.click("#login")
+                row = page.locator("#dom-websnap")
+                expect(row).to_be_visible(timeout=60_000)
+                row.locator("button.snapshots").click()
+                expect(page.locator("#snapshots-view")).to_be_visible()
+                page.fill("#snapshot-name", "w1")
+                page.click("#snapshot-create")
+                expect(page.locator("#message")).to_contain_text("snapshot w1 taken", timeout=120_000)
+                snap = page.locator("#snap-w1")
+                expect(snap.locator("td.kind")).to_have_text("memory")
+                expect(snap.locator("td.name")).to_have_text("w1 *")
+                assert "w1" in h.xm("snapshot-list", "websnap").stdout
+                page.fill("#snapshot-name", "w1")
+                page.click("#snapshot-create")
+                expect(page.locator("#message")).to_contain_text("already has a snapshot named 'w1'")
+                snap.locator("button.revert").click()
+                expect(page.locator("#message")).to_contain_text("reverted to w1", timeout=120_000)
+                page.locator("#snap-w1 button.delete").click()
+                expect(page.locator("#message")).to_contain_text("deleted w1")
+                expect(page.locator("#snap-w1")).to_have_count(0)
+                assert "w1" not in h.xm("snapshot-list", "websnap").stdout
+            finally:
+                browser.close()
+    finally:
+        h.xm("destroy", "websnap", check=False)
+
+
 def test_hvm_screen_in_browser(web_host, hvm_media):
     """An HVM guest's screen in the page: noVNC through xend's relay to the
     domain's own (Unix-socket) VNC display, drawn on the canvas."""
@@ -206,7 +234,7 @@ def test_hvm_screen_in_browser(web_host, hvm_media):
         with h.console("webhvm") as con:
             con.wait_login_prompt(180)
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            browser = launch(pw)
             try:
                 context = browser.new_context()
                 page = context.new_page()
@@ -343,7 +371,7 @@ def test_novnc_page_through_relay_to_qemu_vnc(tmp_path):
             time.sleep(0.05)
         assert started.wait(30)
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            browser = launch(pw)
             try:
                 page = browser.new_page()
                 page.goto(f"http://127.0.0.1:{port}/ui/vnc.html?dom=hvm")

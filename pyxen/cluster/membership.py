@@ -1,0 +1,297 @@
+"""Cluster membership: one etcd lease per xend, its host record, the host list.
+
+A xend joins by taking a lease (TTL ``ttl`` s) and writing its record under
+``cluster/members/<name>`` attached to it, plus a copy under
+``cluster/known/<name>`` that outlives it (so a dead host is listed as
+``lost``, not forgotten).  A thread of its own renews the lease every
+``ttl/4`` s and republishes the record when xend's ``info()`` changes; it
+never runs on xend's event loop, so a busy or blocked loop cannot starve
+the lease, and a dead etcd cannot block the loop.
+
+``last_ok`` is the monotonic time of the last renewal etcd confirmed: the
+fencer (:mod:`.fence`) judges the lease by it, on this host's own clock,
+because etcd's TTL is only a minimum (a leader change renews every lease).
+
+A xend that restarts while its old lease still lives takes that lease back
+(*previous_lease*, which xend keeps in a local file), so the owner keys of
+the domains it re-adopts never lapse.  A second xend under a name whose
+record is held by another live lease is refused: two machines must not
+share a name.  When the lease is found gone (this host was cut off longer
+than the TTL) the thread takes a new one and republishes: the host is back,
+but its domains' locks are not — they are taken again only one by one
+through :class:`pyxen.cluster.lock.DomainLock`, and only if nobody else
+took them meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from .. import storekeys as K
+from ..store import Compare, Delete, Put, StoreConflict, StoreError, dump_json
+from . import ClusterError, ClusterEvent
+
+log = logging.getLogger("pyxen.cluster")
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """One host as the cluster sees it.
+
+    ``state`` is ``up`` while its leased record exists (``fenced`` or
+    ``maintenance`` when its record says so: placement skips those),
+    ``lost`` once it is gone (the fields are then the last ones it
+    published).  The record's JSON fields: ``name``, ``address``,
+    ``relocation`` (HOST:PORT), ``relocation_port``, ``api``,
+    ``free_memory`` (MiB), ``vcpus``, ``domains``, ``bridges``, ``state``,
+    ``lease``, ``updated`` (wall clock).  ``free_mem`` is
+    MiB, ``lease_age`` the seconds since its lease was last renewed (None
+    when lost or unknown), ``address`` the host's cluster address,
+    ``relocation`` and ``api`` ``HOST:PORT`` of its relocation server and
+    HTTP API ("" if it has none), ``lease`` its lease id (0 when lost)."""
+    name: str
+    address: str
+    state: str
+    free_mem: int = 0
+    vcpus: int = 0
+    domains: int = 0
+    bridges: tuple[str, ...] = ()
+    lease_age: float | None = None
+    relocation: str = ""
+    api: str = ""
+    lease: int = 0
+    updated: float = 0.0
+
+    @classmethod
+    def from_record(cls, rec: dict, state: str, lease: int = 0, lease_age: float | None = None) -> "HostInfo":
+        # A live host may say it is fencing itself or being evacuated.
+        if state == "up" and rec.get("state") in ("fenced", "maintenance"):
+            state = rec["state"]
+        return cls(name=str(rec.get("name", "")), address=str(rec.get("address", "")), state=state,
+                   free_mem=int(rec.get("free_memory", 0)), vcpus=int(rec.get("vcpus", 0)),
+                   domains=int(rec.get("domains", 0)), bridges=tuple(rec.get("bridges", ())),
+                   lease_age=lease_age, relocation=str(rec.get("relocation", "")),
+                   api=str(rec.get("api", "")), lease=lease, updated=float(rec.get("updated", 0)))
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "address": self.address, "state": self.state, "free_memory": self.free_mem,
+                "vcpus": self.vcpus, "domains": self.domains, "bridges": list(self.bridges),
+                "lease_age": self.lease_age, "relocation": self.relocation, "api": self.api}
+
+
+class Membership:
+    """This host's place in the cluster on *store* (an EtcdStore).
+
+    *info* is called (from the keep-alive thread) for the record to
+    publish: a dict with ``address``, ``free_mem``, ``vcpus``, ``domains``,
+    ``bridges``, ``relocation``, ``api``; it must be cheap and thread-safe."""
+
+    def __init__(self, store, name: str, ttl: int = 10, info=None, previous_lease: int = 0,
+                 on_lease_change=None, clock=time.monotonic):
+        if ttl < 2:
+            raise ValueError("the cluster lease TTL must be at least 2 s")
+        self.store = store
+        self.this_host = name
+        self.ttl = ttl
+        self.info = info or (lambda: {})
+        self.lease = 0
+        self.previous_lease = previous_lease
+        self.on_lease_change = on_lease_change   # called with the new lease id
+        self.clock = clock
+        self.last_ok = 0.0              # monotonic time of the last confirmed renewal
+        self.lease_lost = False         # the lease was found gone (we were cut off > TTL)
+        self._published: bytes = b""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---------------------------------------------------------------- joining
+    def join(self) -> None:
+        """Take (or take back) the lease and publish the record; raises
+        ClusterError if etcd does not answer or the name is taken."""
+        try:
+            self._take_lease()
+            self._publish(force=True)
+        except StoreError as e:
+            raise ClusterError(f"cannot join the cluster as {self.this_host}: {e}") from None
+        self.last_ok = self.clock()
+        self._thread = threading.Thread(target=self._run, name="cluster-keepalive", daemon=True)
+        self._thread.start()
+
+    def _take_lease(self) -> None:
+        key = K.member(self.this_host)
+        held = self.store.read_with_lease(key)
+        if self.previous_lease and self.store.keepalive(self.previous_lease) > 0:
+            if held is None or held[1] == self.previous_lease:
+                self._set_lease(self.previous_lease)
+                log.info("cluster: took back lease %x as %s", self.lease, self.this_host)
+                return
+        if held is not None and held[1] and self.store.lease_remaining(held[1])[1] > 0:
+            raise ClusterError(f"host name {self.this_host} is already in the cluster "
+                               f"(another xend holds its lease; set a different xend-cluster-name)")
+        self._set_lease(self.store.grant_lease(self.ttl))
+        log.info("cluster: joined as %s with lease %x (TTL %d s)", self.this_host, self.lease, self.ttl)
+
+    def _set_lease(self, lease: int) -> None:
+        self.lease = lease
+        self._published = b""
+        if self.on_lease_change is not None:
+            self.on_lease_change(lease)
+
+    def record(self) -> dict:
+        rec = dict(self.info())
+        rec["name"] = self.this_host
+        rec["lease"] = self.lease
+        return rec
+
+    def _publish(self, force: bool = False) -> None:
+        rec = self.record()
+        body = dump_json(rec)
+        if body == self._published and not force:
+            return
+        rec["updated"] = time.time()
+        stamped = dump_json(rec)
+        self.store.txn([], [Put(K.member(self.this_host), stamped, lease=self.lease),
+                            Put(K.known_host(self.this_host), stamped)])
+        self._published = body
+
+    def publish(self) -> None:
+        """Republish now (xend calls it when its domains change)."""
+        try:
+            self._publish()
+        except StoreError as e:
+            log.warning("cluster: cannot publish this host's record: %s", e)
+
+    # ------------------------------------------------------------- keep-alive
+    def _run(self) -> None:
+        every = max(0.5, self.ttl / 4)
+        while not self._stop.wait(every):
+            try:
+                left = self.store.keepalive(self.lease, timeout=every)
+            except StoreError as e:
+                log.warning("cluster: lease keep-alive failed (%.1f s since the last): %s",
+                            self.clock() - self.last_ok, e)
+                continue
+            if left <= 0:
+                log.error("cluster: lease %x is gone (cut off longer than its TTL); joining again", self.lease)
+                self.lease_lost = True
+                try:
+                    self._set_lease(self.store.grant_lease(self.ttl))
+                except StoreError as e:
+                    log.warning("cluster: cannot take a new lease: %s", e)
+                    continue
+            self.last_ok = self.clock()
+            try:
+                self._publish()
+            except StoreError as e:
+                log.warning("cluster: cannot publish this host's record: %s", e)
+
+    def since_renewal(self) -> float:
+        """Seconds since etcd last confirmed the lease, on this host's clock."""
+        return self.clock() - self.last_ok
+
+    def leave(self, revoke: bool = True) -> None:
+        """Stop renewing; with *revoke*, end the lease now (the record and
+        every key attached to it, this host's domain locks too, go at once).
+        xend stopping with domains running does not revoke: they keep their
+        locks until the lease runs out, and a restarted xend takes it back."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.ttl)
+        if revoke and self.lease:
+            try:
+                self.store.revoke_lease(self.lease)
+            except StoreError as e:
+                log.warning("cluster: cannot revoke lease %x: %s", self.lease, e)
+
+    # ------------------------------------------------------------------ hosts
+    def hosts(self) -> list[HostInfo]:
+        """Every host the cluster has seen, sorted by name: ``up`` ones with
+        their lease age, ``lost`` ones with their last record."""
+        live = self.store.read_prefix(K.MEMBERS_PREFIX)
+        known = self.store.read_prefix(K.KNOWN_PREFIX)
+        out = {}
+        for entry in known.values():
+            rec = _json(entry.value)
+            if rec.get("name"):
+                out[rec["name"]] = HostInfo.from_record(rec, "lost")
+        for entry in live.values():
+            rec = _json(entry.value)
+            name, lease = rec.get("name"), int(rec.get("lease", 0))
+            if not name:
+                continue
+            age = None
+            if lease:
+                try:
+                    granted, left = self.store.lease_remaining(lease)
+                    age = max(0.0, float(granted - left)) if granted else None
+                except StoreError:
+                    pass
+            out[name] = HostInfo.from_record(rec, "up", lease, age)
+        return [out[n] for n in sorted(out)]
+
+    def host(self, name: str) -> HostInfo | None:
+        """One host's record (None if the cluster never saw it)."""
+        live = self.store.get(K.member(name))
+        if live is not None:
+            rec = _json(live)
+            return HostInfo.from_record(rec, "up", int(rec.get("lease", 0)))
+        known = self.store.get(K.known_host(name))
+        return HostInfo.from_record(_json(known), "lost") if known is not None else None
+
+    def forget(self, name: str) -> None:
+        """Drop a lost host's last record (it left the cluster for good)."""
+        rev = self.store.revision(K.known_host(name))
+        if self.store.get(K.member(name)) is not None:
+            raise ClusterError(f"host {name} is up: it cannot be forgotten")
+        if rev:
+            try:
+                self.store.txn([Compare(K.member(name), 0), Compare(K.known_host(name), rev)],
+                               [Delete(K.known_host(name))])
+            except StoreConflict:
+                raise ClusterError(f"host {name} changed meanwhile; try again") from None
+
+    # ----------------------------------------------------------------- events
+    def watch(self, callback, start_revision: int = 0):
+        """Call ``callback(ClusterEvent)`` for each host and owner change
+        (from a store thread); returns the watch (``.cancel()``)."""
+        up = {h.name for h in self.hosts() if h.state == "up"}
+
+        def on(ev):
+            ce = to_event(ev, up)
+            if ce is not None:
+                callback(ce)
+        return self.store.watch(K.CLUSTER_PREFIX, on, start_revision)
+
+
+def to_event(ev, up: set[str]) -> ClusterEvent | None:
+    """The ClusterEvent for a store WatchEvent under ``cluster/`` (None for
+    keys that are not news: the ``known`` copies, names, claims).  *up* is
+    the set of hosts up so far, kept up to date here: a record of a host
+    not in it is a join, of one in it an update."""
+    rec = _json(ev.value)
+    if ev.key.startswith(K.MEMBERS_PREFIX):
+        host = rec.get("name") or ev.key[len(K.MEMBERS_PREFIX):]
+        if ev.kind == "delete":
+            up.discard(host)
+            return ClusterEvent("host-lost", host, revision=ev.revision)
+        kind = "host-update" if host in up else "host-up"
+        up.add(host)
+        return ClusterEvent(kind, host, revision=ev.revision, info=rec)
+    if ev.key.startswith(K.OWNERS_PREFIX):
+        uuid = ev.key[len(K.OWNERS_PREFIX):]
+        if ev.kind == "delete":
+            return ClusterEvent("owner-released", rec.get("host", ""), uuid, rec.get("name", ""), ev.revision)
+        return ClusterEvent("owner", rec.get("host", ""), uuid, rec.get("name", ""), ev.revision)
+    return None
+
+
+def _json(raw: bytes | None) -> dict:
+    try:
+        v = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return v if isinstance(v, dict) else {}

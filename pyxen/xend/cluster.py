@@ -1,0 +1,441 @@
+"""xend in a cluster: the glue between the registry and pyxen.cluster.
+
+Configured by ``(xend-cluster-etcd ...)``; without it xend keeps its
+FileStore and none of this runs.  With it:
+
+* the store is an :class:`~pyxen.etcdstore.EtcdStore` opened as
+  ``xend-cluster-name`` with the pool's TLS files (or the
+  ``xend-cluster-tls-*`` ones); a first read must succeed or xend does not
+  start (one line naming the endpoints and why);
+* this host joins (:class:`~pyxen.cluster.membership.Membership`) before
+  it re-adopts its domains, so their locks go on its lease; the lease id
+  is kept in ``var/run/pyxen/cluster-lease`` so a restarted xend takes the
+  same lease back while it lives and its domains' locks never lapse;
+* every create, restore and arriving migration goes through :meth:`admit`
+  (the domain lock and the claims on its shared disks,
+  :mod:`pyxen.cluster.claims`), a domain that ends drops both
+  (:meth:`released`), and the shared config of a domain that another host
+  owns now is never deleted with this host's copy (:meth:`may_forget_config`);
+* the fencer runs as a task on xend's loop; the keep-alive runs in its own
+  thread (the loop may block on etcd for a timeout; the lease must not);
+* etcd's watch on ``cluster/`` becomes events on xend's stream
+  (``cluster-host-up``, ``cluster-host-lost``, ``cluster-owner``...);
+* :meth:`add_periodic` runs other code once a second (clusterops's
+  failover scan).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .. import storekeys
+from ..cluster import ClusterError, claims
+from ..cluster.fence import Fencer
+from ..cluster.lock import DomainLock, LockHeld
+from ..cluster.membership import Membership
+from ..etcdstore import EtcdStore, parse_endpoints
+from ..fileutil import atomic_write
+from ..pki import TlsFiles
+from ..store import StoreError
+from .clusterfence import FenceActions
+from .errors import Conflict, XendError
+
+log = logging.getLogger("pyxen.xend")
+
+
+def configured(cfg) -> bool:
+    return bool(str(cfg["xend-cluster-etcd"]).strip())
+
+
+def cluster_name(cfg) -> str:
+    return cfg["xend-cluster-name"] or storekeys.local_host()
+
+
+def open_store(paths, cfg) -> EtcdStore:
+    """The cluster store, proven reachable; XendError (one line) if not."""
+    try:
+        endpoints = parse_endpoints(cfg["xend-cluster-etcd"])
+    except ValueError as e:
+        raise XendError(f"(xend-cluster-etcd ...): {e}") from None
+    tls = TlsFiles.for_host(paths.etc, cfg["xend-cluster-tls-cert"], cfg["xend-cluster-tls-key"],
+                            cfg["xend-cluster-tls-ca"])
+    if any(urlsplit(e).scheme == "https" for e in endpoints):
+        for what, p in (("CA certificate", tls.ca), ("certificate", tls.cert), ("key", tls.key)):
+            if not Path(p).is_file():
+                raise XendError(f"cluster: the {what} for etcd, {p}, does not exist "
+                                f"(`pyxen ca` / `pyxen cert`, or xend-cluster-tls-*)")
+    ttl = int(cfg["xend-cluster-lease-ttl"])
+    margin = int(cfg["xend-cluster-fence-margin"])
+    if ttl < 2 or not 0 < margin < ttl:
+        raise XendError(f"(xend-cluster-fence-margin {margin}) must be between 1 and "
+                        f"(xend-cluster-lease-ttl {ttl}) minus 1")
+    # A store call (made on xend's loop) may block at most half the fence
+    # margin, so a dead etcd can delay the fencer only that much: it still
+    # pauses the domains before the lease's TTL.  (The keep-alive thread
+    # has its own timeout, TTL/4.)
+    store = EtcdStore(endpoints, cluster_name(cfg), str(tls.ca), str(tls.cert), str(tls.key),
+                      timeout=max(0.5, margin / 2))
+    try:
+        store.ping()
+    except StoreError as e:
+        raise XendError(f"cluster configured but {e}; xend not started") from None
+    return store
+
+
+def _own_address(endpoint: str) -> str:
+    """The local address this host reaches *endpoint* from (no packet sent)."""
+    u = urlsplit(endpoint)
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in (u.hostname or "") else socket.AF_INET,
+                           socket.SOCK_DGRAM) as s:
+            s.connect((u.hostname, u.port or 2379))
+            return s.getsockname()[0]
+    except OSError:
+        return ""
+
+
+def _bridges() -> list[str]:
+    try:
+        return sorted(n for n in os.listdir("/sys/class/net") if os.path.isdir(f"/sys/class/net/{n}/bridge"))
+    except OSError:
+        return []
+
+
+class ClusterNode(FenceActions):
+    """This xend's part in the cluster (see the module docstring)."""
+
+    def __init__(self, paths, cfg, store: EtcdStore):
+        self.paths, self.cfg, self.store = paths, cfg, store
+        self.name = store.host
+        self.domains = None
+        self.lock_enabled = cfg["xend-domain-lock"] if "xend-domain-lock" in getattr(cfg, "given", ()) else True
+        self.address = cfg["xend-cluster-address"] or _own_address(store.endpoints[0])
+        self._lease_file = paths.run / "cluster-lease"
+        self.membership = Membership(store, self.name, int(cfg["xend-cluster-lease-ttl"]), info=self.info,
+                                     previous_lease=self._previous_lease(), on_lease_change=self._save_lease)
+        self.lock = DomainLock(store, self.membership)
+        self.fencer = Fencer(self.membership, self.lock, cfg["xend-cluster-fence"],
+                             float(cfg["xend-cluster-fence-margin"]), fence=self._fence, resume=self._resume,
+                             name=self._name, on_event=self._fence_event, superseded=self._superseded)
+        # What another host waits after a lock is gone before taking the
+        # domain (clusterops's failover reads it; the fence is the other half).
+        self.grace = int(cfg["xend-cluster-grace"])
+        self.state = "up"
+        self._info: dict = {}
+        self._periodic: list = []
+        self._was_paused: set[str] = set()     # paused before the fence: stays paused after it
+        # Arriving migrations not yet running here (relocation's commit ends it).
+        self.arriving: set[str] = set()
+        self._tasks: list[asyncio.Task] = []
+        self._watch = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------- lease file
+    def _previous_lease(self) -> int:
+        try:
+            return int(self._lease_file.read_text().strip(), 16)
+        except (OSError, ValueError):
+            return 0
+
+    def _save_lease(self, lease: int) -> None:
+        try:
+            atomic_write(self._lease_file, f"{lease:x}\n".encode(), 0o600)
+        except OSError as e:
+            log.warning("cluster: cannot record the lease id in %s: %s", self._lease_file, e)
+
+    # ------------------------------------------------------------ the record
+    def _snapshot(self) -> None:
+        """The host record's fields, computed on the loop (the keep-alive
+        thread publishes the last snapshot)."""
+        d = self.domains
+        cfg = self.cfg
+        self._info = {
+            "address": self.address,
+            "relocation_port": int(cfg["xend-relocation-port"]) if cfg["xend-relocation-server"] else 0,
+            "relocation": (f"{self.address}:{cfg['xend-relocation-port']}"
+                           if cfg["xend-relocation-server"] and self.address else ""),
+            "api": f"{self.address}:{cfg['xend-port']}" if cfg["xend-http-server"] and self.address else "",
+            "free_memory": d.free_memory() if d is not None else 0,
+            "vcpus": os.cpu_count() or 1,
+            "domains": len(d.all()) if d is not None else 0,
+            "bridges": _bridges(),
+            "state": self.state,
+        }
+
+    def info(self) -> dict:
+        return dict(self._info)
+
+    def set_state(self, state: str) -> None:
+        """``up``, ``fenced`` or ``maintenance`` (placement skips the last two)."""
+        if state not in ("up", "fenced", "maintenance"):
+            raise ValueError(f"unknown host state {state!r}")
+        self.state = state
+        self._snapshot()
+        self.membership.publish()
+
+    # -------------------------------------------------------------- lifecycle
+    def join(self, domains) -> None:
+        """Join before the domains are re-adopted (their locks need the lease)."""
+        self.domains = domains
+        self._snapshot()
+        if not self.lock_enabled:
+            log.warning("cluster: (xend-domain-lock no): domains are NOT locked; two hosts may run one "
+                        "domain from one disk")
+        try:
+            self.membership.join()
+        except ClusterError as e:
+            raise XendError(str(e)) from None
+
+    async def start(self) -> None:
+        """After adoption: retake the adopted domains' locks, start the
+        fencer, the watch and the periodic loop."""
+        self._loop = asyncio.get_running_loop()
+        for dom in list(self.domains.all()):
+            if not dom.pid:
+                continue
+            try:
+                self.acquire(dom.uuid, dom.name)
+            except Conflict as e:
+                if dom.paused:
+                    # Paused (a migration whose end is unknown, a fence):
+                    # harmless; unpausing it needs its lock, so it stays so.
+                    log.error("cluster: %s: %s; this host's copy stays paused", dom.name, e)
+                    continue
+                # Running here and restarted elsewhere while this xend was
+                # away: never run it twice.
+                await self._drop_superseded(dom, str(e))
+        self._watch = self.membership.watch(self._on_cluster_event)
+        self._tasks = [asyncio.create_task(self.fencer.run(), name="cluster-fence"),
+                       asyncio.create_task(self._tick(), name="cluster-periodic")]
+        log.info("cluster: %s is up (lease %x, address %s, %d etcd endpoint(s), locks %s, fence %s)",
+                 self.name, self.membership.lease, self.address or "?", len(self.store.endpoints),
+                 "on" if self.lock_enabled else "OFF", self.cfg["xend-cluster-fence"])
+
+    async def stop(self) -> None:
+        self.fencer.stop()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):    # noqa: BLE001
+                pass
+        if self._watch is not None:
+            self._watch.cancel()
+        # Domains keep running when xend stops, so their locks must stay:
+        # the lease is revoked only when nothing runs here.
+        running = any(d.pid for d in self.domains.all()) if self.domains else False
+        if running:
+            log.warning("cluster: xend stops with domains running: their locks last until the lease "
+                        "(%d s) runs out; start xend again before that, or they may be started "
+                        "elsewhere", self.membership.ttl)
+        await asyncio.get_running_loop().run_in_executor(None, self.membership.leave, not running)
+        self.store.close()
+
+    async def _relock(self) -> None:
+        """The keep-alive thread had to take a new lease (the old one ended
+        while this host was cut off): the locks and claims went with it.
+        Retake them for every domain that still runs here; one that another
+        host owns now is destroyed here.  (Paused-by-fence domains are the
+        fencer's: it retakes theirs before resuming.)"""
+        log.warning("cluster: new lease %x; retaking the locks of this host's domains", self.membership.lease)
+        for dom in list(self.domains.all()):
+            if not dom.pid or dom.uuid in self.fencer.paused:
+                continue
+            try:
+                self.admit(dom.cfg)
+            except Conflict as e:
+                await self._drop_superseded(dom, str(e))
+            except XendError as e:
+                log.error("cluster: cannot retake the lock of %s yet: %s", dom.name, e)
+
+    def add_periodic(self, fn) -> None:
+        """Run ``await fn()`` about once a second while xend runs."""
+        self._periodic.append(fn)
+
+    async def _tick(self) -> None:
+        lease = self.membership.lease
+        while True:
+            await asyncio.sleep(1.0)
+            self._snapshot()
+            if self.membership.lease != lease:
+                lease = self.membership.lease
+                await self._relock()
+            for fn in list(self._periodic):
+                try:
+                    await fn()
+                except Exception:    # noqa: BLE001 — one hook's bug must not stop the others
+                    log.exception("cluster: periodic task %r failed", fn)
+
+    # ---------------------------------------------------------------- events
+    def _on_cluster_event(self, ev) -> None:
+        """From the watch thread: hand the event to the loop."""
+        if self._loop is None or self.domains is None:
+            return
+        rec = {"time": time.time(), **ev.to_json()}
+        self._loop.call_soon_threadsafe(self.domains.emit_raw, rec)
+
+    def _fence_event(self, kind: str, detail: str) -> None:
+        if self.domains is not None:
+            self.domains.emit_raw({"time": time.time(), "event": f"cluster-{kind}", "host": self.name,
+                                   "detail": detail})
+        if kind == "fenced":
+            self.state = "fenced"
+        elif kind == "resumed" and not self.fencer.paused:
+            self.state = "up"
+
+    # ------------------------------------------------------------------ locks
+    def check(self, uuid: str, name: str) -> None:
+        """Conflict (naming the host) if *uuid* or *name* runs elsewhere."""
+        if not self.lock_enabled:
+            return
+        try:
+            owner = self.lock.owner(uuid)
+            if owner and owner != self.name:
+                raise Conflict(f"domain {name} is running on host {owner}")
+            by_name = self.lock.owner_of_name(name)
+        except StoreError as e:
+            raise XendError(f"cluster: cannot check the lock of domain {name}: {e}") from None
+        if by_name is not None and by_name[1] != self.name:
+            raise Conflict(f"domain {name} is running on host {by_name[1]}")
+
+    def check_incoming(self, uuid: str, name: str) -> None:
+        """An arriving migration: its lock stays the source's until the
+        commit hands it over, but its name must not be another domain's."""
+        if not self.lock_enabled:
+            return
+        try:
+            by_name = self.lock.owner_of_name(name)
+        except StoreError as e:
+            raise XendError(f"cluster: cannot check the lock of domain {name}: {e}") from None
+        if by_name is not None and by_name[0] != uuid:
+            raise Conflict(f"domain {name} is running on host {by_name[1]}")
+
+    def admit(self, cfg, incoming: bool = False) -> None:
+        """A domain about to start here: its lock (an arriving migration's
+        stays the source's until the commit hands it over) and the claims
+        on its shared disks; Conflict naming the other host if refused."""
+        if not self.lock_enabled:
+            return
+        if incoming:
+            self.check_incoming(cfg.uuid, cfg.name)
+            self.arriving.add(cfg.uuid)
+        else:
+            self.acquire(cfg.uuid, cfg.name)
+        try:
+            self.claim_disks(cfg.uuid, cfg.name, cfg.disks)
+        except BaseException:
+            if not incoming:
+                self.released(cfg.uuid)
+            else:
+                self._release_claims(cfg.uuid)
+            raise
+
+    def claim_disks(self, uuid: str, name: str, disks) -> None:
+        from ..storage import guard
+        todo = []
+        for d in disks:
+            # w! skips the guard here as it does on one host (logged there).
+            if d.target and d.kind in ("phy", "file", "tap") and d.mode != "w!":
+                ids = guard.shared_ids(d.target)
+                if ids:
+                    todo.append((f"{d.uname} ({d.vdev})", ids, d.readonly))
+        if not todo:
+            return
+        try:
+            claims.claim(self.store, self.name, self.membership.lease, uuid, name, todo)
+        except claims.DiskClaimed as e:
+            raise Conflict(str(e)) from None
+        except (ClusterError, StoreError) as e:
+            raise XendError(f"cluster: cannot claim the disks of domain {name}: {e}") from None
+
+    def _release_claims(self, uuid: str) -> None:
+        try:
+            claims.release(self.store, self.name, uuid)
+        except StoreError as e:
+            log.warning("cluster: cannot release the disk claims of %s (they go with the lease): %s", uuid, e)
+
+    def acquire(self, uuid: str, name: str) -> None:
+        if not self.lock_enabled:
+            return
+        if self.fencer.fenced:
+            raise XendError(f"cluster: this host has lost touch with etcd; domain {name} not started")
+        try:
+            self.lock.acquire(uuid, name)
+        except LockHeld as e:
+            raise Conflict(str(e)) from None
+        except (ClusterError, StoreError) as e:
+            raise XendError(f"cluster: cannot take the lock of domain {name}: {e}") from None
+
+    def rename(self, uuid: str, old: str, new: str) -> None:
+        """``xm rename``: the name lock moves (Conflict if another domain of
+        the cluster has the new name)."""
+        if not self.lock_enabled or old == new:
+            return
+        try:
+            self.lock.rename(uuid, new)
+        except LockHeld as e:
+            raise Conflict(str(e)) from None
+        except (ClusterError, StoreError) as e:
+            raise XendError(f"cluster: cannot rename the lock of domain {old}: {e}") from None
+
+    def released(self, uuid: str) -> None:
+        """The domain ended here: drop its lock (if it is still ours)."""
+        if not self.lock_enabled:
+            return
+        self._release_claims(uuid)
+        # An arriving migration dropped before it ran: a lock the source's
+        # commit handed over is released too, so the source (which kept
+        # the guest paused) can take it back when it is unpaused.
+        self.arriving.discard(uuid)
+        try:
+            self.lock.release(uuid)
+        except StoreError as e:
+            log.warning("cluster: cannot release the lock of %s (it goes with the lease): %s", uuid, e)
+
+    def arrived(self, uuid: str) -> None:
+        """An arriving migration runs here now (the target's commit)."""
+        self.arriving.discard(uuid)
+
+    def may_forget_config(self, uuid: str) -> bool:
+        """False when another host owns *uuid* now (a migration's source, a
+        superseded copy): its shared config is that host's to keep; and for
+        an arriving migration that never ran here (the source still has
+        the guest)."""
+        if uuid in self.arriving:
+            return False
+        try:
+            owner = self.lock.owner(uuid)
+        except StoreError:
+            return False
+        return owner is None or owner == self.name
+
+    def may_run(self, uuid: str) -> bool:
+        """False while this host is fenced and *uuid* is one it paused."""
+        return not (self.fencer.fenced and uuid in self.fencer.paused)
+
+    def before_unpause(self, dom) -> None:
+        """``xm unpause`` of a domain: it runs only with its lock (a copy
+        kept paused after an uncertain migration, or one whose lock lapsed,
+        takes it first; Conflict naming the host that has it)."""
+        if not self.may_run(dom.uuid):
+            raise Conflict(f"domain {dom.name} was paused by the cluster fence (this host lost touch "
+                           "with etcd); it resumes by itself once this host holds its lock again")
+        if self.lock_enabled and not self.lock.holds(dom.uuid):
+            self.admit(dom.cfg)
+
+    def handover_ops(self, uuid: str, to_host: str, to_lease: int):
+        """The lock's move to *to_host* for the migration commit transaction
+        (([], []) without locks)."""
+        if not self.lock_enabled:
+            return [], []
+        rec = self.lock.owner_record(uuid)
+        if rec is None or rec.host != self.name:
+            raise XendError(f"cluster: this host does not hold the lock of domain {uuid}; not migrating")
+        return self.lock.handover_ops(uuid, to_host, rec.revision, to_lease or None)

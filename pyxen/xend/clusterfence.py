@@ -1,0 +1,93 @@
+"""What the fence does to this host's domains (mixed into ClusterNode).
+
+:class:`pyxen.cluster.fence.Fencer` decides *when*; these are the actions
+it is given: pause (or kill) every QEMU of this host, resume one whose
+lock this host holds again, and drop a copy whose lock another host holds
+now.  Pauses come first and the state records after, because with etcd
+gone each record costs a store timeout that the pauses must not wait for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+log = logging.getLogger("pyxen.xend")
+
+
+class FenceActions:
+    """Needs ``self.domains``, ``self.name``, ``self.state`` and ``self._was_paused``."""
+
+    def _name(self, uuid: str) -> str:
+        d = self.domains.by_uuid.get(uuid) if self.domains else None
+        return d.name if d is not None else uuid
+
+    async def _fence(self, mode: str, reason: str) -> list[str]:
+        from ..hypervisor.qemu import process
+        self.state = "fenced"
+        done = []
+        for dom in list(self.domains.all()):
+            if not dom.pid or not process.alive(dom.pid):
+                continue
+            if mode == "destroy":
+                log.error("%s: destroyed by the fence: %s", dom.name, reason)
+                dom.expect_exit = True
+                process.kill(dom.pid)
+                done.append(dom.uuid)
+                continue
+            if dom.paused:
+                # Paused already (by its user): the fencer retakes its lock
+                # too, but leaves it paused (_resume).
+                self._was_paused.add(dom.uuid)
+                done.append(dom.uuid)
+                continue
+            try:
+                await asyncio.wait_for(dom.monitor.stop(), 3)
+            except Exception as e:      # noqa: BLE001 — a QEMU that will not pause is killed
+                log.error("%s: cannot pause it (%s); killing QEMU instead", dom.name, e)
+                dom.expect_exit = True
+                process.kill(dom.pid)
+                continue
+            dom.paused = True
+            log.error("%s: paused by the fence: %s", dom.name, reason)
+            done.append(dom.uuid)
+        # Recorded after every domain is paused: with etcd gone each write
+        # costs a timeout, which the pauses must not wait for.
+        for uuid in done:
+            d = self.domains.by_uuid.get(uuid)
+            if d is not None:
+                d.persist_quietly()
+        return done
+
+    async def _drop_superseded(self, dom, why: str) -> None:
+        """This host's copy of a domain another host owns now: stop it and
+        forget only this host's record (the shared config is the owner's:
+        Domain.forget keeps it, see may_forget_config)."""
+        log.error("cluster: %s: %s; destroying this host's superseded copy", dom.name, why)
+        self.domains.emit_raw({"time": time.time(), "event": "cluster-superseded", "host": self.name,
+                               "name": dom.name, "uuid": dom.uuid, "detail": why})
+        try:
+            await dom.destroy(force=True)
+        except Exception as err:    # noqa: BLE001 — at least never let it run
+            log.error("%s: cannot destroy the superseded copy (%s); killing QEMU", dom.name, err)
+            from ..hypervisor.qemu import process
+            if dom.pid and process.alive(dom.pid):
+                dom.expect_exit = True
+                process.kill(dom.pid)
+
+    async def _superseded(self, uuid: str, why: str) -> None:
+        dom = self.domains.by_uuid.get(uuid) if self.domains else None
+        if dom is not None:
+            await self._drop_superseded(dom, why)
+
+    async def _resume(self, uuid: str) -> None:
+        dom = self.domains.by_uuid.get(uuid)
+        if uuid in self._was_paused:
+            self._was_paused.discard(uuid)
+            return
+        if dom is None or not dom.pid or not dom.paused:
+            return
+        await dom.monitor.cont()
+        dom.paused = False
+        dom.persist_quietly()
