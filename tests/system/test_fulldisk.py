@@ -139,6 +139,7 @@ OPS = [
     ("shutdown", ["shutdown", DOM], None, None),
     ("reboot", ["reboot", DOM], None, None),
     ("migrate", ["migrate", DOM, "127.0.0.1", "-p", "9"], None, None),
+    ("snapshot-create", ["snapshot-create", DOM, "s1"], None, None),
     ("save", ["save", DOM, "{root}/fd.save"], None, None),
 ]
 
