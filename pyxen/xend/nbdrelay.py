@@ -138,7 +138,9 @@ async def in_thread(fn, *args):
         try:
             res = fn(*args)
         except BaseException as e:
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(e))
+            # Bound now: Python unbinds e when the except block ends, before
+            # the loop runs the callback.
+            loop.call_soon_threadsafe(lambda exc=e: fut.done() or fut.set_exception(exc))
         else:
             loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(res))
     threading.Thread(target=run, name=f"nbd-{getattr(fn, '__name__', 'x')}", daemon=True).start()
