@@ -43,8 +43,10 @@ class BlockDevices:
             mon = self.monitor
             added: list[str] = []
             try:
-                fdset = await confine.add_disk_fd(mon, disk) if self.qemu_ident else None
-                for node in qargv.disk_nodes(disk, fdset):
+                # QEMU opens no path: the image and each backing layer come
+                # as descriptors (xend/confine.py).
+                fdset, backing = await confine.add_disk_fds(mon, disk)
+                for node in qargv.disk_nodes(disk, fdset, backing if fdset is not None else None):
                     await mon.blockdev_add(node)
                     added.append(node["node-name"])
                 await mon.device_add(qargv.disk_device_props(disk))
@@ -54,8 +56,7 @@ class BlockDevices:
                         await mon.blockdev_del(node)
                     except Exception:
                         pass
-                if self.qemu_ident:
-                    await self._drop_disk_fd(disk.vdev)
+                await self._drop_disk_fd(disk.vdev)
                 self.cfg.disks.remove(disk)
                 self.persist_config_quietly()
                 raise XendError(f"block-attach {disk.uname} as {disk.vdev} failed: {e}") from None
@@ -99,13 +100,17 @@ class BlockDevices:
                     raise XendError(f"block-detach {disk.vdev} failed: {e}") from None
             finally:
                 self.unplugs.forget(dev_id)
-            for node in (f"d-{disk.vdev}", f"f-{disk.vdev}"):
+            # The image's nodes, then those of its backing layers, as far as
+            # there are any (their number is not kept across xend restarts).
+            for i, node in enumerate(qargv.disk_node_names(disk.vdev, confine.MAX_LAYERS)):
                 try:
                     await mon.blockdev_del(node)
                 except (QMPError, QmpTimeout) as e:
-                    log.warning("%s: blockdev-del %s: %s", self.name, node, e)
-            if self.qemu_ident:
-                await self._drop_disk_fd(disk.vdev)
+                    if i < 2:
+                        log.warning("%s: blockdev-del %s: %s", self.name, node, e)
+                    elif node.startswith("b"):
+                        break
+            await self._drop_disk_fd(disk.vdev)
             self.cfg.disks.remove(disk)
             self.persist(config=True)
             log.info("%s: detached %s (%s)", self.name, disk.vdev, disk.uname)
