@@ -6,7 +6,9 @@ QEMU is confined (xend/confine.py), so most of these would fail anyway
 gives the user one line instead of a dead domain, and holds for a QEMU
 that runs as root (PCI passthrough, ``(qemu-user root)``).
 
-Commands that always name a host file are refused outright; for the
+``screendump FILE`` is not refused: xend writes FILE and QEMU gets a
+descriptor (xend/screendump.py).  Commands that always name a host file
+are refused outright; for the
 mixed ones (``migrate``, ``drive_add``, ``netdev_add``, ``chardev-add``,
 ``object_add``, ``device_add``, ``change``, ``nbd_server_start``) the
 arguments are checked, allowing only the forms that open nothing of the
@@ -22,7 +24,6 @@ __all__ = ["refusal"]
 
 # Commands whose every form writes or reads a host path, or starts a program.
 ALWAYS = {
-    "screendump": "writes a host file",
     "dump-guest-memory": "writes a host file",
     "pmemsave": "writes a host file",
     "memsave": "writes a host file",

@@ -188,7 +188,7 @@ for what, fn in (("disk", lambda: open({str(b_img)!r}, "rb")),
 
     # The monitor refuses to have QEMU run a program or write a host file.
     evil = host.root / "evil-out"
-    for line in (f'migrate "exec:id > {evil}"', f"screendump {evil}", f"drive_add 0 if=none,id=e,file={b_img}"):
+    for line in (f'migrate "exec:id > {evil}"', f"dump-guest-memory {evil}", f"drive_add 0 if=none,id=e,file={b_img}"):
         res = host.xm("qemu-monitor", "ua", line, check=False)
         assert res.returncode == 1 and "refused" in res.stderr and "Traceback" not in res.stderr, res.stderr
         assert len(res.stderr.strip().splitlines()) == 1, res.stderr

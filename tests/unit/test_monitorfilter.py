@@ -18,8 +18,6 @@ REFUSED = [
     "drive_add 0 if=none,id=x,file=/etc/shadow",
     "drive_add -n 0 if=none,id=x,file=/etc/shadow",
     'drive_add 0 "if=none,id=x,file=/etc/shadow"',
-    "screendump /tmp/a.ppm",
-    "screendump /tmp/a.png -f png",
     "dump-guest-memory /tmp/core",
     "dump-guest-memory -z /tmp/core",
     "pmemsave 0 4096 /tmp/m",
@@ -53,6 +51,7 @@ REFUSED = [
 
 ALLOWED = [
     "info status",
+    "screendump /tmp/a.ppm",          # by descriptor: xend/screendump.py
     "info block",
     "stop",
     "cont",
@@ -88,3 +87,12 @@ def test_allowed(line):
 @pytest.mark.parametrize("line", REFUSED[:5])
 def test_host_access_lets_everything_through(line):
     assert refusal(line, host_access=True) is None
+
+
+def test_screendump_arguments():
+    from pyxen.xend import screendump
+    from pyxen.xend.errors import InvalidRequest
+    assert screendump.is_screendump("screendump /tmp/a.ppm") and not screendump.is_screendump("screendumpx /a")
+    assert screendump._split('screendump "/tmp/a b.png" -f png') == ("/tmp/a b.png", ["-f", "png"])
+    with pytest.raises(InvalidRequest, match="usage: screendump FILE"):
+        screendump._split("screendump")
