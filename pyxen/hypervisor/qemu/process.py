@@ -59,15 +59,17 @@ def start(argv: list[str], pidfile: Path, log: Path, timeout: float = 60.0,
         except FileNotFoundError as e:
             raise QemuStartError(f"not found: {e.filename or argv[0]}") from None
     _children[child.pid] = child
+    # At once, before readiness: an xend that dies while QEMU starts leaves
+    # the next one this pidfile to find the QEMU by (domains.py).
+    tmp = pidfile.with_name(pidfile.name + ".tmp")
+    tmp.write_text(f"{child.pid}\n")
+    os.replace(tmp, pidfile)
     deadline = time.monotonic() + timeout
     while True:
         if child.poll() is not None:
             _children.pop(child.pid, None)
             raise QemuStartError(_last_line(log, start_at, argv[0]) or f"exit status {child.returncode}")
         if _qmp_ready(qmp_sock):
-            tmp = pidfile.with_name(pidfile.name + ".tmp")
-            tmp.write_text(f"{child.pid}\n")
-            os.replace(tmp, pidfile)
             return child.pid
         if time.monotonic() > deadline:
             kill(child.pid)
