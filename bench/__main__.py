@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import boot, disk, migrate, saverestore, scale
+from . import boot, disk, migrate, migratestorage, saverestore, scale
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_JSON = RESULTS / "boot.json"
@@ -23,6 +23,7 @@ SAVE_JSON = RESULTS / "saverestore.json"
 DISK_JSON = RESULTS / "disk.json"
 MIGRATE_JSON = RESULTS / "migrate.json"
 SCALE_JSON = RESULTS / "scale.json"
+MIGRATE_STORAGE_JSON = RESULTS / "migrate-storage.json"
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -44,7 +45,8 @@ def write_json(path: Path, data: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench",
                                  description="Run pyxen's benchmarks; print tables, write JSON.")
-    ap.add_argument("--only", choices=("boot", "disk", "saverestore", "migrate", "scale"), help="run just this benchmark")
+    ap.add_argument("--only", choices=("boot", "disk", "saverestore", "migrate", "migrate-storage", "scale"),
+                    help="run just this benchmark")
     ap.add_argument("--runs", type=int, default=5, help="timed boots per side (default 5)")
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON,
                     help=f"where to write the boot results (default {DEFAULT_JSON})")
@@ -58,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="live migrations per side for idle and for dirtying guests (default 3,2)")
     ap.add_argument("--migrate-json", type=Path, default=MIGRATE_JSON,
                     help=f"where to write the migration results (default {MIGRATE_JSON})")
+    ap.add_argument("--migrate-storage-runs", type=int, default=2, metavar="N",
+                    help="storage migrations (and raw copies) timed (default 2)")
+    ap.add_argument("--migrate-storage-json", type=Path, default=MIGRATE_STORAGE_JSON,
+                    help=f"where to write the storage migration results (default {MIGRATE_STORAGE_JSON})")
     ap.add_argument("--scale-domains", type=int, default=scale.DOMAINS, metavar="N",
                     help=f"paused domains the scale benchmark creates (default {scale.DOMAINS})")
     ap.add_argument("--scale-json", type=Path, default=SCALE_JSON,
@@ -94,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         print(migrate.format_table(result))
         write_json(args.migrate_json, result)
         print(f"results written to {args.migrate_json}")
+    if args.only in (None, "migrate-storage"):
+        result = migratestorage.run(args.migrate_storage_runs, progress=progress)
+        print(migratestorage.format_table(result))
+        write_json(args.migrate_storage_json, result)
+        print(f"results written to {args.migrate_storage_json}")
     if args.only in (None, "scale"):
         result = scale.run(args.scale_domains, progress=progress)
         print(scale.format_table(result))

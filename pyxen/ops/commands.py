@@ -109,13 +109,16 @@ COMMANDS: tuple[Command, ...] = (
     Command("restore", "<File> [-p|--paused]", "Restore a domain from a saved state.",
             (O("p", "paused", "Do not unpause the domain after restoring it.", param="paused"),),
             op="restore", send=("file:path",), common=True),
-    Command("migrate", "<Domain> <Host> [-l|--live] [-p|--port N] [-r|--resource MB/s] [--downtime MS]",
+    Command("migrate", "<Domain> <Host> [-l|--live] [-p|--port N] [-r|--resource MB/s] [--downtime MS] "
+            "[--copy-storage]",
             "Migrate a domain to another machine (its xend must run the relocation server).", (
                 O("l", "live", "Use live migration: copy memory while the guest runs, then a short stop."),
                 O("p", "port", "Use the given relocation port (default xend-relocation-port, 8002).", "N"),
                 O("r", "resource", "Limit the bandwidth the migration uses, in MiB/s.", "MB/s"),
                 O(None, "downtime", "The longest pause allowed at the switch-over, in ms (default: start at "
                   "50 ms and allow more while pre-copy does not converge).", "MS"),
+                O(None, "copy-storage", "Copy the domain's local disks to the target while it runs "
+                  "(disks on storage both hosts see are detected and not copied)."),
                 O(None, "progress", "Print progress even when stderr is not a terminal.")),
             op="migrate", run=_DOM + "cmd_migrate", common=True, min_args=2, max_args=2),
     Command("domid", "<DomainName>", "Convert a domain name to domain id.", op="domain",

@@ -189,6 +189,8 @@ OPS: tuple[Op, ...] = (
             P("live", "boolean", "pre-copy while the guest runs (xm migrate -l)"),
             P("resource", "number", "bandwidth limit in MiB/s (xm migrate -r)", positive=True),
             P("downtime", "integer", "the longest pause allowed at the switch-over, ms", range=(1, 60000)),
+            P("copy_storage", "boolean", "copy the domain's local (not shared) disks to the target "
+              "(xm migrate --copy-storage)"),
             verb="migrated", job=True, beside=_BESIDE_JOB),
     _dom_op("pci-attach", "Hot-plug a host PCI device (bound to vfio-pci) into the domain (xm pci-attach).",
             "pci_attach", P("dev", "string", _DEV, True),

@@ -25,6 +25,7 @@ from ..paths import Paths
 from ..store import Store, StoreError
 from . import checkpoint, features, saving  # noqa: F401  (saving registers the save job's recovery)
 from . import migration  # noqa: F401  (registers the migrate job's recovery)
+from . import storagemigrate
 from .accel import Accelerator
 from .domain import Domain
 from .errors import Conflict, InvalidRequest, NoSuchDomain, XendError
@@ -329,6 +330,9 @@ class Domains:
             self.by_uuid[u] = dom
             dom.announced = True
             await self._adopt_one(dom)
+        # Disks a cut-off incoming storage migration created (after the
+        # domains: an interrupted arrival has just been rolled back).
+        storagemigrate.recover(self.paths.lib, {u for u, d in self.by_uuid.items() if d.state == State.RUNNING})
 
     async def _adopt_one(self, dom: Domain) -> None:
         if dom.state in (State.CREATING, State.DYING, State.INCOMING):

@@ -86,6 +86,8 @@ def cmd_reboot(ctx, opts, args):
 def cmd_migrate(ctx, opts, args):
     dom, host = args
     values = {"dom": dom, "host": host, "live": "live" in opts}
+    if "copy-storage" in opts:
+        values["copy_storage"] = True
     for key in ("port", "resource", "downtime"):
         if key in opts:
             values[key] = opts[key]     # checked (ranges too) by the operation table

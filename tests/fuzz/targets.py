@@ -30,7 +30,8 @@ with atheris.instrument_imports():
     from pyxen.config.errors import ConfigError
     from pyxen.config import specs
     from pyxen.config.xendconfig import XendConfig, XendConfigError
-    from pyxen.xend import relocproto
+    from pyxen.xend import relocproto, storagemigrate
+    from pyxen.xend.errors import InvalidRequest
 
 # ------------------------------------------------------------------ config
 
@@ -273,6 +274,11 @@ def fuzz_relocation(data: bytes) -> None:
                 DomainConfig.from_sxp(req.config)
             except (ConfigError, sxp.SxpError):
                 pass
+            if req.storage is not None:
+                try:
+                    storagemigrate.parse(req.storage)     # --copy-storage's disk list
+                except InvalidRequest:
+                    pass
     finally:
         a.close()
         b.close()

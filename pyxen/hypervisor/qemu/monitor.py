@@ -146,6 +146,45 @@ class Monitor:
     async def blockstats(self) -> list[dict]:
         return await self._call("query-blockstats", timeout=QUICK)
 
+    # ---------------------------------------------- block jobs, NBD exports
+    # Storage migration (pyxen/xend/storagemigrate.py): the target exports
+    # its new disks over NBD, the source mirrors into them.
+    async def blockdev_mirror(self, job_id: str, device: str, target: str, sync: str,
+                              copy_mode: str = "write-blocking", speed: int = 0) -> None:
+        """Mirror node *device* into node *target* (sync ``full`` or
+        ``top``).  ``write-blocking``: once ready, every guest write reaches
+        both before it completes, so the final sync at the switch-over has
+        next to nothing left to copy."""
+        await self._call("blockdev-mirror", {"job-id": job_id, "device": device, "target": target,
+                                             "sync": sync, "copy-mode": copy_mode, "speed": speed,
+                                             "auto-finalize": True, "auto-dismiss": False})
+
+    async def query_jobs(self) -> list[dict]:
+        """Every job with its status, progress and (once concluded) error:
+        a job kept until dismissed still says why it failed."""
+        return await self._call("query-jobs", timeout=QUICK)
+
+    async def job_dismiss(self, job_id: str) -> None:
+        await self._call("job-dismiss", {"id": job_id})
+
+    async def block_job_cancel(self, job_id: str, force: bool = False) -> None:
+        """On a ready mirror without *force*: finish with a point-in-time
+        copy (the source keeps its disk); with *force*: abandon it."""
+        await self._call("block-job-cancel", {"device": job_id, "force": force})
+
+    async def nbd_server_start(self, unix_path: str) -> None:
+        await self._call("nbd-server-start", {"addr": {"type": "unix", "data": {"path": unix_path}}})
+
+    async def block_export_add(self, export_id: str, node: str, name: str, writable: bool = True) -> None:
+        await self._call("block-export-add", {"type": "nbd", "id": export_id, "node-name": node,
+                                              "name": name, "writable": writable})
+
+    async def block_export_del(self, export_id: str) -> None:
+        await self._call("block-export-del", {"id": export_id, "mode": "hard"})
+
+    async def nbd_server_stop(self) -> None:
+        await self._call("nbd-server-stop")
+
     # ------------------------------------------------------------- display
     async def set_vnc_password(self, password: str, display: str) -> None:
         await self._call("set_password", {"protocol": "vnc", "password": password, "display": display},
@@ -191,6 +230,10 @@ class Monitor:
 
     async def migrate_cancel(self) -> None:
         await self._call("migrate_cancel")
+
+    async def migrate_continue(self, state: str = "pre-switchover") -> None:
+        """Past the pause-before-switchover stop (storage migration)."""
+        await self._call("migrate-continue", {"state": state})
 
     async def query_migrate(self) -> dict:
         return await self._call("query-migrate", timeout=SETTLE)

@@ -111,7 +111,8 @@ async def save(call: Call):
 async def migrate(call: Call):
     from ..migration import migrate as run
     a = call.args
-    return await run(call.dom, a["host"], a["port"], a["live"], a["resource"], a["downtime"])
+    return await run(call.dom, a["host"], a["port"], a["live"], a["resource"], a["downtime"],
+                     copy_storage=a["copy_storage"])
 
 
 async def pci_attach(call: Call):
