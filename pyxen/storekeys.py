@@ -11,7 +11,11 @@ Two namespaces:
 * **shared**: what a cluster shares and any host may act on — a domain's
   configuration by uuid (``domains/<uuid>/config``), vnets
   (``vnets/<id>``), UEFI variables (``nvram/<uuid>``), vTPM state
-  (``vtpm/<name>/...``: swtpm's files as blobs).
+  (``vtpm/<name>/...``: swtpm's files as blobs), a domain's snapshot
+  tree by uuid (``snapshots/<uuid>``: names, parents, disk-snapshot ids,
+  state files; xend/snaptree.py) — shared so a cluster sees a domain's
+  snapshots wherever it runs, and by uuid so it outlives ``xm save`` /
+  ``xm restore`` and xend restarts.
 
 The first store layout (before the split) had ``host/...`` and
 ``domains/<uuid>/runtime`` at the top; :func:`upgrade_v1` maps its keys to
@@ -90,6 +94,10 @@ def vnet(vnet_id: str) -> str:
 
 def nvram(uuid: str) -> str:
     return f"nvram/{uuid}"
+
+
+def snapshots(uuid: str) -> str:
+    return f"snapshots/{uuid}"
 
 
 def vtpm(instance: int | None = None, uuid: str | None = None, name: str | None = None) -> str:

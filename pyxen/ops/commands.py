@@ -109,6 +109,18 @@ COMMANDS: tuple[Command, ...] = (
     Command("restore", "<File> [-p|--paused]", "Restore a domain from a saved state.",
             (O("p", "paused", "Do not unpause the domain after restoring it.", param="paused"),),
             op="restore", send=("file:path",), common=True),
+    Command("snapshot-create", "<Domain> <Name> [--disk-only] [--live]",
+            "Snapshot a domain's disks and memory at one instant.",
+            (O(None, "disk-only", "Disks only, no memory: reverting boots the guest on them.", param="disk_only"),
+             O(None, "live", "Copy the memory while the guest runs (it pauses only for the last pass).",
+               param="live")),
+            op="snapshot-create", send=("dom", "name")),
+    Command("snapshot-list", "<Domain>", "List a domain's snapshots (each after its parent).",
+            op="snapshots", run=_DOM + "cmd_snapshot_list", min_args=1, max_args=1),
+    Command("snapshot-revert", "<Domain> <Name>", "Return a domain to one of its snapshots.",
+            op="snapshot-revert", send=("dom", "name")),
+    Command("snapshot-delete", "<Domain> <Name>", "Delete a domain's snapshot (its children keep theirs).",
+            op="snapshot-delete", send=("dom", "name")),
     Command("migrate", "<Domain> <Host> [-l|--live] [-p|--port N] [-r|--resource MB/s] [--downtime MS] "
             "[--copy-storage]",
             "Migrate a domain to another machine (its xend must run the relocation server).", (

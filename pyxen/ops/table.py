@@ -78,7 +78,12 @@ _LONG = P("long", "boolean", "add the domain's SXP", where="query")
 # reads, and the operations Domain does not refuse as busy (they touch no
 # state the job depends on).
 _BESIDE_JOB = ("domain", "domains", "vcpus", "devices", "console", "vnc", "mem-max", "rename",
-               "qemu-monitor", "sched-sedf")
+               "qemu-monitor", "sched-sedf", "snapshots")
+
+
+# Beside a snapshot create or revert: the reads only (a rename or a memory
+# ceiling would change what the snapshot records).
+_BESIDE_SNAP = ("domain", "domains", "vcpus", "devices", "console", "vnc", "snapshots")
 
 
 def _dom_op(name, summary, handler, *params, verb="", job=False, fuzz="guest", beside=()):
@@ -210,6 +215,21 @@ OPS: tuple[Op, ...] = (
             P("dev", "string", "the device: its number or vdev", True),
             P("force", "boolean", "drop it from the config even if the guest does not release it"),
             fuzz="absent"),
+    _dom_op("snapshot-create", "Take a snapshot of the domain's disks and memory at one instant "
+            "(xm snapshot-create).", "snapshot_create",
+            P("name", "string", "the snapshot's name: 1-64 letters, digits, '.', '_', '+', '-'", True),
+            P("disk_only", "boolean", "disks only, no memory (a revert boots the guest on them)"),
+            P("live", "boolean", "copy the memory while the guest runs; it pauses only for the last pass"),
+            verb="snapshotted", job=True, beside=_BESIDE_SNAP, fuzz="absent"),
+    _dom_op("snapshot-revert", "Return the domain to one of its snapshots (xm snapshot-revert).",
+            "snapshot_revert", P("name", "string", "the snapshot", True), verb="reverted", job=True,
+            beside=_BESIDE_SNAP, fuzz="absent"),
+    _dom_op("snapshot-delete", "Delete one of the domain's snapshots; its children move up to its "
+            "parent (xm snapshot-delete).", "snapshot_delete", P("name", "string", "the snapshot", True),
+            fuzz="absent"),
+    Op("snapshots", "GET", "/api/domains/{dom}/snapshots", "The domain's snapshots as a tree: name, time, "
+       "kind, size, parent (xm snapshot-list).", "pyxen.xend.handlers.domain_ops:snapshot_list",
+       domain=True, verb="snapshots", tag="snapshots"),
     # Registered after every named operation: the rest of /api/domains/{dom}/*.
     Op("unknown-op", "POST", "/api/domains/{dom}/{op}", "Any other operation name: refused (400).",
        "pyxen.xend.handlers.domain_ops:unknown", domain=True, body=True),

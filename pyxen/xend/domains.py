@@ -365,9 +365,10 @@ class Domains:
             log.info("%s: preserved %s domain kept", dom.name, dom.state)
             return
         if dom.job:
-            # A save past its commit point ends with the domain gone anyway.
+            # A save past its commit point ends with the domain gone anyway;
+            # a snapshot revert's recovery starts QEMU again (or gives up).
             await dom.recover_job()
-            if dom.gone.is_set():
+            if dom.gone.is_set() or dom.qemu_alive() or dom.state != State.RUNNING:
                 return
         log.error("%s: QEMU (pid %s) went away while xend was not running", dom.name, dom.pid)
         await dom.qemu_died()

@@ -1,6 +1,6 @@
 """xm's commands on domains that do more than pass their words on: list,
-console, shutdown/reboot, migrate, the name/id look-ups, uptime, dump-core
-and the device model's monitor."""
+console, shutdown/reboot, migrate, the name/id look-ups, uptime, dump-core,
+the device model's monitor and the snapshot list."""
 
 from __future__ import annotations
 
@@ -168,4 +168,10 @@ def cmd_qemu_monitor(ctx, opts, args):
             run(line)
         except XmError as e:
             print(f"Error: {e}", file=sys.stderr)
+    return 0
+
+
+def cmd_snapshot_list(ctx, opts, args):
+    snaps = ctx.client.get(f"/api/domains/{_dom(args[0])}/snapshots")["snapshots"]
+    sys.stdout.write(fmt.snapshot_table(snaps))
     return 0

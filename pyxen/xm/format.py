@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from ..config import sxp
 
 LIST_HEADER = "%-40s %5s %5s %5s %10s %9s" % ("Name", "ID", "Mem", "VCPUs", "State", "Time(s)")
@@ -155,3 +157,19 @@ def vtpm_long(d: dict) -> str:
         dev.append(["uuid", d["uuid"]])
     dev += [["handle", d["handle"]], ["state", d["state"]], ["be-path", d["be-path"]]]
     return sxp.pretty(dev)
+
+
+# xm snapshot-list, in xm list's manner: fixed columns, one row a snapshot,
+# each after its parent; '*' marks the one the running guest descends from.
+SNAPSHOT_HEADER = "%-24s %-19s %-6s %8s %s" % ("Name", "Time", "Type", "Size(MB)", "Parent")
+
+
+def snapshot_row(s: dict) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.get("created") or 0))
+    size = f"{(s.get('size') or 0) / (1 << 20):.1f}" if s.get("kind") == "memory" else "-"
+    name = s["name"] + ("*" if s.get("current") else "")
+    return "%-24s %-19s %-6s %8s %s" % (name, when, s.get("kind", "?"), size, s.get("parent") or "-")
+
+
+def snapshot_table(snaps: list[dict]) -> str:
+    return "\n".join([SNAPSHOT_HEADER] + [snapshot_row(s) for s in snaps]) + "\n"

@@ -143,6 +143,24 @@ class Monitor:
     async def blockdev_del(self, node_name: str) -> None:
         await self._call("blockdev-del", {"node-name": node_name})
 
+    async def snapshot_internal(self, nodes: list[str], tag: str) -> None:
+        """One internal snapshot *tag* of each qcow2 node, all or none (a
+        QMP transaction): the disks of a snapshot are of one instant."""
+        await self._call("transaction", {"actions": [
+            {"type": "blockdev-snapshot-internal-sync", "data": {"device": n, "name": tag}} for n in nodes]},
+            timeout=LONG)
+
+    async def blockdev_snapshot(self, node: str, overlay: str) -> None:
+        """Put the (added, backing-less) *overlay* node on top of *node*: the
+        guest writes to the overlay from now on, *node* becomes its backing."""
+        await self._call("blockdev-snapshot", {"node": node, "overlay": overlay})
+
+    async def query_block(self) -> list[dict]:
+        return await self._call("query-block")
+
+    async def snapshot_delete_internal(self, node: str, tag: str) -> None:
+        await self._call("blockdev-snapshot-delete-internal-sync", {"device": node, "name": tag}, timeout=LONG)
+
     async def blockstats(self) -> list[dict]:
         return await self._call("query-blockstats", timeout=QUICK)
 
@@ -232,7 +250,8 @@ class Monitor:
         await self._call("migrate_cancel")
 
     async def migrate_continue(self, state: str = "pre-switchover") -> None:
-        """Past the pause-before-switchover stop (storage migration)."""
+        """Go on from a pause the capabilities asked for (pause-before-switchover:
+        storage migration, live snapshots)."""
         await self._call("migrate-continue", {"state": state})
 
     async def query_migrate(self) -> dict:

@@ -1,5 +1,6 @@
 // xend's web console: the domain list (kept live from /api/events), the
-// lifecycle buttons, config upload and each domain's serial console
+// lifecycle buttons, config upload, each domain's snapshots (list, take,
+// revert, delete) and its serial console
 // (xterm.js over /api/domains/<name>/console).  Auth is the session cookie
 // from POST /api/login; every call is same-origin.
 "use strict";
@@ -99,6 +100,7 @@ function ensureRow(d) {
       button("Reboot", "reboot", op(d.name, "reboot")),
       button("Destroy", "destroy", op(d.name, "destroy")),
       button("Console", "console", () => openConsole(d.name)),
+      button("Snapshots", "snapshots", () => openSnapshots(d.name)),
       button("Screen", "screen", () => window.open(`/ui/vnc.html?dom=${encodeURIComponent(d.name)}`, "_blank")),
     );
   }
@@ -166,6 +168,70 @@ $("#create-form").addEventListener("submit", async (ev) => {
     say(`created ${res.name} (domid ${res.domid})`);
     await refresh();
   } catch (e) { say(e.message, true); }
+});
+
+// --------------------------------------------------------------- snapshots
+let snapDom = null;
+
+function snapPath(name, rest) {
+  return `/api/domains/${encodeURIComponent(name)}/${rest}`;
+}
+
+async function loadSnapshots() {
+  if (!snapDom) return;
+  const name = snapDom;
+  const data = await api("GET", snapPath(name, "snapshots"));
+  const body = $("#snapshots tbody");
+  body.replaceChildren();
+  for (const s of data.snapshots) {
+    const tr = document.createElement("tr");
+    tr.id = "snap-" + s.name;
+    tr.classList.toggle("current", s.current);
+    const when = new Date(s.created * 1000).toLocaleString();
+    const size = s.kind === "memory" ? (s.size / 1048576).toFixed(1) : "-";
+    for (const [cls, text] of [["name", s.name + (s.current ? " *" : "")], ["time", when], ["kind", s.kind],
+                               ["size num", size], ["parent", s.parent || "-"]]) {
+      const td = document.createElement("td");
+      td.className = cls;
+      td.textContent = text;
+      tr.appendChild(td);
+    }
+    const acts = document.createElement("td");
+    acts.className = "actions";
+    acts.append(
+      button("Revert", "revert", () => snapOp(name, "snapshot-revert", s.name, `reverted to ${s.name}`)),
+      button("Delete", "delete", () => snapOp(name, "snapshot-delete", s.name, `deleted ${s.name}`)),
+    );
+    tr.appendChild(acts);
+    body.appendChild(tr);
+  }
+}
+
+async function snapOp(dom, verb, snap, done, extra) {
+  say(`${dom}: ${verb} ${snap}...`);
+  try {
+    await api("POST", snapPath(dom, verb), Object.assign({ name: snap }, extra || {}));
+    say(`${dom}: ${done}`);
+  } catch (e) { say(`${dom}: ${e.message}`, true); }
+  await loadSnapshots().catch((e) => say(`${dom}: ${e.message}`, true));
+}
+
+function openSnapshots(name) {
+  snapDom = name;
+  $("#snapshots-name").textContent = name;
+  $("#snapshots-view").hidden = false;
+  loadSnapshots().catch((e) => say(`${name}: ${e.message}`, true));
+}
+
+$("#snapshots-close").addEventListener("click", () => { snapDom = null; $("#snapshots-view").hidden = true; });
+
+$("#snapshot-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  if (!snapDom) return;
+  const snap = $("#snapshot-name").value.trim();
+  await snapOp(snapDom, "snapshot-create", snap, `snapshot ${snap} taken`,
+               { disk_only: $("#snapshot-disk-only").checked, live: $("#snapshot-live").checked });
+  $("#snapshot-name").value = "";
 });
 
 // ----------------------------------------------------------------- console

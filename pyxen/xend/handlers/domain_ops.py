@@ -141,5 +141,22 @@ async def block_detach(call: Call):
     return OK
 
 
+async def snapshot_create(call: Call):
+    a = call.args
+    return await call.dom.snapshot_create(a["name"], disk_only=a["disk_only"], live=a["live"])
+
+
+async def snapshot_revert(call: Call):
+    return await call.dom.snapshot_revert(call.args["name"])
+
+
+async def snapshot_delete(call: Call):
+    return await call.dom.snapshot_delete(call.args["name"])
+
+
+async def snapshot_list(call: Call):
+    return {"name": call.dom.name, **call.dom.snapshot_list()}
+
+
 async def unknown(call: Call):
     raise InvalidRequest(f"Operation not implemented: {call.match('op')}")
