@@ -25,7 +25,9 @@ STAMP   := $(VENV)/.pyxen-deps
 APT_PKGS := qemu-system-x86 qemu-utils busybox-static lz4 zstd xz-utils cpio e2fsprogs \
             python3-venv iproute2 procps nftables dnsmasq-base chromium \
             nfs-ganesha nfs-ganesha-vfs swtpm swtpm-tools \
-            syslinux syslinux-common isolinux mtools dosfstools xorriso ovmf tesseract-ocr
+            syslinux syslinux-common isolinux mtools dosfstools xorriso ovmf tesseract-ocr util-linux
+# (util-linux: setpriv, which starts every QEMU confined (pyxen/xend/confine.py);
+#  Essential in Debian, named so a minimal image is told.)
 # (syslinux..xorriso: `make hvm-images` builds the HVM test disk and ISO
 #  without mounting anything; ovmf: UEFI for HVM guests; tesseract-ocr: the
 #  HVM tests read the guest's text off a screendump.)
