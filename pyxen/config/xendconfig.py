@@ -195,14 +195,20 @@ OPTIONS: tuple[XendOption, ...] = (
                origin="pyxen"),
     XendOption("qemu-binary", "str", "qemu-system-x86_64", "QEMU binary to run guests with.", origin="pyxen"),
     XendOption("qemu-user", "str", "",
-               "Run every QEMU as this user (a name, uid or uid:gid) instead of root.  xend opens the\n"
-               "disks and creates the taps for it, so disk files can stay root-only.  '' means root.",
+               "Run every QEMU as this one user (a name, uid or uid:gid) instead of each domain's own\n"
+               "uid (qemu-uid-base).  'root' turns confinement off (xend warns at start): QEMU then\n"
+               "runs as root, still without capabilities and under its seccomp sandbox.",
                example="pyxen-qemu", origin="pyxen"),
-    XendOption("qemu-uid-base", "int", 0,
-               "Run each domain's QEMU as uid and gid qemu-uid-base + domid (a range of otherwise unused\n"
-               "ids): no QEMU can reach another domain's disks, taps or /proc entries.  0 means off;\n"
-               "it takes precedence over qemu-user.",
-               example="200000", origin="pyxen"),
+    XendOption("qemu-uid-base", "int", 1900000000,
+               "Each domain's QEMU runs as uid and gid qemu-uid-base + domid, with no capabilities\n"
+               "and no way to gain any: no QEMU can reach another domain's disks, taps or /proc\n"
+               "entries.  xend refuses to start if any id of base .. base+65535 is a real account.",
+               origin="pyxen"),
+    XendOption("qemu-monitor-host-access", "bool", False,
+               "Let xm qemu-monitor run monitor commands that open host paths or start programs\n"
+               "(migrate exec:/file:, drive_add file=, screendump FILE, chardev-add file, ...).  Off:\n"
+               "they are refused with one line; QEMU's own sandbox refuses spawning anyway.",
+               origin="pyxen"),
     XendOption("xend-console-server", "bool", False,
                "Also export each domain's console on TCP port 9600+domid (or the domain's 'console' port).",
                origin="pyxen"),

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import time
 
 from .. import faults, storekeys
-from ..config import sxp
+from ..config import hvmopts, sxp
 from ..config.domain import DomainConfig
 from ..hypervisor import cgroups
 from ..hypervisor.qemu import argv as qargv
@@ -199,8 +200,7 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
         p = self.paths
         return qargv.Runtime(domid=self.domid, run_dir=p.domain_run(self.domid),
                              console_log=p.console_log_dir / f"guest-{self.name}.log",
-                             accel=self.accel, qemu=self.config["qemu-binary"],
-                             runas=confine.runas(self.qemu_ident))
+                             accel=self.accel, qemu=self.config["qemu-binary"], daemonize=False)
 
     # --------------------------------------------------------------- start
     async def start(self, paused: bool, restore: "checkpoint.SaveInfo | None" = None,
@@ -209,7 +209,11 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
         With *restore*, QEMU loads the saved state instead of booting.  In
         state ``incoming`` (a migration arriving) QEMU is left waiting for
         the stream, on the source's *machine* type."""
-        self.qemu_ident = confine.identity(self.config, self.domid)
+        self.qemu_ident = confine.identity(self.config, self.domid, self.cfg)
+        why_root = confine.root_reason(self.cfg)
+        if why_root:
+            log.warning("%s: QEMU runs as root (without capabilities but those it needs) for %s",
+                        self.name, why_root)
         rt = self.runtime()
         self.marks = {"start": time.monotonic()}
         if restore is not None:
@@ -224,6 +228,9 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
         if rt.run_dir.exists():
             shutil.rmtree(rt.run_dir, ignore_errors=True)
         rt.run_dir.mkdir(parents=True, mode=0o700)
+        if self.qemu_ident:
+            # QEMU makes its sockets and pidfile here, as its own uid.
+            os.chown(rt.run_dir, *self.qemu_ident)
         rt.console_log.parent.mkdir(parents=True, exist_ok=True)
         for sock in (rt.qmp_sock, rt.console_sock):
             if len(str(sock).encode()) > 107:
@@ -246,21 +253,22 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
             rt.nics.append((devid, *await self.net.vif_up(self, devid, spec)))
             self.vifs_up.add(devid)
             self.persist()
-        # An unprivileged QEMU gets its disks as descriptors xend opened.
-        disk_fds = confine.DiskFds(self.cfg.disks if self.qemu_ident else [])
+        # QEMU opens no host path: xend opens its disks, kernel and console
+        # log and hands it the descriptors (xend/confine.py).
+        fds = confine.QemuFds()
         try:
-            rt.disk_fds = disk_fds.sets
+            await loop.run_in_executor(None, self._open_for_qemu, fds, rt)
             argv = qargv.build(self.cfg, rt)
             log.info("%s: starting QEMU: %s", self.name, " ".join(argv))
             self.qemu_log_start = qemulog.mark(rt.qemu_log)     # this QEMU's part of the log
-            self.pid = await loop.run_in_executor(None, process.start, argv, rt.pidfile, rt.qemu_log,
-                                                  60.0, tuple(disk_fds.fds()),
-                                                  rt.hvm.env if rt.hvm else None)
+            self.pid = await loop.run_in_executor(None, lambda: process.start(
+                argv, rt.pidfile, rt.qemu_log, 60.0, tuple(fds.fds()), rt.hvm.env if rt.hvm else None,
+                qmp_sock=rt.qmp_sock, launcher=confine.launcher(self.qemu_ident, self.cfg)))
         except process.QemuStartError as e:
             # QEMU said no to this domain on this host (a 4xx, not xend failing).
             raise Conflict(f"QEMU failed to start domain {self.name}: {e}") from None
         finally:
-            disk_fds.close()
+            fds.close()
         self.persist()
         faults.point("create-after-qemu-start")
         await self._connect(rt)
@@ -280,6 +288,28 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
             await self.monitor.cont()
         self.paused = paused
         self.persist()
+
+    def _open_for_qemu(self, fds: "confine.QemuFds", rt: qargv.Runtime) -> None:
+        """Open what QEMU's command line would name (in an executor thread:
+        reading image headers and copying an unreadable kernel block)."""
+
+        disks = hvmopts.all_disks(self.cfg.disks, self.cfg.hvm) if self.cfg.builder == "hvm" else self.cfg.disks
+        fds.add_disks(disks)
+        rt.add_fds, rt.disk_fds = fds.adds, fds.disks
+        if self.cfg.builder == "hvm":
+            for key in ("fda", "fdb"):
+                if self.cfg.hvm.get(key):
+                    fd = confine.open_file(self.cfg.hvm[key], False, f"floppy {key}")
+                    rt.disk_fds[key] = (fds.add(fd, confine.OPAQUE_PREFIX + key), [])
+        if self.cfg.builder == "linux":
+            rt.kernel = fds.file_arg(rt.kernel or self.cfg.kernel, "kernel " + str(rt.kernel or self.cfg.kernel))
+            if self.cfg.ramdisk:
+                rt.initrd = fds.file_arg(self.cfg.ramdisk, f"ramdisk {self.cfg.ramdisk}")
+        rt.console_log_arg = fds.log_arg(rt.console_log)
+        if self.qemu_ident:
+            for p in (rt.hvm.nvram if rt.hvm else None, rt.tpm_sock):
+                if p is not None and p.exists():
+                    os.chown(p, *self.qemu_ident)     # files of the run dir QEMU opens itself
 
     async def _connect(self, rt: qargv.Runtime) -> None:
         self.expect_exit = False

@@ -256,9 +256,10 @@ class Outgoing:
             if any(h != "shared" for h in hows.values()):
                 path = dom.paths.domain_run(dom.domid) / "nbd-out.sock"
                 connect = functools.partial(_connect, self.host, self.port, self.ctx)
-                self.channel = nbdrelay.SourceChannel(path, connect, token, dom.name)
+                self.channel = nbdrelay.SourceChannel(path, connect, token, dom.name, dom.qemu_ident)
+                # QEMU runs in its run dir (as its own uid): the socket by its bare name.
                 self.mirror = storagemigrate.SourceMirror(
-                    dom, hows, str(path), int(self.resource * (1 << 20)) if self.resource else 0)
+                    dom, hows, path.name, int(self.resource * (1 << 20)) if self.resource else 0)
                 # Recorded first: a restarted xend removes what it left in QEMU.
                 dom.job["storage"] = self.mirror.vdevs
                 dom.persist()

@@ -203,8 +203,9 @@ class SourceChannel:
     """A Unix socket in the domain's run dir for the source QEMU's NBD
     clients; each connection is relayed to the target over TLS."""
 
-    def __init__(self, path: Path, connect, token: str, name: str):
+    def __init__(self, path: Path, connect, token: str, name: str, owner: tuple[int, int] | None = None):
         # *connect*: () -> a connected relocproto.Link (TLS, peer checked).
+        # *owner*: the (uid, gid) of a confined QEMU, which must connect.
         self.path, self.connect, self.token = path, connect, token
         self.relays = Relays(name)
         self.errors: list[str] = []
@@ -215,6 +216,8 @@ class SourceChannel:
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(str(path))
         os.chmod(path, 0o600)
+        if owner is not None:
+            os.chown(path, *owner)
         self.listener.listen(8)
         self.listener.settimeout(TICK)
         self.relays.start(self._accept)

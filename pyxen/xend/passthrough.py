@@ -97,6 +97,13 @@ async def attach(dom: "Domain", dev, vslot=None) -> PciSpec:
         # same device between the check and the config update.
         async with dom.reservations.lock:
             check_devices(dom.reservations.domains(), dom.name, [spec], dom)
+            if dom.qemu_ident is not None:
+                # A confined QEMU (xend/confine.py) cannot open /dev/vfio nor
+                # lock guest memory; only a domain created with pci = [...]
+                # gets a root QEMU with what VFIO needs.
+                raise Conflict(f"pci-attach {spec.bdf} to {dom.name}: its QEMU runs confined (uid "
+                               f"{dom.qemu_ident[0]}) and cannot open /dev/vfio; give PCI devices at create "
+                               "(pci = [...])")
             async with durable.change(dom, "pci-attach", config=True):      # persist, then act
                 dom.cfg.pci.append(spec)
         try:

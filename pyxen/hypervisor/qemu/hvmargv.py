@@ -118,8 +118,10 @@ def firmware_args(cfg: DomainConfig, facts: HvmFacts) -> list[str]:
             "-drive", f"if=pflash,format=raw,unit=1,file={optstr.value(facts.nvram)}"]
 
 
-def device_args(cfg: DomainConfig, facts: HvmFacts, run_dir: Path, boot: dict[str, int]) -> list[str]:
-    """Display, VGA card, USB, sound, RTC and floppies."""
+def device_args(cfg: DomainConfig, facts: HvmFacts, run_dir: Path, boot: dict[str, int],
+                fdsets: dict[str, int] | None = None) -> list[str]:
+    """Display, VGA card, USB, sound, RTC and floppies (a floppy in
+    *fdsets*, by its key fda/fdb, is opened from the descriptor xend passed)."""
     h = cfg.hvm
     a: list[str] = []
     if hvmcfg.graphics(h):
@@ -172,7 +174,8 @@ def device_args(cfg: DomainConfig, facts: HvmFacts, run_dir: Path, boot: dict[st
         a += ["-rtc", f"base={base}"]
     for unit, key in ((0, "fda"), (1, "fdb")):
         if h.get(key):
-            a += ["-blockdev", f"driver=file,filename={optstr.value(h[key])},node-name=f-{key}",
+            fname = f"/dev/fdset/{fdsets[key]}" if fdsets and key in fdsets else h[key]
+            a += ["-blockdev", f"driver=file,filename={optstr.value(fname)},node-name=f-{key}",
                   "-blockdev", f"driver=raw,file=f-{key},node-name=d-{key}",
                   "-device", f"floppy,unit={unit},drive=d-{key},id=fd{unit}"
                   + (f",bootindex={boot[f'fd{unit}']}" if f"fd{unit}" in boot else "")]

@@ -54,8 +54,10 @@ class BlockDevices:
         mon = self.monitor
         added: list[str] = []
         try:
-            fdset = await confine.add_disk_fd(mon, disk) if self.qemu_ident else None
-            for node in qargv.disk_nodes(disk, fdset):
+            # QEMU opens no path: the image and each backing layer come
+            # as descriptors (xend/confine.py).
+            fdset, backing = await confine.add_disk_fds(mon, disk)
+            for node in qargv.disk_nodes(disk, fdset, backing if fdset is not None else None):
                 await mon.blockdev_add(node)
                 added.append(node["node-name"])
             await mon.device_add(qargv.disk_device_props(disk))
@@ -65,8 +67,7 @@ class BlockDevices:
                     await mon.blockdev_del(node)
                 except Exception:
                     pass
-            if self.qemu_ident:
-                await self._drop_disk_fd(disk.vdev)
+            await self._drop_disk_fd(disk.vdev)
             raise XendError(f"block-attach {disk.uname} as {disk.vdev} failed: {e}") from None
 
     def _find_disk(self, ref: str):
@@ -107,13 +108,17 @@ class BlockDevices:
                     raise XendError(f"block-detach {disk.vdev} failed: {e}") from None
             finally:
                 self.unplugs.forget(dev_id)
-            for node in (f"d-{disk.vdev}", f"f-{disk.vdev}"):
+            # The image's nodes, then those of its backing layers, as far as
+            # there are any (their number is not kept across xend restarts).
+            for i, node in enumerate(qargv.disk_node_names(disk.vdev, confine.MAX_LAYERS)):
                 try:
                     await mon.blockdev_del(node)
                 except (QMPError, QmpTimeout) as e:
-                    log.warning("%s: blockdev-del %s: %s", self.name, node, e)
-            if self.qemu_ident:
-                await self._drop_disk_fd(disk.vdev)
+                    if i < 2:
+                        log.warning("%s: blockdev-del %s: %s", self.name, node, e)
+                    elif node.startswith("b"):
+                        break
+            await self._drop_disk_fd(disk.vdev)
             # The guest let go already: if the record cannot say so, the
             # disk is plugged back in, so QEMU matches the record again.
             async with durable.change(self, "block-detach", config=True) as ch:
