@@ -32,15 +32,20 @@ class Harness:
 
 
 def qemus_under(root: Path) -> list[int]:
-    """PIDs of QEMUs whose command line names a path under *root*."""
+    """PIDs of QEMUs whose command line names a path under *root*, or
+    whose working directory is under it (a confined QEMU runs in its run
+    directory with relative socket names and no root path in its argv)."""
     pids = []
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
                 cmd = (d / "cmdline").read_bytes()
+                if b"qemu-system" not in cmd:
+                    continue
+                cwd = os.readlink(d / "cwd")
             except OSError:
                 continue
-            if b"qemu-system" in cmd and f"{root}/".encode() in cmd:
+            if f"{root}/".encode() in cmd or cwd.startswith(f"{root}/"):
                 pids.append(int(d.name))
     return pids
 
