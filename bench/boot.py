@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import tempfile
@@ -37,6 +36,8 @@ from pyxen.config.domain import DomainConfig
 from pyxen.hypervisor.qemu import argv as qargv
 from pyxen.hypervisor.qemu.kcache import boot_kernel
 from pyxen.paths import Paths
+
+from .harness import Harness, kill_qemus_under
 
 MARKER = b"pyxen-init: started"
 POLL = 0.002          # seconds between looks at a console log
@@ -170,7 +171,7 @@ def wait_marker(path: Path, proc: subprocess.Popen | None = None,
         m.close()
 
 
-class Bench:
+class Bench(Harness):
     """One xend on a fresh root, the image, and the argv of every side."""
 
     def __init__(self):
@@ -217,20 +218,8 @@ class Bench:
             p.wait()
         if self.xend_up:
             subprocess.run(["xend", "stop"], env=self.env, capture_output=True)
-        for pid in _qemus_under(self.root):   # a last resort; normally none
-            os.kill(pid, signal.SIGKILL)
+        kill_qemus_under(self.root)
         shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self):
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     # ---------------------------------------------------------- one boot each
     def boot_pyxen(self) -> tuple[float, float]:
@@ -331,19 +320,6 @@ class BusyGuest:
             self.proc.kill()
             self.proc.wait()
             self.proc = None
-
-
-def _qemus_under(root: Path) -> list[int]:
-    pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                cmd = (d / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"qemu-system" in cmd and f"{root}/".encode() in cmd:
-                pids.append(int(d.name))
-    return pids
 
 
 def host_info(bench: Bench) -> dict:

@@ -60,7 +60,8 @@ from pyxen.hypervisor.qemu.kcache import boot_kernel
 from pyxen.paths import Paths
 from pyxen.testing.guest import GuestConsole, GuestError
 
-from .boot import _qemus_under, host_info
+from .boot import host_info
+from .harness import Harness, kill_qemus_under
 
 SIZES = (256, 1024)           # MiB of guest memory
 WORKLOADS = ("idle", "dirty")
@@ -308,8 +309,7 @@ class Host:
                     subprocess.run(["xm", "destroy", name], env=self.env, capture_output=True)
             subprocess.run(["xend", "stop"], env=self.env, capture_output=True)
             self.up = False
-        for pid in _qemus_under(self.root):     # a last resort; normally none
-            os.kill(pid, signal.SIGKILL)
+        kill_qemus_under(self.root)
 
 
 class EventWatch:
@@ -344,7 +344,7 @@ class EventWatch:
         return self.result
 
 
-class Bench:
+class Bench(Harness):
     def __init__(self):
         self.root = Path(tempfile.mkdtemp(prefix="pxm", dir="/tmp"))   # short: socket paths
         tag = uuid.uuid4().hex[:6]
@@ -356,32 +356,24 @@ class Bench:
         self.hosts: list[Host] = []
         self.raw_pids: set[int] = set()
 
-    def __enter__(self):
-        try:
-            for ns in self.ns:
-                sh("ip", "netns", "add", ns)
-                self.spaces.append(ns)
-                sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-            sh("ip", "link", "add", "eth0", "netns", self.ns[0], "type", "veth",
-               "peer", "name", "eth0", "netns", self.ns[1])
-            for ns, ip in zip(self.ns, (A_IP, B_IP)):
-                sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{ip}/24", "dev", "eth0")
-                sh("ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "up")
-            a = Host(self.root / "a", self.ns[0], A_IP)
-            b = Host(self.root / "b", self.ns[1], B_IP)
-            self.hosts = [a, b]
-            a.run("pyxen", "ca")
-            a.run("pyxen", "cert", "hosta", "--ip", A_IP)
-            a.run("pyxen", "cert", "hostb", "--ip", B_IP, "--out", str(b.root / "etc/xen/pki"))
-            a.start()
-            b.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+    def start(self) -> None:
+        for ns in self.ns:
+            sh("ip", "netns", "add", ns)
+            self.spaces.append(ns)
+            sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+        sh("ip", "link", "add", "eth0", "netns", self.ns[0], "type", "veth",
+           "peer", "name", "eth0", "netns", self.ns[1])
+        for ns, ip in zip(self.ns, (A_IP, B_IP)):
+            sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{ip}/24", "dev", "eth0")
+            sh("ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "up")
+        a = Host(self.root / "a", self.ns[0], A_IP)
+        b = Host(self.root / "b", self.ns[1], B_IP)
+        self.hosts = [a, b]
+        a.run("pyxen", "ca")
+        a.run("pyxen", "cert", "hosta", "--ip", A_IP)
+        a.run("pyxen", "cert", "hostb", "--ip", B_IP, "--out", str(b.root / "etc/xen/pki"))
+        a.start()
+        b.start()
 
     def close(self) -> None:
         for h in self.hosts:

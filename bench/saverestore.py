@@ -47,7 +47,8 @@ from pyxen.paths import Paths
 from pyxen.testing.guest import GuestConsole
 from pyxen.xend import checkpoint
 
-from .boot import _qemus_under, host_info
+from .boot import host_info
+from .harness import Harness, kill_qemus_under
 
 SIZES = (256, 1024)          # MiB of guest memory
 ACCEL = "tcg"
@@ -221,7 +222,7 @@ class RawQemu:
             self.pid = None
 
 
-class Bench:
+class Bench(Harness):
     """One xend on a fresh root; save files go to <root>/save (on /tmp's disk)."""
 
     def __init__(self, save_dir: Path | None = None):
@@ -241,20 +242,12 @@ class Bench:
             raise RuntimeError(f"{' '.join(argv)} failed: {res.stderr.strip() or res.stdout.strip()}")
         return res
 
-    def __enter__(self):
-        try:
-            (self.root / "etc/xen").mkdir(parents=True)
-            (self.root / "etc/xen/xend-config.sxp").write_text(f"(accel {ACCEL})\n")
-            self.dir.mkdir(parents=True, exist_ok=True)
-            self._run("xend", "start")
-            self.xend_up = True
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+    def start(self) -> None:
+        (self.root / "etc/xen").mkdir(parents=True)
+        (self.root / "etc/xen/xend-config.sxp").write_text(f"(accel {ACCEL})\n")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._run("xend", "start")
+        self.xend_up = True
 
     def close(self) -> None:
         if self.raw is not None:
@@ -263,8 +256,7 @@ class Bench:
             subprocess.run(["xm", "destroy", name], env=self.env, capture_output=True)
         if self.xend_up:
             subprocess.run(["xend", "stop"], env=self.env, capture_output=True)
-        for pid in _qemus_under(self.root):     # a last resort; normally none
-            os.kill(pid, signal.SIGKILL)
+        kill_qemus_under(self.root)
         shutil.rmtree(self.root, ignore_errors=True)
 
     # ---------------------------------------------------------------- guest

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import tempfile
@@ -43,7 +42,7 @@ from pathlib import Path
 
 from pyxen.paths import Paths
 
-from .boot import _qemus_under
+from .harness import Harness, kill_qemus_under, qemus_under
 
 DOMAINS = 200
 LATENCY_AT = (1, 100, 200)     # domain counts where xm's latency is measured
@@ -187,7 +186,7 @@ def interpreter_of(script: str) -> str:
     raise ValueError(f"{script} has no #! line")
 
 
-class Bench:
+class Bench(Harness):
     """One xend on a fresh root; the domains it holds."""
 
     def __init__(self, progress=print):
@@ -225,23 +224,8 @@ class Bench:
             for name in reversed(self.names):
                 subprocess.run([self.xm, "destroy", name], env=self.env, capture_output=True, timeout=60)
             subprocess.run(["xend", "stop"], env=self.env, capture_output=True, timeout=120)
-        for pid in _qemus_under(self.root):   # a last resort; normally none
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_qemus_under(self.root)
         shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self):
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     # ---------------------------------------------------------- steps
     def create(self) -> float:
@@ -255,7 +239,7 @@ class Bench:
         return time.monotonic() - t0
 
     def qemu_pids(self) -> list[int]:
-        return _qemus_under(self.root)
+        return qemus_under(self.root)
 
     def listed(self) -> int:
         out = self._run(self.xm, "list").stdout.splitlines()

@@ -12,6 +12,16 @@ from __future__ import annotations
 
 import time
 
+# Debian's chromium (the Makefile installs it), headless, nothing fetched.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def launch(pw, **kw):
+    """Debian's chromium through Playwright (*pw* from ``sync_playwright()``)."""
+    return pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, **kw)
+
 
 def wait_js(page, expression: str, timeout: float = 30_000, interval: float = 0.1):
     """Poll *expression* (JavaScript, an expression or ``() => ...``) until

@@ -5,17 +5,11 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import subprocess
 import threading
 
 from pyxen.config import sxp, xmconfig
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from pyxen.testing.ports import free_port
 
 
 class Http:

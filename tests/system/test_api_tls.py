@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import ssl
 import subprocess
 import sys
@@ -21,15 +20,11 @@ import pytest
 
 from pyxen import pki
 from pyxen.config import sxp, xmconfig
+from pyxen.testing.browser import launch
 from pyxen.testing.wait import poll
+from pyxen.testing.ports import free_port
 
 REFUSED = (ssl.SSLError, ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tls_client(ca: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
@@ -71,10 +66,9 @@ def browser_page(port: int, user: Path) -> None:
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import expect, sync_playwright
 
-    from test_web import CHROMIUM, CHROMIUM_ARGS
     base = f"https://localhost:{port}"
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        browser = launch(pw)
         try:
             # Chromium does not know the pool's CA: the server check is the Python client's job above.
             page = browser.new_context(ignore_https_errors=True, client_certificates=[{

@@ -15,15 +15,14 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from pyxen.storage import lvm
 from pyxen.testing.wait import poll
+from pyxen.testing.ports import free_port
 
 
 
@@ -48,12 +47,6 @@ def make_root_disk(image: Path, workdir: Path) -> Path:
     subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(root), str(disk)], check=True)
     shutil.rmtree(root)
     return disk
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def guest_dev_gone_or_there(con, name: str, there: bool) -> bool:

@@ -10,7 +10,6 @@ pictures follow the page; commit them when they change.
 from __future__ import annotations
 
 import re
-import socket
 import tempfile
 import textwrap
 import time
@@ -19,20 +18,12 @@ from pathlib import Path
 from playwright.sync_api import expect, sync_playwright
 
 from conftest import Host
-from pyxen.testing.browser import wait_js
+from pyxen.testing.browser import launch, wait_js
 from pyxen.testing import guide
+from pyxen.testing.ports import free_port
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 IMAGES = guide.PAGES / "assets" / "images"
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_web_console_screenshots(image):
@@ -50,7 +41,7 @@ def test_web_console_screenshots(image):
         h.xm("create", str(h.config("web1", vcpus=2)))
         h.xm("create", "-p", str(h.config("db1", memory=96)))
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            browser = launch(pw)
             try:
                 page = browser.new_page(viewport={"width": 1000, "height": 560})
                 page.goto(f"http://127.0.0.1:{port}/")

@@ -8,13 +8,14 @@ test_guest_channels) try many more inputs of each class."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import stat
 import struct
 import time
 import zlib
+
+from pyxen.testing.ports import free_port
 
 
 def one_line_error(res, *needles):
@@ -107,14 +108,8 @@ def test_bad_names_and_kernel_bombs_are_one_line_and_leave_nothing(host, tmp_pat
     h.xm("destroy", "good")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_idle_and_half_sent_connections_do_not_stall_xend(make_host):
-    reloc, http = _free_port(), _free_port()
+    reloc, http = free_port(), free_port()
     h = make_host(f"""
         (accel tcg)
         (xend-relocation-server yes)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,17 +23,8 @@ from playwright.sync_api import expect, sync_playwright
 
 from conftest import Host
 
-from pyxen.testing.browser import wait_js
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from pyxen.testing.browser import launch, wait_js
+from pyxen.testing.ports import free_port
 
 
 def call(port, method, path, headers=None, body=None):
@@ -91,7 +81,7 @@ def test_web_console_in_browser(web_host, tmp_path):
 
     with sync_playwright() as pw:
         # (launch() gives Chromium a fresh temporary profile of its own)
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        browser = launch(pw)
         try:
             context = browser.new_context()
             page = context.new_page()
@@ -206,7 +196,7 @@ def test_hvm_screen_in_browser(web_host, hvm_media):
         with h.console("webhvm") as con:
             con.wait_login_prompt(180)
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            browser = launch(pw)
             try:
                 context = browser.new_context()
                 page = context.new_page()
@@ -343,7 +333,7 @@ def test_novnc_page_through_relay_to_qemu_vnc(tmp_path):
             time.sleep(0.05)
         assert started.wait(30)
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            browser = launch(pw)
             try:
                 page = browser.new_page()
                 page.goto(f"http://127.0.0.1:{port}/ui/vnc.html?dom=hvm")

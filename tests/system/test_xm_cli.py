@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import random
 import re
 
@@ -114,7 +115,7 @@ JUNK = ["-x", "--bogus", "0", "-1", "9999", "Domain-0", "ghost", "", "''", "-l",
 
 def test_every_command_with_junk_arguments_never_tracebacks(host):
     rnd = random.Random(1234)
-    seen = 0
+    calls = []
     for name in sorted(COMMANDS):
         for n in range(0, 11):
             args = [rnd.choice(JUNK + [f"junk{rnd.randint(0, 99)}"]) for _ in range(n)]
@@ -125,12 +126,22 @@ def test_every_command_with_junk_arguments_never_tracebacks(host):
                 args += ["-n", "0"]
             if name == "top":
                 args += ["-i", "1", "-d", "0.1"]
-            res = host.xm(name, *args, check=False, timeout=60)
-            seen += 1
-            assert "Traceback" not in res.stdout + res.stderr, (name, args, res.stderr)
-            if res.returncode != 0:
-                assert res.stderr.startswith("Error: ") or res.stdout.startswith("Usage:"), \
-                    (name, args, res.stdout, res.stderr)
+            calls.append((name, args))
+
+    def check(call):
+        name, args = call
+        res = host.xm(name, *args, check=False, timeout=60)
+        assert "Traceback" not in res.stdout + res.stderr, (name, args, res.stderr)
+        if res.returncode != 0:
+            assert res.stderr.startswith("Error: ") or res.stdout.startswith("Usage:"), \
+                (name, args, res.stdout, res.stderr)
+        return 1
+
+    # Three at a time: each is a separate xm process (mostly interpreter
+    # start-up), and none of them may change anything another one sees —
+    # which the last assertion checks.
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        seen = sum(pool.map(check, calls))
     assert seen == 11 * len(COMMANDS)
     assert set(host.domains()) == {"Domain-0"}     # junk created nothing
 
