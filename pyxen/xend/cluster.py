@@ -29,7 +29,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -48,6 +51,10 @@ from .errors import Conflict, XendError
 
 log = logging.getLogger("pyxen.xend")
 
+# Files in var/run/pyxen shared with the lease keeper (pyxen/xend/keeper.py):
+FENCED_FILE = "cluster-fenced"       # QEMU pids it stopped while no xend ran
+RENEWED_FILE = "cluster-renewed"     # xend's last confirmed renewal, time.monotonic()
+
 
 def configured(cfg) -> bool:
     return bool(str(cfg["xend-cluster-etcd"]).strip())
@@ -57,8 +64,9 @@ def cluster_name(cfg) -> str:
     return cfg["xend-cluster-name"] or storekeys.local_host()
 
 
-def open_store(paths, cfg) -> EtcdStore:
-    """The cluster store, proven reachable; XendError (one line) if not."""
+def open_store(paths, cfg, check: bool = True) -> EtcdStore:
+    """The cluster store, proven reachable (with *check*); XendError (one
+    line) if not."""
     try:
         endpoints = parse_endpoints(cfg["xend-cluster-etcd"])
     except ValueError as e:
@@ -81,10 +89,11 @@ def open_store(paths, cfg) -> EtcdStore:
     # has its own timeout, TTL/4.)
     store = EtcdStore(endpoints, cluster_name(cfg), str(tls.ca), str(tls.cert), str(tls.key),
                       timeout=max(0.5, margin / 2))
-    try:
-        store.ping()
-    except StoreError as e:
-        raise XendError(f"cluster configured but {e}; xend not started") from None
+    if check:
+        try:
+            store.ping()
+        except StoreError as e:
+            raise XendError(f"cluster configured but {e}; xend not started") from None
     return store
 
 
@@ -118,7 +127,8 @@ class ClusterNode(FenceActions):
         self.address = cfg["xend-cluster-address"] or _own_address(store.endpoints[0])
         self._lease_file = paths.run / "cluster-lease"
         self.membership = Membership(store, self.name, int(cfg["xend-cluster-lease-ttl"]), info=self.info,
-                                     previous_lease=self._previous_lease(), on_lease_change=self._save_lease)
+                                     previous_lease=self._previous_lease(), on_lease_change=self._save_lease,
+                                     on_renewed=self._renewed)
         self.lock = DomainLock(store, self.membership)
         self.fencer = Fencer(self.membership, self.lock, cfg["xend-cluster-fence"],
                              float(cfg["xend-cluster-fence-margin"]), fence=self._fence, resume=self._resume,
@@ -148,6 +158,15 @@ class ClusterNode(FenceActions):
             atomic_write(self._lease_file, f"{lease:x}\n".encode(), 0o600)
         except OSError as e:
             log.warning("cluster: cannot record the lease id in %s: %s", self._lease_file, e)
+
+    def _renewed(self, when: float) -> None:
+        """The keeper takes over from this instant (CLOCK_MONOTONIC is the
+        machine's, the same in both processes), not from when it noticed
+        xend was gone."""
+        try:
+            (self.paths.run / RENEWED_FILE).write_text(f"{when}\n")
+        except OSError:
+            pass
 
     # ------------------------------------------------------------ the record
     def _snapshot(self) -> None:
@@ -191,6 +210,37 @@ class ClusterNode(FenceActions):
             self.membership.join()
         except ClusterError as e:
             raise XendError(str(e)) from None
+        self.recover_keeper_fence()
+
+    def recover_keeper_fence(self) -> None:
+        """QEMUs the keeper stopped (SIGSTOP) while no xend ran and etcd was
+        out of reach: each continues only once this host holds its lock
+        again; one whose lock is another host's now is killed (it runs
+        there).  Before adoption, so adoption sees running QEMUs."""
+        from ..hypervisor.qemu import process
+        f = self.paths.run / FENCED_FILE
+        try:
+            pids = [int(x) for x in f.read_text().split()]
+        except (OSError, ValueError):
+            return
+        for pid in pids:
+            args = process.cmdline(pid)
+            if "-uuid" not in args or "-name" not in args:
+                continue
+            uuid = args[args.index("-uuid") + 1]
+            name = args[args.index("-name") + 1].split(",")[0]
+            try:
+                self.lock.acquire(uuid, name)
+            except LockHeld as e:
+                log.error("cluster: %s (stopped by the keeper): %s; killing this host's copy", name, e)
+                process.kill(pid)
+                continue
+            except (ClusterError, StoreError) as e:
+                raise XendError(f"cluster: cannot retake the lock of {name}, which the keeper stopped: {e}") \
+                    from None
+            process.kill(pid, signal.SIGCONT)
+            log.warning("cluster: %s continues: the keeper had stopped it, this host holds its lock again", name)
+        f.unlink()
 
     async def start(self) -> None:
         """After adoption: retake the adopted domains' locks, start the
@@ -211,11 +261,25 @@ class ClusterNode(FenceActions):
                 # away: never run it twice.
                 await self._drop_superseded(dom, str(e))
         self._watch = self.membership.watch(self._on_cluster_event)
+        self._start_keeper()
         self._tasks = [asyncio.create_task(self.fencer.run(), name="cluster-fence"),
                        asyncio.create_task(self._tick(), name="cluster-periodic")]
         log.info("cluster: %s is up (lease %x, address %s, %d etcd endpoint(s), locks %s, fence %s)",
                  self.name, self.membership.lease, self.address or "?", len(self.store.endpoints),
                  "on" if self.lock_enabled else "OFF", self.cfg["xend-cluster-fence"])
+
+    def _start_keeper(self) -> None:
+        """The process that keeps the lease (and the fence) when xend is gone
+        (pyxen/xend/keeper.py); it outlives xend by design."""
+        err = open(self.paths.log / "keeper.log", "ab")
+        try:
+            subprocess.Popen([sys.executable, "-m", "pyxen.xend.keeper", "--lease", f"{self.membership.lease:x}",
+                              "--xend-pid", str(os.getpid())], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, close_fds=True)
+        except OSError as e:
+            log.error("cluster: cannot start the lease keeper: %s; a dead xend will not keep its locks", e)
+        finally:
+            err.close()
 
     async def stop(self) -> None:
         self.fencer.stop()
@@ -232,9 +296,7 @@ class ClusterNode(FenceActions):
         # the lease is revoked only when nothing runs here.
         running = any(d.pid for d in self.domains.all()) if self.domains else False
         if running:
-            log.warning("cluster: xend stops with domains running: their locks last until the lease "
-                        "(%d s) runs out; start xend again before that, or they may be started "
-                        "elsewhere", self.membership.ttl)
+            log.info("cluster: xend stops with domains running: the lease keeper keeps their locks")
         await asyncio.get_running_loop().run_in_executor(None, self.membership.leave, not running)
         self.store.close()
 

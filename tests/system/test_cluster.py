@@ -221,6 +221,35 @@ def test_kill_9_of_xend_keeps_the_lock_and_a_restart_takes_the_lease_back(cluste
     refused(create(b, "g"), "a", "g")
 
 
+def proc_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_with_xend_dead_the_keeper_holds_the_lease_and_fences(cluster):
+    c = cluster()
+    a, b = c.hosts["a"], c.hosts["b"]
+    assert create(a, "g").returncode == 0
+    uuid = uuid_of(a, "g")
+    [qemu] = a.qemu_pids()
+    os.kill(int((a.root / "var/run/pyxen/xend.pid").read_text()), signal.SIGKILL)
+    time.sleep(TTL + 3)     # past the lease's TTL: the keeper renews it while the guest runs
+    assert c.owner(uuid) == "a" and proc_state(qemu) != "T"
+    refused(create(b, "g"), "a", "g")
+    # Cut off with no xend: the keeper stops QEMU (SIGSTOP) before the lease can end.
+    t0 = time.monotonic()
+    c.net.cut(a.ns, [m.ip for m in c.etcd.members])
+    poll(lambda: proc_state(qemu) == "T", timeout=TTL, interval=0.2, what="the keeper to stop QEMU")
+    assert time.monotonic() - t0 < TTL
+    poll(lambda: c.owner(uuid) is None, timeout=TTL + 10, what="A's lease to end")
+    c.net.heal(a.ns)
+    # A new xend retakes the lock first, then lets QEMU continue and adopts it.
+    a.xend("start")
+    assert c.owner(uuid) == "a"
+    assert proc_state(qemu) != "T" and a.qemu_pids() == [qemu]
+    assert "g" in a.domains()
+    refused(create(b, "g"), "a", "g")
+
+
 def test_a_host_cut_off_from_etcd_pauses_before_its_lease_ends(cluster):
     c = cluster()
     a, b = c.hosts["a"], c.hosts["b"]
