@@ -262,6 +262,9 @@ def test_a_host_cut_off_from_etcd_pauses_before_its_lease_ends(cluster):
     paused_after = time.monotonic() - t0
     assert paused_after < TTL, paused_after
     assert "fencing this host" in xend_log(a)
+    # Its user cannot run it meanwhile either.
+    res = a.xm("unpause", "g", check=False)
+    assert res.returncode != 0 and "paused by the cluster fence" in res.stderr, res.stderr
     # etcd ends A's lease (at least TTL after the last renewal): the lock goes.
     poll(lambda: c.owner(uuid) is None, timeout=TTL + 10, what="A's lock to expire")
     assert time.monotonic() - t0 >= TTL - 1
