@@ -1,7 +1,8 @@
 """What the fence does to this host's domains (mixed into ClusterNode).
 
 :class:`pyxen.cluster.fence.Fencer` decides *when*; these are the actions
-it is given: pause (or kill) every QEMU of this host, resume one whose
+it is given: pause (or kill) every QEMU of this host — always kill one
+another host will restart (``on_host_failure='restart'``), resume one whose
 lock this host holds again, and drop a copy whose lock another host holds
 now.  Pauses come first and the state records after, because with etcd
 gone each record costs a store timeout that the pauses must not wait for.
@@ -14,6 +15,12 @@ import logging
 import time
 
 log = logging.getLogger("pyxen.xend")
+
+
+def restarted_elsewhere(dom) -> bool:
+    """True for a domain with ``on_host_failure = 'restart'`` (clusterops's
+    option; absent here it is 'preserve')."""
+    return getattr(dom.cfg, "on_host_failure", "preserve") == "restart"
 
 
 class FenceActions:
@@ -30,11 +37,15 @@ class FenceActions:
         for dom in list(self.domains.all()):
             if not dom.pid or not process.alive(dom.pid):
                 continue
-            if mode == "destroy":
+            if mode == "destroy" or restarted_elsewhere(dom):
+                # A domain another host will restart (on_host_failure=
+                # 'restart') has nothing to resume here, and a paused QEMU
+                # would keep its disk images locked against the restart.
                 log.error("%s: destroyed by the fence: %s", dom.name, reason)
                 dom.expect_exit = True
                 process.kill(dom.pid)
-                done.append(dom.uuid)
+                if mode == "destroy":
+                    done.append(dom.uuid)
                 continue
             if dom.paused:
                 # Paused already (by its user): the fencer retakes its lock

@@ -10,7 +10,9 @@ it outlives xend).  While xend runs it only watches.  While no xend runs:
 * as long as a QEMU of this root runs, it renews the lease, so the locks
   stay truthful (the guests *are* running here);
 * if the renewals fail for TTL minus the fence margin (this host cut off
-  from etcd), it stops every QEMU with SIGSTOP — the fence, with no QMP and
+  from etcd), it kills the QEMUs of ``on_host_failure='restart'`` domains
+  (xend lists them in ``cluster-restart``: another host restarts them) and
+  stops every other QEMU with SIGSTOP — the fence, with no QMP and
   no xend needed — and records their pids in ``var/run/pyxen/cluster-fenced``;
 * when no QEMU runs any more it revokes the lease and exits.
 
@@ -31,7 +33,7 @@ import time
 from pathlib import Path
 
 from ..paths import Paths
-from .cluster import FENCED_FILE, RENEWED_FILE, open_store
+from .cluster import FENCED_FILE, RENEWED_FILE, RESTART_FILE, open_store
 
 log = logging.getLogger("pyxen.keeper")
 
@@ -62,6 +64,18 @@ def qemu_pids(paths: Paths) -> list[int]:
         if args and "qemu" in os.path.basename(args[0]) and str(paths.run) in " ".join(args):
             out.append(pid)
     return out
+
+
+def _uuid_of(pid: int) -> str:
+    args = _cmd(pid)
+    return args[args.index("-uuid") + 1] if "-uuid" in args[:-1] else ""
+
+
+def _restart_uuids(paths: Paths) -> set[str]:
+    try:
+        return set((paths.run / RESTART_FILE).read_text().split())
+    except OSError:
+        return set()
 
 
 def _xend_pid(paths: Paths) -> int | None:
@@ -110,12 +124,19 @@ def run(paths: Paths, store, lease: int, ttl: int, margin: float, xend_pid: int)
                 log.warning("keeper: keep-alive failed: %s", e)
         if not fenced:
             if time.monotonic() - last_ok > ttl - margin:
+                restart = _restart_uuids(paths)
+                stopped = []
                 for pid in pids:
-                    os.kill(pid, signal.SIGSTOP)
-                fenced = pids
-                (paths.run / FENCED_FILE).write_text("".join(f"{p}\n" for p in pids))
-                log.error("keeper: no xend and no etcd keep-alive for over %.0f s: stopped QEMU %s",
-                          ttl - margin, " ".join(map(str, pids)))
+                    if _uuid_of(pid) in restart:
+                        os.kill(pid, signal.SIGKILL)     # another host restarts it: free its disks
+                    else:
+                        os.kill(pid, signal.SIGSTOP)
+                        stopped.append(pid)
+                fenced = stopped        # all killed: nothing runs, the next round exits
+                (paths.run / FENCED_FILE).write_text("".join(f"{p}\n" for p in stopped))
+                log.error("keeper: no xend and no etcd keep-alive for over %.0f s: stopped QEMU %s, "
+                          "killed the rest (on_host_failure=restart)", ttl - margin,
+                          " ".join(map(str, stopped)) or "none")
         time.sleep(tick if not fenced else 1.0)
 
 
