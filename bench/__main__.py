@@ -1,6 +1,6 @@
 """Run every benchmark: ``python -m bench [--only NAME] [--runs N] [--json PATH]
 [--save-runs N] [--save-json PATH] [--migrate-runs IDLE,DIRTY] [--migrate-json PATH]
-[--scale-domains N] [--scale-json PATH]``.
+[--scale-domains N] [--scale-json PATH] [--cluster-failures N] [--cluster-json PATH]``.
 
 Prints a plain table per benchmark and writes each one's results as JSON
 (atomically: a temp file in the same directory, then a rename).
@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import boot, disk, migrate, saverestore, scale
+from . import boot, cluster, disk, migrate, migratestorage, saverestore, scale
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_JSON = RESULTS / "boot.json"
@@ -23,6 +23,8 @@ SAVE_JSON = RESULTS / "saverestore.json"
 DISK_JSON = RESULTS / "disk.json"
 MIGRATE_JSON = RESULTS / "migrate.json"
 SCALE_JSON = RESULTS / "scale.json"
+MIGRATE_STORAGE_JSON = RESULTS / "migrate-storage.json"
+CLUSTER_JSON = RESULTS / "cluster.json"
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -44,7 +46,8 @@ def write_json(path: Path, data: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench",
                                  description="Run pyxen's benchmarks; print tables, write JSON.")
-    ap.add_argument("--only", choices=("boot", "disk", "saverestore", "migrate", "scale"), help="run just this benchmark")
+    ap.add_argument("--only", choices=("boot", "disk", "saverestore", "migrate", "migrate-storage", "scale",
+                                       "cluster"), help="run just this benchmark")
     ap.add_argument("--runs", type=int, default=5, help="timed boots per side (default 5)")
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON,
                     help=f"where to write the boot results (default {DEFAULT_JSON})")
@@ -58,10 +61,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="live migrations per side for idle and for dirtying guests (default 3,2)")
     ap.add_argument("--migrate-json", type=Path, default=MIGRATE_JSON,
                     help=f"where to write the migration results (default {MIGRATE_JSON})")
+    ap.add_argument("--migrate-storage-runs", type=int, default=2, metavar="N",
+                    help="storage migrations (and raw copies) timed (default 2)")
+    ap.add_argument("--migrate-storage-json", type=Path, default=MIGRATE_STORAGE_JSON,
+                    help=f"where to write the storage migration results (default {MIGRATE_STORAGE_JSON})")
     ap.add_argument("--scale-domains", type=int, default=scale.DOMAINS, metavar="N",
                     help=f"paused domains the scale benchmark creates (default {scale.DOMAINS})")
     ap.add_argument("--scale-json", type=Path, default=SCALE_JSON,
                     help=f"where to write the scale results (default {SCALE_JSON})")
+    ap.add_argument("--cluster-failures", type=int, default=20, metavar="N",
+                    help="host failures the cluster benchmark injects (default 20, about 15 s each)")
+    ap.add_argument("--cluster-json", type=Path, default=CLUSTER_JSON,
+                    help=f"where to write the cluster results (default {CLUSTER_JSON})")
     args = ap.parse_args(argv)
     try:
         idle, dirty = (int(n) for n in args.migrate_runs.split(","))
@@ -71,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--migrate-runs counts must be at least 1")
     if args.runs < 1 or args.save_runs < 1:
         ap.error("--runs and --save-runs must be at least 1")
+    if args.cluster_failures < 1:
+        ap.error("--cluster-failures must be at least 1")
     if args.scale_domains < 1:
         ap.error("--scale-domains must be at least 1")
     progress = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
@@ -94,11 +107,21 @@ def main(argv: list[str] | None = None) -> int:
         print(migrate.format_table(result))
         write_json(args.migrate_json, result)
         print(f"results written to {args.migrate_json}")
+    if args.only in (None, "migrate-storage"):
+        result = migratestorage.run(args.migrate_storage_runs, progress=progress)
+        print(migratestorage.format_table(result))
+        write_json(args.migrate_storage_json, result)
+        print(f"results written to {args.migrate_storage_json}")
     if args.only in (None, "scale"):
         result = scale.run(args.scale_domains, progress=progress)
         print(scale.format_table(result))
         write_json(args.scale_json, result)
         print(f"results written to {args.scale_json}")
+    if args.only in (None, "cluster"):
+        result = cluster.run(args.cluster_failures, progress=progress)
+        print(cluster.format_table(result))
+        write_json(args.cluster_json, result)
+        print(f"results written to {args.cluster_json}")
     return 0
 
 

@@ -366,14 +366,17 @@ class Bench(Harness):
         for ns, ip in zip(self.ns, (A_IP, B_IP)):
             sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{ip}/24", "dev", "eth0")
             sh("ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "up")
-        a = Host(self.root / "a", self.ns[0], A_IP)
-        b = Host(self.root / "b", self.ns[1], B_IP)
+        a = self.make_host(0, self.root / "a", self.ns[0], A_IP)
+        b = self.make_host(1, self.root / "b", self.ns[1], B_IP)
         self.hosts = [a, b]
         a.run("pyxen", "ca")
         a.run("pyxen", "cert", "hosta", "--ip", A_IP)
         a.run("pyxen", "cert", "hostb", "--ip", B_IP, "--out", str(b.root / "etc/xen/pki"))
         a.start()
         b.start()
+
+    def make_host(self, i: int, root: Path, ns: str, ip: str) -> Host:
+        return Host(root, ns, ip)       # (bench/migratestorage.py: B in its own mount namespace)
 
     def close(self) -> None:
         for h in self.hosts:

@@ -74,6 +74,11 @@ class Paths:
         return self.lib / "save"
 
     @property
+    def snapshot_dir(self) -> Path:
+        """Snapshots' memory state files, one directory per domain uuid."""
+        return self.lib / "snapshots"
+
+    @property
     def dump_dir(self) -> Path:
         return self._p("var/xen/dump")
 

@@ -11,7 +11,11 @@ Two namespaces:
 * **shared**: what a cluster shares and any host may act on — a domain's
   configuration by uuid (``domains/<uuid>/config``), vnets
   (``vnets/<id>``), UEFI variables (``nvram/<uuid>``), vTPM state
-  (``vtpm/<name>/...``: swtpm's files as blobs).
+  (``vtpm/<name>/...``: swtpm's files as blobs), a domain's snapshot
+  tree by uuid (``snapshots/<uuid>``: names, parents, disk-snapshot ids,
+  state files; xend/snaptree.py) — shared so a cluster sees a domain's
+  snapshots wherever it runs, and by uuid so it outlives ``xm save`` /
+  ``xm restore`` and xend restarts.
 
 * **cluster**, under ``cluster/`` (only in a cluster store): each host's
   record, attached to its lease (``cluster/members/<host>``) and the last
@@ -101,6 +105,10 @@ def nvram(uuid: str) -> str:
     return f"nvram/{uuid}"
 
 
+def snapshots(uuid: str) -> str:
+    return f"snapshots/{uuid}"
+
+
 def vtpm(instance: int | None = None, uuid: str | None = None, name: str | None = None) -> str:
     """A vTPM's state: by Xen's ``instance=N``, else xl's ``uuid=``, else the
     domain's name.  The blobs of its swtpm files sit under this key."""
@@ -158,3 +166,22 @@ def upgrade_v1(key: str, host: str) -> str:
     if len(parts) == 3 and parts[0] == "domains" and parts[2] == "runtime":
         return runtime(host, parts[1])
     return key
+
+
+# ------------------------------------------------------- cluster operations
+# (pyxen.cluster.failover, .evacuate, .view: at the end of the file so the
+# foundation's own cluster section above merges without a conflict)
+FAILOVER_PREFIX = "cluster/failover/"
+
+
+def failover(uuid: str) -> str:
+    """Shared: the claim of the last restart of *uuid* after its host failed
+    (the incident, the host that starts it, how far it got)."""
+    return f"{FAILOVER_PREFIX}{uuid}"
+
+
+def listing(host: str) -> str:
+    """Host-scoped: the host's own xm list rows, republished by the host
+    when they change, so that xm list --cluster is one read, not one
+    request per host."""
+    return f"{host_prefix(host)}listing"

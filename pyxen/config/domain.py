@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from . import hvmopts as hvmcfg
 from . import names, sxp
 from .errors import ConfigError
-from .options import ACTIONS, CRASH_ACTIONS, default
+from .options import ACTIONS, CRASH_ACTIONS, HOST_FAILURE_ACTIONS, default
 from .specs import (DiskSpec, PciSpec, VtpmSpec, disk_from_parts, parse_cpuset, parse_disk, parse_pci,
                     parse_vif, parse_vtpm, pci_from_sxp)
 
@@ -89,6 +89,7 @@ class DomainConfig:
     on_reboot: str = default("on_reboot")
     on_crash: str = default("on_crash")
     on_watchdog: str = default("on_watchdog")
+    on_host_failure: str = default("on_host_failure")
     kernel: str = default("kernel") or ""
     ramdisk: str = default("ramdisk")
     root: str = default("root")
@@ -158,6 +159,9 @@ class DomainConfig:
         wd = _str(values, "on_watchdog")
         if wd not in CRASH_ACTIONS:
             raise ConfigError(f"on_watchdog: expected one of {', '.join(CRASH_ACTIONS)}, got {wd!r}")
+        hf = _str(values, "on_host_failure")
+        if hf not in HOST_FAILURE_ACTIONS:
+            raise ConfigError(f"on_host_failure: expected one of {', '.join(HOST_FAILURE_ACTIONS)}, got {hf!r}")
         cap = values.get("cap")
         cpu_cap = _int(values, "cap" if cap is not None else "cpu_cap", default("cpu_cap"), minimum=0)
         disks = [d if isinstance(d, DiskSpec) else parse_disk(d) for d in _list(values, "disk")]
@@ -191,7 +195,7 @@ class DomainConfig:
                 vifs = [dict(v, model="ne2k_pci") if "model" not in v else v for v in vifs]
         return cls(
             name=name, uuid=u, builder=builder, memory=memory, maxmem=maxmem,
-            vcpus=vcpus, maxvcpus=maxvcpus, cpus=cpus, on_watchdog=wd,
+            vcpus=vcpus, maxvcpus=maxvcpus, cpus=cpus, on_watchdog=wd, on_host_failure=hf,
             cpu_weight=_int(values, "cpu_weight", minimum=1), cpu_cap=cpu_cap,
             kernel=kernel, ramdisk=_str(values, "ramdisk"),
             root=_str(values, "root"), extra=_nfs_extra(values),
@@ -236,6 +240,8 @@ class DomainConfig:
             s.append(["maxvcpus", self.maxvcpus])
         if self.on_watchdog != default("on_watchdog"):
             s.append(["on_watchdog", self.on_watchdog])
+        if self.on_host_failure != default("on_host_failure"):
+            s.append(["on_host_failure", self.on_host_failure])
         if self.console_port is not None:
             s.append(["console", self.console_port])
         if self.description:

@@ -53,6 +53,9 @@ VARS: tuple[Var, ...] = (
     _("on_reboot", "str", "restart", "Action when the guest reboots."),
     _("on_crash", "str", "restart", "Action when the guest crashes (also coredump-destroy | coredump-restart)."),
     _("on_watchdog", "str", "destroy", "xl: action when the guest watchdog fires.", xl=True),
+    _("on_host_failure", "str", "preserve", "In a cluster, when the domain's host fails (its lease is gone and "
+      "the grace delay has passed): restart (one surviving host starts it from its config) | preserve "
+      "(leave it for its host to come back)."),
     _("restart", "str", None, "Deprecated: onreboot | always | never (sets the on_* actions)."),
     _("on_xend_start", "str", "ignore", "Managed domains: ignore | start.", applies=False),
     _("on_xend_stop", "str", "ignore", "Managed domains: ignore | shutdown | suspend.", applies=False),
@@ -157,6 +160,7 @@ def default(name: str):
 
 ACTIONS = ("destroy", "restart", "preserve", "rename-restart")
 CRASH_ACTIONS = ACTIONS + ("coredump-destroy", "coredump-restart")
+HOST_FAILURE_ACTIONS = ("restart", "preserve")
 
 
 def help_text() -> str:

@@ -86,10 +86,14 @@ COMMANDS: tuple[Command, ...] = (
         O("F", "config", "Domain configuration to use (SXP).", "FILE"),
         O("n", "dryrun", "Dry run - prints the resulting configuration in SXP but does not create the domain."),
         O("p", "paused", "Leave the domain paused after it is created."),
-        O("c", "console_autoconnect", "Connect to the console after the domain is created.")),
+        O("c", "console_autoconnect", "Connect to the console after the domain is created."),
+        O(None, "host", "In a cluster: create it on this host (default: the host with the most free memory "
+          "that has its bridges, disks and kernel).", "NAME")),
         op="create", run="pyxen.xm.cmd_create:cmd_create", common=True, min_args=0, max_args=None),
     Command("list", "[options] [Domain, ...]", "List information about all/some domains.",
-            (O("l", "long", "Output all domain details in SXP."),), op="domains", run=_DOM + "cmd_list",
+            (O("l", "long", "Output all domain details in SXP."),
+             O(None, "cluster", "Every cluster host's domains, with a Host column (not in a cluster: this "
+               "host's).")), op="domains", run=_DOM + "cmd_list",
             common=True, min_args=0, max_args=None),
     Command("console", "[-q|--quiet] <Domain>", "Attach to <Domain>'s console (Ctrl-] detaches).",
             (O("q", "quiet", "Do not print an error when the domain does not exist."),), op="console",
@@ -109,13 +113,29 @@ COMMANDS: tuple[Command, ...] = (
     Command("restore", "<File> [-p|--paused]", "Restore a domain from a saved state.",
             (O("p", "paused", "Do not unpause the domain after restoring it.", param="paused"),),
             op="restore", send=("file:path",), common=True),
-    Command("migrate", "<Domain> <Host> [-l|--live] [-p|--port N] [-r|--resource MB/s] [--downtime MS]",
-            "Migrate a domain to another machine (its xend must run the relocation server).", (
+    Command("snapshot-create", "<Domain> <Name> [--disk-only] [--live]",
+            "Snapshot a domain's disks and memory at one instant.",
+            (O(None, "disk-only", "Disks only, no memory: reverting boots the guest on them.", param="disk_only"),
+             O(None, "live", "Copy the memory while the guest runs (it pauses only for the last pass).",
+               param="live")),
+            op="snapshot-create", send=("dom", "name")),
+    Command("snapshot-list", "<Domain>", "List a domain's snapshots (each after its parent).",
+            op="snapshots", run=_DOM + "cmd_snapshot_list", min_args=1, max_args=1),
+    Command("snapshot-revert", "<Domain> <Name>", "Return a domain to one of its snapshots.",
+            op="snapshot-revert", send=("dom", "name")),
+    Command("snapshot-delete", "<Domain> <Name>", "Delete a domain's snapshot (its children keep theirs).",
+            op="snapshot-delete", send=("dom", "name")),
+    Command("migrate", "<Domain> <Host> [-l|--live] [-p|--port N] [-r|--resource MB/s] [--downtime MS] "
+            "[--copy-storage]",
+            "Migrate a domain to another machine (its xend must run the relocation server); in a cluster "
+            "<Host> may be a member's name.", (
                 O("l", "live", "Use live migration: copy memory while the guest runs, then a short stop."),
                 O("p", "port", "Use the given relocation port (default xend-relocation-port, 8002).", "N"),
                 O("r", "resource", "Limit the bandwidth the migration uses, in MiB/s.", "MB/s"),
                 O(None, "downtime", "The longest pause allowed at the switch-over, in ms (default: start at "
                   "50 ms and allow more while pre-copy does not converge).", "MS"),
+                O(None, "copy-storage", "Copy the domain's local disks to the target while it runs "
+                  "(disks on storage both hosts see are detected and not copied)."),
                 O(None, "progress", "Print progress even when stderr is not a terminal.")),
             op="migrate", run=_DOM + "cmd_migrate", common=True, min_args=2, max_args=2),
     Command("domid", "<DomainName>", "Convert a domain name to domain id.", op="domain",
@@ -139,6 +159,11 @@ COMMANDS: tuple[Command, ...] = (
     Command("events", "[--json] [-n N]", "Follow domain state changes as they happen.",
             (O(None, "json", "One JSON object per line."), O("n", "count", "Exit after N events.", "N")),
             op="events", run=_HOST + "cmd_events", min_args=0, max_args=0),
+    Command("host-list", "", "List the cluster's hosts: address, state, free memory, vCPUs, domains, "
+            "lease age.", op="hosts", run=_HOST + "cmd_host_list", min_args=0, max_args=0),
+    Command("host-evacuate", "<Host>", "Live-migrate every domain of <Host> (this host) to the other hosts, "
+            "for maintenance; lists what cannot go and why.", op="host-evacuate", run=_HOST + "cmd_host_evacuate",
+            min_args=1, max_args=1),
     Command("log", "", "Print xend log.", op="log", run=_HOST + "cmd_log", min_args=0, max_args=0),
     Command("vcpu-list", "[Domain, ...]", "List the VCPUs for all/some domains.", op="vcpus",
             run=_SCHED + "cmd_vcpu_list", min_args=0, max_args=None),

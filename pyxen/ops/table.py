@@ -78,7 +78,12 @@ _LONG = P("long", "boolean", "add the domain's SXP", where="query")
 # reads, and the operations Domain does not refuse as busy (they touch no
 # state the job depends on).
 _BESIDE_JOB = ("domain", "domains", "vcpus", "devices", "console", "vnc", "mem-max", "rename",
-               "qemu-monitor", "sched-sedf")
+               "qemu-monitor", "sched-sedf", "snapshots")
+
+
+# Beside a snapshot create or revert: the reads only (a rename or a memory
+# ceiling would change what the snapshot records).
+_BESIDE_SNAP = ("domain", "domains", "vcpus", "devices", "console", "vnc", "snapshots")
 
 
 def _dom_op(name, summary, handler, *params, verb="", job=False, fuzz="guest", beside=()):
@@ -116,12 +121,16 @@ OPS: tuple[Op, ...] = (
     # ------------------------------------------------------------- domains
     Op("domains", "GET", "/api/domains", "All domains, Domain-0 first (?long=1 adds the SXP, ?stats=1 "
        "I/O counters).", "pyxen.xend.handlers.domains:list_domains",
-       (_LONG, P("stats", "boolean", "add I/O counters", where="query")), tag="domains", fuzz="host"),
+       (_LONG, P("stats", "boolean", "add I/O counters", where="query"),
+        P("cluster", "boolean", "every cluster host's domains, each with its host (xm list --cluster); "
+          "on a host not in a cluster, this host's", where="query")), tag="domains", fuzz="host"),
     Op("create", "POST", "/api/domains", "Create a domain from its SXP config (xm create).",
        "pyxen.xend.handlers.domains:create",
        (P("config", "string", "the domain's (vm ...) SXP", True),
         P("paused", "boolean", "leave it paused"),
-        P("notes", "array", "messages for xend's log")), tag="domains", status=201, fuzz="create"),
+        P("notes", "array", "messages for xend's log"),
+        P("host", "string", "the cluster host to run it on (default: placement picks the host with the most "
+          "free memory that has its bridges, disks and kernel)")), tag="domains", status=201, fuzz="create"),
     Op("create-from-file", "POST", "/api/domains/from-file", "Create a domain from an uploaded config file: "
        "SXP (vm ...) or xl.cfg KEY=VALUE; Python configs are refused (xend never runs Python).",
        "pyxen.xend.web:create_from_file",
@@ -189,6 +198,8 @@ OPS: tuple[Op, ...] = (
             P("live", "boolean", "pre-copy while the guest runs (xm migrate -l)"),
             P("resource", "number", "bandwidth limit in MiB/s (xm migrate -r)", positive=True),
             P("downtime", "integer", "the longest pause allowed at the switch-over, ms", range=(1, 60000)),
+            P("copy_storage", "boolean", "copy the domain's local (not shared) disks to the target "
+              "(xm migrate --copy-storage)"),
             verb="migrated", job=True, beside=_BESIDE_JOB),
     _dom_op("pci-attach", "Hot-plug a host PCI device (bound to vfio-pci) into the domain (xm pci-attach).",
             "pci_attach", P("dev", "string", _DEV, True),
@@ -208,6 +219,21 @@ OPS: tuple[Op, ...] = (
             P("dev", "string", "the device: its number or vdev", True),
             P("force", "boolean", "drop it from the config even if the guest does not release it"),
             fuzz="absent"),
+    _dom_op("snapshot-create", "Take a snapshot of the domain's disks and memory at one instant "
+            "(xm snapshot-create).", "snapshot_create",
+            P("name", "string", "the snapshot's name: 1-64 letters, digits, '.', '_', '+', '-'", True),
+            P("disk_only", "boolean", "disks only, no memory (a revert boots the guest on them)"),
+            P("live", "boolean", "copy the memory while the guest runs; it pauses only for the last pass"),
+            verb="snapshotted", job=True, beside=_BESIDE_SNAP, fuzz="absent"),
+    _dom_op("snapshot-revert", "Return the domain to one of its snapshots (xm snapshot-revert).",
+            "snapshot_revert", P("name", "string", "the snapshot", True), verb="reverted", job=True,
+            beside=_BESIDE_SNAP, fuzz="absent"),
+    _dom_op("snapshot-delete", "Delete one of the domain's snapshots; its children move up to its "
+            "parent (xm snapshot-delete).", "snapshot_delete", P("name", "string", "the snapshot", True),
+            fuzz="absent"),
+    Op("snapshots", "GET", "/api/domains/{dom}/snapshots", "The domain's snapshots as a tree: name, time, "
+       "kind, size, parent (xm snapshot-list).", "pyxen.xend.handlers.domain_ops:snapshot_list",
+       domain=True, verb="snapshots", tag="snapshots"),
     # Registered after every named operation: the rest of /api/domains/{dom}/*.
     Op("unknown-op", "POST", "/api/domains/{dom}/{op}", "Any other operation name: refused (400).",
        "pyxen.xend.handlers.domain_ops:unknown", domain=True, body=True),
@@ -222,6 +248,13 @@ OPS: tuple[Op, ...] = (
        "pyxen.xend.handlers.host:pci_assignable_remove",
        (P("dev", "string", _DEV, True), P("rebind", "boolean", "bind the driver it had before")),
        tag="pci", fuzz="host"),
+    # -------------------------------------------------------------- cluster
+    Op("hosts", "GET", "/api/hosts", "The cluster's hosts: address, state, free memory, vCPUs, domains, lease "
+       "age (xm host-list); 409 on a host not in a cluster.", "pyxen.xend.handlers.cluster:list_hosts",
+       tag="cluster", fuzz="host"),
+    Op("host-evacuate", "POST", "/api/hosts/{host}/evacuate", "Live-migrate every domain of this host to the "
+       "others, placed one by one (xm host-evacuate); what cannot go is listed with the reason.",
+       "pyxen.xend.handlers.cluster:evacuate", tag="cluster", body=True, fuzz="host"),
     # ---------------------------------------------------------------- vnets
     Op("vnets", "GET", "/api/vnets", "All vnets (xm vnet-list).", "pyxen.xend.handlers.vnets:list_vnets",
        tag="vnets", fuzz="host"),

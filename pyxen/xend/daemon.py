@@ -87,6 +87,9 @@ async def serve(paths: Paths, cfg: XendConfig, ready) -> None:
     await domains.adopt_all()
     if node is not None:
         await node.start()
+        # Placement, host-failure restart and the cluster listing (pyxen/xend/clusterops.py).
+        from . import clusterops
+        clusterops.attach(domains, node)
     relocation = None
     if cfg["xend-relocation-server"]:
         from .relocation import RelocationServer

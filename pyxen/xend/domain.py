@@ -4,6 +4,7 @@ sends and the on_* policy applied to them, and the run-state operations
 
 The state machine and the on_* policy are pure functions in lifecycle.py;
 CPU and memory are in resources.py, save and restore in saving.py,
+snapshots in snapshots.py,
 hotplug in devices/, the Xen layouts in views.py; features (HVM
 firmware and display, vTPM, PCI) take part through hooks (features.py).
 Every change that must survive an xend crash is persisted through the
@@ -43,13 +44,15 @@ from .events import DomainEvents
 from .runstate import DomainRunState
 from .resources import DomainResources
 from .saving import DomainSaving
+from .snapshots import DomainSnapshots
 from .services import DomainServices
 from .views import DomainViews
 
 log = logging.getLogger("pyxen.domain")
 
 
-class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainSaving, BlockDevices, NetDevices):
+class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainSaving, DomainSnapshots,
+             BlockDevices, NetDevices):
     def __init__(self, services: DomainServices, cfg: DomainConfig, domid: int):
         self.services = services
         self.store = services.store

@@ -25,6 +25,7 @@ from ..paths import Paths
 from ..store import Store, StoreError
 from . import checkpoint, features, saving  # noqa: F401  (saving registers the save job's recovery)
 from . import migration  # noqa: F401  (registers the migrate job's recovery)
+from . import storagemigrate
 from .accel import Accelerator
 from .domain import Domain
 from .errors import Conflict, InvalidRequest, NoSuchDomain, XendError
@@ -199,12 +200,15 @@ class Domains:
     def check_sharing(self, name: str, disks: list) -> None:
         self.reservations.check_sharing(name, disks)
 
-    async def create(self, config_sxp: str, paused: bool = False) -> Domain:
+    @staticmethod
+    def parse(config_sxp: str) -> DomainConfig:
         try:
-            cfg = DomainConfig.from_sxp(sxp.from_string(config_sxp))
+            return DomainConfig.from_sxp(sxp.from_string(config_sxp))
         except (ConfigError, sxp.SxpError) as e:
             raise InvalidRequest(f"invalid domain config: {e}") from None
-        return await self.create_config(cfg, paused)
+
+    async def create(self, config_sxp: str, paused: bool = False) -> Domain:
+        return await self.create_config(self.parse(config_sxp), paused)
 
     async def create_config(self, cfg: DomainConfig, paused: bool = False) -> Domain:
         accel = await self.accel.get()
@@ -357,6 +361,9 @@ class Domains:
             self.by_uuid[u] = dom
             dom.announced = True
             await self._adopt_one(dom)
+        # Disks a cut-off incoming storage migration created (after the
+        # domains: an interrupted arrival has just been rolled back).
+        storagemigrate.recover(self.paths.lib, {u for u, d in self.by_uuid.items() if d.state == State.RUNNING})
 
     async def _adopt_one(self, dom: Domain) -> None:
         if dom.state == State.INCOMING and self.cluster is not None:
@@ -391,9 +398,10 @@ class Domains:
             log.info("%s: preserved %s domain kept", dom.name, dom.state)
             return
         if dom.job:
-            # A save past its commit point ends with the domain gone anyway.
+            # A save past its commit point ends with the domain gone anyway;
+            # a snapshot revert's recovery starts QEMU again (or gives up).
             await dom.recover_job()
-            if dom.gone.is_set():
+            if dom.gone.is_set() or dom.qemu_alive() or dom.state != State.RUNNING:
                 return
         log.error("%s: QEMU (pid %s) went away while xend was not running", dom.name, dom.pid)
         await dom.qemu_died()

@@ -23,3 +23,8 @@ class NoSuchDomain(XendError):
 class Conflict(XendError):
     status = 409
     code = "conflict"
+
+
+class NoSuchSnapshot(XendError):
+    status = 404
+    code = "no_such_snapshot"

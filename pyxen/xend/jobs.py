@@ -1,4 +1,4 @@
-"""Long operations on a domain (save, live migration) as jobs: what each
+"""Long operations on a domain (save, live migration, snapshot create and revert) as jobs: what each
 records, which operations may run beside it, and how an xend that
 restarts finishes or rolls back one it left behind.
 
@@ -24,7 +24,7 @@ from .errors import Conflict
 
 log = logging.getLogger("pyxen.domain")
 
-KINDS = ("save", "migrate")
+KINDS = ("save", "migrate", "snapshot-create", "snapshot-revert")
 
 # Operations (by their names in the operation table, pyxen.ops.table) that
 # may be asked of a domain while a job runs: the table says it, once, for

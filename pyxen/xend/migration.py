@@ -36,7 +36,7 @@ import time
 from .. import faults
 from ..hypervisor.qemu.monitor import quietly
 from ..pki import PkiError, TlsFiles
-from . import firmware, jobs
+from . import firmware, jobs, nbdrelay, storagemigrate
 from . import relocproto as rp
 from .errors import Conflict, InvalidRequest, XendError
 
@@ -128,7 +128,8 @@ def _tls_reason(e: Exception) -> str:
 
 
 async def migrate(dom, host: str, port: int | None = None, live: bool = False,
-                  resource: float | None = None, downtime: int | None = None) -> dict:
+                  resource: float | None = None, downtime: int | None = None,
+                  copy_storage: bool = False) -> dict:
     """Move running domain *dom* to the xend at *host*.  Returns what
     happened (times, bytes, downtime); raises MigrationError saying where
     the domain is when anything fails."""
@@ -151,14 +152,21 @@ async def migrate(dom, host: str, port: int | None = None, live: bool = False,
     dom.refuse_if_busy("migrate")
     async with dom.lock:
         dom.require_live("migrate")
-        return await Outgoing(dom, host, int(port), live, resource, downtime, ctx).run()
+        out = Outgoing(dom, host, int(port), live, resource, downtime, ctx)
+        out.copy_storage = copy_storage
+        return await out.run()
 
 
 class Outgoing:
+    copy_storage = False
+
     def __init__(self, dom, host, port, live, resource, downtime, ctx):
         self.dom, self.host, self.port, self.live = dom, host, port, live
         self.resource, self.downtime, self.ctx = resource, downtime, ctx
         self.link: rp.Link | None = None
+        self.mirror: storagemigrate.SourceMirror | None = None
+        self.channel: nbdrelay.SourceChannel | None = None
+        self.switched = False
         self.resume = not dom.paused
         self.t0 = time.monotonic()
         self.where = f"{host}:{port}"
@@ -177,6 +185,8 @@ class Outgoing:
                 self.link = await run_blocking(_connect, self.host, self.port, self.ctx)
                 await self._prepare()
                 faults.point("migrate-source-prepared")
+                if self.copy_storage:
+                    await self._copy_disks()
                 await self._stream()
                 faults.point("migrate-source-streamed")
                 reply = await run_blocking(self.link.recv, LOAD_TIMEOUT)
@@ -200,6 +210,8 @@ class Outgoing:
                 await self._uncertain(e)
                 raise
         finally:
+            if self.channel is not None:
+                await run_blocking(self.channel.close)
             if self.link is not None:
                 await run_blocking(self.link.close)
         dom.services.count_migration("out", True, self.link.sent)
@@ -224,14 +236,54 @@ class Outgoing:
         meta = await dom.save_meta()
         ctx = dom.feature_context()
         # The machine as it booted, which the target must rebuild.
+        storage, probes = None, []
+        if self.copy_storage:
+            storage, probes = await run_blocking(storagemigrate.describe, dom.booted_config())
         req = rp.Receive(config=dom.booted_config().to_sxp(), accel=dom.accel, machine=meta["machine"],
                          qemu=meta["qemu"], live=self.live, host=socket.gethostname(),
                          paused=not self.resume, firmware=firmware.save_meta(ctx),
-                         nvram=firmware.nvram_now(ctx))
+                         nvram=firmware.nvram_now(ctx), storage=storage)
         dom.job["phase"] = "prepare"
-        reply = await run_blocking(self.link.request, req.to_msg(), "domid", PREPARE_TIMEOUT)
+        try:
+            reply = await run_blocking(self.link.request, req.to_msg(), "domid", PREPARE_TIMEOUT)
+        finally:
+            storagemigrate.remove_probes(probes)
         self.stats["target_domid"] = _value(reply, "domid")
         self.target_cluster = (_value(reply, "cluster-host"), _value(reply, "cluster-lease"))
+        if self.copy_storage:
+            token, hows = storagemigrate.parse_reply(reply)
+            self.stats["disks"] = storagemigrate.summary(hows)
+            if any(h != "shared" for h in hows.values()):
+                path = dom.paths.domain_run(dom.domid) / "nbd-out.sock"
+                connect = functools.partial(_connect, self.host, self.port, self.ctx)
+                self.channel = nbdrelay.SourceChannel(path, connect, token, dom.name)
+                self.mirror = storagemigrate.SourceMirror(
+                    dom, hows, str(path), int(self.resource * (1 << 20)) if self.resource else 0)
+                # Recorded first: a restarted xend removes what it left in QEMU.
+                dom.job["storage"] = self.mirror.vdevs
+                dom.persist()
+
+    async def _copy_disks(self) -> None:
+        """Mirror the disks until in sync, then tell the target the memory
+        stream follows (it waits for that, however long the copy takes)."""
+        if self.mirror is not None:
+            self.dom.job["phase"] = "disks"
+            t = time.monotonic()
+            await self.mirror.start()
+            await self.mirror.wait_ready(lambda: self._progress(phase="disks", disk=self.mirror.progress),
+                                         self._check_link)
+            self.stats["disk_seconds"] = round(time.monotonic() - t, 3)
+            self.stats["disk_bytes"] = self.mirror.progress.get("transferred", 0)
+        await run_blocking(self.link.send, ["stream"])
+
+    async def _check_link(self) -> None:
+        """While the disks copy the main link is quiet: anything from the
+        target (an error, its end) fails the migration."""
+        if self.channel is not None and self.channel.errors:
+            raise MigrationError(self.channel.errors[0])
+        if self.link.pending():
+            rp.check_reply(await run_blocking(self.link.recv, 5))
+            raise rp.ProtocolError("the target spoke out of turn during the disk copy")
 
     def _handover(self) -> tuple:
         """(compares, ops) moving the domain lock to the target, if both
@@ -248,7 +300,9 @@ class Outgoing:
         stream = mon.migration
         # A guest that dirties memory faster than the link carries it is
         # slowed down (auto-converge) rather than migrated forever.
-        await stream.enable_events(auto_converge=self.live)
+        # With disks to copy QEMU stops at the switch-over until the
+        # mirrors have finished (_watch); otherwise the capability is off.
+        await stream.enable_events(auto_converge=self.live, pause_before_switchover=self.mirror is not None)
         limit = self.downtime or DEFAULT_DOWNTIME_MS
         await mon.migrate_set_parameters(
             max_bandwidth=int(self.resource * (1 << 20)) if self.resource else UNLIMITED,
@@ -289,7 +343,20 @@ class Outgoing:
         dom = self.dom
         passes_at_limit = 0
         while not pump.done():
-            await asyncio.wait([pump], timeout=0.5)
+            if self.mirror is None:
+                await asyncio.wait([pump], timeout=0.5)
+            else:
+                changed = asyncio.ensure_future(dom.monitor.migration.changed.wait())
+                await asyncio.wait([pump, changed], timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+                changed.cancel()
+                dom.monitor.migration.changed.clear()
+                if dom.monitor.migration.status == "pre-switchover" and not self.switched:
+                    # The guest is stopped: the disks' last sync, then the
+                    # end of the memory stream (libvirt's order).
+                    self.switched = True
+                    await self.mirror.finish()
+                    await dom.monitor.migrate_continue()
+                    continue
             if pump.done():
                 break       # the switch-over: no progress query inside the downtime
             passes = await self._report(limit)
@@ -312,7 +379,7 @@ class Outgoing:
                        remaining=ram.get("remaining", 0), total=ram.get("total", 0),
                        dirty_rate=ram.get("dirty-pages-rate", 0) * ram.get("page-size", 4096),
                        passes=passes, expected_downtime_ms=info.get("expected-downtime"),
-                       downtime_limit_ms=limit)
+                       downtime_limit_ms=limit, **({"disk": self.mirror.progress} if self.mirror else {}))
         return passes
 
     async def _final_status(self) -> str | None:
@@ -336,8 +403,14 @@ class Outgoing:
                 await run_blocking(self.link.end, rp.ABORT)
             except Exception:
                 pass
+        if self.mirror is not None and dom.monitor is not None and dom.pid:
+            await self.mirror.abort()
+        if self.channel is not None:
+            await run_blocking(self.channel.close)
         if dom.monitor is not None and dom.pid and not await dom.cancel_outgoing(self.resume):
             log.error("%s: could not resume the guest after the failed migration", dom.name)
+        if self.mirror is not None and dom.monitor is not None:
+            await quietly(dom.monitor.migrate_set_capabilities(pause_before_switchover=False))
         dom.job = None
         dom.persist_quietly()
 
@@ -392,7 +465,11 @@ async def recover(dom, job: dict) -> None:
         dom.paused = True
     else:
         log.info("%s: migration to %s interrupted by xend's exit; rolling back", dom.name, job.get("target"))
+        if alive and job.get("storage"):
+            await storagemigrate.clean_source(dom, [str(v) for v in job["storage"]])
         if alive:
             await dom.cancel_outgoing(bool(job.get("resume")))
+            if job.get("storage"):
+                await quietly(dom.monitor.migrate_set_capabilities(pause_before_switchover=False))
     dom.job = None
     dom.persist()

@@ -20,7 +20,7 @@ from ..config.errors import ConfigError
 from ..hypervisor.qemu import qemulog
 from ..pki import PkiError, is_host_cert, peer_name
 from ..store import StoreError
-from . import features, firmware, preauth
+from . import features, firmware, nbdrelay, preauth, storagemigrate
 from . import relocproto as rp
 from .errors import InvalidRequest, XendError
 from .lifecycle import State
@@ -136,6 +136,10 @@ class RelocationServer:
             if first is None:
                 return
             ticket.release()        # a real peer now: its migration may take its time
+            if first[0] == "nbd":
+                # A storage migration's NBD channel (nbdrelay), not a domain.
+                await nbdrelay.in_thread(nbdrelay.serve, link, first, peer)
+                return
             who = peer_name(link.sock) if self.ctx else "unauthenticated"
             log.info("relocation: connection from %s (%s)", peer, who)
             await Incoming(self.domains, link, peer, first).run()
@@ -185,6 +189,12 @@ class Incoming:
         self.domains, self.link, self.peer = domains, link, peer
         self.first = first          # the (receive ...) already read by the server
         self.dom = None
+        # --copy-storage: the disks created here, their NBD exports.
+        self.disks: list[dict] | None = None
+        self.journal: storagemigrate.Journal | None = None
+        self.token: str | None = None
+        self.relays: nbdrelay.Relays | None = None
+        self.committed = False
 
     async def _send(self, msg: list) -> None:
         await run_blocking(self.link.send, msg)
@@ -208,9 +218,16 @@ class Incoming:
             if req.nvram:
                 # The target's QEMU starts from the source's UEFI variables.
                 self.domains.store.put(firmware.nvram_key(cfg.uuid), req.nvram)
+            if req.storage is not None:
+                await self._create_disks(cfg, req.storage)
             self.dom = await self.domains.prepare_incoming(cfg, req.accel, req.machine)
-        except (XendError, StoreError) as e:
+            if self.disks is not None:
+                await self._export()
+        except (XendError, StoreError, OSError) as e:
             log.warning("relocation: refused domain %s from %s: %s", cfg.name, self.peer, e)
+            if self.dom is not None and self.dom.state == State.INCOMING:
+                await self.dom.destroy(force=True)
+            await run_blocking(self._drop_disks)
             await self._try_send(rp.err(getattr(e, "code", "refused"), str(e)))
             return
         try:
@@ -221,10 +238,43 @@ class Incoming:
             log.error("relocation: domain %s from %s not received: %s", cfg.name, self.peer, describe(e))
             if self.dom is not None and self.dom.state == State.INCOMING:
                 await self.dom.destroy(force=True)
+            await run_blocking(self._drop_disks)
             if not isinstance(e, (rp.ProtocolError, asyncio.CancelledError)):
                 await self._try_send(rp.err("receive", describe(e)))
             if isinstance(e, asyncio.CancelledError):
                 raise
+
+    async def _create_disks(self, cfg: DomainConfig, storage: list) -> None:
+        """The source's local disks, created empty here (or found shared);
+        refused before anything is created when they cannot be."""
+        disks = storagemigrate.parse(storage)
+        await run_blocking(storagemigrate.plan, disks)
+        self.journal = storagemigrate.Journal(self.domains.paths.lib, cfg.uuid)
+        self.disks = disks
+        await run_blocking(self.journal.create, disks)
+        log.info("relocation: %s from %s: %s", cfg.name, self.peer,
+                 storagemigrate.summary({d["vdev"]: d["how"] for d in disks}))
+
+    async def _export(self) -> None:
+        import secrets
+        try:
+            path = await storagemigrate.export(self.dom, self.disks)
+        except Exception as e:
+            raise MigrationError(f"cannot export the new disks over NBD: {e}") from None
+        self.token = secrets.token_hex(16)
+        if path is not None:
+            self.relays = nbdrelay.Relays(self.dom.name)
+            nbdrelay.register(self.token, self.peer, path, self.relays)
+
+    def _drop_disks(self) -> None:
+        """No NBD client may reach the disks any more; unless the domain
+        arrived, the files created for it go (QEMU has closed them)."""
+        if self.token:
+            nbdrelay.unregister(self.token)
+        if self.relays is not None:
+            self.relays.close()
+        if self.journal is not None:
+            (self.journal.forget if self.committed else self.journal.remove)()
 
     async def _try_send(self, msg: list) -> None:
         try:
@@ -242,10 +292,18 @@ class Incoming:
             await mon.send_fd(a.fileno(), "pyxen-migrate")
             a.close()
             await mon.migration.start_in("pyxen-migrate")
+            extra = [storagemigrate.reply(self.disks, self.token)] if self.disks is not None else []
             cluster = self.domains.cluster
-            extra = ([["cluster-host", cluster.name], ["cluster-lease", f"{cluster.membership.lease:x}"]]
-                     if cluster is not None else [])
+            if cluster is not None:
+                extra += [["cluster-host", cluster.name], ["cluster-lease", f"{cluster.membership.lease:x}"]]
             await self._send(rp.ok(["domid", dom.domid], *extra))
+            if self.disks is not None:
+                # The source mirrors the disks first; the link is quiet
+                # until it says the memory follows (a dead source is seen
+                # by TCP keepalive, a killed xend by the connection's end).
+                msg = await run_blocking(self.link.recv, storagemigrate.READY_TIMEOUT)
+                if msg[0] != "stream":
+                    raise rp.ProtocolError(f"expected (stream) after the disk copy, got ({msg[0]} ...)")
             faults.point("migrate-target-receiving")
             kind, problem = await run_blocking(self.link.pump_in, b)
         finally:
@@ -283,6 +341,10 @@ class Incoming:
             dom.paused = paused
             dom.start_time = time.time()
             dom.persist()
+            self.committed = True
+            if self.disks is not None:
+                # No NBD client may write once the guest runs here.
+                await storagemigrate.unexport(dom)
             await features.after_start(dom.feature_context())
             if not paused:
                 asked = time.time()
@@ -290,6 +352,8 @@ class Incoming:
                 answered = time.time()
             await dom.refresh_vcpus()
             dom.apply_placement(initial=True)
+        if self.disks is not None:
+            await run_blocking(self._drop_disks)     # after the resume: out of the downtime
         resumed = None
         if not paused:
             # The guest runs from QEMU's RESUME event (its timestamp, like

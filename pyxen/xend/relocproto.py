@@ -25,6 +25,12 @@ The conversation (S = source, T = target)::
     S: (commit)                               or (abort (reason ...))
     T: (ok running)                           or (err ...)
 
+With ``--copy-storage`` the request carries ``(storage (disk ...) ...)``,
+the (ok (domid N) (storage (token HEX) ...)) answer says what the target
+made of each disk, the source mirrors them over separate connections whose
+first message is ``(nbd (version 1) (token HEX))`` (nbdrelay), and sends
+``(stream)`` before the first D frame (storagemigrate, docs/migration.md).
+
 While D frames flow only S writes; T reports a failure by one C frame
 (err ...) and then reads and drops the rest until E or A, so S finds the
 error without the two ever writing at once.  The config travels as SXP
@@ -117,6 +123,7 @@ class Receive:
     paused: bool = False        # paused by the user: it arrives paused
     firmware: dict = field(default_factory=dict)   # HVM: what the target must match (hvm.save_meta)
     nvram: bytes = b""          # HVM under UEFI: the current variable store
+    storage: list | None = None  # --copy-storage: the (storage (disk ...) ...) to create (storagemigrate)
 
     def to_msg(self) -> list:
         msg = ["receive", ["version", VERSION], ["config", self.config], ["accel", self.accel],
@@ -126,6 +133,8 @@ class Receive:
             msg.append(["firmware", *[[k, v] for k, v in sorted(self.firmware.items())]])
         if self.nvram:
             msg.append(["nvram", base64.b64encode(self.nvram).decode()])
+        if self.storage is not None:
+            msg.append(self.storage)
         return msg
 
 
@@ -162,7 +171,8 @@ def parse_receive(msg: list) -> Receive:
         raise ProtocolError("bad (nvram ...): not base64") from None
     return Receive(config=cfg, accel=accel, machine=machine, firmware=firmware, nvram=nvram,
                    qemu=str(sxp.child_value(msg, "qemu", "?"))[:32], live=live == "1",
-                   host=str(sxp.child_value(msg, "host", "?"))[:255], paused=paused == "1")
+                   host=str(sxp.child_value(msg, "host", "?"))[:255], paused=paused == "1",
+                   storage=sxp.child(msg, "storage"))
 
 
 def ok(*values) -> list:

@@ -109,7 +109,7 @@ class Reservations:
         # disks to the domain restarted under its name.
         return [(d.name, disk) for d in self.domains()
                 if d is not exclude and not (d.name == f"Domain-{d.uuid}" and d.state != "running")
-                for disk in d.cfg.disks]
+                for disk in d.cfg.disks + d.overlay_bases()]
 
     def check_sharing(self, name: str, disks: list) -> None:
         """The sharing guard over the whole registry; w! overrides are logged."""

@@ -144,14 +144,19 @@ class DomainSaving:
                 "host": socket.gethostname(), "domid": self.domid, "paused": self.paused,
                 "memory": self.cfg.memory, **features.save_meta(self.feature_context())}
 
-    async def _stream_out(self, fd: int, tmp: str, offset: int) -> tuple[int, bytes]:
+    async def _stream_out(self, fd: int, tmp: str, offset: int,
+                          switchover=None) -> tuple[int, bytes]:
         """Run QEMU's outgoing migration straight into *fd* (the temp file
         *tmp*) from *offset* on, while a worker thread hashes what it
-        writes.  Returns (stream length, digest)."""
+        writes.  Returns (stream length, digest).  With *switchover* (a
+        coroutine function; QEMU has pause-before-switchover on), it is
+        awaited when the guest has stopped for the last pass, before QEMU
+        lets go of the disks (a live snapshot takes its disks then)."""
         loop = asyncio.get_running_loop()
         mon = self.monitor
         stream = mon.migration
-        await stream.enable_events()
+        # Set either way: QEMU keeps a capability from one migration to the next.
+        await stream.enable_events(pause_before_switchover=switchover is not None)
         await mon.migrate_set_parameters(max_bandwidth=SAVE_BANDWIDTH)
         # QEMU gets a copy of this descriptor, sharing its file offset.
         os.lseek(fd, offset, os.SEEK_SET)
@@ -164,7 +169,7 @@ class DomainSaving:
             except BaseException:
                 await quietly(mon.close_fd("pyxen-save"))
                 raise
-            await self._watch_save(fd, task)
+            await self._watch_save(fd, task, switchover)
             self.marks["stream"] = time.monotonic()
             # QEMU flushed everything before it reported completion.
             end = os.fstat(fd).st_size
@@ -181,12 +186,15 @@ class DomainSaving:
                 pass
             raise
 
-    async def _watch_save(self, fd: int, task) -> None:
+    async def _watch_save(self, fd: int, task, switchover=None) -> None:
         """Until QEMU reports the migration complete.  Raises on a QEMU
         failure (ENOSPC included), a hashing error or a stall."""
         progress = {"size": -1, "t": time.monotonic()}
+        stream = self.monitor.migration
 
         def check() -> bool:
+            if switchover is not None and stream.status == "pre-switchover":
+                return False
             if task.done():
                 task.result()           # the hashing worker failed
             size = os.fstat(fd).st_size
@@ -196,8 +204,12 @@ class DomainSaving:
                 raise XendError(f"the save made no progress for {SAVE_STALL:.0f} s")
             return True
 
-        stream = self.monitor.migration
         status = await stream.wait_done(None, tick=1.0, poll=True, check=check)
+        if status is None and switchover is not None:
+            await switchover()
+            await self.monitor.migrate_continue()
+            switchover = None
+            status = await stream.wait_done(None, tick=1.0, poll=True, check=check)
         if status != "completed":
             raise XendError(f"QEMU could not save the guest: {await stream.error(status)}")
 

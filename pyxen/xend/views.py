@@ -91,7 +91,7 @@ class DomainViews:
                      ["memory", self.cfg.memory], ["maxmem", info["maxmem"]], ["name", self.name],
                      ["on_poweroff", self.cfg.on_poweroff], ["on_reboot", self.cfg.on_reboot],
                      ["on_crash", self.cfg.on_crash]]
-        for k in ("maxvcpus", "cpus", "console", "description"):
+        for k in ("maxvcpus", "cpus", "console", "description", "on_host_failure"):
             if k in fields:
                 out.append(fields[k])
         out.append(fields["image"])

@@ -47,8 +47,10 @@ def cmd_create(ctx, opts, args):
     if "dryrun" in opts:
         sys.stdout.write(sxp.pretty(cfg.to_sxp()))
         return 0
-    res = ctx.call("create", {"config": sxp.to_string(cfg.to_sxp()), "paused": "paused" in opts,
-                              "notes": cfg.notes})
+    values = {"config": sxp.to_string(cfg.to_sxp()), "paused": "paused" in opts, "notes": cfg.notes}
+    if opts.get("host"):
+        values["host"] = opts["host"]
+    res = ctx.call("create", values)
     if not quiet:
         print(f"Started domain {res['name']} (id={res['domid']})")
     if cfg.builder == "hvm" and (cfg.hvm.get("vncviewer") or cfg.hvm.get("vncconsole")):

@@ -1,6 +1,6 @@
 """xm's commands on domains that do more than pass their words on: list,
-console, shutdown/reboot, migrate, the name/id look-ups, uptime, dump-core
-and the device model's monitor."""
+console, shutdown/reboot, migrate, the name/id look-ups, uptime, dump-core,
+the device model's monitor and the snapshot list."""
 
 from __future__ import annotations
 
@@ -14,6 +14,12 @@ from .commands import dom_path as _dom, usage
 
 def cmd_list(ctx, opts, args):
     long = "long" in opts
+    if "cluster" in opts:
+        if long or args:
+            raise XmError("--cluster lists every domain of the cluster: it takes no -l and no domain")
+        doms = ctx.client.get("/api/domains?cluster=1")["domains"]
+        sys.stdout.write(fmt.list_cluster_table(doms))
+        return 0
     if args:
         doms = [ctx.client.get(f"/api/domains/{_dom(a)}?long={int(long)}") for a in args]
     else:
@@ -86,6 +92,8 @@ def cmd_reboot(ctx, opts, args):
 def cmd_migrate(ctx, opts, args):
     dom, host = args
     values = {"dom": dom, "host": host, "live": "live" in opts}
+    if "copy-storage" in opts:
+        values["copy_storage"] = True
     for key in ("port", "resource", "downtime"):
         if key in opts:
             values[key] = opts[key]     # checked (ranges too) by the operation table
@@ -166,4 +174,10 @@ def cmd_qemu_monitor(ctx, opts, args):
             run(line)
         except XmError as e:
             print(f"Error: {e}", file=sys.stderr)
+    return 0
+
+
+def cmd_snapshot_list(ctx, opts, args):
+    snaps = ctx.client.get(f"/api/domains/{_dom(args[0])}/snapshots")["snapshots"]
+    sys.stdout.write(fmt.snapshot_table(snaps))
     return 0

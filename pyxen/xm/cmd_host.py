@@ -1,4 +1,5 @@
-"""xm's host-wide commands: info, dmesg, log, top and the event stream."""
+"""xm's host-wide commands: info, dmesg, log, top, the event stream, and the
+cluster's hosts (host-list, host-evacuate)."""
 
 from __future__ import annotations
 
@@ -69,3 +70,19 @@ def cmd_events(ctx, opts, args):
 def cmd_log(ctx, opts, args):
     sys.stdout.write(ctx.client.get("/api/log")["log"])
     return 0
+
+
+def cmd_host_list(ctx, opts, args):
+    sys.stdout.write(fmt.host_table(ctx.call("hosts", {})["hosts"]))
+    return 0
+
+
+def cmd_host_evacuate(ctx, opts, args):
+    res = ctx.call("host-evacuate", {"host": args[0]})
+    for m in res["moved"]:
+        print(f"Domain {m['name']} migrated to {m['host']}")
+    for name, why in sorted(res["refused"].items()):
+        print(f"Domain {name} stays: {why}", file=sys.stderr)
+    for name, why in sorted(res["failed"].items()):
+        print(f"Domain {name} failed to migrate: {why}", file=sys.stderr)
+    return 1 if res["refused"] or res["failed"] else 0

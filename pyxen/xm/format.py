@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from ..config import sxp
 
 LIST_HEADER = "%-40s %5s %5s %5s %10s %9s" % ("Name", "ID", "Mem", "VCPUs", "State", "Time(s)")
@@ -16,6 +18,39 @@ def list_row(d: dict) -> str:
 def list_table(domains: list[dict]) -> str:
     rows = [LIST_HEADER] + [list_row(d) for d in sorted(domains, key=lambda d: d["name"])]
     return "\n".join(rows) + "\n"
+
+
+# xm list --cluster: Xen's columns as xm list has them (so a script's
+# fields 1-6 mean the same), then the host.  A row another host published
+# carries its CPU time rounded to whole seconds.
+CLUSTER_LIST_HEADER = LIST_HEADER + " Host"
+
+
+def list_cluster_table(domains: list[dict]) -> str:
+    rows = [CLUSTER_LIST_HEADER]
+    for d in sorted(domains, key=lambda d: (d["name"], d.get("host", ""))):
+        rows.append(list_row(dict(d, memory=d.get("memory") or 0, cpu_time=d.get("cpu_time") or 0.0))
+                    + " " + str(d.get("host", "")))
+    return "\n".join(rows) + "\n"
+
+
+# xm host-list, in the style of xm list: a name column, then fixed widths.
+HOST_LIST_HEADER = "%-24s %-21s %-11s %9s %5s %7s %9s" % (
+    "Name", "Address", "State", "Free(MiB)", "VCPUs", "Domains", "Lease(s)")
+
+
+def host_row(h: dict) -> str:
+    addr = h.get("address") or "-"
+    if h.get("relocation_port"):
+        addr = f"{addr}:{h['relocation_port']}" if ":" not in addr else f"[{addr}]:{h['relocation_port']}"
+    age = h.get("lease_age")
+    return "%-24s %-21s %-11s %9d %5d %7d %9s" % (
+        h["name"], addr, h.get("state", ""), h.get("free_memory") or 0, h.get("vcpus") or 0,
+        h.get("domains") or 0, "-" if age is None else "%.1f" % age)
+
+
+def host_table(hosts: list[dict]) -> str:
+    return "\n".join([HOST_LIST_HEADER] + [host_row(h) for h in sorted(hosts, key=lambda h: h["name"])]) + "\n"
 
 
 def list_long(domains: list[dict]) -> str:
@@ -155,3 +190,19 @@ def vtpm_long(d: dict) -> str:
         dev.append(["uuid", d["uuid"]])
     dev += [["handle", d["handle"]], ["state", d["state"]], ["be-path", d["be-path"]]]
     return sxp.pretty(dev)
+
+
+# xm snapshot-list, in xm list's manner: fixed columns, one row a snapshot,
+# each after its parent; '*' marks the one the running guest descends from.
+SNAPSHOT_HEADER = "%-24s %-19s %-6s %8s %s" % ("Name", "Time", "Type", "Size(MB)", "Parent")
+
+
+def snapshot_row(s: dict) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.get("created") or 0))
+    size = f"{(s.get('size') or 0) / (1 << 20):.1f}" if s.get("kind") == "memory" else "-"
+    name = s["name"] + ("*" if s.get("current") else "")
+    return "%-24s %-19s %-6s %8s %s" % (name, when, s.get("kind", "?"), size, s.get("parent") or "-")
+
+
+def snapshot_table(snaps: list[dict]) -> str:
+    return "\n".join([SNAPSHOT_HEADER] + [snapshot_row(s) for s in snaps]) + "\n"

@@ -17,6 +17,18 @@ def _mib(n) -> str:
 
 
 def line(name: str, target: str, p: dict) -> str:
+    disk = p.get("disk") or {}
+    if p.get("phase") == "disks":
+        # --copy-storage: the disks first (mirror until in sync), then memory.
+        dt, dd = disk.get("total") or 0, disk.get("transferred") or 0
+        pct = f"{100 * dd / dt:3.0f}%" if dt else "  ?%"
+        return (f"Copying disks of {name} to {target}: {pct} {_mib(dd)} of {_mib(dt)} MiB, "
+                f"{disk.get('ready', 0)}/{disk.get('disks', 0)} in sync")
+    mem = _memory_line(name, target, p)
+    return mem + (f"; disks {_mib(disk.get('transferred'))} MiB, in sync" if disk else "")
+
+
+def _memory_line(name: str, target: str, p: dict) -> str:
     total, left = p.get("total") or 0, p.get("remaining") or 0
     pct = f"{100 * (total - left) / total:3.0f}%" if total else "  ?%"
     exp = p.get("expected_downtime_ms")
@@ -29,7 +41,8 @@ def summary(res: dict) -> str:
     """The line a finished migration ends with, with or without a terminal."""
     dt = res.get("downtime_ms")
     return (f"Migrated to {res.get('host')}:{res.get('port')} in {res.get('seconds')} s, "
-            f"{_mib(res.get('bytes'))} MiB sent, downtime {dt if dt is not None else '?'} ms\n")
+            f"{_mib(res.get('bytes'))} MiB sent, downtime {dt if dt is not None else '?'} ms"
+            + (f"; disks: {res['disks']}" if res.get("disks") else "") + "\n")
 
 
 class MigrationProgress:

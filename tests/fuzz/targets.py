@@ -30,7 +30,8 @@ with atheris.instrument_imports():
     from pyxen.config.errors import ConfigError
     from pyxen.config import specs
     from pyxen.config.xendconfig import XendConfig, XendConfigError
-    from pyxen.xend import relocproto
+    from pyxen.xend import relocproto, storagemigrate
+    from pyxen.xend.errors import InvalidRequest
 
 # ------------------------------------------------------------------ config
 
@@ -216,7 +217,7 @@ def fuzz_api(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)
     method, route = fdp.PickValueInList(ROUTES)
     dom = fdp.PickValueInList(["fz", "0", "1", "Domain-0", "nosuch"])
-    fill = {"dom": dom, "vnet": dom,
+    fill = {"dom": dom, "vnet": dom, "host": dom,
             "op": fdp.PickValueInList(OPS), "cls": fdp.PickValueInList(["vbd", "vif", "pci", "vtpm"]),
             "dev": fdp.PickValueInList(["0", "1", "xvda"])}
     path = route.format(**fill)
@@ -273,6 +274,11 @@ def fuzz_relocation(data: bytes) -> None:
                 DomainConfig.from_sxp(req.config)
             except (ConfigError, sxp.SxpError):
                 pass
+            if req.storage is not None:
+                try:
+                    storagemigrate.parse(req.storage)     # --copy-storage's disk list
+                except InvalidRequest:
+                    pass
     finally:
         a.close()
         b.close()

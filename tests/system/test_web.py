@@ -180,6 +180,44 @@ def test_web_console_in_browser(web_host, tmp_path):
     assert "refused GET /api/domains from 127.0.0.1: unknown or expired session" in log
 
 
+def test_snapshots_page_in_browser(web_host):
+    """A domain's snapshots on the page: take, list, refuse a duplicate, revert, delete."""
+    h, base = web_host, f"http://127.0.0.1:{web_host.port}"
+    h.xm("create", str(h.config("websnap")))
+    try:
+        with sync_playwright() as pw:
+            browser = launch(pw)
+            try:
+                page = browser.new_page()
+                page.goto(base + "/")
+                page.fill("#token", h.token)
+                page.click("#login")
+                row = page.locator("#dom-websnap")
+                expect(row).to_be_visible(timeout=60_000)
+                row.locator("button.snapshots").click()
+                expect(page.locator("#snapshots-view")).to_be_visible()
+                page.fill("#snapshot-name", "w1")
+                page.click("#snapshot-create")
+                expect(page.locator("#message")).to_contain_text("snapshot w1 taken", timeout=120_000)
+                snap = page.locator("#snap-w1")
+                expect(snap.locator("td.kind")).to_have_text("memory")
+                expect(snap.locator("td.name")).to_have_text("w1 *")
+                assert "w1" in h.xm("snapshot-list", "websnap").stdout
+                page.fill("#snapshot-name", "w1")
+                page.click("#snapshot-create")
+                expect(page.locator("#message")).to_contain_text("already has a snapshot named 'w1'")
+                snap.locator("button.revert").click()
+                expect(page.locator("#message")).to_contain_text("reverted to w1", timeout=120_000)
+                page.locator("#snap-w1 button.delete").click()
+                expect(page.locator("#message")).to_contain_text("deleted w1")
+                expect(page.locator("#snap-w1")).to_have_count(0)
+                assert "w1" not in h.xm("snapshot-list", "websnap").stdout
+            finally:
+                browser.close()
+    finally:
+        h.xm("destroy", "websnap", check=False)
+
+
 def test_hvm_screen_in_browser(web_host, hvm_media):
     """An HVM guest's screen in the page: noVNC through xend's relay to the
     domain's own (Unix-socket) VNC display, drawn on the canvas."""

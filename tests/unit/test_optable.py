@@ -116,7 +116,8 @@ def test_openapi_documents_every_route():
 # ----------------------------------------------------------- validation
 def test_validation_types_defaults_and_one_line_errors():
     v = opcheck.validate(BY_NAME["migrate"], {"host": "h", "port": "8002", "live": 1})
-    assert v == {"host": "h", "port": 8002, "live": True, "resource": None, "downtime": None}
+    assert v == {"host": "h", "port": 8002, "live": True, "resource": None, "downtime": None,
+                 "copy_storage": None}
     for body, msg in [({}, "'host' (the destination host (name or address)) is required"),
                       ({"host": "h", "port": "x"}, "port must be an integer, got 'x'"),
                       ({"host": "h", "port": 70000}, "port must be 1-65535, got 70000"),
@@ -179,7 +180,8 @@ def test_operations_beside_a_job(tmp_path):
               "vcpu-pin": {"vcpu": "0", "cpus": "0"}, "save": {"file": "/tmp/x"}, "migrate": {"host": "h"},
               "pci-attach": {"dev": "00:01.0"}, "pci-detach": {"dev": "00:01.0"},
               "block-attach": {"uname": "file:/x", "vdev": "xvdb", "mode": "w"}, "block-detach": {"dev": "xvda"},
-              "sched-credit": {"weight": 5}}
+              "sched-credit": {"weight": 5}, "snapshot-create": {"name": "s"}, "snapshot-revert": {"name": "s"},
+              "snapshot-delete": {"name": "s"}}
     # (rename last: it succeeds beside the job, and the name changes)
     ops = sorted((o for o in OPS if o.domain and o.name != "unknown-op"), key=lambda o: o.name == "rename")
     beside = set(BY_NAME["save"].beside)

@@ -143,8 +143,65 @@ class Monitor:
     async def blockdev_del(self, node_name: str) -> None:
         await self._call("blockdev-del", {"node-name": node_name})
 
+    async def snapshot_internal(self, nodes: list[str], tag: str) -> None:
+        """One internal snapshot *tag* of each qcow2 node, all or none (a
+        QMP transaction): the disks of a snapshot are of one instant."""
+        await self._call("transaction", {"actions": [
+            {"type": "blockdev-snapshot-internal-sync", "data": {"device": n, "name": tag}} for n in nodes]},
+            timeout=LONG)
+
+    async def blockdev_snapshot(self, node: str, overlay: str) -> None:
+        """Put the (added, backing-less) *overlay* node on top of *node*: the
+        guest writes to the overlay from now on, *node* becomes its backing."""
+        await self._call("blockdev-snapshot", {"node": node, "overlay": overlay})
+
+    async def query_block(self) -> list[dict]:
+        return await self._call("query-block")
+
+    async def snapshot_delete_internal(self, node: str, tag: str) -> None:
+        await self._call("blockdev-snapshot-delete-internal-sync", {"device": node, "name": tag}, timeout=LONG)
+
     async def blockstats(self) -> list[dict]:
         return await self._call("query-blockstats", timeout=QUICK)
+
+    # ---------------------------------------------- block jobs, NBD exports
+    # Storage migration (pyxen/xend/storagemigrate.py): the target exports
+    # its new disks over NBD, the source mirrors into them.
+    async def blockdev_mirror(self, job_id: str, device: str, target: str, sync: str,
+                              copy_mode: str = "write-blocking", speed: int = 0) -> None:
+        """Mirror node *device* into node *target* (sync ``full`` or
+        ``top``).  ``write-blocking``: once ready, every guest write reaches
+        both before it completes, so the final sync at the switch-over has
+        next to nothing left to copy."""
+        await self._call("blockdev-mirror", {"job-id": job_id, "device": device, "target": target,
+                                             "sync": sync, "copy-mode": copy_mode, "speed": speed,
+                                             "auto-finalize": True, "auto-dismiss": False})
+
+    async def query_jobs(self) -> list[dict]:
+        """Every job with its status, progress and (once concluded) error:
+        a job kept until dismissed still says why it failed."""
+        return await self._call("query-jobs", timeout=QUICK)
+
+    async def job_dismiss(self, job_id: str) -> None:
+        await self._call("job-dismiss", {"id": job_id})
+
+    async def block_job_cancel(self, job_id: str, force: bool = False) -> None:
+        """On a ready mirror without *force*: finish with a point-in-time
+        copy (the source keeps its disk); with *force*: abandon it."""
+        await self._call("block-job-cancel", {"device": job_id, "force": force})
+
+    async def nbd_server_start(self, unix_path: str) -> None:
+        await self._call("nbd-server-start", {"addr": {"type": "unix", "data": {"path": unix_path}}})
+
+    async def block_export_add(self, export_id: str, node: str, name: str, writable: bool = True) -> None:
+        await self._call("block-export-add", {"type": "nbd", "id": export_id, "node-name": node,
+                                              "name": name, "writable": writable})
+
+    async def block_export_del(self, export_id: str) -> None:
+        await self._call("block-export-del", {"id": export_id, "mode": "hard"})
+
+    async def nbd_server_stop(self) -> None:
+        await self._call("nbd-server-stop")
 
     # ------------------------------------------------------------- display
     async def set_vnc_password(self, password: str, display: str) -> None:
@@ -191,6 +248,11 @@ class Monitor:
 
     async def migrate_cancel(self) -> None:
         await self._call("migrate_cancel")
+
+    async def migrate_continue(self, state: str = "pre-switchover") -> None:
+        """Go on from a pause the capabilities asked for (pause-before-switchover:
+        storage migration, live snapshots)."""
+        await self._call("migrate-continue", {"state": state})
 
     async def query_migrate(self) -> dict:
         return await self._call("query-migrate", timeout=SETTLE)

@@ -1,11 +1,16 @@
 // xend's web console: the domain list (kept live from /api/events), the
-// lifecycle buttons, config upload and each domain's serial console
+// lifecycle buttons, config upload, each domain's snapshots (list, take,
+// revert, delete) and its serial console
 // (xterm.js over /api/domains/<name>/console).  Auth is the session cookie
-// from POST /api/login; every call is same-origin.
+// from POST /api/login; every call is same-origin.  In a cluster the list
+// has every host's domains (/api/domains?cluster=1) with a Host column and
+// a host filter; the buttons are on this host's rows (the others are
+// another xend's to act on).
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
-const rows = new Map();          // name -> <tr>
+const rows = new Map();          // name (this host's) or host/name (another's) -> <tr>
+let thisHost = "", clusterTimer = null;
 let events = null;
 let term = null, fit = null, consoleWs = null;
 
@@ -79,19 +84,24 @@ function op(name, verb) {
   };
 }
 
+function isLocal(d) { return !d.host || d.host === thisHost; }
+function rowKey(d) { return isLocal(d) ? d.name : `${d.host}/${d.name}`; }
+
 function ensureRow(d) {
-  let tr = rows.get(d.name);
+  const key = rowKey(d);
+  let tr = rows.get(key);
   if (tr) return tr;
   tr = document.createElement("tr");
   tr.dataset.name = d.name;
-  tr.id = "dom-" + d.name;
-  for (const c of ["name", "domid num", "memory num", "vcpus num", "state", "time num", "actions"]) {
+  tr.dataset.host = d.host || thisHost;
+  tr.id = isLocal(d) ? "dom-" + d.name : `dom-${d.host}--${d.name}`;
+  for (const c of ["name", "domid num", "memory num", "vcpus num", "state", "time num", "host", "actions"]) {
     const td = document.createElement("td");
     td.className = c;
     tr.appendChild(td);
   }
   const acts = tr.querySelector("td.actions");
-  if (d.domid !== 0) {
+  if (d.domid !== 0 && isLocal(d)) {
     acts.append(
       button("Pause", "pause", op(d.name, "pause")),
       button("Unpause", "unpause", op(d.name, "unpause")),
@@ -99,12 +109,32 @@ function ensureRow(d) {
       button("Reboot", "reboot", op(d.name, "reboot")),
       button("Destroy", "destroy", op(d.name, "destroy")),
       button("Console", "console", () => openConsole(d.name)),
+      button("Snapshots", "snapshots", () => openSnapshots(d.name)),
       button("Screen", "screen", () => window.open(`/ui/vnc.html?dom=${encodeURIComponent(d.name)}`, "_blank")),
     );
   }
   $("#domains tbody").appendChild(tr);
-  rows.set(d.name, tr);
+  rows.set(key, tr);
+  filterRows();
   return tr;
+}
+
+// The host filter: every host seen in the list; rows of the others hidden.
+function filterRows() {
+  const want = $("#host-filter").value;
+  for (const tr of rows.values()) tr.hidden = want !== "" && tr.dataset.host !== want;
+}
+$("#host-filter").addEventListener("change", filterRows);
+
+function updateHosts(hosts) {
+  const sel = $("#host-filter");
+  const have = new Set([...sel.options].map((o) => o.value));
+  for (const h of hosts) {
+    if (!have.has(h)) { const o = document.createElement("option"); o.value = h; o.textContent = h; sel.appendChild(o); }
+  }
+  $("#host-filter-line").hidden = hosts.size < 2;
+  // Events are this host's; the other hosts' rows are re-read every 5 s.
+  if (hosts.size >= 2 && !clusterTimer) clusterTimer = setInterval(() => refresh().catch(() => {}), 5000);
 }
 
 function render(d) {
@@ -114,17 +144,20 @@ function render(d) {
   if (d.memory !== undefined) cell(tr, "memory", String(d.memory));
   if (d.online_vcpus !== undefined) cell(tr, "vcpus", String(d.online_vcpus));
   if (d.cpu_time !== undefined) cell(tr, "time", d.cpu_time.toFixed(1));
+  cell(tr, "host", tr.dataset.host);
   cell(tr, "state", d.state);
   tr.classList.toggle("paused", d.state[2] === "p");
 }
 
 async function refresh() {
-  const data = await api("GET", "/api/domains");
-  const seen = new Set();
-  for (const d of data.domains) { render(d); seen.add(d.name); }
-  for (const [name, tr] of rows) {
-    if (!seen.has(name)) { tr.remove(); rows.delete(name); }
+  const data = await api("GET", "/api/domains?cluster=1");
+  thisHost = data.host || thisHost;
+  const seen = new Set(), hosts = new Set();
+  for (const d of data.domains) { render(d); seen.add(rowKey(d)); hosts.add(d.host || thisHost); }
+  for (const [key, tr] of rows) {
+    if (!seen.has(key)) { tr.remove(); rows.delete(key); }
   }
+  updateHosts(hosts);
 }
 
 function follow() {
@@ -166,6 +199,70 @@ $("#create-form").addEventListener("submit", async (ev) => {
     say(`created ${res.name} (domid ${res.domid})`);
     await refresh();
   } catch (e) { say(e.message, true); }
+});
+
+// --------------------------------------------------------------- snapshots
+let snapDom = null;
+
+function snapPath(name, rest) {
+  return `/api/domains/${encodeURIComponent(name)}/${rest}`;
+}
+
+async function loadSnapshots() {
+  if (!snapDom) return;
+  const name = snapDom;
+  const data = await api("GET", snapPath(name, "snapshots"));
+  const body = $("#snapshots tbody");
+  body.replaceChildren();
+  for (const s of data.snapshots) {
+    const tr = document.createElement("tr");
+    tr.id = "snap-" + s.name;
+    tr.classList.toggle("current", s.current);
+    const when = new Date(s.created * 1000).toLocaleString();
+    const size = s.kind === "memory" ? (s.size / 1048576).toFixed(1) : "-";
+    for (const [cls, text] of [["name", s.name + (s.current ? " *" : "")], ["time", when], ["kind", s.kind],
+                               ["size num", size], ["parent", s.parent || "-"]]) {
+      const td = document.createElement("td");
+      td.className = cls;
+      td.textContent = text;
+      tr.appendChild(td);
+    }
+    const acts = document.createElement("td");
+    acts.className = "actions";
+    acts.append(
+      button("Revert", "revert", () => snapOp(name, "snapshot-revert", s.name, `reverted to ${s.name}`)),
+      button("Delete", "delete", () => snapOp(name, "snapshot-delete", s.name, `deleted ${s.name}`)),
+    );
+    tr.appendChild(acts);
+    body.appendChild(tr);
+  }
+}
+
+async function snapOp(dom, verb, snap, done, extra) {
+  say(`${dom}: ${verb} ${snap}...`);
+  try {
+    await api("POST", snapPath(dom, verb), Object.assign({ name: snap }, extra || {}));
+    say(`${dom}: ${done}`);
+  } catch (e) { say(`${dom}: ${e.message}`, true); }
+  await loadSnapshots().catch((e) => say(`${dom}: ${e.message}`, true));
+}
+
+function openSnapshots(name) {
+  snapDom = name;
+  $("#snapshots-name").textContent = name;
+  $("#snapshots-view").hidden = false;
+  loadSnapshots().catch((e) => say(`${name}: ${e.message}`, true));
+}
+
+$("#snapshots-close").addEventListener("click", () => { snapDom = null; $("#snapshots-view").hidden = true; });
+
+$("#snapshot-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  if (!snapDom) return;
+  const snap = $("#snapshot-name").value.trim();
+  await snapOp(snapDom, "snapshot-create", snap, `snapshot ${snap} taken`,
+               { disk_only: $("#snapshot-disk-only").checked, live: $("#snapshot-live").checked });
+  $("#snapshot-name").value = "";
 });
 
 // ----------------------------------------------------------------- console

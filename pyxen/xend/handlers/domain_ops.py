@@ -110,8 +110,11 @@ async def save(call: Call):
 
 async def migrate(call: Call):
     from ..migration import migrate as run
+    from .cluster import relocation_target
     a = call.args
-    return await run(call.dom, a["host"], a["port"], a["live"], a["resource"], a["downtime"])
+    host, port = relocation_target(call.domains, a["host"], a["port"])
+    return await run(call.dom, host, port, a["live"], a["resource"], a["downtime"],
+                     copy_storage=a["copy_storage"])
 
 
 async def pci_attach(call: Call):
@@ -138,6 +141,23 @@ async def block_attach(call: Call):
 async def block_detach(call: Call):
     await call.dom.block_detach(call.args["dev"], call.args["force"])
     return OK
+
+
+async def snapshot_create(call: Call):
+    a = call.args
+    return await call.dom.snapshot_create(a["name"], disk_only=a["disk_only"], live=a["live"])
+
+
+async def snapshot_revert(call: Call):
+    return await call.dom.snapshot_revert(call.args["name"])
+
+
+async def snapshot_delete(call: Call):
+    return await call.dom.snapshot_delete(call.args["name"])
+
+
+async def snapshot_list(call: Call):
+    return {"name": call.dom.name, **call.dom.snapshot_list()}
 
 
 async def unknown(call: Call):

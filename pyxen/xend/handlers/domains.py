@@ -7,6 +7,7 @@ import logging
 
 from .. import host
 from . import Call
+from .cluster import cluster_of, place, this_host, with_hosts
 
 log = logging.getLogger("pyxen.api")
 
@@ -28,6 +29,8 @@ async def list_domains(call: Call):
             info["stats"] = st
         out[0]["stats"] = {"vbds": 0, "vbd_rd": 0, "vbd_wr": 0, "vbd_oo": 0, "vbd_rsect": 0,
                            "vbd_wsect": 0, "nets": 0, "net_tx": 0, "net_rx": 0}
+    if call.args["cluster"]:
+        return {"domains": with_hosts(call.domains, out), "host": this_host(call.domains)}
     return {"domains": out}
 
 
@@ -40,7 +43,12 @@ async def get_domain(call: Call):
 
 async def create(call: Call):
     notes = call.args["notes"] or []
-    dom = await call.domains.create(call.args["config"], paused=call.args["paused"])
+    if call.args["host"] or cluster_of(call.domains) is not None:
+        cfg = call.domains.parse(call.args["config"])
+        place(call.domains, cfg, call.args["host"])
+        dom = await call.domains.create_config(cfg, paused=call.args["paused"])
+    else:
+        dom = await call.domains.create(call.args["config"], paused=call.args["paused"])
     for n in notes if isinstance(notes, list) else []:
         log.info("%s: %s", dom.name, str(n)[:500])
     return {"domid": dom.domid, "name": dom.name, "uuid": dom.uuid}

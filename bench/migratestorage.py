@@ -1,0 +1,205 @@
+"""Storage migration benchmark (issue 19): ``xm migrate --live
+--copy-storage`` of a guest with a 1 GiB local disk and 256 MiB of RAM
+between two xends in two network namespaces (bench/migrate.py's hosts,
+TLS on), against ``qemu-img convert`` of the same image over the same
+link in the same run.
+
+Each host has its own disk directory at the same path: host B's xend runs
+in a private mount namespace with its directory bind-mounted over the
+path (the system test's arrangement), so the copy really lands in a
+different file.
+
+* **raw**: ``qemu-nbd`` in B's namespace exports a fresh 1 GiB raw image
+  (writable, plain TCP on B's address); ``qemu-img convert -n -f raw -O raw``
+  in A's namespace copies the guest's image into it.  Wall time of the
+  convert; throughput = image size / time.
+* **pyxen**: the guest (booted, idle) is migrated A -> B -> A ...; xend's
+  result gives the disk phase's bytes and seconds (``disk_bytes``,
+  ``disk_seconds``: mirror start until every mirror is in sync) and the
+  total (``seconds``); ``xm``'s wall time is taken too.  The copy left on
+  the source after each move is removed so the next move can create it.
+
+The image is filled with random data (nothing for either side to skip as
+zeroes).  Target: pyxen's disk throughput >= 0.8x the raw copy's.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pyxen.testing.guest import GuestConsole
+
+from . import migrate as mb
+from .boot import host_info
+
+DISK_MIB = 1024
+RAM_MIB = 256
+NBD_PORT = 10809
+TARGET_RATIO = 0.8
+MIB = 1 << 20
+
+
+class PrivateHost(mb.Host):
+    """An xend whose mount namespace has *src* bind-mounted over *path*."""
+
+    def __init__(self, root, ns, ip, path: Path, src: Path):
+        super().__init__(root, ns, ip)
+        self.path, self.src = path, src
+
+    def start(self) -> None:
+        self.run("unshare", "-m", "--propagation", "private", "sh", "-c",
+                 f"mount --bind '{self.src}' '{self.path}' && exec ip netns exec {self.ns} xend start")
+        self.up = True
+
+
+class StorageBench(mb.Bench):
+    def __init__(self):
+        super().__init__()
+        self.disks = self.root / "disks"          # the path both configs name (A's own directory)
+        self.b_disks = self.root / "bdisks"       # what B sees there
+        for d in (self.disks, self.b_disks):
+            d.mkdir()
+
+    def make_host(self, i: int, root: Path, ns: str, ip: str) -> mb.Host:
+        return mb.Host(root, ns, ip) if i == 0 else PrivateHost(root, ns, ip, self.disks, self.b_disks)
+
+
+def _stats(values: list[float]) -> dict | None:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
+            "max": round(max(values), 3), "n": len(values)}
+
+
+def summarize(raw: list[dict], pyxen: list[dict]) -> dict:
+    return {"raw_mib_s": _stats([s["mib_s"] for s in raw]),
+            "pyxen_disk_mib_s": _stats([s["disk_mib_s"] for s in pyxen]),
+            "pyxen_total_s": _stats([s["seconds"] for s in pyxen]),
+            "pyxen_wall_s": _stats([s["wall_s"] for s in pyxen]),
+            "pyxen_disk_s": _stats([s["disk_seconds"] for s in pyxen])}
+
+
+def compare(summary: dict) -> dict:
+    raw, ours = summary.get("raw_mib_s"), summary.get("pyxen_disk_mib_s")
+    if not raw or not ours:
+        return {"ratio": None, "target": TARGET_RATIO, "pass": False}
+    ratio = round(ours["median"] / raw["median"], 3)
+    return {"ratio": ratio, "target": TARGET_RATIO, "pass": ratio >= TARGET_RATIO}
+
+
+def format_table(result: dict) -> str:
+    s, c = result["summary"], result["compare"]
+
+    def row(label, st, unit):
+        if not st:
+            return f"{label:<34} {'-':>10}"
+        return f"{label:<34} {st['median']:>10.2f} {st['min']:>10.2f} {st['max']:>10.2f}  {unit}"
+    lines = [f"Storage migration: {DISK_MIB} MiB disk + {RAM_MIB} MiB RAM (TCG, TLS, veth)",
+             f"{'':<34} {'median':>10} {'min':>10} {'max':>10}",
+             row("qemu-img convert to NBD (raw)", s["raw_mib_s"], "MiB/s"),
+             row("xm migrate --copy-storage: disk", s["pyxen_disk_mib_s"], "MiB/s"),
+             row("  disk phase", s["pyxen_disk_s"], "s"),
+             row("  xend total", s["pyxen_total_s"], "s"),
+             row("  xm wall", s["pyxen_wall_s"], "s"),
+             f"disk throughput ratio {c['ratio']} (target >= {c['target']}): {'PASS' if c['pass'] else 'FAIL'}"]
+    return "\n".join(lines)
+
+
+def _fill(path: Path) -> None:
+    with open("/dev/urandom", "rb") as src, open(path, "wb") as f:
+        for _ in range(DISK_MIB):
+            f.write(src.read(MIB))
+
+
+def raw_copy(b: StorageBench, image: Path, runs: int, progress) -> list[dict]:
+    out = []
+    for i in range(runs):
+        dest = b.b_disks / "nbd-target.img"
+        mb.sh("qemu-img", "create", "-q", "-f", "raw", str(dest), f"{DISK_MIB}M")
+        srv = subprocess.Popen(["ip", "netns", "exec", b.ns[1], "qemu-nbd", "-f", "raw", "-b", mb.B_IP,
+                                "-p", str(NBD_PORT), "-x", "t", "--persistent", "-t", str(dest)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                probe = subprocess.run(["ip", "netns", "exec", b.ns[0], "qemu-img", "info",
+                                        f"nbd://{mb.B_IP}:{NBD_PORT}/t"], capture_output=True)
+                if probe.returncode == 0 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            t0 = time.monotonic()
+            mb.sh("ip", "netns", "exec", b.ns[0], "qemu-img", "convert", "-n", "-f", "raw", "-O", "raw",
+                  str(image), f"nbd://{mb.B_IP}:{NBD_PORT}/t", timeout=1200)
+            secs = time.monotonic() - t0
+        finally:
+            srv.terminate()
+            srv.wait(10)
+            dest.unlink(missing_ok=True)
+        out.append({"seconds": round(secs, 3), "mib_s": round(DISK_MIB / secs, 1)})
+        progress(f"raw run {i + 1}/{runs}: qemu-img convert {secs:.2f} s, {DISK_MIB / secs:.1f} MiB/s")
+    return out
+
+
+def pyxen_copy(b: StorageBench, image: Path, runs: int, progress) -> list[dict]:
+    a, bh = b.hosts
+    name = "migdisk"
+    cfgfile, _ = b.config(name, RAM_MIB)
+    with open(cfgfile, "a") as f:
+        f.write(f"disk = ['file:{image},xvdb,w']\n")
+    a.run("xm", "create", str(cfgfile))
+    con = GuestConsole(name, env=a.env, timeout=300)
+    try:
+        con.login(timeout=300)
+    finally:
+        con.close()
+    out = []
+    here, there = a, bh
+    own = {id(a): b.disks / image.name, id(bh): b.b_disks / image.name}
+    try:
+        for i in range(runs):
+            time.sleep(mb.SETTLE_S)
+            watch = mb.EventWatch(here, name)
+            t0 = time.monotonic()
+            here.run("xm", "migrate", "--live", "--copy-storage", name, there.ip, timeout=1800)
+            wall = time.monotonic() - t0
+            res = watch.wait() or {}
+            disk_s = res.get("disk_seconds") or 0
+            sample = {"wall_s": round(wall, 3), "direction": f"{here.ip}->{there.ip}",
+                      "seconds": res.get("seconds"), "disk_seconds": disk_s, "disk_bytes": res.get("disk_bytes"),
+                      "disk_mib_s": round((res.get("disk_bytes") or 0) / MIB / disk_s, 1) if disk_s else None,
+                      "downtime_ms": res.get("downtime_ms"), "bytes": res.get("bytes"), "disks": res.get("disks")}
+            out.append(sample)
+            progress(f"pyxen run {i + 1}/{runs}: xm {wall:.2f} s, xend {sample['seconds']} s, disk "
+                     f"{disk_s} s ({sample['disk_mib_s']} MiB/s), downtime {sample['downtime_ms']} ms")
+            os.unlink(own[id(here)])        # the source's old copy: the way back creates it anew
+            here, there = there, here
+    finally:
+        subprocess.run(["xm", "destroy", name], env=here.env, capture_output=True)
+    return out
+
+
+def run(runs: int = 2, progress=print) -> dict:
+    with StorageBench() as b:
+        host = host_info(b)
+        host["loadavg_1min"] = round(os.getloadavg()[0], 2)
+        image = b.disks / "disk.img"
+        progress(f"filling a {DISK_MIB} MiB image with random data")
+        _fill(image)
+        raw = raw_copy(b, image, runs, progress)
+        pyxen = pyxen_copy(b, image, runs, progress)
+        summary = summarize(raw, pyxen)
+        return {"benchmark": "migrate-storage",
+                "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "host": host,
+                "config": {"runs": runs, "disk_mib": DISK_MIB, "ram_mib": RAM_MIB, "tls": True,
+                           "link": "veth between two network namespaces", "image": "raw, random data",
+                           "mirror": "blockdev-mirror sync=full copy-mode=write-blocking"},
+                "samples": {"raw": raw, "pyxen": pyxen},
+                "summary": summary,
+                "compare": compare(summary)}

@@ -1,0 +1,82 @@
+"""xend's part in the cluster's operations, once a second: publish this
+host's listing (for ``xm list --cluster`` elsewhere) and take part in
+restarting a failed host's domains (:mod:`pyxen.cluster.failover`).
+
+It runs only when xend is in a cluster, on the ClusterNode's periodic loop
+(:func:`attach`, called by the daemon), with the node's grace delay
+(``xend-cluster-grace``).
+Store calls block (etcd over HTTP), so they run in the default executor,
+never on the event loop.  A start this host won goes through
+``Domains.create``, which takes the domain lock like any create: if another
+host somehow holds it, the create is refused and the claim marked failed —
+never two copies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+
+from ..cluster import failover as fo, view
+from ..config.domain import DomainConfig
+from . import host
+from .errors import XendError
+
+log = logging.getLogger("pyxen.cluster")
+
+
+def _dom0() -> dict:
+    """This host's Domain-0 row, as xm list shows it (pyxen.xend.api's dom0)."""
+    return {"domid": 0, "name": "Domain-0", "uuid": host.DOM0_UUID, "memory": host.dom0_memory_mib(),
+            "vcpus": os.cpu_count(), "online_vcpus": os.cpu_count(), "state": "r-----",
+            "cpu_time": host.host_cpu_seconds()}
+
+
+def attach(domains, node) -> "ClusterOps":
+    """Run the cluster operations on *node*'s once-a-second loop
+    (:meth:`pyxen.xend.cluster.ClusterNode.add_periodic`)."""
+    ops = ClusterOps(domains, node, grace=float(getattr(node, "grace", fo.DEFAULT_GRACE)))
+    node.add_periodic(ops.tick)
+    return ops
+
+
+class ClusterOps:
+    def __init__(self, domains, cluster, grace: float = fo.DEFAULT_GRACE):
+        self.domains, self.cluster = domains, cluster
+        self.publisher = view.ListingPublisher(cluster.store, cluster.name)
+        self.failover = fo.Failover(cluster.store, cluster.name, lambda: view.hosts(cluster.store),
+                                    cluster.lock.owner, grace=grace,
+                                    parse=DomainConfig.from_sxp)
+        self._said: dict[str, str] = {}     # uuid -> the last decision logged (no log line every second)
+
+    async def tick(self) -> list[fo.Action]:
+        loop = asyncio.get_running_loop()
+        infos = [_dom0()] + [d.info() for d in self.domains.all()]
+        await loop.run_in_executor(None, self.publisher.publish, infos, time.monotonic())
+        actions = await loop.run_in_executor(None, self.failover.scan)
+        for a in actions:
+            if self._said.get(a.uuid) != a.what + a.detail[:40]:
+                self._said[a.uuid] = a.what + a.detail[:40]
+                if a.what != "start":
+                    log.info("failover: %s: %s (%s)", a.name, a.what, a.detail)
+            if a.what == "start":
+                await self._start(a)
+        return actions
+
+    async def _start(self, a: fo.Action) -> None:
+        loop = asyncio.get_running_loop()
+        store = self.cluster.store
+        claim = await loop.run_in_executor(None, fo.mark, store, a.uuid, a.claim, "starting")
+        if claim is None:
+            return
+        log.warning("failover: restarting domain %s here: %s", a.name, a.detail)
+        try:
+            dom = await self.domains.create(a.config)
+        except (XendError, Exception) as e:
+            log.error("failover: domain %s could not be restarted here: %s", a.name, e)
+            await loop.run_in_executor(None, fo.mark, store, a.uuid, claim, "failed", str(e))
+            return
+        await loop.run_in_executor(None, fo.mark, store, a.uuid, claim, "started")
+        self.domains.emit("restarted", dom, reason=f"host {a.claim.source} failed")

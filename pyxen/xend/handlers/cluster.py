@@ -1,0 +1,143 @@
+"""The cluster's operations: xm host-list, list --cluster, create on a
+named or placed host, migrate by host name, host-evacuate.
+
+xend is in a cluster when ``Domains.cluster`` is set (the foundation does
+it when xend-cluster-etcd is configured: an object with the cluster store
+``store`` and this host's name ``name``).  On a host with no cluster the
+host-wide commands refuse with one line (409, "not in a cluster"), while
+``list --cluster`` shows this host's domains with its name in the Host
+column and ``create --host`` accepts only this host's own name: a script
+written for a cluster still runs on one host.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from ...cluster import evacuate as evac, placement, view
+from ..errors import Conflict, InvalidRequest, XendError
+from . import Call
+
+log = logging.getLogger("pyxen.cluster")
+
+NOT_IN_CLUSTER = "not in a cluster (xend-cluster-etcd is not set in xend-config.sxp)"
+
+
+def cluster_of(domains):
+    """The cluster xend is in, or None."""
+    return getattr(domains, "cluster", None)
+
+
+def this_host(domains) -> str:
+    cl = cluster_of(domains)
+    return cl.name if cl is not None else domains.store.host
+
+
+def _host_json(h: placement.HostInfo) -> dict:
+    return {"name": h.name, "address": h.address, "relocation_port": h.port, "state": h.state,
+            "free_memory": h.free_memory, "vcpus": h.vcpus, "domains": h.domains,
+            "bridges": sorted(h.bridges), "lease_age": h.lease_age}
+
+
+async def list_hosts(call: Call):
+    cl = cluster_of(call.domains)
+    if cl is None:
+        raise Conflict(NOT_IN_CLUSTER)
+    return {"hosts": [_host_json(h) for h in view.hosts(cl.store)]}
+
+
+def with_hosts(domains, rows: list[dict]) -> list[dict]:
+    """GET /api/domains?cluster=1: this host's rows and every other host's."""
+    cl = cluster_of(domains)
+    if cl is None:
+        return [dict(r, host=domains.store.host) for r in rows]
+    return view.cluster_domains(cl.store, cl.name, rows)
+
+
+def place(domains, cfg, host: str | None) -> None:
+    """Check that *cfg* is to run here: ``--host`` names this host, or
+    placement picks it.  Raises Conflict naming the chosen host otherwise
+    (starting it there is that host's xend's work: xm create --host on it)."""
+    cl = cluster_of(domains)
+    me = this_host(domains)
+    if cl is None:
+        if host and host != me:
+            raise Conflict(f"{NOT_IN_CLUSTER}: cannot create domain {cfg.name} on host {host} "
+                           f"(this host is {me})")
+        return
+    needs = placement.needs_of(cfg)
+    hosts = [h if h.name != me else _with_local_paths(h, needs) for h in view.hosts(cl.store)]
+    try:
+        choice = placement.choose(hosts, needs, only=host or None)
+    except placement.PlacementError as e:
+        raise Conflict(str(e)) from None
+    if choice.host.name != me:
+        raise Conflict(f"domain {cfg.name} is placed on host {choice.host.name} (most free memory that "
+                       f"fits): create it there with xm create --host {choice.host.name} on that host")
+    if choice.skipped:
+        log.info("%s: placed here; skipped %s", cfg.name,
+                 "; ".join(f"{h}: {r}" for h, r in sorted(choice.skipped.items())))
+
+
+def _with_local_paths(h: placement.HostInfo, needs: placement.Needs) -> placement.HostInfo:
+    from dataclasses import replace
+    return replace(h, missing=frozenset(p for p in needs.paths if not os.path.exists(p)))
+
+
+def relocation_target(domains, host: str, port: int | None) -> tuple[str, int | None]:
+    """xm migrate dom HOSTNAME: a member's name becomes its relocation
+    address and port; anything else is an address as before."""
+    cl = cluster_of(domains)
+    if cl is None:
+        return host, port
+    h = view.resolve(cl.store, host)
+    if h is None:
+        return host, port
+    if h.state != placement.UP:
+        raise Conflict(f"host {host} is {h.state}: cannot migrate to it")
+    if not h.address:
+        raise Conflict(f"host {host} published no relocation address")
+    return h.address, port or h.port or None
+
+
+def _blocker(dom) -> str:
+    if dom.cfg.pci:
+        return "it has PCI devices passed through"
+    if dom.job:
+        return f"a {dom.job.get('kind', 'job')} is in flight"
+    if str(dom.state) != "running":
+        return f"it is {dom.state}"
+    return ""
+
+
+async def evacuate(call: Call):
+    from ..migration import migrate
+    cl = cluster_of(call.domains)
+    if cl is None:
+        raise Conflict(NOT_IN_CLUSTER)
+    name = call.match("host")
+    if name != cl.name:
+        raise InvalidRequest(f"host-evacuate moves this host's domains: run it on {name} itself "
+                             f"(this host is {cl.name})")
+    doms = {d.name: d for d in call.domains.all()}
+    cands = [evac.Candidate(n, placement.needs_of(d.cfg), _blocker(d)) for n, d in doms.items()]
+    plan = evac.plan(view.hosts(cl.store), cl.name, cands)
+    moved, failed = [], {}
+    # In maintenance meanwhile, so that no placement elsewhere picks this host.
+    set_state = getattr(cl, "set_state", None)
+    if set_state is not None:
+        set_state("maintenance")
+    try:
+        for dname, target in plan.moves:
+            h = view.resolve(cl.store, target)
+            try:
+                await migrate(doms[dname], h.address, h.port or None, live=True)
+                moved.append({"name": dname, "host": target})
+            except XendError as e:
+                failed[dname] = str(e)
+    finally:
+        if set_state is not None:
+            set_state("up")
+    log.info("host-evacuate: %d moved, %d stayed, %d failed", len(moved), len(plan.refused), len(failed))
+    return {"moved": moved, "refused": plan.refused, "failed": failed}
