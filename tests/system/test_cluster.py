@@ -106,7 +106,8 @@ def cluster(make_host, _leftovers):
 
 
 def create(h, name, **kw):
-    return h.xm("create", str(h.config(name, **kw)), check=False)
+    # On this very host (placement, clusterops's, would pick the emptiest).
+    return h.xm("create", "--host", h.name, str(h.config(name, **kw)), check=False)
 
 
 def uuid_of(h, name) -> str:
@@ -136,7 +137,7 @@ def test_a_second_host_is_refused_and_migration_moves_the_lock(cluster):
     uuid = uuid_of(a, "g")
     assert c.owner(uuid) == "a"
     # The same config on B, and another config of the same name: refused, naming A.
-    refused(b.xm("create", str(a.root / "etc/xen/g"), check=False), "a", "g")
+    refused(b.xm("create", "--host", "b", str(a.root / "etc/xen/g"), check=False), "a", "g")
     refused(create(b, "g"), "a", "g")
     assert "g" not in b.domains() and b.qemu_pids() == []
 
