@@ -143,6 +143,7 @@ class ClusterNode(LockActions, FenceActions):
         self._periodic: list = []
         self._was_paused: set[str] = set()     # paused before the fence: stays paused after it
         self._restart_listed: str | None = None
+        self._unforgotten: dict = {}            # fence-killed domains whose records await etcd
         # Arriving migrations not yet running here (relocation's commit ends it).
         self.arriving: set[str] = set()
         self._tasks: list[asyncio.Task] = []
@@ -341,6 +342,8 @@ class ClusterNode(LockActions, FenceActions):
             await asyncio.sleep(1.0)
             self._snapshot()
             self._list_restart()
+            if self._unforgotten and not self.fencer.fenced:
+                self.forget_pending()
             if self.membership.lease != lease:
                 lease = self.membership.lease
                 await self._relock()

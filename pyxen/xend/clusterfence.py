@@ -24,7 +24,8 @@ def restarted_elsewhere(dom) -> bool:
 
 
 class FenceActions:
-    """Needs ``self.domains``, ``self.name``, ``self.state`` and ``self._was_paused``."""
+    """Needs ``self.domains``, ``self.name``, ``self.state``, ``self._was_paused``
+    and ``self._unforgotten``."""
 
     def _name(self, uuid: str) -> str:
         d = self.domains.by_uuid.get(uuid) if self.domains else None
@@ -33,7 +34,7 @@ class FenceActions:
     async def _fence(self, mode: str, reason: str) -> list[str]:
         from ..hypervisor.qemu import process
         self.state = "fenced"
-        done = []
+        done, killed = [], []
         for dom in list(self.domains.all()):
             if not dom.pid or not process.alive(dom.pid):
                 continue
@@ -44,6 +45,7 @@ class FenceActions:
                 log.error("%s: destroyed by the fence: %s", dom.name, reason)
                 dom.expect_exit = True
                 process.kill(dom.pid)
+                killed.append(dom)
                 if mode == "destroy":
                     done.append(dom.uuid)
                 continue
@@ -59,10 +61,13 @@ class FenceActions:
                 log.error("%s: cannot pause it (%s); killing QEMU instead", dom.name, e)
                 dom.expect_exit = True
                 process.kill(dom.pid)
+                killed.append(dom)
                 continue
             dom.paused = True
             log.error("%s: paused by the fence: %s", dom.name, reason)
             done.append(dom.uuid)
+        for dom in killed:
+            await self._forget_killed(dom)
         # Recorded after every domain is paused: with etcd gone each write
         # costs a timeout, which the pauses must not wait for.
         for uuid in done:
@@ -70,6 +75,33 @@ class FenceActions:
             if d is not None:
                 d.persist_quietly()
         return done
+
+    async def _forget_killed(self, dom) -> None:
+        """A domain the fence killed: its host resources go now, the
+        registry forgets it; its store records (runtime here; the config
+        only if no other host owns it) go when etcd answers again."""
+        from ..hypervisor.qemu import process
+        if dom.pid:
+            await process.wait_exit(dom.pid, 5)
+        try:
+            await dom.release()
+        except Exception as e:      # noqa: BLE001
+            log.error("%s: releasing its resources after the fence failed: %s", dom.name, e)
+        dom.pid = None
+        self.domains.remove(dom)
+        dom.gone.set()
+        self.domains.emit("destroyed", dom)
+        self._unforgotten[dom.uuid] = dom
+        self.forget_pending()
+
+    def forget_pending(self) -> None:
+        """Delete the store records of fenced-off domains once etcd answers."""
+        for uuid, dom in list(self._unforgotten.items()):
+            try:
+                dom.forget()
+            except Exception:       # noqa: BLE001 — etcd still away: next tick
+                continue
+            del self._unforgotten[uuid]
 
     async def _drop_superseded(self, dom, why: str) -> None:
         """This host's copy of a domain another host owns now: stop it and

@@ -249,12 +249,19 @@ def test_fence_destroys_restart_domains_and_pauses_the_others():
                                 cfg=SimpleNamespace(on_host_failure="preserve"), persist_quietly=lambda: None),
                 SimpleNamespace(uuid=U2, name="moves", pid=procs[1].pid, paused=False, monitor=Mon(),
                                 cfg=SimpleNamespace(on_host_failure="restart"), persist_quietly=lambda: None)]
+        for d in doms:
+            async def release():
+                return None
+            d.release, d.gone, d.forget = release, asyncio.Event(), lambda: None
+        removed = []
         node = FenceActions()
-        node.domains = SimpleNamespace(all=lambda: doms, by_uuid={d.uuid: d for d in doms})
-        node.name, node.state, node._was_paused = "A", "up", set()
+        node.domains = SimpleNamespace(all=lambda: doms, by_uuid={d.uuid: d for d in doms},
+                                       remove=removed.append, emit=lambda *a, **k: None)
+        node.name, node.state, node._was_paused, node._unforgotten = "A", "up", set(), {}
         done = asyncio.run(node._fence("pause", "test"))
         assert done == [U1] and doms[0].paused and doms[0].monitor.stopped
         assert procs[1].wait(timeout=5) == -9 and procs[0].poll() is None   # killed / left alone
+        assert removed == [doms[1]] and node._unforgotten == {}           # forgotten, records deleted
     finally:
         for p in procs:
             p.kill()
