@@ -26,9 +26,11 @@ APT_PKGS := qemu-system-x86 qemu-utils busybox-static lz4 zstd xz-utils cpio e2f
             python3-venv iproute2 procps nftables dnsmasq-base chromium \
             nfs-ganesha nfs-ganesha-vfs swtpm swtpm-tools \
             syslinux syslinux-common isolinux mtools dosfstools xorriso ovmf tesseract-ocr \
-            etcd-server etcd-client
+            etcd-server etcd-client util-linux
 # (etcd-server, etcd-client: the cluster store is etcd 3.4 (docs/cluster.md);
 #  the cluster tests start their own members, never the packaged service.)
+# (util-linux: setpriv, which starts every QEMU confined (pyxen/xend/confine.py);
+#  Essential in Debian, named so a minimal image is told.)
 # (syslinux..xorriso: `make hvm-images` builds the HVM test disk and ISO
 #  without mounting anything; ovmf: UEFI for HVM guests; tesseract-ocr: the
 #  HVM tests read the guest's text off a screendump.)

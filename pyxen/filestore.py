@@ -23,7 +23,9 @@ Why a transaction is all or none, even if the process dies in the middle:
 it is applied in three steps.  *Stage*: every new value (and the new
 ``.revision``) is written, fsynced, to a temp file in its key's directory;
 this is the only step that needs disk space, so a full disk fails here and
-the staged files are removed — nothing changed.  *Journal*: the list of
+the staged files are removed — nothing changed.  (A transaction of deletes
+only is then done without the counter and the journal, which need space:
+see ``_delete_in_place``.)  *Journal*: the list of
 renames and deletes is written atomically to ``.journal``; from this point
 on the transaction has happened.  *Apply*: the renames and deletes, which
 need no space, then the journal is removed.  Whoever next takes the lock
@@ -255,6 +257,9 @@ class FileStore(Store):
         except OSError as e:
             for tmp, _ in staged:
                 _unlink(self.root / tmp)
+            if not puts and deletes and not rmtrees and not dots and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                self._delete_in_place(deletes)
+                return
             raise self._io_error(what, e) from e
         journal = {"rev": rev, "renames": staged, "deletes": deletes, "rmtrees": list(rmtrees)}
         if len(staged) + len(deletes) + len(rmtrees) > 2:
@@ -269,6 +274,27 @@ class FileStore(Store):
             _unlink(self.root / ".journal")
         else:
             self._apply(journal)
+
+    def _delete_in_place(self, deletes: list[str]) -> None:
+        """Deletes on a full disk: no staged counter, no journal, only the
+        unlinks, which need no space (a destroy must work on a full disk).
+        The counter is not raised: a deleted key reads as revision 0 anyway
+        and the next write still gets a revision above every earlier one.
+        A crash between two unlinks leaves half a record, which the next
+        xend sets aside as incomplete rather than adopting."""
+        log.warning("state disk %s is full: deleting %s without a journal", self.root, ", ".join(deletes))
+        dirs = set()
+        try:
+            for key in deletes:
+                p = self.root / key
+                if _unlink(p):
+                    dirs.add(p.parent)
+                    self._prune(p.parent)
+            for d in dirs:
+                if d.exists():
+                    fsync_dir(d)
+        except OSError as e:
+            raise StoreError(f"cannot delete state in {self.root}: {e.strerror or e}") from e
 
     def _stage(self, rel: str, data: bytes) -> str:
         p = self.root / rel

@@ -45,6 +45,14 @@ def hvm_media(image) -> dict[str, Path]:
     return out
 
 
+def _cwd_under(proc: Path, root: Path) -> bool:
+    """xend starts QEMU in its run dir (whose path its argv no longer names)."""
+    try:
+        return os.readlink(proc / "cwd").startswith(f"{root}/")
+    except OSError:
+        return False
+
+
 class Host:
     def __init__(self, root: Path, image: Path, xend_config: str = "(accel tcg)\n",
                  netns: str | None = None):
@@ -103,7 +111,7 @@ class Host:
                 cmd = (d / "cmdline").read_bytes().decode(errors="replace")
             except OSError:
                 continue
-            if "qemu-system" in cmd and f"{self.root}/" in cmd:
+            if "qemu-system" in cmd and (f"{self.root}/" in cmd or _cwd_under(d, self.root)):
                 pids.append(int(d.name))
         return pids
 

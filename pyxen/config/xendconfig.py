@@ -119,9 +119,15 @@ OPTIONS: tuple[XendOption, ...] = (
     XendOption("console-limit", "int", 1024, "KiB of unread console output kept per domain."),
     XendOption("vnc-listen", "str", "127.0.0.1", "Default VNC listen address for HVM guests."),
     XendOption("vncpasswd", "str", "", "Default VNC password."),
-    XendOption("vnc-tls", "bool", False, "Accepted for compatibility: VNC is not offered over TLS.", origin="inert"),
-    XendOption("vnc-x509-cert-dir", "str", "/etc/xen/vnc", "Accepted for compatibility (see vnc-tls).", origin="inert"),
-    XendOption("vnc-x509-verify", "bool", False, "Accepted for compatibility (see vnc-tls).", origin="inert"),
+    XendOption("vnc-tls", "bool", False,
+               "Serve HVM guests' VNC displays over TLS (VeNCrypt x509), with the certificates of\n"
+               "vnc-x509-cert-dir, or this host's certificate of the pool CA (`pyxen cert`)."),
+    XendOption("vnc-x509-cert-dir", "str", "",
+               "With (vnc-tls yes): ca-cert.pem, server-cert.pem, server-key.pem (default\n"
+               "<root>/etc/xen/vnc; without a server-cert.pem there, etc/xen/pki's host certificate is used)."),
+    XendOption("vnc-x509-verify", "bool", False,
+               "With (vnc-tls yes): VNC clients must show a certificate signed by that CA\n"
+               "(`pyxen cert NAME --client --out DIR`)."),
     XendOption("keymap", "str", "", "Default keymap for VNC/SDL."),
     XendOption("device-create-timeout", "int", 100, "Seconds to wait for a device to appear."),
     XendOption("device-destroy-timeout", "int", 100, "Seconds to wait for a device to go."),
@@ -189,14 +195,20 @@ OPTIONS: tuple[XendOption, ...] = (
                origin="pyxen"),
     XendOption("qemu-binary", "str", "qemu-system-x86_64", "QEMU binary to run guests with.", origin="pyxen"),
     XendOption("qemu-user", "str", "",
-               "Run every QEMU as this user (a name, uid or uid:gid) instead of root.  xend opens the\n"
-               "disks and creates the taps for it, so disk files can stay root-only.  '' means root.",
+               "Run every QEMU as this one user (a name, uid or uid:gid) instead of each domain's own\n"
+               "uid (qemu-uid-base).  'root' turns confinement off (xend warns at start): QEMU then\n"
+               "runs as root, still without capabilities and under its seccomp sandbox.",
                example="pyxen-qemu", origin="pyxen"),
-    XendOption("qemu-uid-base", "int", 0,
-               "Run each domain's QEMU as uid and gid qemu-uid-base + domid (a range of otherwise unused\n"
-               "ids): no QEMU can reach another domain's disks, taps or /proc entries.  0 means off;\n"
-               "it takes precedence over qemu-user.",
-               example="200000", origin="pyxen"),
+    XendOption("qemu-uid-base", "int", 1900000000,
+               "Each domain's QEMU runs as uid and gid qemu-uid-base + domid, with no capabilities\n"
+               "and no way to gain any: no QEMU can reach another domain's disks, taps or /proc\n"
+               "entries.  xend refuses to start if any id of base .. base+65535 is a real account.",
+               origin="pyxen"),
+    XendOption("qemu-monitor-host-access", "bool", False,
+               "Let xm qemu-monitor run monitor commands that open host paths or start programs\n"
+               "(migrate exec:/file:, drive_add file=, screendump FILE, chardev-add file, ...).  Off:\n"
+               "they are refused with one line; QEMU's own sandbox refuses spawning anyway.",
+               origin="pyxen"),
     XendOption("xend-console-server", "bool", False,
                "Also export each domain's console on TCP port 9600+domid (or the domain's 'console' port).",
                origin="pyxen"),

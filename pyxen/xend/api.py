@@ -23,7 +23,9 @@ from ..ops.table import OPS, Op
 from ..pki import subject_cn
 from . import host
 from . import web as webui
+from ..store import StoreError
 from .domains import Domains
+from .durable import StateNotSaved
 from .errors import InvalidRequest, XendError
 from .handlers import Call, resolve
 
@@ -43,6 +45,11 @@ async def errors(request, handler):
         if e.status >= 500:
             log.error("%s %s: %s", request.method, request.path, e)
         return _json_error(e)
+    except StoreError as e:
+        # A state write no operation caught (every domain operation goes
+        # through durable.change): still one line, with the store's reason.
+        log.error("%s %s: %s", request.method, request.path, e)
+        return _json_error(StateNotSaved(str(e)))
     except web.HTTPException:
         raise
     except Exception as e:

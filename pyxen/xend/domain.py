@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import time
 
 from .. import faults, storekeys
-from ..config import sxp
+from ..config import hvmopts, sxp
 from ..config.domain import DomainConfig
 from ..hypervisor import cgroups
 from ..hypervisor.qemu import argv as qargv
@@ -29,8 +30,8 @@ from ..hypervisor.qemu import process, qemulog
 from ..hypervisor.qemu.kcache import boot_kernel
 from ..hypervisor.qemu.kernel import KernelError
 from ..hypervisor.qemu.monitor import PAUSED_STATES, Monitor
-from ..store import Delete, Put, dump_json
-from . import apitoken, checkpoint, confine, features, jobs, lifecycle
+from ..store import Delete, Put, StoreError, dump_json
+from . import apitoken, checkpoint, confine, durable, features, jobs, lifecycle
 from .console import ConsoleRelay
 from .consolelog import ConsoleLog
 from .control import ControlChannel
@@ -42,7 +43,7 @@ from .hooks import FeatureContext
 from .lifecycle import State
 from .events import DomainEvents
 from .runstate import DomainRunState
-from .resources import DomainResources
+from .resources import DomainResources, sedf_record
 from .saving import DomainSaving
 from .snapshots import DomainSnapshots
 from .services import DomainServices
@@ -68,6 +69,7 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
         self.pid: int | None = None
         self.start_time = time.time()
         self.shutdown_reason: str | None = None
+        self.shutdown_requested: str | None = None   # what xm shutdown/reboot last asked (recorded first)
         self.accel = "tcg"
         self.lock = asyncio.Lock()
         self.gone = asyncio.Event()
@@ -92,9 +94,9 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
         self.shutdown_request: asyncio.Task | None = None
         self.announced = False   # 'created' was published; later changes are too
         self._last_emitted: tuple | None = None
-        # SEDF's view (xm sched-sedf): period and latency in ms; the slice and
-        # extratime are derived from cpu_cap, the weight is cpu_weight.
-        self.sedf = {"period": 100.0, "latency": 0.0}
+        # SEDF's parameters as xm sched-sedf last set them (ms; the cap they
+        # give is cpu_cap, the weight is cpu_weight): resources.sedf_view.
+        self.sedf = {"period": 100.0, "slice": 0.0, "latency": 0.0, "extratime": 1}
         self.job: jobs.Job | None = None         # a save or migration in flight (persisted)
         self.marks: dict[str, float] = {}        # when each step of a save/restore ended
         # QEMU's wall-clock time of the last STOP and RESUME (a migration's
@@ -136,6 +138,7 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
     def runtime_record(self) -> dict:
         return {"domid": self.domid, "state": str(self.state), "paused": self.paused, "pid": self.pid,
                 "start_time": self.start_time, "shutdown_reason": self.shutdown_reason,
+                "shutdown_requested": self.shutdown_requested,
                 "accel": self.accel, "sedf": self.sedf, "vif_devids": self.vif_devids,
                 "vif_next_devid": self.vif_next_devid, "vifs_up": sorted(self.vifs_up),
                 "job": dict(self.job) if self.job else None,
@@ -197,8 +200,7 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
         p = self.paths
         return qargv.Runtime(domid=self.domid, run_dir=p.domain_run(self.domid),
                              console_log=p.console_log_dir / f"guest-{self.name}.log",
-                             accel=self.accel, qemu=self.config["qemu-binary"],
-                             runas=confine.runas(self.qemu_ident))
+                             accel=self.accel, qemu=self.config["qemu-binary"], daemonize=False)
 
     # --------------------------------------------------------------- start
     async def start(self, paused: bool, restore: "checkpoint.SaveInfo | None" = None,
@@ -207,10 +209,16 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
         With *restore*, QEMU loads the saved state instead of booting.  In
         state ``incoming`` (a migration arriving) QEMU is left waiting for
         the stream, on the source's *machine* type."""
-        self.qemu_ident = confine.identity(self.config, self.domid)
+        self.qemu_ident = confine.identity(self.config, self.domid, self.cfg)
+        why_root = confine.root_reason(self.cfg)
+        if why_root:
+            log.warning("%s: QEMU runs as root (without capabilities but those it needs) for %s",
+                        self.name, why_root)
         rt = self.runtime()
         self.marks = {"start": time.monotonic()}
         if restore is not None:
+            if "sedf" in restore.meta:      # scheduler settings travel with the guest
+                self.sedf = sedf_record(restore.meta["sedf"])
             rt.incoming = "defer"
             rt.machine = str(restore.meta.get("machine") or rt.machine)
         incoming = self.state == State.INCOMING
@@ -220,6 +228,9 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
         if rt.run_dir.exists():
             shutil.rmtree(rt.run_dir, ignore_errors=True)
         rt.run_dir.mkdir(parents=True, mode=0o700)
+        if self.qemu_ident:
+            # QEMU makes its sockets and pidfile here, as its own uid.
+            os.chown(rt.run_dir, *self.qemu_ident)
         rt.console_log.parent.mkdir(parents=True, exist_ok=True)
         for sock in (rt.qmp_sock, rt.console_sock):
             if len(str(sock).encode()) > 107:
@@ -242,21 +253,22 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
             rt.nics.append((devid, *await self.net.vif_up(self, devid, spec)))
             self.vifs_up.add(devid)
             self.persist()
-        # An unprivileged QEMU gets its disks as descriptors xend opened.
-        disk_fds = confine.DiskFds(self.cfg.disks if self.qemu_ident else [])
+        # QEMU opens no host path: xend opens its disks, kernel and console
+        # log and hands it the descriptors (xend/confine.py).
+        fds = confine.QemuFds()
         try:
-            rt.disk_fds = disk_fds.sets
+            await loop.run_in_executor(None, self._open_for_qemu, fds, rt)
             argv = qargv.build(self.cfg, rt)
             log.info("%s: starting QEMU: %s", self.name, " ".join(argv))
             self.qemu_log_start = qemulog.mark(rt.qemu_log)     # this QEMU's part of the log
-            self.pid = await loop.run_in_executor(None, process.start, argv, rt.pidfile, rt.qemu_log,
-                                                  60.0, tuple(disk_fds.fds()),
-                                                  rt.hvm.env if rt.hvm else None)
+            self.pid = await loop.run_in_executor(None, lambda: process.start(
+                argv, rt.pidfile, rt.qemu_log, 60.0, tuple(fds.fds()), rt.hvm.env if rt.hvm else None,
+                qmp_sock=rt.qmp_sock, launcher=confine.launcher(self.qemu_ident, self.cfg)))
         except process.QemuStartError as e:
             # QEMU said no to this domain on this host (a 4xx, not xend failing).
             raise Conflict(f"QEMU failed to start domain {self.name}: {e}") from None
         finally:
-            disk_fds.close()
+            fds.close()
         self.persist()
         faults.point("create-after-qemu-start")
         await self._connect(rt)
@@ -276,6 +288,28 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
             await self.monitor.cont()
         self.paused = paused
         self.persist()
+
+    def _open_for_qemu(self, fds: "confine.QemuFds", rt: qargv.Runtime) -> None:
+        """Open what QEMU's command line would name (in an executor thread:
+        reading image headers and copying an unreadable kernel block)."""
+
+        disks = hvmopts.all_disks(self.cfg.disks, self.cfg.hvm) if self.cfg.builder == "hvm" else self.cfg.disks
+        fds.add_disks(disks)
+        rt.add_fds, rt.disk_fds = fds.adds, fds.disks
+        if self.cfg.builder == "hvm":
+            for key in ("fda", "fdb"):
+                if self.cfg.hvm.get(key):
+                    fd = confine.open_file(self.cfg.hvm[key], False, f"floppy {key}")
+                    rt.disk_fds[key] = (fds.add(fd, confine.OPAQUE_PREFIX + key), [])
+        if self.cfg.builder == "linux":
+            rt.kernel = fds.file_arg(rt.kernel or self.cfg.kernel, "kernel " + str(rt.kernel or self.cfg.kernel))
+            if self.cfg.ramdisk:
+                rt.initrd = fds.file_arg(self.cfg.ramdisk, f"ramdisk {self.cfg.ramdisk}")
+        rt.console_log_arg = fds.log_arg(rt.console_log)
+        if self.qemu_ident:
+            for p in (rt.hvm.nvram if rt.hvm else None, rt.tpm_sock):
+                if p is not None and p.exists():
+                    os.chown(p, *self.qemu_ident)     # files of the run dir QEMU opens itself
 
     async def _connect(self, rt: qargv.Runtime) -> None:
         self.expect_exit = False
@@ -361,7 +395,10 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
             return
         self.state = State.DYING
         self.expect_exit = True
-        self.persist()
+        # Recorded so a crash mid-destroy is finished by the next xend; on a
+        # full disk the destroy goes on regardless (durable.py: a destroy
+        # must destroy, and the store's deletes need no space).
+        durable.persist_or_log(self, "destroy")
         faults.point("destroy-after-dying")
         await self.release()
         self.finish_destroy()
@@ -398,7 +435,12 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
 
     def finish_destroy(self) -> None:
         self.pid = None
-        self.forget()
+        try:
+            self.forget()
+        except StoreError as e:
+            # QEMU is gone already; the record left says "dying" (or less),
+            # and the next xend finishes a dying domain, never restarts it.
+            log.error("%s: destroyed, but its state record could not be removed: %s", self.name, e)
         self.services.remove(self)
         self.gone.set()
         self.services.emit("destroyed", self)

@@ -34,7 +34,7 @@ from .jobs import Job
 from .lifecycle import State
 from .network import HostNetwork
 from .reservations import Reservations
-from .resources import host_cpus
+from .resources import host_cpus, sedf_record
 from .services import DomainServices
 
 log = logging.getLogger("pyxen.domains")
@@ -339,9 +339,10 @@ class Domains:
             dom.paused = bool(rec.get("paused"))
             dom.start_time = rec.get("start_time") or dom.start_time
             dom.shutdown_reason = rec.get("shutdown_reason")
+            dom.shutdown_requested = rec.get("shutdown_requested")
             dom.accel = rec.get("accel", "tcg")
-            if isinstance(rec.get("sedf"), dict):
-                dom.sedf.update(rec["sedf"])
+            if "sedf" in rec:
+                dom.sedf = sedf_record(rec["sedf"])
             try:
                 devids = rec.get("vif_devids")
                 if isinstance(devids, list) and len(devids) == len(cfg.vifs):

@@ -63,6 +63,7 @@ class DomainEvents:
                 faults.point("guest-exit")
                 log.info("%s: guest %s; %s=%s", self.name, reason, lifecycle.setting_name(reason), setting)
                 self.shutdown_reason = reason
+                self.shutdown_requested = None      # whatever was asked has happened
                 action = lifecycle.guest_stopped(reason, setting, time.time() - self.start_time,
                                                  self.config["minimum-restart-time"],
                                                  enable_dump=self.config["enable-dump"])

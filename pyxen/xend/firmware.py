@@ -23,6 +23,7 @@ from .. import storekeys
 from ..config import hvmopts as hvmcfg
 from ..hypervisor.qemu import hvmargv as qhvm
 from ..hypervisor.qemu.monitor import QMPError
+from . import monitorfilter, screendump, vnctls
 from .errors import Conflict, InvalidRequest, XendError
 from .hooks import Feature, FeatureContext
 
@@ -49,6 +50,9 @@ def prepare(dom: FeatureContext, rt: "Runtime") -> qhvm.HvmFacts:
         vnc_unused=bool(h.get("vncunused", 1)),
         vnc_password=bool(vnc_password(dom)),
         keymap=str(h.get("keymap") or conf["keymap"] or ""))
+    if conf["vnc-tls"] and hvmcfg.graphics(h) and hvmcfg.vnc_wanted(h):
+        facts.vnc_tls_dir = vnctls.prepare(conf, dom.paths.etc, rt.run_dir, dom.qemu_ident)
+        facts.vnc_tls_verify = bool(conf["vnc-x509-verify"])
     if hvmcfg.sdl_wanted(h):
         display = h.get("display") or os.environ.get("DISPLAY")
         if not display:
@@ -165,10 +169,17 @@ async def monitor(dom: FeatureContext, command: str) -> str:
     if command.split()[0] in ("quit", "q"):
         # QEMU would exit under xend, which would take it for a crash.
         raise InvalidRequest("qemu-monitor: 'quit' would kill the device model; use xm destroy")
+    why = monitorfilter.refusal(command, bool(dom.config["qemu-monitor-host-access"]))
+    if why:
+        log.warning("%s: %s", dom.name, why)
+        raise InvalidRequest(why)
     if dom.state != "running" or dom.monitor is None:
         raise Conflict(f"Domain {dom.name} is not running (state {dom.state})")
     try:
-        out = await dom.monitor.human_command(command)
+        if screendump.is_screendump(command.strip()):
+            out = await screendump.run(dom.monitor, command.strip())    # by descriptor
+        else:
+            out = await dom.monitor.human_command(command)
     except QMPError as e:
         raise InvalidRequest(f"qemu-monitor: {e}") from None
     log.info("%s: qemu-monitor: %s", dom.name, command)

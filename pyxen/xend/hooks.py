@@ -22,8 +22,8 @@ if TYPE_CHECKING:       # types only: no module here imports the domain at run t
 
 class FeatureContext:
     """What a feature may see and do of one domain: its identity, config,
-    monitor and run directory, the store and xend's settings, and the
-    VNC display it may record.  Nothing else of the domain."""
+    monitor and run directory, the store and xend's settings, the user
+    QEMU runs as, and the VNC display it may record.  Nothing else of the domain."""
 
     def __init__(self, dom: Any):
         self._dom = dom
@@ -57,6 +57,11 @@ class FeatureContext:
     @property
     def run_dir(self) -> Path:
         return self._dom.paths.domain_run(self._dom.domid)
+
+    @property
+    def qemu_ident(self) -> tuple[int, int] | None:
+        """(uid, gid) QEMU runs as (xend/confine.py); None: root."""
+        return self._dom.qemu_ident
 
     @property
     def vnc(self) -> dict | None:

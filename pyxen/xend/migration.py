@@ -36,7 +36,7 @@ import time
 from .. import faults
 from ..hypervisor.qemu.monitor import quietly
 from ..pki import PkiError, TlsFiles
-from . import firmware, jobs, nbdrelay, storagemigrate
+from . import durable, firmware, jobs, nbdrelay, storagemigrate
 from . import relocproto as rp
 from .errors import Conflict, InvalidRequest, XendError
 
@@ -178,8 +178,8 @@ class Outgoing:
 
     async def run(self) -> dict:
         dom = self.dom
-        dom.job = jobs.Job("migrate", "connect", target=self.where, resume=self.resume, live=self.live)
-        dom.persist()
+        async with durable.change(dom, "migrate"):      # the job is recorded before anything moves
+            dom.job = jobs.Job("migrate", "connect", target=self.where, resume=self.resume, live=self.live)
         try:
             try:
                 self.link = await run_blocking(_connect, self.host, self.port, self.ctx)
@@ -256,9 +256,10 @@ class Outgoing:
             if any(h != "shared" for h in hows.values()):
                 path = dom.paths.domain_run(dom.domid) / "nbd-out.sock"
                 connect = functools.partial(_connect, self.host, self.port, self.ctx)
-                self.channel = nbdrelay.SourceChannel(path, connect, token, dom.name)
+                self.channel = nbdrelay.SourceChannel(path, connect, token, dom.name, dom.qemu_ident)
+                # QEMU runs in its run dir (as its own uid): the socket by its bare name.
                 self.mirror = storagemigrate.SourceMirror(
-                    dom, hows, str(path), int(self.resource * (1 << 20)) if self.resource else 0)
+                    dom, hows, path.name, int(self.resource * (1 << 20)) if self.resource else 0)
                 # Recorded first: a restarted xend removes what it left in QEMU.
                 dom.job["storage"] = self.mirror.vdevs
                 dom.persist()
@@ -419,6 +420,10 @@ class Outgoing:
             return e
         dom = self.dom
         still = f"; {dom.name} is still {'running' if self.resume else 'paused'} here"
+        if isinstance(e, rp.PeerError) and e.kind == "refused":
+            # The target would not talk to us at all (its hosts-allow).
+            return MigrationError(f"migrating {dom.name} to {self.where} failed: refused by {self.host}: "
+                                  f"{e}{still}")
         if isinstance(e, rp.PeerError):
             return MigrationError(f"{self.where} refused domain {dom.name}: {e}{still}")
         return MigrationError(f"migrating {dom.name} to {self.where} failed: {describe(e)}{still}")

@@ -138,7 +138,9 @@ async def in_thread(fn, *args):
         try:
             res = fn(*args)
         except BaseException as e:
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(e))
+            # Bound now: Python unbinds e when the except block ends, before
+            # the loop runs the callback.
+            loop.call_soon_threadsafe(lambda exc=e: fut.done() or fut.set_exception(exc))
         else:
             loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(res))
     threading.Thread(target=run, name=f"nbd-{getattr(fn, '__name__', 'x')}", daemon=True).start()
@@ -201,8 +203,9 @@ class SourceChannel:
     """A Unix socket in the domain's run dir for the source QEMU's NBD
     clients; each connection is relayed to the target over TLS."""
 
-    def __init__(self, path: Path, connect, token: str, name: str):
+    def __init__(self, path: Path, connect, token: str, name: str, owner: tuple[int, int] | None = None):
         # *connect*: () -> a connected relocproto.Link (TLS, peer checked).
+        # *owner*: the (uid, gid) of a confined QEMU, which must connect.
         self.path, self.connect, self.token = path, connect, token
         self.relays = Relays(name)
         self.errors: list[str] = []
@@ -213,6 +216,8 @@ class SourceChannel:
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(str(path))
         os.chmod(path, 0o600)
+        if owner is not None:
+            os.chown(path, *owner)
         self.listener.listen(8)
         self.listener.settimeout(TICK)
         self.relays.start(self._accept)

@@ -21,6 +21,7 @@ from ..config.specs import PciSpec, parse_pci
 from ..hypervisor.pci import PciError, PciHost, normal_bdf
 from ..hypervisor.qemu import argv as qargv
 from ..hypervisor.qemu.monitor import QMPError, QmpTimeout
+from . import durable
 from .errors import Conflict, InvalidRequest, XendError
 from .hooks import Feature
 
@@ -96,8 +97,15 @@ async def attach(dom: "Domain", dev, vslot=None) -> PciSpec:
         # same device between the check and the config update.
         async with dom.reservations.lock:
             check_devices(dom.reservations.domains(), dom.name, [spec], dom)
-            dom.cfg.pci.append(spec)
-            dom.persist(config=True)
+            if dom.qemu_ident is not None:
+                # A confined QEMU (xend/confine.py) cannot open /dev/vfio nor
+                # lock guest memory; only a domain created with pci = [...]
+                # gets a root QEMU with what VFIO needs.
+                raise Conflict(f"pci-attach {spec.bdf} to {dom.name}: its QEMU runs confined (uid "
+                               f"{dom.qemu_ident[0]}) and cannot open /dev/vfio; give PCI devices at create "
+                               "(pci = [...])")
+            async with durable.change(dom, "pci-attach", config=True):      # persist, then act
+                dom.cfg.pci.append(spec)
         try:
             await dom.monitor.device_add(qargv.pci_device_props(spec))
         except (QMPError, QmpTimeout) as e:
@@ -128,8 +136,10 @@ async def detach(dom: "Domain", dev, timeout: float = 30.0) -> None:
             raise XendError(f"pci-detach {spec.bdf} from {dom.name} failed: {e}") from None
         finally:
             dom.unplugs.forget(dev_id)
-        dom.cfg.pci.remove(mine[0])
-        dom.persist(config=True)
+        async with durable.change(dom, "pci-detach", config=True) as ch:
+            # Released already: put it back if the record cannot say so.
+            ch.undo(lambda: dom.monitor.device_add(qargv.pci_device_props(mine[0])))
+            dom.cfg.pci.remove(mine[0])
         log.info("%s: PCI device %s detached", dom.name, spec.bdf)
 
 

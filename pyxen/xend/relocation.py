@@ -115,17 +115,23 @@ class RelocationServer:
         peer = str(addr[0]).removeprefix("::ffff:")
         link = None
         try:
-            if not await self.allowed(peer):
-                self.budget.refuse(peer, "not in xend-relocation-hosts-allow")
-                conn.close()
-                return
+            allowed = await self.allowed(peer)
             conn.setblocking(True)
             tune(conn)
             try:
                 link = await self.budget.run(self._wrap, conn)
             except (ssl.SSLError, OSError) as e:
-                self.budget.refuse(peer, f"TLS handshake failed: {e}", "tls")
+                self.budget.refuse(peer, f"{'' if allowed else 'not in xend-relocation-hosts-allow; '}"
+                                   f"TLS handshake failed: {e}", "tls")
                 conn.close()
+                return
+            if not allowed:
+                # The peer hears why before the close (16 item 11): over TLS
+                # only a host of the pool gets that far; the handshake and
+                # this reply are pre-authentication work within the budget.
+                self.budget.refuse(peer, "not in xend-relocation-hosts-allow")
+                await self.budget.run(tell_and_close, link, rp.err("refused", "not in xend-relocation-hosts-allow"),
+                                      self.budget.deadline)
                 return
             if self.ctx is not None and not is_host_cert(link.sock.getpeercert(binary_form=True)):
                 # An API user's client certificate comes from the same CA,
@@ -182,6 +188,21 @@ class RelocationServer:
         if self.ctx is not None:
             conn = self.ctx.wrap_socket(conn, server_side=True)
         return rp.Link(conn, LINK_TIMEOUT)
+
+
+def tell_and_close(link: rp.Link, msg: list, deadline: float) -> None:
+    """Send a refusal, then read until the peer closes (at most *deadline*
+    seconds): closing with the peer's request unread would reset the
+    connection and could lose the refusal on its way."""
+    try:
+        link.send(msg)
+        link.sock.shutdown(socket.SHUT_WR)
+        link.sock.settimeout(deadline)
+        end = time.monotonic() + deadline
+        while time.monotonic() < end and link.sock.recv(65536):
+            pass
+    except (OSError, ssl.SSLError, rp.ProtocolError):
+        pass
 
 
 class Incoming:

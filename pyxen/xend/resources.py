@@ -14,7 +14,7 @@ from ..config.specs import format_cpuset, parse_cpuset
 from ..hypervisor import cgroups
 from ..hypervisor.qemu import argv as qargv
 from ..hypervisor.qemu import process
-from . import guestreach
+from . import durable, guestreach
 from .control import ControlError
 from .errors import InvalidRequest, XendError
 from .lifecycle import State
@@ -59,20 +59,26 @@ class DomainResources:
             maxv = qargv.max_vcpus(self.cfg)
             if not 1 <= n <= maxv:
                 raise InvalidRequest(f"vcpus must be 1-{maxv} for domain {self.name} (maxvcpus {maxv}), got {n}")
-            order = list(range(1, maxv))
-            if self.cfg.maxvcpus is None:
-                # The maximum stays what the guest booted with: only the
-                # number online changes (a save or migration needs it).
-                self.cfg.maxvcpus = maxv
-            # Offline from the top down, online from the bottom up.
-            for i in (order if n > self.cfg.vcpus else reversed(order)):
-                want = "online" if i < n else "offline"
-                try:
-                    await self.control.request(f"cpu {i} {want}")
-                except ControlError as e:
-                    raise XendError(str(e)) from None
-            self.cfg.vcpus = n
-            self.persist(config=True)
+            old = self.cfg.vcpus
+            async with durable.change(self, "vcpu-set", config=True) as ch:
+                ch.undo(lambda: self._vcpus_online(old, n, maxv))
+                if self.cfg.maxvcpus is None:
+                    # The maximum stays what the guest booted with: only the
+                    # number online changes (a save or migration needs it).
+                    self.cfg.maxvcpus = maxv
+                await self._vcpus_online(n, old, maxv)
+                self.cfg.vcpus = n
+
+    async def _vcpus_online(self, n: int, current: int, maxv: int) -> None:
+        """vCPUs 0..n-1 online and the rest offline: offline from the top
+        down, online from the bottom up."""
+        order = list(range(1, maxv))
+        for i in (order if n > current else reversed(order)):
+            want = "online" if i < n else "offline"
+            try:
+                await self.control.request(f"cpu {i} {want}")
+            except ControlError as e:
+                raise XendError(str(e)) from None
 
     async def mem_set(self, mib: int) -> None:
         async with self.lock:
@@ -83,9 +89,11 @@ class DomainResources:
                 raise InvalidRequest(why)
             if not 16 <= mib <= limit:
                 raise InvalidRequest(f"memory for domain {self.name} must be 16-{limit} MiB (maxmem), got {mib}")
-            await self.monitor.balloon(mib)
-            self.cfg.memory = mib
-            self.persist(config=True)
+            old = self.cfg.memory
+            async with durable.change(self, "mem-set", config=True) as ch:
+                await self.monitor.balloon(mib)
+                ch.undo(lambda: self.monitor.balloon(old))
+                self.cfg.memory = mib
 
     async def mem_max(self, mib: int) -> None:
         async with self.lock:
@@ -95,8 +103,8 @@ class DomainResources:
             if self.pid and mib > boot:
                 raise InvalidRequest(f"maxmem cannot exceed {boot} MiB while domain {self.name} runs "
                                      "(its memory size is fixed at boot)")
-            self.cfg.maxmem = mib
-            self.persist(config=True)
+            async with durable.change(self, "mem-max", config=True):
+                self.cfg.maxmem = mib
 
     def boot_memory(self) -> int:
         """The RAM QEMU was started with (the balloon ceiling)."""
@@ -170,15 +178,16 @@ class DomainResources:
     async def sched_credit(self, weight: int | None, cap: int | None) -> None:
         self.refuse_if_busy("sched-credit")
         async with self.lock:
-            if weight is not None:
-                if not 1 <= weight <= 65535:
-                    raise InvalidRequest(f"weight must be 1-65535, got {weight}")
-                self.cfg.cpu_weight = weight
-            if cap is not None:
-                if not 0 <= cap <= 100 * (os.cpu_count() or 1):
-                    raise InvalidRequest(f"cap must be 0 (none) to {100 * (os.cpu_count() or 1)}, got {cap}")
-                self.cfg.cpu_cap = cap
-            self.persist(config=True)
+            if weight is not None and not 1 <= weight <= 65535:
+                raise InvalidRequest(f"weight must be 1-65535, got {weight}")
+            if cap is not None and not 0 <= cap <= 100 * (os.cpu_count() or 1):
+                raise InvalidRequest(f"cap must be 0 (none) to {100 * (os.cpu_count() or 1)}, got {cap}")
+            # Persisted first, enforced after: cgroups follow the record.
+            async with durable.change(self, "sched-credit", config=True):
+                if weight is not None:
+                    self.cfg.cpu_weight = weight
+                if cap is not None:
+                    self.cfg.cpu_cap = cap
             self._enforce_sched()
 
     def _period_us(self) -> int:
@@ -192,27 +201,62 @@ class DomainResources:
                 raise XendError(f"cannot apply scheduler parameters: {e}") from None
 
     def sedf_info(self) -> dict:
-        period = self.sedf["period"]
-        return {"period": period, "slice": self.cfg.cpu_cap * period / 100.0, "latency": self.sedf["latency"],
-                "extratime": 0 if self.cfg.cpu_cap else 1, "weight": self.cfg.cpu_weight}
+        return sedf_view(self.sedf, self.cfg.cpu_cap, self.cfg.cpu_weight)
 
     async def sched_sedf(self, period=None, slice_=None, latency=None, extratime=None, weight=None) -> None:
         """SEDF on cgroups: a slice without extratime is a cap of slice/period;
-        with extratime the domain may use spare CPU (no cap); weight is the share."""
+        with extratime the domain may use spare CPU (no cap); weight is the
+        share.  Period, slice, latency and extratime are kept as set (Xen
+        kept each on its own), the cap is derived from them."""
         async with self.lock:
             cur = self.sedf_info()
             period = cur["period"] if period is None else float(period)
             slice_ = cur["slice"] if slice_ is None else float(slice_)
+            latency = cur["latency"] if latency is None else float(latency)
             extratime = cur["extratime"] if extratime is None else int(extratime)
             if not 1 <= period <= 1000:
                 raise InvalidRequest(f"period must be 1-1000 ms, got {period:g}")
             if not 0 <= slice_ <= period:
                 raise InvalidRequest(f"slice must be 0-{period:g} ms (the period), got {slice_:g}")
+            if not 0 <= latency <= 1000:
+                raise InvalidRequest(f"latency must be 0-1000 ms, got {latency:g}")
             if extratime not in (0, 1):
                 raise InvalidRequest(f"extratime must be 0 or 1, got {extratime}")
-            if weight is not None and int(weight) > 0:
-                self.cfg.cpu_weight = min(65535, int(weight))
-            self.cfg.cpu_cap = 0 if extratime or slice_ == 0 else max(1, round(100 * slice_ / period))
-            self.sedf = {"period": period, "latency": cur["latency"] if latency is None else float(latency)}
-            self.persist(config=True)
+            async with durable.change(self, "sched-sedf", config=True):
+                if weight is not None and int(weight) > 0:
+                    self.cfg.cpu_weight = min(65535, int(weight))
+                self.cfg.cpu_cap = sedf_cap(period, slice_, extratime)
+                self.sedf = {"period": period, "slice": slice_, "latency": latency, "extratime": extratime}
             self._enforce_sched()
+
+
+def sedf_cap(period: float, slice_: float, extratime: int) -> int:
+    """The CPU cap (percent, 0: none) SEDF's parameters come to on cgroups."""
+    return 0 if extratime or slice_ == 0 else max(1, round(100 * slice_ / period))
+
+
+def sedf_record(raw) -> dict:
+    """SEDF parameters read back (a runtime record, a save file's
+    metadata): the known numeric ones only, anything else dropped."""
+    out = {"period": 100.0, "slice": 0.0, "latency": 0.0, "extratime": 1}
+    if isinstance(raw, dict):
+        for k in out:
+            v = raw.get(k)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1000:
+                out[k] = int(v) if k == "extratime" else float(v)
+        if "slice" not in raw:      # a record from before the slice was kept: derive it
+            out.pop("slice")
+    return out
+
+
+def sedf_view(sedf: dict, cap: int, weight: int) -> dict:
+    """What xm sched-sedf prints: the parameters as last set, while the cap
+    is still the one they gave; once something else set the cap (xm
+    sched-credit, an old record without them), the slice and extratime
+    that cap stands for."""
+    period = float(sedf.get("period") or 100.0)
+    latency = float(sedf.get("latency") or 0.0)
+    slice_, extra = sedf.get("slice"), sedf.get("extratime")
+    if not isinstance(slice_, (int, float)) or extra not in (0, 1) or sedf_cap(period, slice_, extra) != cap:
+        slice_, extra = cap * period / 100.0, 0 if cap else 1
+    return {"period": period, "slice": float(slice_), "latency": latency, "extratime": extra, "weight": weight}

@@ -13,7 +13,7 @@ import time
 from .. import faults
 from ..config import hvmopts as hvmcfg
 from ..hypervisor.qemu.monitor import QMPError
-from . import firmware, guestreach, userpath
+from . import durable, firmware, guestreach, userpath
 from .errors import Conflict, InvalidRequest, XendError
 from .lifecycle import State
 
@@ -86,11 +86,10 @@ class DomainRunState:
             cluster = self.services.cluster
             if cluster is not None:
                 cluster.rename(self.uuid, old, new)    # the name is the cluster's too
-            self.cfg.name = new
             try:
-                self.persist(config=True)
+                async with durable.change(self, "rename", config=True):
+                    self.cfg.name = new
             except Exception:
-                self.cfg.name = old
                 if cluster is not None:
                     cluster.rename(self.uuid, new, old)
                 raise
@@ -100,9 +99,12 @@ class DomainRunState:
         self.refuse_if_busy("pause")
         async with self.lock:
             self.require_live("pause")
-            await self.monitor.stop()
-            self.paused = True
-            self.persist()
+            was = self.paused
+            async with durable.change(self, "pause") as ch:
+                await self.monitor.stop()
+                if not was:
+                    ch.undo(self.monitor.cont)
+                self.paused = True
 
     async def unpause(self) -> None:
         self.refuse_if_busy("unpause")
@@ -111,9 +113,12 @@ class DomainRunState:
             cluster.before_unpause(self)
         async with self.lock:
             self.require_live("unpause")
-            await self.monitor.cont()
-            self.paused = False
-            self.persist()
+            was = self.paused
+            async with durable.change(self, "unpause") as ch:
+                await self.monitor.cont()
+                if was:
+                    ch.undo(self.monitor.stop)
+                self.paused = False
 
     async def shutdown(self, reason: str) -> None:
         """Ask the guest to power off, halt or reboot (it does the work)."""
@@ -122,7 +127,11 @@ class DomainRunState:
             raise Conflict(why)
         async with self.lock:
             self.require_live("shutdown")
-            self.shutdown_reason = reason if reason == "halt" else None
+            # The request is recorded before the guest is asked (a guest's
+            # shutdown cannot be taken back): on a full disk nothing happens.
+            async with durable.change(self, "reboot" if reason == "reboot" else "shutdown"):
+                self.shutdown_reason = reason if reason == "halt" else None
+                self.shutdown_requested = reason
             if self.paused:
                 await self.monitor.cont()
                 self.paused = False

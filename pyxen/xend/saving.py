@@ -142,7 +142,7 @@ class DomainSaving:
         return {"qemu": await mon.version(), "machine": await mon.machine_type(), "accel": self.accel,
                 "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "host": socket.gethostname(), "domid": self.domid, "paused": self.paused,
-                "memory": self.cfg.memory, **features.save_meta(self.feature_context())}
+                "memory": self.cfg.memory, "sedf": dict(self.sedf), **features.save_meta(self.feature_context())}
 
     async def _stream_out(self, fd: int, tmp: str, offset: int,
                           switchover=None) -> tuple[int, bytes]:

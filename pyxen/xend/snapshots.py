@@ -49,7 +49,7 @@ from ..config.domain import DomainConfig
 from ..hypervisor.qemu.monitor import QMPError, quietly
 from ..storage import qcow2
 from ..store import StoreError
-from . import checkpoint, jobs, snaptree
+from . import checkpoint, durable, jobs, snaptree
 from .errors import Conflict, InvalidRequest, NoSuchSnapshot, XendError
 from .lifecycle import State
 from .snapdisks import SnapshotDisks, unlink as _unlink
@@ -133,9 +133,11 @@ class DomainSnapshots(SnapshotDisks):
         t0 = time.monotonic()
         self.marks = {"start": t0}
         config = sxp.to_string(self.booted_config().to_sxp())
-        self.job = jobs.Job("snapshot-create", "taking", name=name, id=sid, resume=resume, state=state,
-                            tmp=tmp, vdevs=[d.vdev for d in disks], paths=[d.target for d in disks])
-        self.persist()
+        # The job is recorded before anything is taken; if it cannot be
+        # (a full state disk) the domain is not left busy (durable.py).
+        async with durable.change(self, "snapshot-create"):
+            self.job = jobs.Job("snapshot-create", "taking", name=name, id=sid, resume=resume, state=state,
+                                tmp=tmp, vdevs=[d.vdev for d in disks], paths=[d.target for d in disks])
         taken = False
 
         async def take_disks() -> None:
@@ -242,8 +244,8 @@ class DomainSnapshots(SnapshotDisks):
                 raise _tree_error(e) from None
             self.refuse_snapshot_features("snapshot-revert")
             info, cfg = await loop.run_in_executor(None, self._revert_plan, name, snap)
-            self.job = jobs.Job("snapshot-revert", "stopping", name=name)
-            self.persist()
+            async with durable.change(self, "snapshot-revert"):
+                self.job = jobs.Job("snapshot-revert", "stopping", name=name)
             t0 = time.monotonic()
             await self._revert_locked(name, snap, info, cfg)
             self._change_doc(snaptree.revert, name)

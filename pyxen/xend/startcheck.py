@@ -17,6 +17,8 @@ from ..config.xendconfig import XendConfig, XendConfigError
 from ..net import scripts
 from ..paths import Paths
 from ..pki import PkiError, TlsFiles
+from . import confine, vnctls
+from .errors import XendError
 
 
 def _script_problem(setting: str, what: str, paths: Paths) -> str | None:
@@ -38,6 +40,11 @@ def check(paths: Paths) -> tuple[list[str], list[str], XendConfig | None]:
         return [str(e)], [], None
     errors: list[str] = []
     warnings = cfg.warnings()
+    # QEMU's confinement: a real account inside the uid range would hand
+    # every QEMU that account's files (xend/confine.py).
+    c_err, c_warn = confine.check_config(cfg)
+    errors += c_err
+    warnings += c_warn
     for opt in ("network-script", "vif-script"):
         if cfg[opt]:
             problem = _script_problem(cfg[opt], opt, paths)
@@ -64,4 +71,9 @@ def check(paths: Paths) -> tuple[list[str], list[str], XendConfig | None]:
                 files.server_context()
             except PkiError as e:
                 errors.append(f"relocation server: {e}")
+    if cfg["vnc-tls"]:
+        try:
+            vnctls.sources(cfg, paths.etc)
+        except XendError as e:
+            errors.append(str(e))
     return errors, warnings, cfg

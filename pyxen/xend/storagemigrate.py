@@ -282,7 +282,9 @@ async def export(dom, disks: list[dict]) -> str | None:
         return None
     path = str(dom.paths.domain_run(dom.domid) / "nbd-in.sock")
     mon = dom.monitor
-    await mon.nbd_server_start(path)
+    # QEMU runs in its run dir (as its own uid, xend/confine.py): it binds
+    # the socket by its bare name; xend reaches it by the full path.
+    await mon.nbd_server_start(os.path.basename(path))
     for d in todo:
         await mon.block_export_add(f"mig-{d['vdev']}", f"d-{d['vdev']}", d["vdev"])
     return path

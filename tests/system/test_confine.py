@@ -1,8 +1,10 @@
-"""Issue 9, least privilege (beyond Xen): QEMU as an unprivileged user.
+"""Issues 9 and 15, least privilege (beyond Xen): QEMU confined by default.
 
-With ``(qemu-uid-base N)`` each domain's QEMU runs as uid/gid N+domid; xend
-opens the disks (root:0600 files) and hands QEMU descriptors, and creates
-the taps owned by that uid.  A guest's QEMU that an attacker controls
+With no option at all each domain's QEMU runs as uid/gid 1900000000+domid
+(``qemu-uid-base``), with no capabilities (bounding set too), NoNewPrivs
+and a full seccomp sandbox; xend opens the disks (root:0600 files, each
+layer of a qcow2 chain), kernel and console log and hands QEMU
+descriptors, and creates the taps owned by that uid.  A guest's QEMU that an attacker controls
 (simulated through its own monitor) cannot open another domain's disk, and
 its uid cannot read the other QEMU's /proc entries.  Everything else keeps
 working: console, disks, hotplug of disks and vifs, xend restart with
@@ -18,12 +20,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from qemu.qmp import ExecuteError, QMPClient
 
 from pyxen.testing.wait import poll
 
-# Distinct per test process, so parallel runs on this machine never share uids.
-BASE = 300000 + (os.getpid() % 500) * 100
+BASE = 1900000000     # the default qemu-uid-base
 
 
 
@@ -35,9 +37,26 @@ def qemu_pid(host, name: str) -> int:
     raise AssertionError(f"no QEMU for {name}")
 
 
+def status(pid: int) -> dict[str, str]:
+    return {k: v.strip() for k, v in (ln.split(":", 1) for ln in Path(f"/proc/{pid}/status").read_text().splitlines())}
+
+
 def ids(pid: int) -> tuple[list[int], list[int]]:
-    st = dict(ln.split(":", 1) for ln in Path(f"/proc/{pid}/status").read_text().splitlines())
+    st = status(pid)
     return [int(x) for x in st["Uid"].split()], [int(x) for x in st["Gid"].split()]
+
+
+def assert_confined(pid: int) -> None:
+    """No capabilities at all (nor any to gain), no new privileges, seccomp."""
+    st = status(pid)
+    for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(st[cap], 16) == 0, (cap, st[cap])
+    assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2", st
+    assert st["Groups"] == "", st["Groups"]
+    # Nothing of xend's but what it passed: no socket, no store, no log of xend's.
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        assert "xend" not in target and not target.endswith(".sock"), target
 
 
 def disk(host, name: str, marker: bytes) -> Path:
@@ -85,11 +104,39 @@ def through_monitor(sock: Path, target: Path) -> list[str]:
     return asyncio.run(go())
 
 
-def test_unprivileged_qemu_isolated_per_domain(make_host, bridge):
-    host = make_host(f"(accel tcg)\n(qemu-uid-base {BASE})\n")
+@pytest.fixture
+def netns():
+    """A network namespace with a bridge for this test's xend: its taps
+    (vif<domid>.<devid>) never meet another test's of the same name."""
+    ns = f"pxcf{os.getpid() % 100000}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "add", "br0", "type", "bridge"], check=True)
+        yield ns
+    finally:
+        for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split():
+            try:
+                os.kill(int(pid), 9)
+            except ProcessLookupError:
+                pass
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def links(ns: str) -> dict[str, str]:
+    """Interface name -> owner uid ('' for none) in *ns*."""
+    out = subprocess.run(["ip", "netns", "exec", ns, "sh", "-c",
+                          "for d in /sys/class/net/*; do echo ${d##*/} $(cat $d/owner 2>/dev/null); done"],
+                         capture_output=True, text=True, check=True).stdout
+    return {ln.split()[0]: (ln.split() + [""])[1] for ln in out.splitlines() if ln.strip()}
+
+
+def test_unprivileged_qemu_isolated_per_domain(make_host, netns):
+    bridge = "br0"
+    host = make_host("(accel tcg)\n", start=False, netns=netns)     # confinement is the default
+    host.xend("start")
     a_img, b_img, c_img = disk(host, "a", b"disk-A"), disk(host, "b", b"disk-B"), disk(host, "c", b"disk-C")
     host.xm("create", str(host.config("ua", disk=[f"file:{a_img},xvdb,w"], vif=[f"bridge={bridge}"])))
-    # A qcow2 over a relative backing file keeps its path (opened while QEMU is root).
+    # A qcow2 over a relative backing file: both layers come as descriptors.
     disk(host, "base", b"disk-Q")
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.img", "-F", "raw",
                     str(host.root / "disks/b.qcow2")], check=True)
@@ -100,10 +147,19 @@ def test_unprivileged_qemu_isolated_per_domain(make_host, bridge):
     uid_a, uid_b = BASE + rows["ua"]["id"], BASE + rows["ub"]["id"]
     assert ids(pid_a) == ([uid_a] * 4, [uid_a] * 4)
     assert ids(pid_b) == ([uid_b] * 4, [uid_b] * 4)
+    for pid in (pid_a, pid_b):
+        assert_confined(pid)
+        # xend started it (no -daemonize), in its own session, and QEMU opens no host path.
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        assert "-daemonize" not in args and "-runas" not in args
+        assert args[args.index("-sandbox") + 1] == \
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+        assert str(host.root) not in " ".join(args) and "/var/lib/pyxen" not in " ".join(args)
+        assert os.getsid(pid) == pid
     # The disks stay root-only; the tap belongs to A's uid.
     assert a_img.stat().st_uid == 0 and a_img.stat().st_mode & 0o777 == 0o600
     tap = f"vif{rows['ua']['id']}.0"
-    assert Path(f"/sys/class/net/{tap}/owner").read_text().strip() == str(uid_a)
+    assert links(netns)[tap] == str(uid_a)
 
     with host.console("ua") as con:
         con.login()
@@ -130,6 +186,15 @@ for what, fn in (("disk", lambda: open({str(b_img)!r}, "rb")),
     import errno
     assert all(v in (errno.EACCES, errno.EPERM) for v in got.values()), got
 
+    # The monitor refuses to have QEMU run a program or write a host file.
+    evil = host.root / "evil-out"
+    for line in (f'migrate "exec:id > {evil}"', f"dump-guest-memory {evil}", f"drive_add 0 if=none,id=e,file={b_img}"):
+        res = host.xm("qemu-monitor", "ua", line, check=False)
+        assert res.returncode == 1 and "refused" in res.stderr and "Traceback" not in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not evil.exists()
+    assert host.domains()["ua"]["state"] != "-----c"
+
     # A compromised QEMU: xend lets go of A's monitor (xend stop leaves the
     # guests running) and the "attacker" asks A's QEMU to open B's disk.
     host.xend("stop")
@@ -145,16 +210,23 @@ for what, fn in (("disk", lambda: open({str(b_img)!r}, "rb")),
 
     # Hotplug after the restart: the disk comes as a descriptor, the tap owned by A's uid.
     host.xm("block-attach", "ua", f"file:{c_img}", "xvdc", "w")
+    disk(host, "hbase", b"disk-H")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "hbase.img", "-F", "raw",
+                    str(host.root / "disks/h.qcow2")], check=True)
+    host.xm("block-attach", "ua", f"tap:qcow2:{host.root}/disks/h.qcow2", "xvdd", "r")
     host.xm("network-attach", "ua", f"bridge={bridge}")
-    assert Path(f"/sys/class/net/vif{rows['ua']['id']}.1/owner").read_text().strip() == str(uid_a)
+    assert links(netns)[f"vif{rows['ua']['id']}.1"] == str(uid_a)
     with host.console("ua") as con:
         con.login()
         poll(lambda: con.run("test -b /dev/xvdc")[1] == 0, 60, what="xvdc in the guest")
         assert read_disk(con, "xvdc", 6) == "disk-C"
+        poll(lambda: con.run("test -b /dev/xvdd")[1] == 0, 60, what="xvdd in the guest")
+        assert read_disk(con, "xvdd", 6) == "disk-H"
         poll(lambda: con.run("ip link show eth1")[1] == 0, 60, what="eth1 in the guest")
     host.xm("block-detach", "ua", "xvdc")
+    host.xm("block-detach", "ua", "xvdd")
     host.xm("network-detach", "ua", "1")
-    assert not Path(f"/sys/class/net/vif{rows['ua']['id']}.1").exists()
+    assert f"vif{rows['ua']['id']}.1" not in links(netns)
 
     # dump-core writes through a descriptor xend opened.
     core = host.root / "ub.core"
@@ -168,6 +240,7 @@ for what, fn in (("disk", lambda: open({str(b_img)!r}, "rb")),
     host.xm("restore", str(chk), timeout=300)
     new_id = host.domains()["ua"]["id"]
     assert ids(qemu_pid(host, "ua"))[0] == [BASE + new_id] * 4
+    assert_confined(qemu_pid(host, "ua"))
     with host.console("ua") as con:
         con.login()
         assert read_disk(con, "xvdb", 7) == "wrote-A"
@@ -175,7 +248,7 @@ for what, fn in (("disk", lambda: open({str(b_img)!r}, "rb")),
     for name in ("ua", "ub"):
         host.xm("destroy", name)
     assert host.qemu_pids() == []
-    assert not [n for n in os.listdir("/sys/class/net") if n.startswith(f"vif{new_id}.")]
+    assert not [n for n in links(netns) if n.startswith(f"vif{new_id}.")]
 
 
 def test_qemu_user_must_exist(make_host):
@@ -184,3 +257,42 @@ def test_qemu_user_must_exist(make_host):
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert "(qemu-user no-such-pyxen-user): no such user on this host" in res.stderr, res.stderr
     assert "nouser" not in host.domains() and host.qemu_pids() == []
+
+
+def test_host_access_still_meets_the_sandbox(make_host):
+    """(qemu-monitor-host-access yes) lets the command through xm; QEMU's
+    own sandbox (spawn=deny) still refuses to run the program."""
+    host = make_host("(accel tcg)\n(qemu-monitor-host-access yes)\n")
+    host.xm("create", str(host.config("spawn")))
+    out = host.root / "spawned"
+    res = host.xm("qemu-monitor", "spawn", f'migrate "exec:id > {out}"', check=False)
+    assert "Traceback" not in res.stderr
+    # QEMU 7.2's sandbox kills the process that tries to fork the program:
+    # the guest crashed (on_crash=destroy), nothing ran.
+    assert res.returncode == 1, res.stdout
+    poll(lambda: "spawn" not in host.domains(), 30, what="the crashed domain gone")
+    assert not out.exists()
+    host.xm("destroy", "spawn", check=False)
+    assert host.qemu_pids() == []
+
+
+def test_real_account_in_the_uid_range_stops_xend(make_host):
+    import pwd
+    nobody = pwd.getpwnam("nobody").pw_uid
+    host = make_host(f"(accel tcg)\n(qemu-uid-base {nobody - 10})\n", start=False)
+    res = host.run("xend", "start")
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert f"uid {nobody} of its range" in res.stderr and "'nobody'" in res.stderr, res.stderr
+    assert host.run("xend", "status").returncode != 0
+
+
+def test_root_opt_out_warns(make_host):
+    host = make_host("(accel tcg)\n(qemu-user root)\n", start=False)
+    res = host.run("xend", "start")
+    assert res.returncode == 0, res.stderr
+    assert "(qemu-user root): QEMU runs as root" in res.stderr
+    host.xm("create", str(host.config("asroot")))
+    pid = qemu_pid(host, "asroot")
+    st = status(pid)
+    assert ids(pid)[0] == [0] * 4 and int(st["CapBnd"], 16) == 0 and st["NoNewPrivs"] == "1"
+    host.xm("destroy", "asroot")

@@ -82,7 +82,11 @@ class GuideHost:
                 cmd = (d / "cmdline").read_bytes().decode(errors="replace")
             except OSError:
                 continue
-            if d.name.isdigit() and "qemu-system" in cmd and f"{self.root}/" in cmd:
+            try:
+                cwd = os.readlink(d / "cwd")      # xend starts QEMU in its run dir
+            except OSError:
+                cwd = ""
+            if d.name.isdigit() and "qemu-system" in cmd and (f"{self.root}/" in cmd or cwd.startswith(f"{self.root}/")):
                 os.kill(int(d.name), signal.SIGKILL)
         shutil.rmtree(self.root, ignore_errors=True)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from pyxen.paths import Paths
 from pyxen.testing import state
 from pyxen.testing.wait import poll
 
@@ -218,3 +219,70 @@ def test_hvm_refusals_leave_nothing_behind(make_host, hvm_media):
     res = host.xm("vncviewer", "--print", "pv", check=False)
     assert res.returncode != 0 and "no VNC display" in res.stderr
     poll(lambda: "pv" in host.domains(), 10, what="pv listed")
+
+
+VENCRYPT, X509NONE, X509VNC = 19, 260, 261
+
+
+def vencrypt_tls(port: int, ca: Path, client: Path | None = None) -> tuple[bytes, list[int], int]:
+    """RFB 3.8 up to VeNCrypt's x509 sub-type, then TLS with the pool CA:
+    (the security types offered, the sub-types, the SecurityResult read
+    over TLS).  A refused client certificate raises OSError (ssl.SSLError
+    or ConnectionError: TLS 1.3 refuses it after the handshake)."""
+    import ssl
+    import struct
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
+        assert s.recv(12) == b"RFB 003.008\n"
+        s.sendall(b"RFB 003.008\n")
+        n = s.recv(1)[0]
+        types = s.recv(n)
+        s.sendall(bytes([VENCRYPT]))
+        assert s.recv(2) == b"\x00\x02"                 # VeNCrypt 0.2
+        s.sendall(b"\x00\x02")
+        assert s.recv(1) == b"\x00"                     # version accepted
+        k = s.recv(1)[0]
+        subs = list(struct.unpack(f">{k}I", s.recv(4 * k)))
+        pick = next(t for t in subs if t in (X509NONE, X509VNC))
+        s.sendall(struct.pack(">I", pick))
+        assert s.recv(1) == b"\x01"                     # sub-type accepted: TLS follows
+        ctx = ssl.create_default_context(cafile=str(ca))
+        if client is not None:
+            ctx.load_cert_chain(str(client / "client-cert.pem"), str(client / "client-key.pem"))
+        with ctx.wrap_socket(s, server_hostname="127.0.0.1") as t:
+            # x509none: the SecurityResult comes over TLS at once (x509vnc:
+            # the VNC challenge, 16 bytes).
+            got = t.recv(16 if pick == X509VNC else 4)
+            if len(got) < 4:
+                raise ConnectionError(f"the server closed the TLS session ({got!r})")
+            return types, subs, len(got) if pick == X509VNC else struct.unpack(">I", got)[0]
+
+
+def test_vnc_over_tls_with_the_pool_ca(make_host, hvm_media):
+    """(vnc-tls yes): the VNC display offers only VeNCrypt, and a TLS
+    handshake checked against the pool CA succeeds (xend/vnctls.py); with
+    (vnc-x509-verify yes) only a client holding a certificate of that CA
+    gets through.  QEMU runs unprivileged here (qemu-uid-base): the
+    domain's private copy of the credentials is what it reads."""
+    base = 400000 + (os.getpid() % 500) * 100     # uids no other test's QEMU uses
+    host = make_host(f"(accel tcg)\n(vnc-tls yes)\n(vnc-x509-verify yes)\n(qemu-uid-base {base})\n", start=False)
+    res = host.xend("start", check=False)
+    assert res.returncode != 0 and "(vnc-tls yes)" in res.stderr and "pyxen cert" in res.stderr, res.stderr
+    host.run("pyxen", "ca", check=True)
+    host.run("pyxen", "cert", "localhost", "--ip", "127.0.0.1", check=True)
+    alice = host.root / "alice"
+    host.run("pyxen", "cert", "alice", "--client", "--out", str(alice), check=True)
+    host.xend("start")
+    host.xm("create", "-p", str(hvm_config(host, "tls1", cdrom=str(hvm_media["iso"]), boot="d", vnc=1,
+                                           vncdisplay=41, vncunused=0)))
+    _, port = vnc_addr(host, "tls1")
+    ca = host.root / "etc/xen/pki/ca-cert.pem"
+    types, subs, result = vencrypt_tls(port, ca, alice)
+    assert types == bytes([VENCRYPT]) and X509NONE in subs and result == 0
+    with pytest.raises(OSError):                    # no client certificate: refused
+        vencrypt_tls(port, ca)
+    domid = host.domains()["tls1"]["id"]
+    creds = Paths(host.root).domain_run(domid) / "vnc-x509"
+    st = (creds / "server-key.pem").stat()
+    assert st.st_mode & 0o777 == 0o600 and st.st_uid == base + domid
+    host.xm("destroy", "tls1")
+    assert not creds.exists()

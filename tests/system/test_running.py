@@ -193,6 +193,34 @@ def test_sched_sedf_and_bvt_map_onto_cgroups(host):
     assert res.returncode == 1 and "slice must be" in res.stderr
 
 
+def test_sched_sedf_prints_back_what_was_set_across_restart_and_save(host):
+    """Xen kept period, slice, latency and extratime on their own (16):
+    set, they print back as set; the cap is still derived from them; they
+    survive an xend restart and a save/restore."""
+    from pyxen.hypervisor import cgroups
+
+    def sedf(name):
+        return host.xm("sched-sedf", name).stdout.splitlines()[1].split()[2:]
+
+    def uuid(name):
+        return [ln for ln in host.xm("list", "-l", name).stdout.splitlines() if "(uuid " in ln][0].split()[1][:-1]
+    host.xm("create", str(host.config("indep")))
+    host.xm("sched-sedf", "indep", "-p", "50.0", "-s", "25.0")
+    assert sedf("indep") == ["50.0", "25.0", "0.0", "1", "256"]      # extratime 1: as it was, no cap
+    assert cgroups.read(uuid("indep")) in (None, (256, 0))           # no cap (no cgroup needed at all)
+    host.xm("sched-sedf", "indep", "-l", "10", "-e", "0")
+    assert sedf("indep") == ["50.0", "25.0", "10.0", "0", "256"]
+    assert cgroups.read(uuid("indep")) == (256, 50)                   # 25 of 50 ms: a 50% cap
+    host.xend("restart")
+    assert sedf("indep") == ["50.0", "25.0", "10.0", "0", "256"]
+    save = host.root / "indep.save"
+    host.xm("save", "indep", str(save))
+    host.xm("restore", str(save))
+    assert sedf("indep") == ["50.0", "25.0", "10.0", "0", "256"]
+    assert cgroups.read(uuid("indep")) == (256, 50)
+    host.xm("destroy", "indep")
+
+
 def test_xendomains_save_cycle_survives_host_restart(host):
     """xendomains stop; xend stop; xend start; xendomains start: both domains
     come back from their save files with their state, nothing lost."""

@@ -182,3 +182,40 @@ def test_mbr_layout():
     assert m[462:510] == b"\0" * 48
     assert "console=ttyS0" in media.syslinux_cfg() and "console=tty0" in media.syslinux_cfg()
     assert media.startup_nsh().startswith("\\vmlinuz initrd=\\initrd.img ")
+
+
+def test_vnc_tls_object_and_option():
+    """vnc-tls: the network display gets x509 credentials; xend's own Unix display stays plain."""
+    s = " ".join(argv(cfg(vnc=1), vnc_tls_dir=Path("/run/x/4/vnc-x509"), vnc_tls_verify=True))
+    assert "-object tls-creds-x509,id=vnctls0,dir=/run/x/4/vnc-x509,endpoint=server,verify-peer=on" in s
+    assert "-vnc 127.0.0.1:0,id=vnc0,to=99,tls-creds=vnctls0" in s
+    assert "-vnc unix:/run/x/4/vnc.sock,id=web " in s + " "
+    plain = " ".join(argv(cfg(vnc=1)))
+    assert "tls-creds" not in plain
+
+
+def test_vnc_tls_certificates_per_domain(tmp_path):
+    from pyxen import pki
+    from pyxen.config.xendconfig import XendConfig
+    from pyxen.xend import vnctls
+    from pyxen.xend.errors import XendError
+    etc = tmp_path / "etc"
+    conf = XendConfig.parse("(vnc-tls yes)\n")
+    with pytest.raises(XendError, match=r"\(vnc-tls yes\): .* does not exist"):
+        vnctls.sources(conf, etc)
+    d = pki.pki_dir(etc)
+    pki.make_ca(d)
+    pki.make_host_cert(d, "h1", ["127.0.0.1"])
+    run = tmp_path / "run"
+    run.mkdir()
+    out = vnctls.prepare(conf, etc, run, (12345, 12345))
+    assert sorted(p.name for p in out.iterdir()) == ["ca-cert.pem", "server-cert.pem", "server-key.pem"]
+    assert (out / "server-key.pem").read_bytes() == (d / "host-key.pem").read_bytes()
+    st = (out / "server-key.pem").stat()
+    assert (st.st_mode & 0o777, st.st_uid) == (0o600, 12345) and out.stat().st_uid == 12345
+    # Xen's layout in vnc-x509-cert-dir wins over the host certificate.
+    own = etc / "vnc"
+    own.mkdir()
+    for n in ("ca-cert.pem", "server-cert.pem", "server-key.pem"):
+        (own / n).write_text(f"own {n}\n")
+    assert (vnctls.prepare(conf, etc, run, None) / "server-cert.pem").read_text() == "own server-cert.pem\n"

@@ -6,6 +6,7 @@ accelerator): no processes, no I/O except reading the disk paths it names.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -43,10 +44,17 @@ class Runtime:
     incoming: str | None = None
     # The control socket of the domain's swtpm (vtpm = [...]), started by xend.
     tpm_sock: Path | None = None
-    # Unprivileged QEMU (xend/confine.py): -runas uid:gid, and per disk vdev
-    # the (inherited fd, fdset id) xend opened, so QEMU never opens the path.
-    runas: str | None = None
-    disk_fds: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # Started by xend (process.start: confined, in run_dir as its cwd, no
+    # -daemonize) or, for the benchmarks, daemonizing by itself.
+    daemonize: bool = True
+    # Descriptors xend opened (xend/confine.py), so QEMU opens no host path:
+    # the -add-fd list (fd, fdset id, opaque); per disk vdev the fdset of
+    # the image and the (fdset, format) of each backing layer; the kernel,
+    # initrd and console log arguments that replace their paths.
+    add_fds: list[tuple[int, int, str]] = field(default_factory=list)
+    disk_fds: dict[str, tuple[int, list[tuple[int, str]]]] = field(default_factory=dict)
+    initrd: str | None = None
+    console_log_arg: str | None = None
     # HVM domains: firmware, display and other decisions xend made at start.
     hvm: "hvm.HvmFacts | None" = None
 
@@ -73,6 +81,14 @@ class Runtime:
     @property
     def pidfile(self) -> Path:
         return self.run_dir / "qemu.pid"
+
+    def arg_path(self, p: Path) -> Path:
+        """*p* as QEMU's command line names it: a file of the run dir by its
+        bare name when QEMU runs there (no ancestor directory needs to be
+        reachable by QEMU's uid, and socket paths stay short)."""
+        if not self.daemonize and p.parent == self.run_dir:
+            return Path(p.name)
+        return p
 
 
 def _chardev_path(p: Path) -> str:
@@ -106,13 +122,40 @@ def _is_blockdev(path: str) -> bool:
         return False
 
 
-def disk_nodes(d: DiskSpec, fdset: int | None = None) -> list[dict]:
-    """The two -blockdev / blockdev-add nodes of a disk: protocol, then format.
+def disk_node_names(vdev: str, layers: int) -> list[str]:
+    """Node names of a disk with *layers* backing layers, in the order
+    blockdev-del takes them (users first)."""
+    out = [f"d-{vdev}", f"f-{vdev}"]
+    for i in range(1, layers + 1):
+        out += [f"b{i}-{vdev}", f"f{i}-{vdev}"]
+    return out
+
+
+def disk_nodes(d: DiskSpec, fdset: int | None = None,
+               backing: list[tuple[int, str]] | None = None) -> list[dict]:
+    """The -blockdev / blockdev-add nodes of a disk, in creation order:
+    each backing layer (deepest first), then the image's protocol and
+    format nodes.
 
     Node names come from the vdev (unique in a domain) so hotplug can name
-    them again: f-<vdev> (protocol) and d-<vdev> (format).  With *fdset*,
-    QEMU opens the descriptor xend passed in that fdset, not the path.
+    them again: f-<vdev> (protocol) and d-<vdev> (format), f<i>-/b<i>- for
+    backing layer i.  With *fdset*, QEMU opens the descriptor xend passed
+    in that fdset, not the path; *backing* (fdset, format) per layer, top
+    first, names every layer the same way, so QEMU opens no backing file by
+    name either (given as [] for an image xend found has none).
     """
+    layers: list[dict] = []
+    if fdset is not None and backing is not None:
+        below = None
+        for i in range(len(backing), 0, -1):
+            s, fmt = backing[i - 1]
+            node = {"driver": fmt, "file": f"f{i}-{d.vdev}", "node-name": f"b{i}-{d.vdev}", "read-only": True}
+            if fmt != "raw":
+                node["backing"] = below
+            layers = layers + [{"driver": "file", "filename": f"/dev/fdset/{s}", "node-name": f"f{i}-{d.vdev}",
+                                "read-only": True, "aio": FILE_AIO, "cache": {"direct": FILE_CACHE_DIRECT}},
+                               node]
+            below = f"b{i}-{d.vdev}"
     proto_name, fmt_name = f"f-{d.vdev}", f"d-{d.vdev}"
     if d.kind == "nbd":
         host, port = d.target.split()
@@ -130,7 +173,9 @@ def disk_nodes(d: DiskSpec, fdset: int | None = None) -> list[dict]:
             # would refuse the second writer, so it is lifted for this disk.
             proto["locking"] = "off"
     fmt = {"driver": d.fmt, "file": proto_name, "node-name": fmt_name, "read-only": d.readonly}
-    return [proto, fmt]
+    if fdset is not None and backing is not None and d.fmt != "raw":
+        fmt["backing"] = f"b1-{d.vdev}" if backing else None
+    return layers + [proto, fmt]
 
 
 def disk_device_props(d: DiskSpec) -> dict:
@@ -192,12 +237,17 @@ def _kv(props: dict, first: str) -> str:
 def build(cfg: DomainConfig, rt: Runtime) -> list[str]:
     is_hvm = cfg.builder == "hvm"
     facts = rt.hvm or hvm.HvmFacts()
+    if facts.nvram is not None:
+        facts = dataclasses.replace(facts, nvram=rt.arg_path(facts.nvram))
+    # seccomp: no obsolete syscalls, no resource control from inside QEMU,
+    # and (started by xend, which does the fork and setsid -daemonize would
+    # need) no privilege changes and no spawning: a QEMU told to run a
+    # program (migrate "exec:...") is killed instead.
+    sandbox = ("on,obsolete=deny,resourcecontrol=deny" if rt.daemonize else
+               "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny")
     a = [rt.qemu,
          "-name", f"{optstr.value(cfg.name)},debug-threads=on",
-         # seccomp: no obsolete syscalls and no resource control from inside
-         # QEMU.  (elevateprivileges=deny also forbids the setsid() of
-         # -daemonize, and spawn=deny its fork, so those two stay allowed.)
-         "-sandbox", "on,obsolete=deny,resourcecontrol=deny",
+         "-sandbox", sandbox,
          "-uuid", cfg.uuid,
          "-machine", rt.machine + (hvm.machine_suffix(cfg) if is_hvm else ""),
          "-nodefaults", "-no-user-config", "-display", "sdl" if is_hvm and facts.sdl else "none",
@@ -216,13 +266,17 @@ def build(cfg: DomainConfig, rt: Runtime) -> list[str]:
     # rest through the control channel, as Xen's cpu/N/availability did.
     # (QEMU 7.2 crashes when a hot-unplugged vCPU slot is plugged again.)
     a += ["-smp", str(max_vcpus(cfg))]
-    a += ["-chardev", f"socket,id=qmp,path={_chardev_path(rt.qmp_sock)},server=on,wait=off",
+    # Descriptors first: later options name their fdsets.
+    for fd, fdset, opaque in rt.add_fds:
+        a += ["-add-fd", optstr.props({"fd": fd, "set": fdset, "opaque": opaque})]
+    conlog = rt.console_log_arg or str(rt.console_log)
+    a += ["-chardev", f"socket,id=qmp,path={_chardev_path(rt.arg_path(rt.qmp_sock))},server=on,wait=off",
           "-mon", "chardev=qmp,mode=control",
-          "-chardev", (f"socket,id=con0,path={_chardev_path(rt.console_sock)},server=on,wait=off,"
-                       f"logfile={_chardev_path(rt.console_log)},logappend=on"),
+          "-chardev", (f"socket,id=con0,path={_chardev_path(rt.arg_path(rt.console_sock))},server=on,wait=off,"
+                       f"logfile={optstr.value(conlog)},logappend=on"),
           "-serial", "chardev:con0",
           "-device", "virtio-serial-pci,id=vser0",
-          "-chardev", f"socket,id=ctl,path={_chardev_path(rt.control_sock)},server=on,wait=off",
+          "-chardev", f"socket,id=ctl,path={_chardev_path(rt.arg_path(rt.control_sock))},server=on,wait=off",
           "-device", "virtserialport,bus=vser0.0,chardev=ctl,name=org.pyxen.control"]
     # The toolstack, not QEMU, decides what a guest poweroff or panic means:
     # QEMU stops and reports, xend applies on_poweroff/on_crash.  A guest
@@ -240,22 +294,16 @@ def build(cfg: DomainConfig, rt: Runtime) -> list[str]:
             a += ["-bios", "qboot.rom"]
         a += ["-kernel", rt.kernel or cfg.kernel]
         if cfg.ramdisk:
-            a += ["-initrd", cfg.ramdisk]
+            a += ["-initrd", rt.initrd or cfg.ramdisk]
         a += ["-append", kernel_cmdline(cfg)]
-    if rt.runas:
-        # QEMU opens its command line as root, then drops to this user.
-        a += ["-runas", rt.runas]
     disks = hvmcfg.all_disks(cfg.disks, cfg.hvm) if is_hvm else cfg.disks
     boot = hvm.boot_indexes(cfg, disks) if is_hvm else {}
     if is_hvm:
         a += hvm.firmware_args(cfg, facts)
     for d in disks:
         if d.target:
-            fdset = None
-            if d.vdev in rt.disk_fds:
-                fd, fdset = rt.disk_fds[d.vdev]
-                a += ["-add-fd", optstr.props({"fd": fd, "set": fdset, "opaque": f"pyxen-disk:{d.vdev}"})]
-            for node in disk_nodes(d, fdset):
+            fdset, backing = rt.disk_fds.get(d.vdev, (None, None))
+            for node in disk_nodes(d, fdset, backing):
                 a += ["-blockdev", json.dumps(node)]
         elif not is_hvm:
             continue
@@ -271,12 +319,18 @@ def build(cfg: DomainConfig, rt: Runtime) -> list[str]:
     for p in cfg.pci:
         a += ["-device", _kv(pci_device_props(p), "driver")]
     if rt.tpm_sock is not None:
-        a += tpm_args(rt.tpm_sock)
+        a += tpm_args(rt.arg_path(rt.tpm_sock))
     if is_hvm:
-        a += hvm.device_args(cfg, facts, rt.run_dir, boot)
+        a += hvm.device_args(cfg, facts, rt.arg_path(rt.vnc_sock).parent, boot,
+                             {k: v[0] for k, v in rt.disk_fds.items()})
     if rt.incoming:
         a += ["-incoming", rt.incoming]
-    # -D keeps a daemonized QEMU's stderr open (it would go to /dev/null):
-    # errors and guest faults land in the domain's qemu-dm log.
-    a += ["-S", "-daemonize", "-pidfile", str(rt.pidfile), "-d", "guest_errors", "-D", str(rt.qemu_log)]
+    if rt.daemonize:
+        # -D keeps a daemonized QEMU's stderr open (it would go to /dev/null):
+        # errors and guest faults land in the domain's qemu-dm log.
+        a += ["-S", "-daemonize", "-pidfile", str(rt.pidfile), "-d", "guest_errors", "-D", str(rt.qemu_log)]
+    else:
+        # xend made stderr the qemu-dm log and writes the pidfile (QEMU's own
+        # -pidfile resolves its full path, which its uid may not traverse).
+        a += ["-S", "-d", "guest_errors"]
     return a

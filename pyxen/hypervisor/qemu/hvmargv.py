@@ -22,6 +22,7 @@ OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 VNC_TCP_ID = "vnc0"     # the user's VNC server (5900+display)
 VNC_WEB_ID = "web"      # a Unix-socket one for xend's web console relay
+VNC_TLS_ID = "vnctls0"  # the user's VNC server's TLS credentials
 
 
 @dataclass
@@ -31,6 +32,8 @@ class HvmFacts:
     vnc_display: int = 0          # first display to try
     vnc_unused: bool = True       # try upwards from vnc_display
     vnc_password: bool = False    # set through QMP before the guest runs
+    vnc_tls_dir: Path | None = None   # VNC over TLS: QEMU's x509 directory (xend/vnctls.py)
+    vnc_tls_verify: bool = False      # ... and clients must show a certificate of its CA
     keymap: str = ""
     nvram: Path | None = None     # the domain's copy of the OVMF variable store
     sdl: bool = False
@@ -115,8 +118,10 @@ def firmware_args(cfg: DomainConfig, facts: HvmFacts) -> list[str]:
             "-drive", f"if=pflash,format=raw,unit=1,file={optstr.value(facts.nvram)}"]
 
 
-def device_args(cfg: DomainConfig, facts: HvmFacts, run_dir: Path, boot: dict[str, int]) -> list[str]:
-    """Display, VGA card, USB, sound, RTC and floppies."""
+def device_args(cfg: DomainConfig, facts: HvmFacts, run_dir: Path, boot: dict[str, int],
+                fdsets: dict[str, int] | None = None) -> list[str]:
+    """Display, VGA card, USB, sound, RTC and floppies (a floppy in
+    *fdsets*, by its key fda/fdb, is opened from the descriptor xend passed)."""
     h = cfg.hvm
     a: list[str] = []
     if hvmcfg.graphics(h):
@@ -137,6 +142,12 @@ def device_args(cfg: DomainConfig, facts: HvmFacts, run_dir: Path, boot: dict[st
                 spec += ",to=99"
             if facts.vnc_password:
                 spec += ",password=on"
+            if facts.vnc_tls_dir is not None:
+                # Only the network display: xend's own Unix socket stays plain.
+                a += ["-object", "tls-creds-x509," + _opts({
+                    "id": VNC_TLS_ID, "dir": facts.vnc_tls_dir, "endpoint": "server",
+                    "verify-peer": "on" if facts.vnc_tls_verify else "off"})]
+                spec += f",tls-creds={VNC_TLS_ID}"
             a += ["-vnc", spec]
         if facts.keymap:
             a += ["-k", facts.keymap]
@@ -163,7 +174,8 @@ def device_args(cfg: DomainConfig, facts: HvmFacts, run_dir: Path, boot: dict[st
         a += ["-rtc", f"base={base}"]
     for unit, key in ((0, "fda"), (1, "fdb")):
         if h.get(key):
-            a += ["-blockdev", f"driver=file,filename={optstr.value(h[key])},node-name=f-{key}",
+            fname = f"/dev/fdset/{fdsets[key]}" if fdsets and key in fdsets else h[key]
+            a += ["-blockdev", f"driver=file,filename={optstr.value(fname)},node-name=f-{key}",
                   "-blockdev", f"driver=raw,file=f-{key},node-name=d-{key}",
                   "-device", f"floppy,unit={unit},drive=d-{key},id=fd{unit}"
                   + (f",bootindex={boot[f'fd{unit}']}" if f"fd{unit}" in boot else "")]

@@ -1,8 +1,8 @@
 """QEMU processes seen from the host: start, identify, watch, stop, measure.
 
-QEMU is started with ``-daemonize`` so it outlives xend: the command returns
-once QEMU's sockets listen (a natural readiness point), and the process is
-re-parented to init.  Identity is checked through /proc before any pid from
+xend starts QEMU itself in a session of its own, so it outlives xend (and
+is re-parented to init when xend exits); readiness is QMP answering.
+Identity is checked through /proc before any pid from
 a pidfile is trusted, and exits are watched with a pidfd, which works for
 processes that are not our children.
 """
@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -22,16 +24,102 @@ class QemuStartError(RuntimeError):
     pass
 
 
-def start(argv: list[str], pidfile: Path, log: Path, timeout: float = 60.0,
-          pass_fds: tuple[int, ...] = (), env: dict | None = None) -> int:
-    """Run QEMU (which daemonizes) and return the daemon's pid.  *pass_fds*
-    are inherited by QEMU under the same numbers (its ``-add-fd`` disks);
-    *env* replaces its environment when given.
+# QEMUs this xend started and has not reaped yet (pid -> Popen): reaped
+# when their exit is seen, so none stays a zombie while xend runs.
+_children: dict[int, subprocess.Popen] = {}
 
-    QEMU's stdout and stderr go to *log* (the argv carries ``-D`` so that a
-    daemonized QEMU keeps stderr): its errors, even a crash long after start,
-    end up in the domain's qemu-dm log instead of /dev/null."""
+
+def start(argv: list[str], pidfile: Path, log: Path, timeout: float = 60.0,
+          pass_fds: tuple[int, ...] = (), env: dict | None = None,
+          qmp_sock: Path | None = None, launcher: list[str] | None = None) -> int:
+    """Start QEMU and return its pid.  *pass_fds* are inherited by QEMU
+    under the same numbers (its ``-add-fd`` fdsets, kernel); no other
+    descriptor of xend's is.  *env* replaces its environment when given.
+
+    With *qmp_sock* (an argv without ``-daemonize``), xend starts QEMU
+    itself, as libvirt does: fork, setsid, *launcher* (the identity and
+    capability drop, xend/confine.py), exec, in the run directory (the
+    pidfile's) as its cwd.  QEMU is ready once it answers on QMP (its main
+    loop runs, so every device was created); exiting before that is a
+    start failure.  It stays running when xend exits (its own session,
+    re-adopted by the next xend).
+
+    QEMU's stdout and stderr go to *log*: its errors, even a crash long
+    after start, end up in the domain's qemu-dm log; a start failure
+    reports QEMU's own last line."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    if qmp_sock is None:
+        return _start_daemonizing(argv, pidfile, log, timeout, pass_fds, env)
+    with open(log, "ab") as out:
+        start_at = out.tell()
+        try:
+            child = subprocess.Popen((launcher or []) + argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                     start_new_session=True, pass_fds=pass_fds, close_fds=True,
+                                     env=env if env is not None else _plain_env(), cwd=pidfile.parent)
+        except FileNotFoundError as e:
+            raise QemuStartError(f"not found: {e.filename or argv[0]}") from None
+    _children[child.pid] = child
+    # At once, before readiness: an xend that dies while QEMU starts leaves
+    # the next one this pidfile to find the QEMU by (domains.py).
+    tmp = pidfile.with_name(pidfile.name + ".tmp")
+    tmp.write_text(f"{child.pid}\n")
+    os.replace(tmp, pidfile)
+    deadline = time.monotonic() + timeout
+    while True:
+        if child.poll() is not None:
+            _children.pop(child.pid, None)
+            raise QemuStartError(_last_line(log, start_at, argv[0]) or f"exit status {child.returncode}")
+        if _qmp_ready(qmp_sock):
+            return child.pid
+        if time.monotonic() > deadline:
+            kill(child.pid)
+            reap(child.pid, block=True)
+            raise QemuStartError(f"QEMU did not start within {timeout:.0f} s")
+        time.sleep(0.02)
+
+
+def _plain_env() -> dict:
+    # Nothing of xend's environment (its settings, a token a test exported)
+    # reaches QEMU but a PATH and a neutral locale.
+    return {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LC_ALL": "C"}
+
+
+def _last_line(log: Path, start_at: int, prog: str) -> str:
+    try:
+        with open(log, "rb") as f:
+            f.seek(start_at)
+            err = f.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        err = []
+    return err[-1].removeprefix(prog + ": ") if err else ""
+
+
+def _qmp_ready(sock: Path) -> bool:
+    """True once QEMU's QMP answers a command: only its main loop runs
+    commands (the greeting may come from the monitor thread earlier)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(2.0)
+    try:
+        s.connect(str(sock))
+        f = s.makefile("rwb")
+        for cmd in (b'{"execute":"qmp_capabilities"}\n', b'{"execute":"query-status"}\n'):
+            f.write(cmd)
+            f.flush()
+            while True:
+                line = f.readline()
+                if not line:
+                    return False
+                if b'"return"' in line or b'"error"' in line:
+                    break
+        return True
+    except (OSError, ValueError):
+        return False
+    finally:
+        s.close()
+
+
+def _start_daemonizing(argv, pidfile, log, timeout, pass_fds, env) -> int:
+    """A QEMU that daemonizes itself (-daemonize; the benchmarks' argv)."""
     try:
         with open(log, "ab") as out:
             start_at = out.tell()
@@ -46,21 +134,24 @@ def start(argv: list[str], pidfile: Path, log: Path, timeout: float = 60.0,
             kill(pid)
         raise QemuStartError(f"QEMU did not start within {timeout:.0f} s") from None
     if res.returncode != 0:
-        try:
-            with open(log, "rb") as f:
-                f.seek(start_at)
-                err = f.read().decode(errors="replace").strip().splitlines()
-        except OSError:
-            err = []
-        msg = err[-1] if err else f"exit status {res.returncode}"
+        msg = _last_line(log, start_at, argv[0]) or f"exit status {res.returncode}"
         pid = read_pidfile(pidfile)
         if pid:
             kill(pid)
-        raise QemuStartError(msg.removeprefix(argv[0] + ": "))
+        raise QemuStartError(msg)
     pid = read_pidfile(pidfile)
     if not pid:
         raise QemuStartError("QEMU started but wrote no pidfile")
     return pid
+
+
+def reap(pid: int | None, block: bool = False) -> None:
+    """Collect the exit of a QEMU this xend started (no-op for others)."""
+    child = _children.get(pid) if pid else None
+    if child is None:
+        return
+    if (child.wait() if block else child.poll()) is not None:
+        _children.pop(pid, None)
 
 
 def read_pidfile(pidfile: Path) -> int | None:
@@ -98,6 +189,7 @@ def _is_zombie(pid: int) -> bool:
 
 
 def alive(pid: int) -> bool:
+    reap(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -133,6 +225,7 @@ async def wait_exit(pid: int, timeout: float) -> bool:
     finally:
         loop.remove_reader(fd)
         os.close(fd)
+        reap(pid)
 
 
 def watch_exit(pid: int, callback) -> object:
@@ -147,6 +240,7 @@ def watch_exit(pid: int, callback) -> object:
     def ready():
         loop.remove_reader(fd)
         os.close(fd)
+        reap(pid)
         callback()
     loop.add_reader(fd, ready)
     return fd

@@ -10,7 +10,7 @@ from ...config.errors import ConfigError
 from ...config.specs import disk_from_parts, disk_number
 from ...hypervisor.qemu import argv as qargv
 from ...hypervisor.qemu.monitor import QMPError, QmpTimeout
-from .. import confine
+from .. import confine, durable
 from ..errors import Conflict, InvalidRequest, XendError
 
 log = logging.getLogger("pyxen.domain")
@@ -38,28 +38,37 @@ class BlockDevices:
             async with self.reservations.lock:
                 self.reservations.check_disk_target(disk)
                 self.reservations.check_sharing(self.name, [disk])
-                self.cfg.disks.append(disk)
-                self.persist(config=True)
-            mon = self.monitor
-            added: list[str] = []
+                # Persist, then act: on a full disk nothing is plugged.
+                async with durable.change(self, "block-attach", config=True):
+                    self.cfg.disks.append(disk)
             try:
-                fdset = await confine.add_disk_fd(mon, disk) if self.qemu_ident else None
-                for node in qargv.disk_nodes(disk, fdset):
-                    await mon.blockdev_add(node)
-                    added.append(node["node-name"])
-                await mon.device_add(qargv.disk_device_props(disk))
-            except (QMPError, QmpTimeout, OSError, InvalidRequest) as e:
-                for node in reversed(added):
-                    try:
-                        await mon.blockdev_del(node)
-                    except Exception:
-                        pass
-                if self.qemu_ident:
-                    await self._drop_disk_fd(disk.vdev)
+                await self._plug_disk(disk)
+            except XendError:
                 self.cfg.disks.remove(disk)
                 self.persist_config_quietly()
-                raise XendError(f"block-attach {disk.uname} as {disk.vdev} failed: {e}") from None
+                raise
             log.info("%s: attached %s as %s (%s)", self.name, disk.uname, disk.vdev, disk.mode)
+
+    async def _plug_disk(self, disk) -> None:
+        """The disk's nodes and device in QEMU; on failure nothing is left."""
+        mon = self.monitor
+        added: list[str] = []
+        try:
+            # QEMU opens no path: the image and each backing layer come
+            # as descriptors (xend/confine.py).
+            fdset, backing = await confine.add_disk_fds(mon, disk)
+            for node in qargv.disk_nodes(disk, fdset, backing if fdset is not None else None):
+                await mon.blockdev_add(node)
+                added.append(node["node-name"])
+            await mon.device_add(qargv.disk_device_props(disk))
+        except (QMPError, QmpTimeout, OSError, InvalidRequest) as e:
+            for node in reversed(added):
+                try:
+                    await mon.blockdev_del(node)
+                except Exception:
+                    pass
+            await self._drop_disk_fd(disk.vdev)
+            raise XendError(f"block-attach {disk.uname} as {disk.vdev} failed: {e}") from None
 
     def _find_disk(self, ref: str):
         for d in self.cfg.disks:
@@ -99,15 +108,22 @@ class BlockDevices:
                     raise XendError(f"block-detach {disk.vdev} failed: {e}") from None
             finally:
                 self.unplugs.forget(dev_id)
-            for node in (f"d-{disk.vdev}", f"f-{disk.vdev}"):
+            # The image's nodes, then those of its backing layers, as far as
+            # there are any (their number is not kept across xend restarts).
+            for i, node in enumerate(qargv.disk_node_names(disk.vdev, confine.MAX_LAYERS)):
                 try:
                     await mon.blockdev_del(node)
                 except (QMPError, QmpTimeout) as e:
-                    log.warning("%s: blockdev-del %s: %s", self.name, node, e)
-            if self.qemu_ident:
-                await self._drop_disk_fd(disk.vdev)
-            self.cfg.disks.remove(disk)
-            self.persist(config=True)
+                    if i < 2:
+                        log.warning("%s: blockdev-del %s: %s", self.name, node, e)
+                    elif node.startswith("b"):
+                        break
+            await self._drop_disk_fd(disk.vdev)
+            # The guest let go already: if the record cannot say so, the
+            # disk is plugged back in, so QEMU matches the record again.
+            async with durable.change(self, "block-detach", config=True) as ch:
+                ch.undo(lambda: self._plug_disk(disk))
+                self.cfg.disks.remove(disk)
             log.info("%s: detached %s (%s)", self.name, disk.vdev, disk.uname)
 
     async def _drop_disk_fd(self, vdev: str) -> None:

@@ -8,6 +8,7 @@ import logging
 
 from ...hypervisor.qemu import argv as qargv
 from ...hypervisor.qemu.monitor import QMPError, QmpTimeout
+from .. import durable
 from ..errors import Conflict, InvalidRequest, XendError
 
 log = logging.getLogger("pyxen.domain")
@@ -35,25 +36,41 @@ class NetDevices:
             name = self.net.vif_name(self.domid, devid, spec)
             if name in names:
                 raise Conflict(f"Domain {self.name} already has a vif named {name}")
-            mon = self.monitor
             with self.reservations.mac_for(spec, self):
-                tap, mtu = await self.net.vif_up(self, devid, spec)
+                # Recorded before it is plugged (persist, then act): on a
+                # full disk nothing is plugged; a failed plug is taken out
+                # of the record again.
+                async with durable.change(self, "network-attach", config=True):
+                    self.cfg.vifs.append(spec)
+                    self.vif_devids.append(devid)
                 try:
-                    await mon.netdev_add(qargv.netdev_props(devid, tap))
-                    try:
-                        await mon.device_add(qargv.nic_props(devid, spec, self.cfg.builder == "hvm", mtu))
-                    except (QMPError, QmpTimeout):
-                        await self._netdev_del(devid)
-                        raise
-                except (QMPError, QmpTimeout) as e:
-                    await self.net.vif_down(self, devid, spec)
-                    raise XendError(f"Device {devid} (vif) could not be connected. {e}") from None
-                self.cfg.vifs.append(spec)
-                self.vif_devids.append(devid)
-                self.vifs_up.add(devid)
-            self.persist(config=True)
+                    tap = await self._plug_vif(devid, spec)
+                except XendError:
+                    i = self.vif_devids.index(devid)
+                    del self.cfg.vifs[i]
+                    del self.vif_devids[i]
+                    self.persist_config_quietly()
+                    raise
             log.info("%s: vif %d attached (%s, %s)", self.name, devid, tap, spec["mac"])
             return devid
+
+    async def _plug_vif(self, devid: int, spec: dict) -> str:
+        """The host side and the guest's NIC of vif *devid*; its tap.  On
+        failure nothing is left."""
+        mon = self.monitor
+        tap, mtu = await self.net.vif_up(self, devid, spec)
+        try:
+            await mon.netdev_add(qargv.netdev_props(devid, tap))
+            try:
+                await mon.device_add(qargv.nic_props(devid, spec, self.cfg.builder == "hvm", mtu))
+            except (QMPError, QmpTimeout):
+                await self._netdev_del(devid)
+                raise
+        except (QMPError, QmpTimeout) as e:
+            await self.net.vif_down(self, devid, spec)
+            raise XendError(f"Device {devid} (vif) could not be connected. {e}") from None
+        self.vifs_up.add(devid)
+        return tap
 
     async def network_detach(self, ref, force: bool = False) -> None:
         """Unplug vif *ref* (its devid): the guest releases the NIC, then its host side goes."""
@@ -85,11 +102,14 @@ class NetDevices:
             finally:
                 self.unplugs.forget(nic)
             await self._netdev_del(devid)
-            del self.cfg.vifs[i]
-            del self.vif_devids[i]
-            self.vifs_up.discard(devid)
-            self.persist(config=True)
             await self.net.vif_down(self, devid, spec)
+            # The guest let go already: if the record cannot say so, the
+            # vif is plugged back in, so QEMU matches the record again.
+            async with durable.change(self, "network-detach", config=True) as ch:
+                ch.undo(lambda: self._plug_vif(devid, spec))
+                del self.cfg.vifs[i]
+                del self.vif_devids[i]
+                self.vifs_up.discard(devid)
             log.info("%s: vif %d detached", self.name, devid)
 
     async def _netdev_del(self, devid: int) -> None:
