@@ -61,7 +61,10 @@ def qemu_pids(paths: Paths) -> list[int]:
         except (OSError, ValueError):
             continue
         args = _cmd(pid)
-        if args and "qemu" in os.path.basename(args[0]) and str(paths.run) in " ".join(args):
+        # The pid file is this root's; the process must still be a QEMU
+        # (a recycled pid is not).  Its paths may be descriptors (confined
+        # QEMUs), so the command line is not searched for the root.
+        if args and "qemu" in os.path.basename(args[0]) and "-uuid" in args:
             out.append(pid)
     return out
 
