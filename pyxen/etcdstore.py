@@ -1,11 +1,12 @@
 """The store on etcd: :class:`pyxen.store.Store` for a cluster of xends.
 
 etcd 3.4 (Debian's ``etcd-server``) is reached through its JSON gateway
-(``POST /v3/kv/range``, ``/v3/kv/txn``, ``/v3/lease/*``, ``/v3/watch``) with
-``etcd3gw``'s client, which gives TLS with a client certificate over
-``requests``.  The choice against ``aetcd`` is in pyproject.toml: aetcd
-1.0.0 opens an insecure gRPC channel unconditionally, so it cannot talk to
-an etcd with ``--client-cert-auth``.
+(``POST /v3/kv/range``, ``/v3/kv/txn``, ``/v3/lease/*``, ``/v3/watch``:
+base64 keys and values, int64s as strings) with ``requests``, which does
+TLS with a client certificate.  Why not an etcd client library is in
+pyproject.toml: aetcd 1.0.0 opens an insecure gRPC channel unconditionally
+(no ``--client-cert-auth``), and etcd3gw's watcher cannot resume a broken
+stream nor its calls take a per-call deadline.
 
 Why synchronous.  The store interface is synchronous (a FileStore call is
 a few syscalls), and so is this backend: every call is one HTTP request

@@ -91,7 +91,7 @@ class Membership:
     ``bridges``, ``relocation``, ``api``; it must be cheap and thread-safe."""
 
     def __init__(self, store, name: str, ttl: int = 10, info=None, previous_lease: int = 0,
-                 on_lease_change=None, clock=time.monotonic):
+                 on_lease_change=None, clock=time.monotonic, on_renewed=None):
         if ttl < 2:
             raise ValueError("the cluster lease TTL must be at least 2 s")
         self.store = store
@@ -101,6 +101,7 @@ class Membership:
         self.lease = 0
         self.previous_lease = previous_lease
         self.on_lease_change = on_lease_change   # called with the new lease id
+        self.on_renewed = on_renewed             # called with last_ok after each renewal
         self.clock = clock
         self.last_ok = 0.0              # monotonic time of the last confirmed renewal
         self.lease_lost = False         # the lease was found gone (we were cut off > TTL)
@@ -184,6 +185,11 @@ class Membership:
                     log.warning("cluster: cannot take a new lease: %s", e)
                     continue
             self.last_ok = self.clock()
+            if self.on_renewed is not None:
+                try:
+                    self.on_renewed(self.last_ok)
+                except Exception:    # noqa: BLE001 — a hook must not stop the renewals
+                    log.exception("cluster: renewal hook failed")
             try:
                 self._publish()
             except StoreError as e:

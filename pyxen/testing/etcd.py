@@ -21,12 +21,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 from .. import pki
+from .ports import free_port
 
 ETCD = "/usr/bin/etcd"
 
@@ -36,12 +36,6 @@ def available() -> str | None:
     if not os.access(ETCD, os.X_OK):
         return f"{ETCD} is not installed (Debian's etcd-server, in the Makefile's APT_PKGS)"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Member:
@@ -73,7 +67,7 @@ class EtcdCluster:
             if netns:
                 self.members.append(Member(f"etcd{i}", addrs[i], 2379, 2380, netns[i]))
             else:
-                self.members.append(Member(f"etcd{i}", "127.0.0.1", _free_port(), _free_port(), None))
+                self.members.append(Member(f"etcd{i}", "127.0.0.1", free_port(), free_port(), None))
 
     # ------------------------------------------------------------ certificates
     def make_certs(self) -> None:

@@ -11,7 +11,7 @@ FileStore and none of this runs.  With it:
   it re-adopts its domains, so their locks go on its lease; the lease id
   is kept in ``var/run/pyxen/cluster-lease`` so a restarted xend takes the
   same lease back while it lives and its domains' locks never lapse;
-* every create, restore and arriving migration goes through :meth:`admit`
+* every create, restore and arriving migration goes through ``admit`` (clusterlocks.py)
   (the domain lock and the claims on its shared disks,
   :mod:`pyxen.cluster.claims`), a domain that ends drops both
   (:meth:`released`), and the shared config of a domain that another host
@@ -29,13 +29,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from .. import storekeys
-from ..cluster import ClusterError, claims
+from ..cluster import ClusterError
 from ..cluster.fence import Fencer
 from ..cluster.lock import DomainLock, LockHeld
 from ..cluster.membership import Membership
@@ -44,9 +47,15 @@ from ..fileutil import atomic_write
 from ..pki import TlsFiles
 from ..store import StoreError
 from .clusterfence import FenceActions
+from .clusterlocks import LockActions
 from .errors import Conflict, XendError
 
 log = logging.getLogger("pyxen.xend")
+
+# Files in var/run/pyxen shared with the lease keeper (pyxen/xend/keeper.py):
+FENCED_FILE = "cluster-fenced"       # QEMU pids it stopped while no xend ran
+RENEWED_FILE = "cluster-renewed"     # xend's last confirmed renewal, time.monotonic()
+RESTART_FILE = "cluster-restart"     # uuids with on_host_failure='restart' (the keeper kills those)
 
 
 def configured(cfg) -> bool:
@@ -57,8 +66,9 @@ def cluster_name(cfg) -> str:
     return cfg["xend-cluster-name"] or storekeys.local_host()
 
 
-def open_store(paths, cfg) -> EtcdStore:
-    """The cluster store, proven reachable; XendError (one line) if not."""
+def open_store(paths, cfg, check: bool = True) -> EtcdStore:
+    """The cluster store, proven reachable (with *check*); XendError (one
+    line) if not."""
     try:
         endpoints = parse_endpoints(cfg["xend-cluster-etcd"])
     except ValueError as e:
@@ -81,10 +91,11 @@ def open_store(paths, cfg) -> EtcdStore:
     # has its own timeout, TTL/4.)
     store = EtcdStore(endpoints, cluster_name(cfg), str(tls.ca), str(tls.cert), str(tls.key),
                       timeout=max(0.5, margin / 2))
-    try:
-        store.ping()
-    except StoreError as e:
-        raise XendError(f"cluster configured but {e}; xend not started") from None
+    if check:
+        try:
+            store.ping()
+        except StoreError as e:
+            raise XendError(f"cluster configured but {e}; xend not started") from None
     return store
 
 
@@ -107,7 +118,7 @@ def _bridges() -> list[str]:
         return []
 
 
-class ClusterNode(FenceActions):
+class ClusterNode(LockActions, FenceActions):
     """This xend's part in the cluster (see the module docstring)."""
 
     def __init__(self, paths, cfg, store: EtcdStore):
@@ -118,7 +129,8 @@ class ClusterNode(FenceActions):
         self.address = cfg["xend-cluster-address"] or _own_address(store.endpoints[0])
         self._lease_file = paths.run / "cluster-lease"
         self.membership = Membership(store, self.name, int(cfg["xend-cluster-lease-ttl"]), info=self.info,
-                                     previous_lease=self._previous_lease(), on_lease_change=self._save_lease)
+                                     previous_lease=self._previous_lease(), on_lease_change=self._save_lease,
+                                     on_renewed=self._renewed)
         self.lock = DomainLock(store, self.membership)
         self.fencer = Fencer(self.membership, self.lock, cfg["xend-cluster-fence"],
                              float(cfg["xend-cluster-fence-margin"]), fence=self._fence, resume=self._resume,
@@ -130,6 +142,8 @@ class ClusterNode(FenceActions):
         self._info: dict = {}
         self._periodic: list = []
         self._was_paused: set[str] = set()     # paused before the fence: stays paused after it
+        self._restart_listed: str | None = None
+        self._unforgotten: dict = {}            # fence-killed domains whose records await etcd
         # Arriving migrations not yet running here (relocation's commit ends it).
         self.arriving: set[str] = set()
         self._tasks: list[asyncio.Task] = []
@@ -149,6 +163,15 @@ class ClusterNode(FenceActions):
         except OSError as e:
             log.warning("cluster: cannot record the lease id in %s: %s", self._lease_file, e)
 
+    def _renewed(self, when: float) -> None:
+        """The keeper takes over from this instant (CLOCK_MONOTONIC is the
+        machine's, the same in both processes), not from when it noticed
+        xend was gone."""
+        try:
+            (self.paths.run / RENEWED_FILE).write_text(f"{when}\n")
+        except OSError:
+            pass
+
     # ------------------------------------------------------------ the record
     def _snapshot(self) -> None:
         """The host record's fields, computed on the loop (the keep-alive
@@ -167,6 +190,17 @@ class ClusterNode(FenceActions):
             "bridges": _bridges(),
             "state": self.state,
         }
+
+    def _list_restart(self) -> None:
+        """Tell the keeper which domains to kill rather than stop."""
+        from .clusterfence import restarted_elsewhere
+        text = "".join(f"{d.uuid}\n" for d in self.domains.all() if restarted_elsewhere(d))
+        if text != self._restart_listed:
+            try:
+                atomic_write(self.paths.run / RESTART_FILE, text.encode(), 0o600)
+                self._restart_listed = text
+            except OSError as e:
+                log.warning("cluster: cannot write %s: %s", RESTART_FILE, e)
 
     def info(self) -> dict:
         return dict(self._info)
@@ -191,6 +225,37 @@ class ClusterNode(FenceActions):
             self.membership.join()
         except ClusterError as e:
             raise XendError(str(e)) from None
+        self.recover_keeper_fence()
+
+    def recover_keeper_fence(self) -> None:
+        """QEMUs the keeper stopped (SIGSTOP) while no xend ran and etcd was
+        out of reach: each continues only once this host holds its lock
+        again; one whose lock is another host's now is killed (it runs
+        there).  Before adoption, so adoption sees running QEMUs."""
+        from ..hypervisor.qemu import process
+        f = self.paths.run / FENCED_FILE
+        try:
+            pids = [int(x) for x in f.read_text().split()]
+        except (OSError, ValueError):
+            return
+        for pid in pids:
+            args = process.cmdline(pid)
+            if "-uuid" not in args or "-name" not in args:
+                continue
+            uuid = args[args.index("-uuid") + 1]
+            name = args[args.index("-name") + 1].split(",")[0]
+            try:
+                self.lock.acquire(uuid, name)
+            except LockHeld as e:
+                log.error("cluster: %s (stopped by the keeper): %s; killing this host's copy", name, e)
+                process.kill(pid)
+                continue
+            except (ClusterError, StoreError) as e:
+                raise XendError(f"cluster: cannot retake the lock of {name}, which the keeper stopped: {e}") \
+                    from None
+            process.kill(pid, signal.SIGCONT)
+            log.warning("cluster: %s continues: the keeper had stopped it, this host holds its lock again", name)
+        f.unlink()
 
     async def start(self) -> None:
         """After adoption: retake the adopted domains' locks, start the
@@ -211,11 +276,25 @@ class ClusterNode(FenceActions):
                 # away: never run it twice.
                 await self._drop_superseded(dom, str(e))
         self._watch = self.membership.watch(self._on_cluster_event)
+        self._start_keeper()
         self._tasks = [asyncio.create_task(self.fencer.run(), name="cluster-fence"),
                        asyncio.create_task(self._tick(), name="cluster-periodic")]
         log.info("cluster: %s is up (lease %x, address %s, %d etcd endpoint(s), locks %s, fence %s)",
                  self.name, self.membership.lease, self.address or "?", len(self.store.endpoints),
                  "on" if self.lock_enabled else "OFF", self.cfg["xend-cluster-fence"])
+
+    def _start_keeper(self) -> None:
+        """The process that keeps the lease (and the fence) when xend is gone
+        (pyxen/xend/keeper.py); it outlives xend by design."""
+        err = open(self.paths.log / "keeper.log", "ab")
+        try:
+            subprocess.Popen([sys.executable, "-m", "pyxen.xend.keeper", "--lease", f"{self.membership.lease:x}",
+                              "--xend-pid", str(os.getpid())], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, close_fds=True)
+        except OSError as e:
+            log.error("cluster: cannot start the lease keeper: %s; a dead xend will not keep its locks", e)
+        finally:
+            err.close()
 
     async def stop(self) -> None:
         self.fencer.stop()
@@ -232,9 +311,7 @@ class ClusterNode(FenceActions):
         # the lease is revoked only when nothing runs here.
         running = any(d.pid for d in self.domains.all()) if self.domains else False
         if running:
-            log.warning("cluster: xend stops with domains running: their locks last until the lease "
-                        "(%d s) runs out; start xend again before that, or they may be started "
-                        "elsewhere", self.membership.ttl)
+            log.info("cluster: xend stops with domains running: the lease keeper keeps their locks")
         await asyncio.get_running_loop().run_in_executor(None, self.membership.leave, not running)
         self.store.close()
 
@@ -264,6 +341,9 @@ class ClusterNode(FenceActions):
         while True:
             await asyncio.sleep(1.0)
             self._snapshot()
+            self._list_restart()
+            if self._unforgotten and not self.fencer.fenced:
+                self.forget_pending()
             if self.membership.lease != lease:
                 lease = self.membership.lease
                 await self._relock()
@@ -289,153 +369,3 @@ class ClusterNode(FenceActions):
             self.state = "fenced"
         elif kind == "resumed" and not self.fencer.paused:
             self.state = "up"
-
-    # ------------------------------------------------------------------ locks
-    def check(self, uuid: str, name: str) -> None:
-        """Conflict (naming the host) if *uuid* or *name* runs elsewhere."""
-        if not self.lock_enabled:
-            return
-        try:
-            owner = self.lock.owner(uuid)
-            if owner and owner != self.name:
-                raise Conflict(f"domain {name} is running on host {owner}")
-            by_name = self.lock.owner_of_name(name)
-        except StoreError as e:
-            raise XendError(f"cluster: cannot check the lock of domain {name}: {e}") from None
-        if by_name is not None and by_name[1] != self.name:
-            raise Conflict(f"domain {name} is running on host {by_name[1]}")
-
-    def check_incoming(self, uuid: str, name: str) -> None:
-        """An arriving migration: its lock stays the source's until the
-        commit hands it over, but its name must not be another domain's."""
-        if not self.lock_enabled:
-            return
-        try:
-            by_name = self.lock.owner_of_name(name)
-        except StoreError as e:
-            raise XendError(f"cluster: cannot check the lock of domain {name}: {e}") from None
-        if by_name is not None and by_name[0] != uuid:
-            raise Conflict(f"domain {name} is running on host {by_name[1]}")
-
-    def admit(self, cfg, incoming: bool = False) -> None:
-        """A domain about to start here: its lock (an arriving migration's
-        stays the source's until the commit hands it over) and the claims
-        on its shared disks; Conflict naming the other host if refused."""
-        if not self.lock_enabled:
-            return
-        if incoming:
-            self.check_incoming(cfg.uuid, cfg.name)
-            self.arriving.add(cfg.uuid)
-        else:
-            self.acquire(cfg.uuid, cfg.name)
-        try:
-            self.claim_disks(cfg.uuid, cfg.name, cfg.disks)
-        except BaseException:
-            if not incoming:
-                self.released(cfg.uuid)
-            else:
-                self._release_claims(cfg.uuid)
-            raise
-
-    def claim_disks(self, uuid: str, name: str, disks) -> None:
-        from ..storage import guard
-        todo = []
-        for d in disks:
-            # w! skips the guard here as it does on one host (logged there).
-            if d.target and d.kind in ("phy", "file", "tap") and d.mode != "w!":
-                ids = guard.shared_ids(d.target)
-                if ids:
-                    todo.append((f"{d.uname} ({d.vdev})", ids, d.readonly))
-        if not todo:
-            return
-        try:
-            claims.claim(self.store, self.name, self.membership.lease, uuid, name, todo)
-        except claims.DiskClaimed as e:
-            raise Conflict(str(e)) from None
-        except (ClusterError, StoreError) as e:
-            raise XendError(f"cluster: cannot claim the disks of domain {name}: {e}") from None
-
-    def _release_claims(self, uuid: str) -> None:
-        try:
-            claims.release(self.store, self.name, uuid)
-        except StoreError as e:
-            log.warning("cluster: cannot release the disk claims of %s (they go with the lease): %s", uuid, e)
-
-    def acquire(self, uuid: str, name: str) -> None:
-        if not self.lock_enabled:
-            return
-        if self.fencer.fenced:
-            raise XendError(f"cluster: this host has lost touch with etcd; domain {name} not started")
-        try:
-            self.lock.acquire(uuid, name)
-        except LockHeld as e:
-            raise Conflict(str(e)) from None
-        except (ClusterError, StoreError) as e:
-            raise XendError(f"cluster: cannot take the lock of domain {name}: {e}") from None
-
-    def rename(self, uuid: str, old: str, new: str) -> None:
-        """``xm rename``: the name lock moves (Conflict if another domain of
-        the cluster has the new name)."""
-        if not self.lock_enabled or old == new:
-            return
-        try:
-            self.lock.rename(uuid, new)
-        except LockHeld as e:
-            raise Conflict(str(e)) from None
-        except (ClusterError, StoreError) as e:
-            raise XendError(f"cluster: cannot rename the lock of domain {old}: {e}") from None
-
-    def released(self, uuid: str) -> None:
-        """The domain ended here: drop its lock (if it is still ours)."""
-        if not self.lock_enabled:
-            return
-        self._release_claims(uuid)
-        # An arriving migration dropped before it ran: a lock the source's
-        # commit handed over is released too, so the source (which kept
-        # the guest paused) can take it back when it is unpaused.
-        self.arriving.discard(uuid)
-        try:
-            self.lock.release(uuid)
-        except StoreError as e:
-            log.warning("cluster: cannot release the lock of %s (it goes with the lease): %s", uuid, e)
-
-    def arrived(self, uuid: str) -> None:
-        """An arriving migration runs here now (the target's commit)."""
-        self.arriving.discard(uuid)
-
-    def may_forget_config(self, uuid: str) -> bool:
-        """False when another host owns *uuid* now (a migration's source, a
-        superseded copy): its shared config is that host's to keep; and for
-        an arriving migration that never ran here (the source still has
-        the guest)."""
-        if uuid in self.arriving:
-            return False
-        try:
-            owner = self.lock.owner(uuid)
-        except StoreError:
-            return False
-        return owner is None or owner == self.name
-
-    def may_run(self, uuid: str) -> bool:
-        """False while this host is fenced and *uuid* is one it paused."""
-        return not (self.fencer.fenced and uuid in self.fencer.paused)
-
-    def before_unpause(self, dom) -> None:
-        """``xm unpause`` of a domain: it runs only with its lock (a copy
-        kept paused after an uncertain migration, or one whose lock lapsed,
-        takes it first; Conflict naming the host that has it)."""
-        if not self.may_run(dom.uuid):
-            raise Conflict(f"domain {dom.name} was paused by the cluster fence (this host lost touch "
-                           "with etcd); it resumes by itself once this host holds its lock again")
-        if self.lock_enabled and not self.lock.holds(dom.uuid):
-            self.admit(dom.cfg)
-
-    def handover_ops(self, uuid: str, to_host: str, to_lease: int):
-        """The lock's move to *to_host* for the migration commit transaction
-        (([], []) without locks)."""
-        if not self.lock_enabled:
-            return [], []
-        rec = self.lock.owner_record(uuid)
-        if rec is None or rec.host != self.name:
-            raise XendError(f"cluster: this host does not hold the lock of domain {uuid}; not migrating")
-        return self.lock.handover_ops(uuid, to_host, rec.revision, to_lease or None)

@@ -1,7 +1,8 @@
 """What the fence does to this host's domains (mixed into ClusterNode).
 
 :class:`pyxen.cluster.fence.Fencer` decides *when*; these are the actions
-it is given: pause (or kill) every QEMU of this host, resume one whose
+it is given: pause (or kill) every QEMU of this host — always kill one
+another host will restart (``on_host_failure='restart'``), resume one whose
 lock this host holds again, and drop a copy whose lock another host holds
 now.  Pauses come first and the state records after, because with etcd
 gone each record costs a store timeout that the pauses must not wait for.
@@ -16,8 +17,15 @@ import time
 log = logging.getLogger("pyxen.xend")
 
 
+def restarted_elsewhere(dom) -> bool:
+    """True for a domain with ``on_host_failure = 'restart'`` (clusterops's
+    option; absent here it is 'preserve')."""
+    return getattr(dom.cfg, "on_host_failure", "preserve") == "restart"
+
+
 class FenceActions:
-    """Needs ``self.domains``, ``self.name``, ``self.state`` and ``self._was_paused``."""
+    """Needs ``self.domains``, ``self.name``, ``self.state``, ``self._was_paused``
+    and ``self._unforgotten``."""
 
     def _name(self, uuid: str) -> str:
         d = self.domains.by_uuid.get(uuid) if self.domains else None
@@ -26,15 +34,20 @@ class FenceActions:
     async def _fence(self, mode: str, reason: str) -> list[str]:
         from ..hypervisor.qemu import process
         self.state = "fenced"
-        done = []
+        done, killed = [], []
         for dom in list(self.domains.all()):
             if not dom.pid or not process.alive(dom.pid):
                 continue
-            if mode == "destroy":
+            if mode == "destroy" or restarted_elsewhere(dom):
+                # A domain another host will restart (on_host_failure=
+                # 'restart') has nothing to resume here, and a paused QEMU
+                # would keep its disk images locked against the restart.
                 log.error("%s: destroyed by the fence: %s", dom.name, reason)
                 dom.expect_exit = True
                 process.kill(dom.pid)
-                done.append(dom.uuid)
+                killed.append(dom)
+                if mode == "destroy":
+                    done.append(dom.uuid)
                 continue
             if dom.paused:
                 # Paused already (by its user): the fencer retakes its lock
@@ -48,10 +61,13 @@ class FenceActions:
                 log.error("%s: cannot pause it (%s); killing QEMU instead", dom.name, e)
                 dom.expect_exit = True
                 process.kill(dom.pid)
+                killed.append(dom)
                 continue
             dom.paused = True
             log.error("%s: paused by the fence: %s", dom.name, reason)
             done.append(dom.uuid)
+        for dom in killed:
+            await self._forget_killed(dom)
         # Recorded after every domain is paused: with etcd gone each write
         # costs a timeout, which the pauses must not wait for.
         for uuid in done:
@@ -59,6 +75,33 @@ class FenceActions:
             if d is not None:
                 d.persist_quietly()
         return done
+
+    async def _forget_killed(self, dom) -> None:
+        """A domain the fence killed: its host resources go now, the
+        registry forgets it; its store records (runtime here; the config
+        only if no other host owns it) go when etcd answers again."""
+        from ..hypervisor.qemu import process
+        if dom.pid:
+            await process.wait_exit(dom.pid, 5)
+        try:
+            await dom.release()
+        except Exception as e:      # noqa: BLE001
+            log.error("%s: releasing its resources after the fence failed: %s", dom.name, e)
+        dom.pid = None
+        self.domains.remove(dom)
+        dom.gone.set()
+        self.domains.emit("destroyed", dom)
+        self._unforgotten[dom.uuid] = dom
+        self.forget_pending()
+
+    def forget_pending(self) -> None:
+        """Delete the store records of fenced-off domains once etcd answers."""
+        for uuid, dom in list(self._unforgotten.items()):
+            try:
+                dom.forget()
+            except Exception:       # noqa: BLE001 — etcd still away: next tick
+                continue
+            del self._unforgotten[uuid]
 
     async def _drop_superseded(self, dom, why: str) -> None:
         """This host's copy of a domain another host owns now: stop it and

@@ -106,7 +106,13 @@ def cluster(make_host, _leftovers):
 
 
 def create(h, name, **kw):
+    """Plain xm create on *h* (placement may send it elsewhere; test_clusterops uses this)."""
     return h.xm("create", str(h.config(name, **kw)), check=False)
+
+
+def create_here(h, name, **kw):
+    """xm create on *h* itself (placement would pick the emptiest host)."""
+    return h.xm("create", "--host", h.name, str(h.config(name, **kw)), check=False)
 
 
 def uuid_of(h, name) -> str:
@@ -131,13 +137,13 @@ def xend_log(h) -> str:
 def test_a_second_host_is_refused_and_migration_moves_the_lock(cluster):
     c = cluster()
     a, b = c.hosts["a"], c.hosts["b"]
-    res = create(a, "g")
+    res = create_here(a, "g")
     assert res.returncode == 0, res.stderr
     uuid = uuid_of(a, "g")
     assert c.owner(uuid) == "a"
     # The same config on B, and another config of the same name: refused, naming A.
-    refused(b.xm("create", str(a.root / "etc/xen/g"), check=False), "a", "g")
-    refused(create(b, "g"), "a", "g")
+    refused(b.xm("create", "--host", "b", str(a.root / "etc/xen/g"), check=False), "a", "g")
+    refused(create_here(b, "g"), "a", "g")
     assert "g" not in b.domains() and b.qemu_pids() == []
 
     watch = c.ctl("watch", "-w", "json", "--prefix", f"cluster/owners/{uuid}", popen=True)
@@ -173,11 +179,11 @@ def test_a_second_host_is_refused_and_migration_moves_the_lock(cluster):
     assert state(b, "g") in ("r-----", "-b----")
     assert c.ctl("get", f"domains/{uuid}/config", "--keys-only").stdout.strip(), \
         "the migration's source deleted the shared config"
-    refused(create(a, "g"), "b", "g")
+    refused(create_here(a, "g"), "b", "g")
     # Destroyed on B: the lock goes, A may create it again.
     b.xm("destroy", "g")
     assert c.owner(uuid) is None
-    assert create(a, "g").returncode == 0
+    assert create_here(a, "g").returncode == 0
 
 
 def test_a_shared_disk_written_on_one_host_is_refused_on_another(cluster, tmp_path):
@@ -186,19 +192,19 @@ def test_a_shared_disk_written_on_one_host_is_refused_on_another(cluster, tmp_pa
     shared = Path(tempfile.mkdtemp(prefix="pxshared", dir="/tmp")) / "data.img"
     shared.write_bytes(b"\0" * (4 << 20))
     try:
-        assert create(a, "writer", disk=[f"file:{shared},xvdb,w"]).returncode == 0
-        res = create(b, "other", disk=[f"file:{shared},xvdb,w"])
+        assert create_here(a, "writer", disk=[f"file:{shared},xvdb,w"]).returncode == 0
+        res = create_here(b, "other", disk=[f"file:{shared},xvdb,w"])
         assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
         assert f"disk file:{shared} (xvdb) is in use by domain writer on host a (read-write)" in res.stderr, \
             res.stderr
         assert "other" not in b.domains() and b.qemu_pids() == []
         # xm rename moves the name's lock: the new name is refused on B, the old one is free.
         a.xm("rename", "writer", "w2")
-        refused(create(b, "w2"), "a", "w2")
-        assert create(b, "writer").returncode == 0
+        refused(create_here(b, "w2"), "a", "w2")
+        assert create_here(b, "writer").returncode == 0
         b.xm("destroy", "writer")
         a.xm("destroy", "w2")
-        assert create(b, "other", disk=[f"file:{shared},xvdb,w"]).returncode == 0
+        assert create_here(b, "other", disk=[f"file:{shared},xvdb,w"]).returncode == 0
     finally:
         shutil.rmtree(shared.parent, ignore_errors=True)
 
@@ -206,25 +212,54 @@ def test_a_shared_disk_written_on_one_host_is_refused_on_another(cluster, tmp_pa
 def test_kill_9_of_xend_keeps_the_lock_and_a_restart_takes_the_lease_back(cluster):
     c = cluster(ttl=8)
     a, b = c.hosts["a"], c.hosts["b"]
-    assert create(a, "g").returncode == 0
+    assert create_here(a, "g").returncode == 0
     uuid = uuid_of(a, "g")
     qemu = a.qemu_pids()
     lease = (a.root / "var/run/pyxen/cluster-lease").read_text().strip()
     os.kill(int((a.root / "var/run/pyxen/xend.pid").read_text()), signal.SIGKILL)
     assert a.qemu_pids() == qemu                      # the guest runs on
-    refused(create(b, "g"), "a", "g")                 # A's lease lives: B may not start it
+    refused(create_here(b, "g"), "a", "g")                 # A's lease lives: B may not start it
     a.xend("start")
     assert (a.root / "var/run/pyxen/cluster-lease").read_text().strip() == lease
     assert c.owner(uuid) == "a" and state(a, "g") in ("r-----", "-b----")
     time.sleep(TTL + 4)     # past the old lease's TTL: the restarted xend keeps it alive
     assert c.owner(uuid) == "a"
-    refused(create(b, "g"), "a", "g")
+    refused(create_here(b, "g"), "a", "g")
+
+
+def proc_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_with_xend_dead_the_keeper_holds_the_lease_and_fences(cluster):
+    c = cluster()
+    a, b = c.hosts["a"], c.hosts["b"]
+    assert create_here(a, "g").returncode == 0
+    uuid = uuid_of(a, "g")
+    [qemu] = a.qemu_pids()
+    os.kill(int((a.root / "var/run/pyxen/xend.pid").read_text()), signal.SIGKILL)
+    time.sleep(TTL + 3)     # past the lease's TTL: the keeper renews it while the guest runs
+    assert c.owner(uuid) == "a" and proc_state(qemu) != "T"
+    refused(create_here(b, "g"), "a", "g")
+    # Cut off with no xend: the keeper stops QEMU (SIGSTOP) before the lease can end.
+    t0 = time.monotonic()
+    c.net.cut(a.ns, [m.ip for m in c.etcd.members])
+    poll(lambda: proc_state(qemu) == "T", timeout=TTL, interval=0.2, what="the keeper to stop QEMU")
+    assert time.monotonic() - t0 < TTL
+    poll(lambda: c.owner(uuid) is None, timeout=TTL + 10, what="A's lease to end")
+    c.net.heal(a.ns)
+    # A new xend retakes the lock first, then lets QEMU continue and adopts it.
+    a.xend("start")
+    assert c.owner(uuid) == "a"
+    assert proc_state(qemu) != "T" and a.qemu_pids() == [qemu]
+    assert "g" in a.domains()
+    refused(create_here(b, "g"), "a", "g")
 
 
 def test_a_host_cut_off_from_etcd_pauses_before_its_lease_ends(cluster):
     c = cluster()
     a, b = c.hosts["a"], c.hosts["b"]
-    assert create(a, "g").returncode == 0
+    assert create_here(a, "g").returncode == 0
     uuid = uuid_of(a, "g")
     poll(lambda: state(a, "g") in ("r-----", "-b----"), timeout=30, what="g running")
     t0 = time.monotonic()
@@ -233,6 +268,9 @@ def test_a_host_cut_off_from_etcd_pauses_before_its_lease_ends(cluster):
     paused_after = time.monotonic() - t0
     assert paused_after < TTL, paused_after
     assert "fencing this host" in xend_log(a)
+    # Its user cannot run it meanwhile either.
+    res = a.xm("unpause", "g", check=False)
+    assert res.returncode != 0 and "paused by the cluster fence" in res.stderr, res.stderr
     # etcd ends A's lease (at least TTL after the last renewal): the lock goes.
     poll(lambda: c.owner(uuid) is None, timeout=TTL + 10, what="A's lock to expire")
     assert time.monotonic() - t0 >= TTL - 1
@@ -240,21 +278,21 @@ def test_a_host_cut_off_from_etcd_pauses_before_its_lease_ends(cluster):
     # Nobody took it meanwhile: A takes the lock again and only then resumes.
     poll(lambda: c.owner(uuid) == "a", timeout=20, what="A to retake the lock")
     poll(lambda: "p" not in state(a, "g"), timeout=10, what="A to resume g")
-    refused(create(b, "g"), "a", "g")
+    refused(create_here(b, "g"), "a", "g")
 
 
 def test_etcd_with_one_member_dead_works_with_two_dead_creates_nothing_and_fences(cluster):
     c = cluster()
     a, b = c.hosts["a"], c.hosts["b"]
-    assert create(a, "g1").returncode == 0
+    assert create_here(a, "g1").returncode == 0
     c.etcd.kill(c.etcd.members[0])
-    res = create(b, "g2")
+    res = create_here(b, "g2")
     assert res.returncode == 0, res.stderr
     assert "g1" in a.domains() and "g2" in b.domains()
-    refused(create(b, "g1"), "a", "g1")
+    refused(create_here(b, "g1"), "a", "g1")
     c.etcd.kill(c.etcd.members[1])
     t0 = time.monotonic()
-    res = create(b, "g3")
+    res = create_here(b, "g3")
     assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "etcd" in res.stderr, res.stderr
     assert "g3" not in b.domains()

@@ -228,3 +228,41 @@ def test_rename_moves_the_name_lock(hosts):
     la.rename(U1, "www")
     assert la.owner_of_name("www") == (U1, "A") and la.owner_of_name("web") is None
     lb.acquire("33333333-3333-3333-3333-333333333333", "web")     # the old name is free again
+
+
+def test_fence_destroys_restart_domains_and_pauses_the_others():
+    """xend's fence actions on stand-in domains (real processes as QEMUs)."""
+    import subprocess
+    from types import SimpleNamespace
+    from pyxen.xend.clusterfence import FenceActions
+
+    class Mon:
+        def __init__(self):
+            self.stopped = False
+
+        async def stop(self):
+            self.stopped = True
+
+    procs = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
+    try:
+        doms = [SimpleNamespace(uuid=U1, name="keep", pid=procs[0].pid, paused=False, monitor=Mon(),
+                                cfg=SimpleNamespace(on_host_failure="preserve"), persist_quietly=lambda: None),
+                SimpleNamespace(uuid=U2, name="moves", pid=procs[1].pid, paused=False, monitor=Mon(),
+                                cfg=SimpleNamespace(on_host_failure="restart"), persist_quietly=lambda: None)]
+        for d in doms:
+            async def release():
+                return None
+            d.release, d.gone, d.forget = release, asyncio.Event(), lambda: None
+        removed = []
+        node = FenceActions()
+        node.domains = SimpleNamespace(all=lambda: doms, by_uuid={d.uuid: d for d in doms},
+                                       remove=removed.append, emit=lambda *a, **k: None)
+        node.name, node.state, node._was_paused, node._unforgotten = "A", "up", set(), {}
+        done = asyncio.run(node._fence("pause", "test"))
+        assert done == [U1] and doms[0].paused and doms[0].monitor.stopped
+        assert procs[1].wait(timeout=5) == -9 and procs[0].poll() is None   # killed / left alone
+        assert removed == [doms[1]] and node._unforgotten == {}           # forgotten, records deleted
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
