@@ -26,7 +26,6 @@ zeroes).  Target: pyxen's disk throughput >= 0.8x the raw copy's.
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import time
 from datetime import datetime, timezone
@@ -69,20 +68,12 @@ class StorageBench(mb.Bench):
         return mb.Host(root, ns, ip) if i == 0 else PrivateHost(root, ns, ip, self.disks, self.b_disks)
 
 
-def _stats(values: list[float]) -> dict | None:
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
-            "max": round(max(values), 3), "n": len(values)}
-
-
 def summarize(raw: list[dict], pyxen: list[dict]) -> dict:
-    return {"raw_mib_s": _stats([s["mib_s"] for s in raw]),
-            "pyxen_disk_mib_s": _stats([s["disk_mib_s"] for s in pyxen]),
-            "pyxen_total_s": _stats([s["seconds"] for s in pyxen]),
-            "pyxen_wall_s": _stats([s["wall_s"] for s in pyxen]),
-            "pyxen_disk_s": _stats([s["disk_seconds"] for s in pyxen])}
+    return {"raw_mib_s": mb._stats([s["mib_s"] for s in raw]),
+            "pyxen_disk_mib_s": mb._stats([s["disk_mib_s"] for s in pyxen]),
+            "pyxen_total_s": mb._stats([s["seconds"] for s in pyxen]),
+            "pyxen_wall_s": mb._stats([s["wall_s"] for s in pyxen]),
+            "pyxen_disk_s": mb._stats([s["disk_seconds"] for s in pyxen])}
 
 
 def compare(summary: dict) -> dict:

@@ -12,22 +12,10 @@ from pyxen.cluster.fence import Fencer
 from pyxen.cluster.lock import DomainLock, LockHeld
 from pyxen.cluster.membership import Membership
 from pyxen.store import StoreConflict
-from pyxen.testing import etcd as etcdtest
 from pyxen.testing.wait import poll
 
 U1 = "11111111-1111-1111-1111-111111111111"
 U2 = "22222222-2222-2222-2222-222222222222"
-
-
-@pytest.fixture(scope="module")
-def etcd(tmp_path_factory):
-    why = etcdtest.available()
-    if why:     # the Makefile installs it; a missing etcd is a broken machine, not a skip
-        pytest.fail(why)
-    c = etcdtest.EtcdCluster(tmp_path_factory.mktemp("etcd"), 1)
-    c.start()
-    yield c
-    c.remove()
 
 
 @pytest.fixture

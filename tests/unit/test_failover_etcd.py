@@ -14,21 +14,9 @@ from pyxen.cluster import failover as fo, view
 from pyxen.cluster.lock import DomainLock, LockHeld
 from pyxen.cluster.membership import Membership
 from pyxen.config.domain import DomainConfig
-from pyxen.testing import etcd as etcdtest
 from pyxen.testing.wait import poll
 
 from test_failover import U1, U2, put_domain
-
-
-@pytest.fixture(scope="module")
-def etcd(tmp_path_factory):
-    why = etcdtest.available()
-    if why:     # the Makefile installs it: a missing etcd is a broken machine, not a skip
-        pytest.fail(why)
-    c = etcdtest.EtcdCluster(tmp_path_factory.mktemp("etcd"), 1)
-    c.start()
-    yield c
-    c.remove()
 
 
 def test_one_survivor_restarts_and_the_returning_host_cannot(etcd):

@@ -10,19 +10,7 @@ import pytest
 
 from pyxen.filestore import FileStore
 from pyxen.store import Compare, Delete, NotClustered, Put, StoreConflict, StoreError
-from pyxen.testing import etcd as etcdtest
 from pyxen.testing.wait import poll
-
-
-@pytest.fixture(scope="module")
-def etcd(tmp_path_factory):
-    why = etcdtest.available()
-    if why:     # the Makefile installs it; a missing etcd is a broken machine, not a skip
-        pytest.fail(why)
-    c = etcdtest.EtcdCluster(tmp_path_factory.mktemp("etcd"), 1)
-    c.start()
-    yield c
-    c.remove()
 
 
 @pytest.fixture(params=["file", "etcd"])
