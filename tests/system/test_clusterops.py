@@ -11,16 +11,20 @@ real TCG guests.
   'preserve' one is not restarted; A, healed, destroys its superseded copy
   and does not resume it, and resumes the preserved one.
 
-Not here yet: the guest on a shared disk writing its host name every 100 ms.
-Written (branch clusterops-wip-writer), it shows the restart refused by
-QEMU's image lock, still held by A's fenced (paused) QEMU: a restart domain
-must be destroyed, not paused, when its host fences (NEEDS-FROM-CLUSTER.md).
+Through the failure test the guest writes "<host> <n>" into sector n of its
+region of a shared disk every 100 ms (region by host, so each copy's records
+survive): the copy on A must stop writing once fenced (the fence destroys a
+restart domain) and never write again (its count is frozen from the fence to
+the end), so the copy that runs on the survivor is never a second writer at
+the same time.
 """
 
 from __future__ import annotations
 
 import json
 import time
+
+from pyxen.testing.guest import GuestConsole
 
 from pyxen.testing.wait import poll
 
@@ -79,29 +83,75 @@ def test_host_list_placement_list_cluster_migrate_by_name_and_evacuate(cluster):
     assert res.returncode == 1 and "run it on c itself (this host is a)" in res.stderr
 
 
-def test_host_failure_restarts_exactly_once_and_the_returning_host_does_not_resume(cluster):
+REGION = {"a": 0, "b": 20000, "c": 40000}     # sectors
+
+
+def start_writer(h, dom: str) -> None:
+    """Log in on *dom*'s console on host *h* and leave a writer running."""
+    with GuestConsole(dom, env=h.env) as con:
+        con.login()
+        out, rc = con.run(f"(n=0; while :; do echo '{h.name}' $n | dd of=/dev/xvdb bs=512 "
+                          f"seek=$(({REGION[h.name]}+n)) conv=notrunc,fsync 2>/dev/null; n=$((n+1)); "
+                          "sleep 0.1; done) </dev/null >/dev/null 2>&1 & :")
+        assert rc == 0, out
+
+
+def records(path, host: str) -> int:
+    """How many consecutive records *host*'s writer left (its last n + 1)."""
+    n = 0
+    with open(path, "rb") as f:
+        while True:
+            f.seek((REGION[host] + n) * 512)
+            sec = f.read(512)
+            if not sec.startswith(f"{host} {n}\n".encode()):
+                return n
+            n += 1
+
+
+def test_host_failure_restarts_exactly_once_and_the_returning_host_does_not_resume(cluster, tmp_path):
     c = cluster(names=("a", "b", "c"))
     a, b, cc = (c.hosts[n] for n in "abc")
-    assert a.xm("create", str(a.config("r", on_host_failure="restart")), "--host", "a",
-                check=False).returncode == 0
+    shared = tmp_path / "shared.img"
+    with open(shared, "wb") as f:
+        f.truncate(64 << 20)
+    shared.chmod(0o666)
+    assert a.xm("create", str(a.config("r", on_host_failure="restart", disk=[f"file:{shared},xvdb,w"])),
+                "--host", "a", check=False).returncode == 0
     assert a.xm("create", str(a.config("p")), "--host", "a", check=False).returncode == 0
     ur = uuid_of(a, "r")
     poll(lambda: running(a, "r") and running(a, "p"), timeout=60, what="r and p running")
+    start_writer(a, "r")
+    poll(lambda: records(shared, "a") > 10, timeout=30, what="r's writer on A")
     t0 = time.monotonic()
     c.net.cut(a.ns, [m.ip for m in c.etcd.members])
     # The fence pauses p (preserve) and destroys r (restart: another host
     # starts it, and a paused QEMU would keep its images locked).
     poll(lambda: "r" not in a.domains() and "p" in state(a, "p"), timeout=TTL, interval=0.2,
          what="A to fence its guests")
+    time.sleep(1)
+    frozen = records(shared, "a")          # A's copy is gone: its count must not move again
 
     def restarted():
         return [h.name for h in (b, cc) if "r" in h.domains()]
-    poll(restarted, timeout=TTL + 30, interval=0.2, what="B or C to restart r")
+    def logs():     # what the survivors decided, for a failure message
+        return "".join(line for h in (b, cc) for line in
+                       (h.root / "var/log/xen/xend.log").read_text(errors="replace").splitlines(True)
+                       if "failover" in line or " r:" in line or "cluster" in line)[-3000:]
+    try:
+        poll(restarted, timeout=TTL + 30, interval=0.2, what="B or C to restart r")
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{logs()}") from None
     took = time.monotonic() - t0
+    time.sleep(1)
     where = restarted()
+    if len(where) != 1:
+        print(logs())
     assert len(where) == 1, where
     winner = c.hosts[where[0]]
     poll(lambda: running(winner, "r"), timeout=60, what="r running on its new host")
+    start_writer(winner, "r")
+    poll(lambda: records(shared, winner.name) > 10, timeout=30, what="r's writer on its new host")
+    assert records(shared, "a") == frozen
     assert c.owner(ur) == winner.name
     claim = c.get(f"cluster/failover/{ur}")
     assert claim["source"] == "a" and claim["target"] == winner.name and claim["state"] == "started"
@@ -112,5 +162,9 @@ def test_host_failure_restarts_exactly_once_and_the_returning_host_does_not_resu
     poll(lambda: "r" not in a.domains(), timeout=30, what="A to drop its superseded copy of r")
     poll(lambda: running(a, "p"), timeout=30, what="A to resume p")
     assert running(winner, "r") and c.owner(ur) == winner.name
+    # Through the whole test: A's copy never wrote after its pause, the new one kept writing.
+    n = records(shared, winner.name)
+    poll(lambda: records(shared, winner.name) > n, timeout=10, what="the new copy to keep writing")
+    assert records(shared, "a") == frozen
     assert took < TTL + 20, took
     print(json.dumps({"cut_to_restart_s": round(took, 1), "restarted_on": winner.name}))
