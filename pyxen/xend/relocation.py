@@ -20,7 +20,7 @@ from ..config.errors import ConfigError
 from ..hypervisor.qemu import qemulog
 from ..pki import PkiError, is_host_cert, peer_name
 from ..store import StoreError
-from . import features, firmware, nbdrelay, preauth, storagemigrate
+from . import features, firmware, nbdrelay, preauth, remotecreate, storagemigrate
 from . import relocproto as rp
 from .errors import InvalidRequest, XendError
 from .lifecycle import State
@@ -145,6 +145,12 @@ class RelocationServer:
             if first[0] == "nbd":
                 # A storage migration's NBD channel (nbdrelay), not a domain.
                 await nbdrelay.in_thread(nbdrelay.serve, link, first, peer)
+                return
+            if first[0] == "create":
+                # xm create on another member, placed here (remotecreate).
+                log.info("relocation: create request from %s (%s)", peer,
+                         peer_name(link.sock) if self.ctx else "unauthenticated")
+                await remotecreate.serve(self.domains, link, first, peer)
                 return
             who = peer_name(link.sock) if self.ctx else "unauthenticated"
             log.info("relocation: connection from %s (%s)", peer, who)

@@ -52,7 +52,8 @@ def cmd_create(ctx, opts, args):
         values["host"] = opts["host"]
     res = ctx.call("create", values)
     if not quiet:
-        print(f"Started domain {res['name']} (id={res['domid']})")
+        where = f" on host {res['host']}" if res.get("host") else ""
+        print(f"Started domain {res['name']} (id={res['domid']}){where}")
     if cfg.builder == "hvm" and (cfg.hvm.get("vncviewer") or cfg.hvm.get("vncconsole")):
         _start_vncviewer(ctx, res["name"])
     if "console_autoconnect" in opts:

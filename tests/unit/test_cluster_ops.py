@@ -123,7 +123,14 @@ def test_not_in_a_cluster(tmp_path):
                                           "cannot create domain newone on host beta (this host is alpha)")
 
 
-def test_in_a_cluster(tmp_path):
+def test_in_a_cluster(tmp_path, monkeypatch):
+    from pyxen.xend import remotecreate
+    sent = []
+
+    async def forward(domains, name, address, port, cfg, paused):
+        sent.append((name, address, cfg.name, paused))
+        return {"domid": 7, "name": cfg.name, "uuid": cfg.uuid, "host": name}
+    monkeypatch.setattr(remotecreate, "forward", forward)
     api = harness(tmp_path, clustered=True)
     st, doc = request(api, "GET", "/api/hosts")
     assert st == 200 and [h["name"] for h in doc["hosts"]] == ["alpha", "beta", "gamma"]
@@ -140,8 +147,10 @@ def test_in_a_cluster(tmp_path):
     st, doc = request(api, "POST", "/api/domains", {"config": big})
     assert st == 409 and doc["error"] == ("no host can run domain newone: alpha: 3584 MiB free, needs 3600 MiB; "
                                           "beta: 1536 MiB free, needs 3600 MiB; gamma: host is lost")
+    # --host names another member: the create goes to its xend (xend/remotecreate.py)
     st, doc = request(api, "POST", "/api/domains", {"config": CONFIG.replace("2048", "256"), "host": "beta"})
-    assert st == 409 and "placed on host beta" in doc["error"]
+    assert st == 201 and doc["host"] == "beta" and doc["domid"] == 7, doc
+    assert sent[-1][0] == "beta" and sent[-1][1] and sent[-1][2] == "newone" and not sent[-1][3]
     st, doc = request(api, "POST", "/api/domains", {"config": CONFIG, "host": "beta"})
     assert st == 409 and doc["error"] == "no host can run domain newone: beta: 1536 MiB free, needs 2048 MiB"
     st, doc = request(api, "POST", "/api/domains", {"config": CONFIG, "host": "nosuch"})
@@ -149,7 +158,7 @@ def test_in_a_cluster(tmp_path):
     # this host lacks the kernel: placement passes it over for beta
     st, doc = request(api, "POST", "/api/domains", {"config": CONFIG.replace("2048", "256")
                                                     .replace("/bin/sh", str(tmp_path / "nokernel"))})
-    assert st == 409 and doc["error"].startswith("domain newone is placed on host beta")
+    assert st == 201 and doc["host"] == "beta" and len(sent) == 2, doc
     st, doc = request(api, "POST", "/api/hosts/beta/evacuate", {})
     assert st == 400 and "run it on beta itself (this host is alpha)" in doc["error"]
 

@@ -55,29 +55,32 @@ def with_hosts(domains, rows: list[dict]) -> list[dict]:
     return view.cluster_domains(cl.store, cl.name, rows)
 
 
-def place(domains, cfg, host: str | None) -> None:
-    """Check that *cfg* is to run here: ``--host`` names this host, or
-    placement picks it.  Raises Conflict naming the chosen host otherwise
-    (starting it there is that host's xend's work: xm create --host on it)."""
+def place(domains, cfg, host: str | None) -> placement.HostInfo | None:
+    """Where *cfg* is to run: None for this host (``--host`` names it, or
+    placement picks it), else the member placement chose, whose xend the
+    create is handed to (xend/remotecreate.py).  Conflict when no host fits."""
     cl = cluster_of(domains)
     me = this_host(domains)
     if cl is None:
         if host and host != me:
             raise Conflict(f"{NOT_IN_CLUSTER}: cannot create domain {cfg.name} on host {host} "
                            f"(this host is {me})")
-        return
+        return None
     needs = placement.needs_of(cfg)
     hosts = [h if h.name != me else _with_local_paths(h, needs) for h in view.hosts(cl.store)]
     try:
         choice = placement.choose(hosts, needs, only=host or None)
     except placement.PlacementError as e:
         raise Conflict(str(e)) from None
-    if choice.host.name != me:
-        raise Conflict(f"domain {cfg.name} is placed on host {choice.host.name} (most free memory that "
-                       f"fits): create it there with xm create --host {choice.host.name} on that host")
     if choice.skipped:
-        log.info("%s: placed here; skipped %s", cfg.name,
+        log.info("%s: placed on %s; skipped %s", cfg.name, choice.host.name,
                  "; ".join(f"{h}: {r}" for h, r in sorted(choice.skipped.items())))
+    if choice.host.name == me:
+        return None
+    if not choice.host.address:
+        raise Conflict(f"domain {cfg.name} is placed on host {choice.host.name}, which published no "
+                       "relocation address to send the create to")
+    return choice.host
 
 
 def _with_local_paths(h: placement.HostInfo, needs: placement.Needs) -> placement.HostInfo:

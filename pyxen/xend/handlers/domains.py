@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from .. import host
+from .. import host, remotecreate
 from . import Call
 from .cluster import cluster_of, place, this_host, with_hosts
 
@@ -45,7 +45,11 @@ async def create(call: Call):
     notes = call.args["notes"] or []
     if call.args["host"] or cluster_of(call.domains) is not None:
         cfg = call.domains.parse(call.args["config"])
-        place(call.domains, cfg, call.args["host"])
+        there = place(call.domains, cfg, call.args["host"])
+        if there is not None:
+            # Placed on another member: its xend starts it.
+            return await remotecreate.forward(call.domains, there.name, there.address, there.port, cfg,
+                                              bool(call.args["paused"]))
         dom = await call.domains.create_config(cfg, paused=call.args["paused"])
     else:
         dom = await call.domains.create(call.args["config"], paused=call.args["paused"])
