@@ -30,7 +30,7 @@ with atheris.instrument_imports():
     from pyxen.config.errors import ConfigError
     from pyxen.config import specs
     from pyxen.config.xendconfig import XendConfig, XendConfigError
-    from pyxen.xend import relocproto, storagemigrate
+    from pyxen.xend import relocproto, remotecreate, storagemigrate
     from pyxen.xend.errors import InvalidRequest
 
 # ------------------------------------------------------------------ config
@@ -265,6 +265,11 @@ def fuzz_relocation(data: bytes) -> None:
             try:
                 relocproto.check_reply(msg)
             except (relocproto.ProtocolError, relocproto.PeerError):
+                pass
+            try:
+                vm, _, _ = remotecreate.parse_request(msg)      # a create placed on this host
+                DomainConfig.from_sxp(vm)
+            except (relocproto.ProtocolError, ConfigError, sxp.SxpError):
                 pass
             try:
                 req = relocproto.parse_receive(msg)
