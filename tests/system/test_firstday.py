@@ -64,7 +64,7 @@ def test_xend_start_refuses_a_missing_network_script(make_host):
 
 
 def test_xend_start_prints_misspelt_options_and_script_failures(make_host):
-    h = make_host("(accel tcg)\n(xend-relocation-sever yes)\n(vnc-tls yes)\n"
+    h = make_host("(accel tcg)\n(xend-relocation-sever yes)\n(xend-tcp-xmlrpc-server yes)\n"
                   "(network-script my-net)\n", start=False)
     scripts = h.root / "etc/xen/scripts"
     scripts.mkdir(parents=True)
@@ -72,7 +72,7 @@ def test_xend_start_prints_misspelt_options_and_script_failures(make_host):
     (scripts / "my-net").chmod(0o755)
     res = h.xend("start")
     assert "did you mean (xend-relocation-server ...)?" in res.stderr
-    assert "(vnc-tls yes) is accepted but has no effect" in res.stderr
+    assert "(xend-tcp-xmlrpc-server yes) is accepted but has no effect" in res.stderr
     assert "Warning: (network-script my-net) start failed: my-net: no uplink found" in res.stderr
     assert h.xend("status", check=False).returncode == 0
 
