@@ -239,6 +239,10 @@ def build(cfg: DomainConfig, rt: Runtime) -> list[str]:
     facts = rt.hvm or hvm.HvmFacts()
     if facts.nvram is not None:
         facts = dataclasses.replace(facts, nvram=rt.arg_path(facts.nvram))
+    if facts.vnc_tls_dir is not None:
+        # The x509 copy lives in the run dir too: a confined QEMU reaches it
+        # by its bare name (its ancestors are not its uid's to traverse).
+        facts = dataclasses.replace(facts, vnc_tls_dir=rt.arg_path(facts.vnc_tls_dir))
     # seccomp: no obsolete syscalls, no resource control from inside QEMU,
     # and (started by xend, which does the fork and setsid -daemonize would
     # need) no privilege changes and no spawning: a QEMU told to run a
