@@ -119,6 +119,16 @@ def dump_json(value) -> bytes:
     return json.dumps(value, indent=1, sort_keys=True).encode()
 
 
+def load_record(raw: bytes | None) -> dict:
+    """A JSON object another writer (another host, in a cluster) stored:
+    {} when absent, unreadable or not an object, never an exception."""
+    try:
+        v = json.loads(raw) if raw else {}
+    except (ValueError, RecursionError):
+        return {}
+    return v if isinstance(v, dict) else {}
+
+
 class Store:
     """A flat key/value namespace with revisions and transactions.
 

@@ -23,11 +23,10 @@ wait a grace delay after the key is gone (:mod:`.fence` says why) and then
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from .. import storekeys as K
-from ..store import Compare, Delete, Put, StoreConflict, dump_json
+from ..store import Compare, Delete, Put, StoreConflict, dump_json, load_record
 from . import ClusterError
 
 
@@ -64,7 +63,7 @@ class DomainLock:
         e = self.store.read(K.owner(uuid))
         if e is None:
             return None
-        rec = _json(e.value)
+        rec = load_record(e.value)
         return Owner(str(rec.get("host", "")), str(rec.get("name", "")), int(rec.get("lease", 0)), e.revision)
 
     def owner(self, uuid: str) -> str | None:
@@ -77,14 +76,14 @@ class DomainLock:
         raw = self.store.get(K.owner_name(name))
         if raw is None:
             return None
-        rec = _json(raw)
+        rec = load_record(raw)
         return str(rec.get("uuid", "")), str(rec.get("host", ""))
 
     def owners(self) -> dict[str, Owner]:
         """Every owned domain of the cluster: uuid → Owner (one request)."""
         out = {}
         for key, e in self.store.read_prefix(K.OWNERS_PREFIX).items():
-            rec = _json(e.value)
+            rec = load_record(e.value)
             out[key[len(K.OWNERS_PREFIX):]] = Owner(str(rec.get("host", "")), str(rec.get("name", "")),
                                                     int(rec.get("lease", 0)), e.revision)
         return out
@@ -176,7 +175,7 @@ class DomainLock:
             raise ClusterError(f"this host ({self.host}) does not own domain {uuid}")
         if to_lease is None:
             raw = self.store.get(K.member(to_host))
-            to_lease = int(_json(raw).get("lease", 0)) if raw else 0
+            to_lease = int(load_record(raw).get("lease", 0)) if raw else 0
         if not to_lease:
             raise ClusterError(f"host {to_host} is not up in the cluster")
         return ([Compare(K.owner(uuid), expected_revision)], self._records(uuid, rec.name, to_host, to_lease))
@@ -192,16 +191,8 @@ class DomainLock:
                                f"(owner now {now or 'nobody'}); not handed over") from None
 
 
-def _json(raw: bytes | None) -> dict:
-    try:
-        v = json.loads(raw) if raw else {}
-    except ValueError:
-        return {}
-    return v if isinstance(v, dict) else {}
-
-
 def owner_of(store, uuid: str) -> str | None:
     """The host named by domain *uuid*'s owner key, None when it is gone
     (for code without a Membership: failover's scan, tools)."""
     raw = store.get(K.owner(uuid))
-    return str(_json(raw).get("host", "")) or None if raw is not None else None
+    return str(load_record(raw).get("host", "")) or None if raw is not None else None

@@ -25,14 +25,13 @@ took them meanwhile.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from dataclasses import dataclass
 
 from .. import storekeys as K
-from ..store import Compare, Delete, Put, StoreConflict, StoreError, dump_json
+from ..store import Compare, Delete, Put, StoreConflict, StoreError, dump_json, load_record
 from . import ClusterError, ClusterEvent
 
 log = logging.getLogger("pyxen.cluster")
@@ -77,7 +76,7 @@ class HostInfo:
                    lease_age=lease_age, relocation=str(rec.get("relocation", "")),
                    api=str(rec.get("api", "")), lease=lease, updated=float(rec.get("updated", 0)))
 
-    def to_json(self) -> dict:
+    def toload_record(self) -> dict:
         return {"name": self.name, "address": self.address, "state": self.state, "free_memory": self.free_mem,
                 "vcpus": self.vcpus, "domains": self.domains, "bridges": list(self.bridges),
                 "lease_age": self.lease_age, "relocation": self.relocation, "api": self.api}
@@ -221,11 +220,11 @@ class Membership:
         known = self.store.read_prefix(K.KNOWN_PREFIX)
         out = {}
         for entry in known.values():
-            rec = _json(entry.value)
+            rec = load_record(entry.value)
             if rec.get("name"):
                 out[rec["name"]] = HostInfo.from_record(rec, "lost")
         for entry in live.values():
-            rec = _json(entry.value)
+            rec = load_record(entry.value)
             name, lease = rec.get("name"), int(rec.get("lease", 0))
             if not name:
                 continue
@@ -243,10 +242,10 @@ class Membership:
         """One host's record (None if the cluster never saw it)."""
         live = self.store.get(K.member(name))
         if live is not None:
-            rec = _json(live)
+            rec = load_record(live)
             return HostInfo.from_record(rec, "up", int(rec.get("lease", 0)))
         known = self.store.get(K.known_host(name))
-        return HostInfo.from_record(_json(known), "lost") if known is not None else None
+        return HostInfo.from_record(load_record(known), "lost") if known is not None else None
 
     def forget(self, name: str) -> None:
         """Drop a lost host's last record (it left the cluster for good)."""
@@ -278,7 +277,7 @@ def to_event(ev, up: set[str]) -> ClusterEvent | None:
     keys that are not news: the ``known`` copies, names, claims).  *up* is
     the set of hosts up so far, kept up to date here: a record of a host
     not in it is a join, of one in it an update."""
-    rec = _json(ev.value)
+    rec = load_record(ev.value)
     if ev.key.startswith(K.MEMBERS_PREFIX):
         host = rec.get("name") or ev.key[len(K.MEMBERS_PREFIX):]
         if ev.kind == "delete":
@@ -295,9 +294,3 @@ def to_event(ev, up: set[str]) -> ClusterEvent | None:
     return None
 
 
-def _json(raw: bytes | None) -> dict:
-    try:
-        v = json.loads(raw) if raw else {}
-    except ValueError:
-        return {}
-    return v if isinstance(v, dict) else {}

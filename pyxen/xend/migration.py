@@ -116,6 +116,18 @@ def _connect(host: str, port: int, ctx: ssl.SSLContext | None) -> rp.Link:
     return rp.Link(sock, LINK_TIMEOUT)
 
 
+def client_context(config, paths, what: str) -> ssl.SSLContext | None:
+    """The TLS context this host connects to another's relocation server
+    with (None with ``(xend-relocation-tls no)``); a missing certificate
+    is a MigrationError starting with *what*."""
+    if not config["xend-relocation-tls"]:
+        return None
+    try:
+        return tls_files(config, paths).client_context()
+    except PkiError as e:
+        raise MigrationError(f"{what}: {e}") from None
+
+
 def _tls_reason(e: Exception) -> str:
     text = getattr(e, "reason", None) or str(e)
     if "WRONG_VERSION_NUMBER" in str(text) or "record layer failure" in str(text):
@@ -143,12 +155,7 @@ async def migrate(dom, host: str, port: int | None = None, live: bool = False,
         raise InvalidRequest(f"the bandwidth limit must be positive, got {resource}")
     if downtime is not None and not 1 <= downtime <= 60000:
         raise InvalidRequest(f"the downtime limit must be 1-60000 ms, got {downtime}")
-    ctx = None
-    if config["xend-relocation-tls"]:
-        try:
-            ctx = tls_files(config, dom.paths).client_context()
-        except PkiError as e:
-            raise MigrationError(f"cannot migrate securely: {e}") from None
+    ctx = client_context(config, dom.paths, "cannot migrate securely")
     dom.refuse_if_busy("migrate")
     async with dom.lock:
         dom.require_live("migrate")

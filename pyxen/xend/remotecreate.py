@@ -17,10 +17,9 @@ import logging
 from ..config import sxp
 from ..config.domain import DomainConfig
 from ..config.errors import ConfigError
-from ..pki import PkiError
 from . import relocproto as rp
 from .errors import XendError
-from .migration import _connect, run_blocking, tls_files
+from .migration import _connect, client_context, run_blocking
 
 log = logging.getLogger("pyxen.relocation")
 
@@ -57,12 +56,7 @@ async def forward(domains, name: str, address: str, port: int, cfg: DomainConfig
     """Start *cfg* on member *name* (relocation server at *address*:*port*);
     its answer as the create op's result, with the host named."""
     config = domains.config
-    ctx = None
-    if config["xend-relocation-tls"]:
-        try:
-            ctx = tls_files(config, domains.paths).client_context()
-        except PkiError as e:
-            raise XendError(f"cannot create domain {cfg.name} on host {name}: {e}") from None
+    ctx = client_context(config, domains.paths, f"cannot create domain {cfg.name} on host {name}")
     try:
         link = await run_blocking(_connect, address, int(port or config["xend-relocation-port"]), ctx)
     except XendError as e:
