@@ -166,15 +166,23 @@ def make_host_cert(ca_dir: Path, name: str, ips: list[str] = (), dns: list[str] 
             sans.append(x509.IPAddress(ipaddress.ip_address(n)))
         except ValueError:
             sans.append(x509.DNSName(n))
-    for ip in ips:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(ip)))
-        except ValueError:
-            raise PkiError(f"--ip {ip}: not an IP address") from None
+    sans += _ip_sans(ips)
     # One certificate per host, used both to serve (a migration arriving,
     # the HTTPS API) and as a client (a migration leaving).
     return _issue(ca_dir, name, sans, [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
                   out or ca_dir, HOST_CERT, HOST_KEY)
+
+
+def _ip_sans(ips: list[str]) -> list:
+    """Subject alternative names for the --ip addresses (each must be one)."""
+    from cryptography import x509
+    out = []
+    for ip in ips:
+        try:
+            out.append(x509.IPAddress(ipaddress.ip_address(ip)))
+        except ValueError:
+            raise PkiError(f"--ip {ip}: not an IP address") from None
+    return out
 
 
 def make_etcd_cert(ca_dir: Path, name: str, ips: list[str], out: Path, dns: list[str] = ()) -> Path:
@@ -187,11 +195,7 @@ def make_etcd_cert(ca_dir: Path, name: str, ips: list[str], out: Path, dns: list
     if not ips:
         raise PkiError("an etcd certificate needs --ip (the member's client and peer addresses)")
     sans: list = [x509.DNSName(n) for n in [name, *dns]]
-    for ip in ips:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(ip)))
-        except ValueError:
-            raise PkiError(f"--ip {ip}: not an IP address") from None
+    sans += _ip_sans(ips)
     return _issue(ca_dir, name, sans, [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
                   out, ETCD_CERT, ETCD_KEY)
 
