@@ -14,7 +14,9 @@ XENDIR  ?= $(SYSCONFDIR)/xen
 MANDIR  ?= $(PREFIX)/share/man
 COMPLETIONDIR ?= $(PREFIX)/share/bash-completion/completions
 PY      := $(VENV)/bin/python
-STAMP   := $(VENV)/.pyxen-deps
+# The stamp names this source tree: a venv installed editable from another
+# checkout (a CI clone elsewhere) must be installed again from this one.
+STAMP   := $(VENV)/.pyxen-deps$(subst /,-,$(CURDIR))
 # Debian packages: QEMU and its tools, busybox for the guest initramfs,
 # decompressors for kernel payloads, e2fsprogs for disk images in tests;
 # for virtual networks, nftables (ip= anti-spoofing, network-nat's NAT) and
