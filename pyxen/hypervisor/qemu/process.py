@@ -200,7 +200,8 @@ def find_by_uuid(uuid: str, run_dir: Path) -> list[int]:
             cwd = os.readlink(d / "cwd")
         except OSError:
             cwd = ""
-        if cwd == want or want in " ".join(cmdline(pid)):
+        # The -daemonize path runs in /, its argv naming the run dir's files.
+        if cwd == want or any(want + "/" in a for a in cmdline(pid)):
             found.append(pid)
     return found
 
