@@ -22,6 +22,12 @@ Who runs the domain, at every step (never both, never neither):
 * if the link breaks after ``commit`` was sent but before the target
   confirmed, the source cannot know whether the target runs the guest, so
   it keeps its copy *paused* and says so.
+
+To this same host (``localhost``, its own address or cluster name) the
+same path is taken, to this xend's own relocation server; the target end
+finds the migration's id in the source's job and makes the arriving
+domain the source's twin (twins.py).  There the commit is never
+uncertain: both ends share one process and one store.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import secrets
 import socket
 import ssl
 import time
@@ -36,7 +43,7 @@ import time
 from .. import faults
 from ..hypervisor.qemu.monitor import quietly
 from ..pki import PkiError, TlsFiles
-from . import durable, firmware, jobs, nbdrelay, storagemigrate
+from . import durable, firmware, jobs, nbdrelay, storagemigrate, twins
 from . import relocproto as rp
 from .errors import Conflict, InvalidRequest, XendError
 
@@ -95,7 +102,7 @@ def tls_files(config, paths) -> TlsFiles:
 
 
 # ===================================================================== source
-def _connect(host: str, port: int, ctx: ssl.SSLContext | None) -> rp.Link:
+def _connect(host: str, port: int, ctx: ssl.SSLContext | None, own: bytes | None = None) -> rp.Link:
     try:
         sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
     except socket.timeout:
@@ -113,6 +120,10 @@ def _connect(host: str, port: int, ctx: ssl.SSLContext | None) -> rp.Link:
         except (ssl.SSLError, OSError) as e:
             sock.close()
             raise MigrationError(f"TLS with {host}:{port} failed: {_tls_reason(e)}") from None
+        if own is not None and sock.getpeercert(binary_form=True) != own:
+            sock.close()
+            raise MigrationError(f"{host}:{port} is a loopback address but its xend is not this host's "
+                                 "(another certificate)")
     return rp.Link(sock, LINK_TIMEOUT)
 
 
@@ -156,16 +167,29 @@ async def migrate(dom, host: str, port: int | None = None, live: bool = False,
     if downtime is not None and not 1 <= downtime <= 60000:
         raise InvalidRequest(f"the downtime limit must be 1-60000 ms, got {downtime}")
     ctx = client_context(config, dom.paths, "cannot migrate securely")
+    own, address = None, host
+    local = twins.loopback_destination(host, config["xend-relocation-address"])
+    if local is not None:
+        # To this host (twins.py): its relocation server, whatever the name.
+        try:
+            address, own = local, twins.own_cert_only(ctx, tls_files(config, dom.paths).cert)
+        except OSError as e:
+            raise MigrationError(f"cannot migrate securely: {e}") from None
     dom.refuse_if_busy("migrate")
     async with dom.lock:
         dom.require_live("migrate")
+        if local is not None:
+            twins.refuse_unsupported(dom.cfg, copy_storage)
         out = Outgoing(dom, host, int(port), live, resource, downtime, ctx)
+        out.address, out.own = address, own
         out.copy_storage = copy_storage
         return await out.run()
 
 
 class Outgoing:
     copy_storage = False
+    own: bytes | None = None        # over loopback: the certificate the peer must show
+    local = False                   # the target is this host (twins.py)
 
     def __init__(self, dom, host, port, live, resource, downtime, ctx):
         self.dom, self.host, self.port, self.live = dom, host, port, live
@@ -177,6 +201,7 @@ class Outgoing:
         self.resume = not dom.paused
         self.t0 = time.monotonic()
         self.where = f"{host}:{port}"
+        self.address = host         # where to connect (a loopback name: the listen address)
         self.stats: dict = {}
 
     def _progress(self, **info) -> None:
@@ -186,10 +211,12 @@ class Outgoing:
     async def run(self) -> dict:
         dom = self.dom
         async with durable.change(dom, "migrate"):      # the job is recorded before anything moves
-            dom.job = jobs.Job("migrate", "connect", target=self.where, resume=self.resume, live=self.live)
+            # The id tells a target on this same host that it is the source's.
+            dom.job = jobs.Job("migrate", "connect", target=self.where, resume=self.resume, live=self.live,
+                               id=secrets.token_hex(8))
         try:
             try:
-                self.link = await run_blocking(_connect, self.host, self.port, self.ctx)
+                self.link = await run_blocking(_connect, self.address, self.port, self.ctx, self.own)
                 await self._prepare()
                 faults.point("migrate-source-prepared")
                 if self.copy_storage:
@@ -213,9 +240,15 @@ class Outgoing:
                 await run_blocking(self.link.send, ["commit"])
                 done = rp.check_reply(await run_blocking(self.link.recv, LINK_TIMEOUT), "running")
             except BaseException as e:
-                dom.services.count_migration("out", False, self.link.sent)
-                await self._uncertain(e)
-                raise
+                if not (self.local and dom.superseded):
+                    dom.services.count_migration("out", False, self.link.sent)
+                    if self.local:
+                        # One process, one store: the twin did not commit.
+                        await self._roll_back(e)
+                        raise self._failure(e) from None
+                    await self._uncertain(e)
+                    raise
+                done = []       # the twin runs: only its answer was lost
         finally:
             if self.channel is not None:
                 await run_blocking(self.channel.close)
@@ -229,6 +262,8 @@ class Outgoing:
         total = time.monotonic() - self.t0
         result = {"host": self.host, "port": self.port, "live": self.live, "seconds": round(total, 3),
                   "bytes": self.link.sent, **self.stats}
+        if self.local:
+            result["same_host"] = True
         if resumed and stopped:
             # Both QEMUs' wall clocks: exact on one machine, NTP-close across hosts.
             result["downtime_ms"] = round((float(resumed) - stopped) * 1000, 1)
@@ -249,13 +284,18 @@ class Outgoing:
         req = rp.Receive(config=dom.booted_config().to_sxp(), accel=dom.accel, machine=meta["machine"],
                          qemu=meta["qemu"], live=self.live, host=socket.gethostname(),
                          paused=not self.resume, firmware=firmware.save_meta(ctx),
-                         nvram=firmware.nvram_now(ctx), storage=storage)
+                         nvram=firmware.nvram_now(ctx), storage=storage, migration_id=dom.job["id"])
         dom.job["phase"] = "prepare"
         try:
             reply = await run_blocking(self.link.request, req.to_msg(), "domid", PREPARE_TIMEOUT)
         finally:
             storagemigrate.remove_probes(probes)
         self.stats["target_domid"] = _value(reply, "domid")
+        if str(_value(reply, "same-host")) == "1":
+            if twins.twin_of(dom) is None:
+                raise rp.ProtocolError("the target says it is this host, but this xend holds no arriving copy")
+            self.local = True
+            dom.job["local"] = True     # recorded with the commit point (recover)
         self.target_cluster = (_value(reply, "cluster-host"), _value(reply, "cluster-lease"))
         if self.copy_storage:
             token, hows = storagemigrate.parse_reply(reply)
@@ -415,6 +455,10 @@ class Outgoing:
             await self.mirror.abort()
         if self.channel is not None:
             await run_blocking(self.channel.close)
+        if self.local:
+            # The twin may hold the disks' locks (QEMU takes them when the
+            # stream is loaded): the source resumes once it is gone.
+            await twins.wait_gone(dom)
         if dom.monitor is not None and dom.pid and not await dom.cancel_outgoing(self.resume):
             log.error("%s: could not resume the guest after the failed migration", dom.name)
         if self.mirror is not None and dom.monitor is not None:
@@ -469,7 +513,10 @@ async def recover(dom, job: dict) -> None:
     one past it keeps the guest paused, as nobody knows whether the
     target runs it."""
     alive = dom.monitor is not None and dom.pid
-    if job.get("phase") in ("commit", "done"):
+    # To this same host the commit is never uncertain: this record is
+    # still the source's, so the twin never committed (twins.py), and it
+    # was dropped before this recovery ran.
+    if job.get("phase") in ("commit", "done") and not job.get("local"):
         log.error("%s: xend stopped after telling %s to run the domain; kept paused here — "
                   "check the target before unpausing it", dom.name, job.get("target"))
         if alive:
