@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
+from test_cluster import _leftovers, cluster  # noqa: F401  (fixtures: etcd and clustered xends)
 from test_migrate import TICK, last, state_files, taps
 from test_network import lab  # noqa: F401  (a fixture: namespaces, removed afterwards)
 from pyxen.testing.wait import poll
@@ -117,6 +121,7 @@ def test_live_migration_to_localhost_keeps_the_guest_running(one, lab, tmp_path)
 
     new = h.domains()["here"]["id"]
     assert new != old                                   # Xen's rule: a new domid, the same name
+    assert f"now domain {new} on this same host" in res.stderr, res.stderr
     assert uuid_of(h, "here") == uuid
     assert old_pid not in h.qemu_pids()
     one_copy(h, lab, ns, "here", new)
@@ -256,6 +261,10 @@ def test_xend_killed_mid_stream_leaves_the_source_running(one, lab, tmp_path):
             break
     else:
         raise AssertionError("the migration ended before its stream was seen flowing")
+    # Two QEMUs, one domain to the user (the source, until the commit).
+    assert len(h.qemu_pids()) == 2
+    listed = [line.split()[:2] for line in h.xm("list").stdout.splitlines()[1:]]
+    assert listed.count(["midway", str(old)]) == 1 and [n for n, _ in listed].count("midway") == 1, listed
     os.kill(int((h.root / "var/run/pyxen/xend.pid").read_text()), 9)
     p.communicate(timeout=120)
     assert p.returncode != 0
@@ -265,3 +274,60 @@ def test_xend_killed_mid_stream_leaves_the_source_running(one, lab, tmp_path):
     poll(lambda: len(h.qemu_pids()) == 1, 30, what="exactly one QEMU")
     one_copy(h, lab, ns, "midway", old)
     check_guest(h, "midway", up)
+
+
+def test_in_a_cluster_the_lock_stays_with_this_host(cluster, tmp_path):
+    """Migrating to this host's own cluster name: the domain lock and the
+    claim on its disk stay this host's all along; destroyed, both go."""
+    c = cluster(names=("a",), members=1)
+    a = c.hosts["a"]
+    disk = Path(tempfile.mkdtemp(prefix="pxshared", dir="/tmp")) / "cl.img"
+    disk.write_bytes(b"\0" * (4 << 20))
+    try:
+        res = a.xm("create", "--host", "a", str(a.config("cl", disk=[f"file:{disk},xvdb,w"])), check=False)
+        assert res.returncode == 0, res.stderr
+        uuid, old = uuid_of(a, "cl"), a.domains()["cl"]["id"]
+        claims = c.ctl("get", "--prefix", "cluster/claims/", "--keys-only").stdout
+        assert f"/by/{uuid}@a" in claims
+        with a.console("cl") as con:
+            con.login()
+        res = a.xm("migrate", "--live", "cl", "a", check=False, timeout=600)
+        assert res.returncode == 0, res.stderr
+        assert a.domains()["cl"]["id"] != old and len(a.qemu_pids()) == 1
+        assert c.owner(uuid) == "a"
+        assert c.get(f"cluster/names/cl")["host"] == "a"
+        assert c.ctl("get", "--prefix", "cluster/claims/", "--keys-only").stdout == claims
+        assert c.ctl("get", f"domains/{uuid}/config", "--keys-only").stdout.strip()
+        with a.console("cl") as con:
+            con.send("\r")
+            assert last(con.run("echo lock-kept")) == "lock-kept"
+        a.xm("destroy", "cl")
+        assert c.owner(uuid) is None
+        assert f"/by/{uuid}@a" not in c.ctl("get", "--prefix", "cluster/claims/", "--keys-only").stdout
+    finally:
+        shutil.rmtree(disk.parent, ignore_errors=True)
+
+
+def test_hvm_guest_with_vnc_moves_to_a_new_qemu_here(one, hvm_media, tmp_path):
+    """An HVM guest (IDE disk, emulated NIC, VNC on a display chosen by
+    domid): the new QEMU has its own VNC server, which shows the guest."""
+    from test_hvm import hvm_config, screen_text, vnc_addr
+    h, ns = one()
+    disk = tmp_path / "hvm-disk.img"
+    shutil.copy(hvm_media["disk"], disk)
+    hvm_config(h, "hvmhere", disk=[f"file:{disk},ioemu:hda,w"], vif=["type=ioemu,bridge=xenbr0,model=e1000"],
+               vnc=1, vncunused=1, boot="c")
+    h.xm("create", str(h.root / "etc/xen/hvmhere"))
+    with h.console("hvmhere") as con:
+        con.login()
+        con.run("hvmvar=kept")
+    before = vnc_addr(h, "hvmhere")
+    h.xm("migrate", "--live", "hvmhere", "localhost", timeout=600)
+    assert len(h.qemu_pids()) == 1
+    after = vnc_addr(h, "hvmhere")
+    assert after != before, (before, after)
+    with h.console("hvmhere") as con:
+        con.send("\r")
+        assert last(con.run("echo $hvmvar")) == "kept"
+        con.run("echo SAME HOST SCREEN OK > /dev/tty0")
+    assert "SAME HOST SCREEN OK" in " ".join(screen_text(h, "hvmhere", tmp_path).upper().split())
