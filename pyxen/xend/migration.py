@@ -37,117 +37,24 @@ import functools
 import logging
 import secrets
 import socket
-import ssl
 import time
 
 from .. import faults
 from ..hypervisor.qemu.monitor import quietly
-from ..pki import PkiError, TlsFiles
 from . import durable, firmware, jobs, nbdrelay, storagemigrate, twins
 from . import relocproto as rp
-from .errors import Conflict, InvalidRequest, XendError
+from .errors import InvalidRequest, XendError
+from .relolink import (LINK_TIMEOUT, MigrationError, _connect, _connect_loopback, client_context,
+                       run_blocking, socketpair, tls_files)
 
 log = logging.getLogger("pyxen.domain.migrate")
 
-CONNECT_TIMEOUT = 30.0      # Xen's relocation connect timeout
-LINK_TIMEOUT = 60.0         # the longest silence of a live peer
 PREPARE_TIMEOUT = 120.0     # the target starts QEMU, builds vifs
 LOAD_TIMEOUT = 120.0        # the target QEMU finishes loading after E
 DEFAULT_DOWNTIME_MS = 50    # start of the downtime ramp (QEMU's default is 300)
 MAX_RAMPED_DOWNTIME_MS = 2000
 RAMP_EVERY_PASSES = 4       # double the allowed downtime after this many passes
 UNLIMITED = 1 << 40         # bytes/s: QEMU's 128 MiB/s default would cap a LAN
-# The socketpairs between xend and QEMU: whatever sits in them when the
-# guest stops must still cross the link and be loaded before it resumes.
-# 4 MiB buffers made the idle downtime ~60 ms (median of 8-10
-# migrations, bench/migrate.py's harness), 1 MiB ~30-47 ms with the same
-# stream throughput; 256 KiB halved the throughput.
-SOCKBUF = 1 << 20
-
-
-class MigrationError(Conflict):
-    """A migration that did not happen; the message says where the domain
-    is.  (409: the request was fine, the hosts' state did not allow it.)"""
-    code = "migration_failed"
-
-
-async def run_blocking(fn, *args):
-    """*fn* in a worker thread (socket and TLS work blocks)."""
-    return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
-
-
-def socketpair() -> tuple[socket.socket, socket.socket]:
-    a, b = socket.socketpair()
-    for s in (a, b):
-        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-            try:
-                s.setsockopt(socket.SOL_SOCKET, opt, SOCKBUF)
-            except OSError:
-                pass
-    return a, b
-
-
-def tune(sock: socket.socket) -> None:
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    for opt, val in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 4)):
-        if hasattr(socket, opt):
-            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), val)
-
-
-def tls_files(config, paths) -> TlsFiles:
-    c = config
-    return TlsFiles.for_host(paths.etc, c["xend-relocation-server-ssl-cert-file"],
-                             c["xend-relocation-server-ssl-key-file"], c["xend-relocation-ca-file"])
-
-
-# ===================================================================== source
-def _connect(host: str, port: int, ctx: ssl.SSLContext | None, own: bytes | None = None) -> rp.Link:
-    try:
-        sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
-    except socket.timeout:
-        raise MigrationError(f"cannot connect to {host}:{port}: no answer in {CONNECT_TIMEOUT:.0f} s") from None
-    except OSError as e:
-        raise MigrationError(f"cannot connect to {host}:{port}: {e.strerror or e} "
-                             "(is xend-relocation-server on there?)") from None
-    tune(sock)
-    if ctx is not None:
-        try:
-            sock = ctx.wrap_socket(sock, server_hostname=host)
-        except ssl.SSLCertVerificationError as e:
-            sock.close()
-            raise MigrationError(f"{host}:{port} is not a trusted pyxen host: {e.verify_message}") from None
-        except (ssl.SSLError, OSError) as e:
-            sock.close()
-            raise MigrationError(f"TLS with {host}:{port} failed: {_tls_reason(e)}") from None
-        if own is not None and sock.getpeercert(binary_form=True) != own:
-            sock.close()
-            raise MigrationError(f"{host}:{port} is a loopback address but its xend is not this host's "
-                                 "(another certificate)")
-    return rp.Link(sock, LINK_TIMEOUT)
-
-
-def client_context(config, paths, what: str) -> ssl.SSLContext | None:
-    """The TLS context this host connects to another's relocation server
-    with (None with ``(xend-relocation-tls no)``); a missing certificate
-    is a MigrationError starting with *what*."""
-    if not config["xend-relocation-tls"]:
-        return None
-    try:
-        return tls_files(config, paths).client_context()
-    except PkiError as e:
-        raise MigrationError(f"{what}: {e}") from None
-
-
-def _tls_reason(e: Exception) -> str:
-    text = getattr(e, "reason", None) or str(e)
-    if "WRONG_VERSION_NUMBER" in str(text) or "record layer failure" in str(text):
-        return "the peer does not speak TLS (is its xend-relocation-tls off?)"
-    if "alert" in str(text).lower() or "UNKNOWN_CA" in str(text):
-        return f"the peer refused our certificate ({text})"
-    if isinstance(e, ConnectionResetError) or "EOF" in str(text):
-        return "the peer closed the connection during the handshake (it refused us: see its xend.log)"
-    return str(text)
 
 
 async def migrate(dom, host: str, port: int | None = None, live: bool = False,
@@ -167,29 +74,25 @@ async def migrate(dom, host: str, port: int | None = None, live: bool = False,
     if downtime is not None and not 1 <= downtime <= 60000:
         raise InvalidRequest(f"the downtime limit must be 1-60000 ms, got {downtime}")
     ctx = client_context(config, dom.paths, "cannot migrate securely")
-    own, address = None, host
-    local = twins.loopback_destination(host, config["xend-relocation-address"])
-    if local is not None:
-        # To this host (twins.py): its relocation server, whatever the name.
-        try:
-            address, own = local, twins.own_cert_only(ctx, tls_files(config, dom.paths).cert)
-        except OSError as e:
-            raise MigrationError(f"cannot migrate securely: {e}") from None
+    try:
+        here = twins.loopback(host, config["xend-relocation-address"],
+                              lambda: client_context(config, dom.paths, "cannot migrate securely"),
+                              tls_files(config, dom.paths).cert)
+    except OSError as e:
+        raise MigrationError(f"cannot migrate securely: {e}") from None
     dom.refuse_if_busy("migrate")
     async with dom.lock:
         dom.require_live("migrate")
-        if local is not None:
-            twins.refuse_unsupported(dom.cfg, copy_storage)
         out = Outgoing(dom, host, int(port), live, resource, downtime, ctx)
-        out.address, out.own = address, own
+        out.here = here
         out.copy_storage = copy_storage
         return await out.run()
 
 
 class Outgoing:
     copy_storage = False
-    own: bytes | None = None        # over loopback: the certificate the peer must show
-    local = False                   # the target is this host (twins.py)
+    here: "twins.Loopback | None" = None    # a loopback destination: how to reach this xend too
+    local = False                   # the target is this xend (twins.py)
 
     def __init__(self, dom, host, port, live, resource, downtime, ctx):
         self.dom, self.host, self.port, self.live = dom, host, port, live
@@ -201,7 +104,6 @@ class Outgoing:
         self.resume = not dom.paused
         self.t0 = time.monotonic()
         self.where = f"{host}:{port}"
-        self.address = host         # where to connect (a loopback name: the listen address)
         self.stats: dict = {}
 
     def _progress(self, **info) -> None:
@@ -216,7 +118,10 @@ class Outgoing:
                                id=secrets.token_hex(8))
         try:
             try:
-                self.link = await run_blocking(_connect, self.address, self.port, self.ctx, self.own)
+                if self.here is not None:
+                    self.link = await run_blocking(_connect_loopback, self.host, self.port, self.ctx, self.here)
+                else:
+                    self.link = await run_blocking(_connect, self.host, self.port, self.ctx)
                 await self._prepare()
                 faults.point("migrate-source-prepared")
                 if self.copy_storage:

@@ -24,8 +24,8 @@ from . import features, firmware, nbdrelay, preauth, remotecreate, storagemigrat
 from . import relocproto as rp
 from .errors import InvalidRequest, XendError
 from .lifecycle import State
-from .migration import (LINK_TIMEOUT, LOAD_TIMEOUT, MigrationError, describe,
-                        run_blocking, socketpair, tls_files, tune)
+from .migration import LOAD_TIMEOUT, describe
+from .relolink import LINK_TIMEOUT, MigrationError, run_blocking, socketpair, tls_files, tune
 
 log = logging.getLogger("pyxen.domain.migrate")
 

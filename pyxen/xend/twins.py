@@ -37,6 +37,7 @@ import os
 import socket
 import ssl
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import storekeys
@@ -51,37 +52,47 @@ from .errors import Conflict, XendError
 log = logging.getLogger("pyxen.domain.migrate")
 
 
-def loopback_destination(host: str, listen: str) -> str | None:
-    """The address to reach this host's own relocation server at when
-    *host* names this host's loopback (``localhost``, ``127.0.0.1``):
-    the server's listen address *listen* if it has one (it hears nothing
-    else), else *host* itself.  None when *host* is not a loopback name.
-    (This host's own address or cluster name needs nothing special: the
-    target end recognises the migration by its id.)"""
+X509_V_ERR_HOSTNAME_MISMATCH = 62     # OpenSSL's verify code for a certificate of another name
+
+
+def is_loopback(host: str) -> bool:
+    """*host* names this machine's loopback only (``localhost``, ``127.0.0.1``)."""
     try:
         addrs = {ai[4][0] for ai in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
-    except (OSError, UnicodeError):
-        return None
-    try:
-        if not addrs or not all(ipaddress.ip_address(a.partition("%")[0]).is_loopback for a in addrs):
-            return None
-    except ValueError:
-        return None
-    return listen if listen and listen not in ("0.0.0.0", "::") else host
+        return bool(addrs) and all(ipaddress.ip_address(a.partition("%")[0]).is_loopback for a in addrs)
+    except (OSError, UnicodeError, ValueError):
+        return False
 
 
-def own_cert_only(ctx: ssl.SSLContext | None, cert: Path) -> bytes | None:
-    """Over loopback the peer is a process of this machine and no host
-    certificate names ``localhost``: it must show this host's own
-    certificate (*cert*) instead, still checked against the CA.  Returns
-    its DER form for that comparison; turns the name check off in *ctx*."""
+@dataclass
+class Loopback:
+    """How ``xm migrate dom localhost`` reaches this xend when nobody else
+    listens at the loopback address: its relocation server's own listen
+    address (*listen*, if it has one: it hears nothing else), and TLS
+    without the name check (*ctx*) but requiring this host's own
+    certificate (*own*, DER), since no host certificate names localhost.
+    (This host's own address or cluster name need none of this; the target
+    end knows the migration as its own by its id either way.)"""
+    listen: str | None
+    ctx: ssl.SSLContext | None
+    own: bytes | None
+
+
+def loopback(host: str, listen: str, make_ctx, cert: Path) -> Loopback | None:
+    """A Loopback for destination *host*, None if it is not a loopback name.
+    *make_ctx* makes a fresh client TLS context (None: plaintext)."""
+    if not is_loopback(host):
+        return None
+    listen = listen if listen and listen not in ("0.0.0.0", "::", host) else None
+    ctx = make_ctx()
     if ctx is None:
-        return None
+        return Loopback(listen, None, None)
     ctx.check_hostname = False
     try:
-        return ssl.PEM_cert_to_DER_cert(cert.read_text())
+        own = ssl.PEM_cert_to_DER_cert(cert.read_text())
     except ValueError as e:
         raise OSError(f"{cert}: {e}") from None
+    return Loopback(listen, ctx, own)
 
 
 def twin_of(source):

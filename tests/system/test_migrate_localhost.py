@@ -295,7 +295,7 @@ def test_in_a_cluster_the_lock_stays_with_this_host(cluster, tmp_path):
         assert res.returncode == 0, res.stderr
         assert a.domains()["cl"]["id"] != old and len(a.qemu_pids()) == 1
         assert c.owner(uuid) == "a"
-        assert c.get(f"cluster/names/cl")["host"] == "a"
+        assert c.get("cluster/names/cl")["host"] == "a"
         assert c.ctl("get", "--prefix", "cluster/claims/", "--keys-only").stdout == claims
         assert c.ctl("get", f"domains/{uuid}/config", "--keys-only").stdout.strip()
         with a.console("cl") as con:

@@ -157,12 +157,22 @@ def test_keys_of_the_pair_do_not_mix():
     assert storekeys.uuid_of_incoming("h", run) is None
 
 
-def test_loopback_destinations():
-    assert twins.loopback_destination("localhost", "") == "localhost"
-    assert twins.loopback_destination("127.0.0.1", "10.0.0.1") == "10.0.0.1"      # where the server hears
-    assert twins.loopback_destination("127.0.0.1", "0.0.0.0") == "127.0.0.1"
-    assert twins.loopback_destination("192.0.2.7", "") is None
-    assert twins.loopback_destination("no-such-host.invalid", "") is None
+def test_loopback_destinations(tmp_path):
+    assert twins.is_loopback("localhost") and twins.is_loopback("127.0.0.2")
+    assert not twins.is_loopback("192.0.2.7") and not twins.is_loopback("no-such-host.invalid")
+    assert twins.loopback("192.0.2.7", "", lambda: None, tmp_path / "c.pem") is None
+    # Plaintext: only where this xend's server listens.
+    assert twins.loopback("localhost", "10.0.0.1", lambda: None, tmp_path / "c.pem") == \
+        twins.Loopback("10.0.0.1", None, None)
+    assert twins.loopback("127.0.0.1", "0.0.0.0", lambda: None, tmp_path / "c.pem").listen is None
+    # TLS: no name check, but this host's own certificate only.
+    from pyxen import pki
+    pki.make_ca(tmp_path)
+    pki.make_host_cert(tmp_path, "hosta", ["192.0.2.1"])
+    files = pki.TlsFiles.for_host(tmp_path.parent / "none", str(tmp_path / pki.HOST_CERT),
+                                  str(tmp_path / pki.HOST_KEY), str(tmp_path / pki.CA_CERT))
+    here = twins.loopback("localhost", "", files.client_context, files.cert)
+    assert here.ctx.check_hostname is False and here.own[:1] == b"\x30"     # DER: a SEQUENCE
 
 
 def test_the_migration_id_travels_and_is_checked():
