@@ -102,9 +102,17 @@ def one_copy(host, lab, ns, name, domid: int) -> None:
 
 
 # ---------------------------------------------------------------------------
+def locked(disk) -> bool:
+    """A running QEMU holds QEMU's image lock on *disk*: a writer cannot
+    open it (qemu-io opens read-write; it only reads)."""
+    res = subprocess.run(["qemu-io", "-f", "raw", "-c", "read 0 512", str(disk)], capture_output=True, text=True)
+    return res.returncode != 0 and "lock" in (res.stdout + res.stderr)
+
+
 def test_live_migration_to_localhost_keeps_the_guest_running(one, lab, tmp_path):
     h, ns = one()
-    create(h, "here", tmp_path)
+    disk = create(h, "here", tmp_path)
+    assert locked(disk)
     uuid, old = uuid_of(h, "here"), h.domains()["here"]["id"]
     [old_pid] = h.qemu_pids()
     up = boot(h, "here")
@@ -125,6 +133,9 @@ def test_live_migration_to_localhost_keeps_the_guest_running(one, lab, tmp_path)
     assert uuid_of(h, "here") == uuid
     assert old_pid not in h.qemu_pids()
     one_copy(h, lab, ns, "here", new)
+    # The old QEMU let go of the image lock at the switch-over (the new one
+    # could take it, and writes below), and the new one holds it now.
+    assert locked(disk)
     with h.console("here") as con:                      # xm console reaches the new QEMU
         con.expect(TICK, timeout=60)
         assert int(con.child.match.group(1)) > seen     # the same counter, still counting
@@ -205,6 +216,7 @@ def test_refusals_leave_the_guest_running(one, lab, tmp_path):
     res = h.xm("migrate", "-l", "named", "localhost", check=False)
     assert res.returncode != 0 and "Traceback" not in res.stderr
     assert "vifname pxnamed0 is in use" in res.stderr and "named is still running here" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     rows = h.domains()
     assert rows["stays"]["id"] == domid and rows["stays"]["state"] in ("r-----", "-b----")
     assert rows["named"]["state"] in ("r-----", "-b----")
