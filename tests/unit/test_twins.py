@@ -184,3 +184,26 @@ def test_the_migration_id_travels_and_is_checked():
     bad = req.to_msg() + [["id", "not hex!"]]
     with pytest.raises(rp.ProtocolError, match="bad migration id"):
         rp.parse_receive(bad)
+
+
+def test_a_restart_after_the_commit_removes_the_replaced_copy(tmp_path):
+    doms = registry(tmp_path)
+    src = migrating_source(doms)
+    twin = arriving_twin(doms, src)
+    twin.state = "running"
+    twins.commit(doms, twin)
+    st = doms.store
+    old_run = doms.paths.domain_run(3)
+    old_run.mkdir(parents=True)
+    (old_run / "qemu.pid").write_text("999999\n")
+    after = registry(tmp_path)
+    rec = st.get_json(storekeys.runtime("h", src.uuid))
+    dom = after.from_record(DomainConfig.from_sxp(st.get(storekeys.config(src.uuid)).decode()), rec["domid"], rec)
+    assert dom.replaces["domid"] == 3
+    rev = st.revision(storekeys.runtime("h", src.uuid))
+    asyncio.run(twins.drop_replaced(after, dom))
+    assert not old_run.exists()                                   # the old copy's run dir went
+    assert st.revision(storekeys.runtime("h", src.uuid)) == rev  # and it wrote nothing
+    after.by_uuid[dom.uuid] = dom
+    asyncio.run(twins.resume_arrived(dom, want_paused=False))
+    assert "replaces" not in st.get_json(storekeys.runtime("h", src.uuid))
