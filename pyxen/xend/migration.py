@@ -75,9 +75,10 @@ async def migrate(dom, host: str, port: int | None = None, live: bool = False,
         raise InvalidRequest(f"the downtime limit must be 1-60000 ms, got {downtime}")
     ctx = client_context(config, dom.paths, "cannot migrate securely")
     try:
-        here = twins.loopback(host, config["xend-relocation-address"],
-                              lambda: client_context(config, dom.paths, "cannot migrate securely"),
-                              tls_files(config, dom.paths).cert)
+        # (A name lookup: not on the event loop.)
+        here = await run_blocking(twins.loopback, host, config["xend-relocation-address"],
+                                  lambda: client_context(config, dom.paths, "cannot migrate securely"),
+                                  tls_files(config, dom.paths).cert)
     except OSError as e:
         raise MigrationError(f"cannot migrate securely: {e}") from None
     dom.refuse_if_busy("migrate")
