@@ -343,3 +343,20 @@ def test_hvm_guest_with_vnc_moves_to_a_new_qemu_here(one, hvm_media, tmp_path):
         assert last(con.run("echo $hvmvar")) == "kept"
         con.run("echo SAME HOST SCREEN OK > /dev/tty0")
     assert "SAME HOST SCREEN OK" in " ".join(screen_text(h, "hvmhere", tmp_path).upper().split())
+
+
+def test_a_host_without_memory_for_the_second_qemu_refuses_before_anything_moves(one, lab):
+    """Both QEMUs run during the switch-over: the memory check counts both."""
+    total = int(next(line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal:"))) // 1024
+    h, ns = one(extra=f"(dom0-min-mem {total - 200})\n")      # room for one 128 MiB guest, not two
+    h.xm("create", str(h.config("tight", vif=["bridge=xenbr0"])))
+    domid = h.domains()["tight"]["id"]
+    res = h.xm("migrate", "--live", "tight", "localhost", check=False)
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "Not enough memory for domain tight" in res.stderr and "tight is still running here" in res.stderr
+    assert h.domains()["tight"]["id"] == domid and len(h.qemu_pids()) == 1
+    assert taps(lab, ns) == [f"vif{domid}.0"] and len(state_files(h)) == 2
+    with h.console("tight") as con:
+        con.login()
+        assert last(con.run("echo alive")) == "alive"
