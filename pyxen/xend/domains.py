@@ -464,5 +464,5 @@ class Domains:
         await dom.qemu_died()
 
     async def detach_all(self) -> None:
-        for d in list(self.by_uuid.values()):
+        for d in self.everyone():
             await d.detach()

@@ -254,9 +254,11 @@ def test_xend_killed_during_a_localhost_migration_leaves_one_guest(one, lab, tmp
     check_guest(h, "crash", up)
 
 
-def test_xend_killed_mid_stream_leaves_the_source_running(one, lab, tmp_path):
-    """A real mid-transfer kill (not at a fault point): the stream is
-    throttled, and xend dies while its progress says bytes are flowing."""
+@pytest.mark.parametrize("how", ["kill", "stop"])
+def test_xend_killed_mid_stream_leaves_the_source_running(one, lab, tmp_path, how):
+    """A real mid-transfer kill (not at a fault point), or an `xend stop`:
+    the stream is throttled, and xend goes while its progress says bytes
+    are flowing."""
     h, ns = one()
     create(h, "midway", tmp_path, memory=192)
     old = h.domains()["midway"]["id"]
@@ -277,7 +279,10 @@ def test_xend_killed_mid_stream_leaves_the_source_running(one, lab, tmp_path):
     assert len(h.qemu_pids()) == 2
     listed = [line.split()[:2] for line in h.xm("list").stdout.splitlines()[1:]]
     assert listed.count(["midway", str(old)]) == 1 and [n for n, _ in listed].count("midway") == 1, listed
-    os.kill(int((h.root / "var/run/pyxen/xend.pid").read_text()), 9)
+    if how == "kill":
+        os.kill(int((h.root / "var/run/pyxen/xend.pid").read_text()), 9)
+    else:
+        h.xend("stop")
     p.communicate(timeout=120)
     assert p.returncode != 0
     h.xend("start")
