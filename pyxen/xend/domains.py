@@ -425,9 +425,13 @@ class Domains:
             log.info("%s: %s was interrupted; cleaning up", dom.name,
                      {"creating": "create", "dying": "destroy"}.get(dom.state, "incoming migration"))
             # xend may have died between QEMU's start and recording its
-            # pid: QEMU's own pidfile in the run dir names it then.
-            pid = dom.pid or process.read_pidfile(self.paths.domain_run(dom.domid) / "qemu.pid")
-            if pid and process.is_ours(pid, dom.uuid):
+            # pid: the pidfile xend writes in the run dir names it then, and
+            # a death before even that leaves a QEMU only a scan finds.
+            run_dir = self.paths.domain_run(dom.domid)
+            pids = {p for p in (dom.pid, process.read_pidfile(run_dir / "qemu.pid"))
+                    if p and process.is_ours(p, dom.uuid)}
+            pids.update(process.find_by_uuid(dom.uuid, run_dir))
+            for pid in sorted(pids):
                 process.kill(pid)
                 await process.wait_exit(pid, 5)
             await dom.destroy(force=True)
