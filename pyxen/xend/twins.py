@@ -185,7 +185,12 @@ async def roll_back_arrivals(domains) -> None:
         dom.twin = True
         log.info("%s: migration to this same host was interrupted before its commit; dropping the "
                  "arriving copy (domid %d)", dom.name, dom.domid)
-        await _kill(dom.pid or process.read_pidfile(domains.paths.domain_run(dom.domid) / "qemu.pid"), uuid)
+        # Its QEMU by the record, the pidfile, or (xend died before either)
+        # by uuid and run dir: never the source's, which runs in its own.
+        run_dir = domains.paths.domain_run(dom.domid)
+        for pid in sorted({dom.pid, process.read_pidfile(run_dir / "qemu.pid"),
+                           *process.find_by_uuid(uuid, run_dir)} - {None}):
+            await _kill(pid, uuid)
         dom.pid = None
         domains.shadows.append(dom)
         await dom.destroy(force=True)
