@@ -53,8 +53,11 @@ log = logging.getLogger("pyxen.cluster.failover")
 
 # Seconds a host's lease and the domain's lock must have been gone, on the
 # survivor's clock, before it restarts the domain: xend passes its
-# xend-cluster-grace (whose default this is).
-DEFAULT_GRACE = 5.0
+# xend-cluster-grace (whose default this is).  What it must cover is small:
+# the failed host fenced itself (killed its restart domains' QEMUs) at the
+# latest margin seconds before its lease could expire, plus its fencer's
+# tick and one blocked store call (docs/cluster.md has the inequality).
+DEFAULT_GRACE = 2.0
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,14 @@ class Failover:
     clock: Callable[[], float] = time.monotonic
     # (uuid, incident id) -> when this host first saw it with host and lock gone.
     _gone_since: dict = field(default_factory=dict)
+
+    def next_due(self) -> float | None:
+        """When (this clock) the earliest incident still in its grace delay
+        comes out of it, so the next scan can be made then rather than at
+        the next poll; None if none is."""
+        now = self.clock()
+        due = [t + self.grace for t in self._gone_since.values() if t + self.grace > now]
+        return min(due) if due else None
 
     def scan(self) -> list[Action]:
         hosts = self.members()

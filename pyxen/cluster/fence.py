@@ -122,6 +122,9 @@ class Fencer:
         self.paused = left
         if not left:
             self.fenced = False
+            # Said even when nothing was paused (every domain was a restart
+            # one, killed): the host takes new domains again.
+            self.on_event("recovered", f"lease {self.membership.lease:x}")
 
     async def run(self, interval: float = 0.25) -> None:
         while not self._stop.is_set():

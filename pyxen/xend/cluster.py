@@ -21,7 +21,9 @@ FileStore and none of this runs.  With it:
 * etcd's watch on ``cluster/`` becomes events on xend's stream
   (``cluster-host-up``, ``cluster-host-lost``, ``cluster-owner``...);
 * :meth:`add_periodic` runs other code once a second (clusterops's
-  failover scan).
+  listing), :meth:`add_task` a task until xend stops, and :meth:`on_change`
+  is told of every host lost and lock gone as the watch sees it (clusterops's
+  failover scan starts from that, not from a poll).
 """
 
 from __future__ import annotations
@@ -141,6 +143,7 @@ class ClusterNode(LockActions, FenceActions):
         self.state = "up"
         self._info: dict = {}
         self._periodic: list = []
+        self._on_change: list = []
         self._was_paused: set[str] = set()     # paused before the fence: stays paused after it
         self._restart_listed: str | None = None
         self._unforgotten: dict = {}            # fence-killed domains whose records await etcd
@@ -336,6 +339,16 @@ class ClusterNode(LockActions, FenceActions):
         """Run ``await fn()`` about once a second while xend runs."""
         self._periodic.append(fn)
 
+    def add_task(self, coro, name: str) -> None:
+        """Run *coro* as a task of this node's (cancelled by :meth:`stop`)."""
+        self._tasks.append(asyncio.create_task(coro, name=name))
+
+    def on_change(self, fn) -> None:
+        """Call ``fn(ClusterEvent)`` on the loop when a host's record or a
+        domain's owner key is deleted (a host lost, a lock gone): what the
+        failover waits for, so it need not poll for it."""
+        self._on_change.append(fn)
+
     async def _tick(self) -> None:
         lease = self.membership.lease
         while True:
@@ -360,6 +373,9 @@ class ClusterNode(LockActions, FenceActions):
             return
         rec = {"time": time.time(), **ev.to_json()}
         self._loop.call_soon_threadsafe(self.domains.emit_raw, rec)
+        if ev.kind in ("host-lost", "owner-released"):
+            for fn in self._on_change:
+                self._loop.call_soon_threadsafe(fn, ev)
 
     def _fence_event(self, kind: str, detail: str) -> None:
         if self.domains is not None:
@@ -367,5 +383,7 @@ class ClusterNode(LockActions, FenceActions):
                                    "detail": detail})
         if kind == "fenced":
             self.state = "fenced"
-        elif kind == "resumed" and not self.fencer.paused:
+        elif kind == "recovered" and self.state == "fenced":
             self.state = "up"
+            self._snapshot()
+            self.membership.publish()

@@ -1,10 +1,14 @@
-"""xend's part in the cluster's operations, once a second: publish this
-host's listing (for ``xm list --cluster`` elsewhere) and take part in
+"""xend's part in the cluster's operations: publish this host's listing
+once a second (for ``xm list --cluster`` elsewhere) and take part in
 restarting a failed host's domains (:mod:`pyxen.cluster.failover`).
 
-It runs only when xend is in a cluster, on the ClusterNode's periodic loop
-(:func:`attach`, called by the daemon), with the node's grace delay
-(``xend-cluster-grace``).
+It runs only when xend is in a cluster (:func:`attach`, called by the
+daemon), with the node's grace delay (``xend-cluster-grace``).  The
+failover scan is woken by the node's etcd watch the moment a host's record
+or a domain's lock is deleted, and again the moment that incident's grace
+delay ends: a restart starts lease-gone + grace after the failure, not up
+to two polls later (a poll every second remains, for a watch that missed
+something).
 Store calls block (etcd over HTTP), so they run in the default executor,
 never on the event loop.  A start this host won goes through
 ``Domains.create``, which takes the domain lock like any create: if another
@@ -35,14 +39,22 @@ def _dom0() -> dict:
 
 
 def attach(domains, node) -> "ClusterOps":
-    """Run the cluster operations on *node*'s once-a-second loop
-    (:meth:`pyxen.xend.cluster.ClusterNode.add_periodic`)."""
+    """Run the cluster operations on *node*: the listing on its
+    once-a-second loop (:meth:`pyxen.xend.cluster.ClusterNode.add_periodic`),
+    the failover scan as a task of its own woken by the node's watch."""
     ops = ClusterOps(domains, node, grace=float(getattr(node, "grace", fo.DEFAULT_GRACE)))
-    node.add_periodic(ops.tick)
+    node.add_periodic(ops.publish)
+    node.on_change(ops.kick)
+    node.add_task(ops.run(), "cluster-failover")
     return ops
 
 
 class ClusterOps:
+    # The scan still runs this often with no news: a watch can miss an
+    # event while it reconnects, and a claim another host failed to start
+    # is looked at again.
+    POLL = 1.0
+
     def __init__(self, domains, cluster, grace: float = fo.DEFAULT_GRACE):
         self.domains, self.cluster = domains, cluster
         self.publisher = view.ListingPublisher(cluster.store, cluster.name)
@@ -50,20 +62,58 @@ class ClusterOps:
                                     cluster.lock.owner, grace=grace,
                                     parse=DomainConfig.from_sxp)
         self._said: dict[str, str] = {}     # uuid -> the last decision logged (no log line every second)
+        self._kick: asyncio.Event | None = None
+        self._scanning: asyncio.Lock | None = None
 
-    async def tick(self) -> list[fo.Action]:
+    def kick(self, ev=None) -> None:
+        """A host was lost or a lock went (the watch, on the loop): scan now,
+        so the grace delay is counted from the deletion, not from a poll."""
+        if self._kick is not None:
+            self._kick.set()
+
+    async def run(self) -> None:
+        """Scan on every kick, when the earliest incident's grace delay
+        ends (so the restart starts then, not up to a poll later), and at
+        least every POLL seconds."""
+        self._kick = asyncio.Event()
+        while True:
+            due = self.failover.next_due()
+            wait = self.POLL if due is None else min(self.POLL, max(0.0, due - time.monotonic()))
+            try:
+                await asyncio.wait_for(self._kick.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+            self._kick.clear()
+            try:
+                await self.scan()
+            except Exception:    # noqa: BLE001 — the next round tries again
+                log.exception("failover: scan failed")
+
+    async def publish(self) -> None:
+        """This host's rows for ``xm list --cluster`` elsewhere."""
         loop = asyncio.get_running_loop()
         infos = [_dom0()] + [d.info() for d in self.domains.all()]
         await loop.run_in_executor(None, self.publisher.publish, infos, time.monotonic())
-        actions = await loop.run_in_executor(None, self.failover.scan)
-        for a in actions:
-            if self._said.get(a.uuid) != a.what + a.detail[:40]:
-                self._said[a.uuid] = a.what + a.detail[:40]
-                if a.what != "start":
-                    log.info("failover: %s: %s (%s)", a.name, a.what, a.detail)
-            if a.what == "start":
-                await self._start(a)
-        return actions
+
+    async def tick(self) -> list[fo.Action]:
+        """One publish and one scan (the unit tests' step)."""
+        await self.publish()
+        return await self.scan()
+
+    async def scan(self) -> list[fo.Action]:
+        if self._scanning is None:
+            self._scanning = asyncio.Lock()
+        async with self._scanning:      # a kick and a poll never start the same claim twice at once
+            loop = asyncio.get_running_loop()
+            actions = await loop.run_in_executor(None, self.failover.scan)
+            for a in actions:
+                if self._said.get(a.uuid) != a.what + a.detail[:40]:
+                    self._said[a.uuid] = a.what + a.detail[:40]
+                    if a.what != "start":
+                        log.info("failover: %s: %s (%s)", a.name, a.what, a.detail)
+                if a.what == "start":
+                    await self._start(a)
+            return actions
 
     async def _start(self, a: fo.Action) -> None:
         loop = asyncio.get_running_loop()
