@@ -40,6 +40,7 @@ class HostInfo:
     # ramdisk).  None: the host was not asked (its paths are unknown), which
     # placement treats as "has them" only when ``assume_paths`` is set.
     missing: frozenset | None = frozenset()
+    unknown: str = ""             # with missing None: why the paths are unknown (the host's answer)
     # For xm host-list and migration by name (placement does not use them).
     port: int = 0                 # relocation port
     lease_age: float | None = None    # seconds since its last keep-alive
@@ -89,7 +90,7 @@ def unfit(host: HostInfo, needs: Needs) -> str | None:
     if lacking:
         return f"no bridge {', '.join(lacking)}"
     if host.missing is None:
-        return "did not report its disks and kernel"
+        return host.unknown or "did not report its disks and kernel"
     gone = sorted(set(host.missing) & set(needs.paths))
     if gone:
         return f"no {', '.join(gone)}"

@@ -131,6 +131,12 @@ def test_in_a_cluster(tmp_path, monkeypatch):
         sent.append((name, address, cfg.name, paused))
         return {"domid": 7, "name": cfg.name, "uuid": cfg.uuid, "host": name}
     monkeypatch.setattr(remotecreate, "forward", forward)
+    asked = []
+
+    async def ask_missing(domains, name, address, port, paths):     # the check over the relocation link
+        asked.append((name, address, tuple(sorted(paths))))
+        return frozenset()
+    monkeypatch.setattr(remotecreate, "ask_missing", ask_missing)
     api = harness(tmp_path, clustered=True)
     st, doc = request(api, "GET", "/api/hosts")
     assert st == 200 and [h["name"] for h in doc["hosts"]] == ["alpha", "beta", "gamma"]
@@ -159,6 +165,7 @@ def test_in_a_cluster(tmp_path, monkeypatch):
     st, doc = request(api, "POST", "/api/domains", {"config": CONFIG.replace("2048", "256")
                                                     .replace("/bin/sh", str(tmp_path / "nokernel"))})
     assert st == 201 and doc["host"] == "beta" and len(sent) == 2, doc
+    assert asked[-1] == ("beta", "10.0.0.2", (str(tmp_path / "nokernel"),))
     st, doc = request(api, "POST", "/api/hosts/beta/evacuate", {})
     assert st == 400 and "run it on beta itself (this host is alpha)" in doc["error"]
 
@@ -174,3 +181,40 @@ def test_migrate_resolves_member_names(tmp_path):
         relocation_target(api.domains, "gamma", None)
     plain = harness(tmp_path / "plain", clustered=False)
     assert relocation_target(plain.domains, "beta", None) == ("beta", None)
+
+
+def test_placement_asks_every_fitting_host_for_the_paths(tmp_path, monkeypatch):
+    """Each candidate's disks and kernel are checked on that host: one that
+    lacks them, or cannot be asked, is unfit, and the refusal says so for
+    every host; a host already unfit (lost, too small) is not asked."""
+    from pyxen.xend import remotecreate
+    from pyxen.xend.errors import XendError
+    answers = {}
+    asked = []
+
+    async def ask_missing(domains, name, address, port, paths):
+        asked.append(name)
+        a = answers[name]
+        if isinstance(a, Exception):
+            raise a
+        return frozenset(p for p in paths if p in a)
+    monkeypatch.setattr(remotecreate, "ask_missing", ask_missing)
+    api = harness(tmp_path, clustered=True)
+    disk = tmp_path / "web.img"
+    disk.write_bytes(b"")
+    cfg = (f"(vm (name newone) (memory 256) (image (linux (kernel /bin/sh)))"
+           f" (device (vbd (uname file:{disk}) (dev xvda) (mode w))))")
+    answers["beta"] = {str(disk)}
+    disk.unlink()                                  # alpha (this host) lacks it as well
+    st, doc = request(api, "POST", "/api/domains", {"config": cfg})
+    assert st == 409 and doc["error"] == (f"no host can run domain newone: alpha: no {disk}; "
+                                          f"beta: no {disk}; gamma: host is lost"), doc
+    assert asked == ["beta"]                       # gamma (lost) was not asked
+    answers["beta"] = XendError("cannot be asked about its disks and kernel: Connection refused")
+    st, doc = request(api, "POST", "/api/domains", {"config": cfg, "host": "beta"})
+    assert st == 409 and doc["error"] == ("no host can run domain newone: beta: cannot be asked about its "
+                                          "disks and kernel: Connection refused"), doc
+    # too small for beta: refused for that, without asking
+    del asked[:]
+    st, doc = request(api, "POST", "/api/domains", {"config": cfg.replace("256", "2000"), "host": "beta"})
+    assert st == 409 and "beta: 1536 MiB free, needs 2000 MiB" in doc["error"] and asked == []
