@@ -16,8 +16,10 @@ FileStore and none of this runs.  With it:
   :mod:`pyxen.cluster.claims`), a domain that ends drops both
   (:meth:`released`), and the shared config of a domain that another host
   owns now is never deleted with this host's copy (:meth:`may_forget_config`);
-* the fencer runs as a task on xend's loop; the keep-alive runs in its own
-  thread (the loop may block on etcd for a timeout; the lease must not);
+* the fencer runs as a task on xend's loop, and its kills also from a
+  watchdog thread (a blocked loop must not delay them); the keep-alive runs
+  in its own thread (the loop may block on etcd for a timeout; the lease
+  must not);
 * etcd's watch on ``cluster/`` becomes events on xend's stream
   (``cluster-host-up``, ``cluster-host-lost``, ``cluster-owner``...);
 * :meth:`add_periodic` runs other code once a second (clusterops's
@@ -35,6 +37,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -150,6 +153,7 @@ class ClusterNode(LockActions, FenceActions):
         # Arriving migrations not yet running here (relocation's commit ends it).
         self.arriving: set[str] = set()
         self._tasks: list[asyncio.Task] = []
+        self._watchdog_stop = threading.Event()
         self._watch = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -279,6 +283,9 @@ class ClusterNode(LockActions, FenceActions):
                 # away: never run it twice.
                 await self._drop_superseded(dom, str(e))
         self._watch = self.membership.watch(self._on_cluster_event)
+        self._watchdog = threading.Thread(target=self._fence_watchdog, name="cluster-fence-watchdog",
+                                          daemon=True)
+        self._watchdog.start()
         self._start_keeper()
         self._tasks = [asyncio.create_task(self.fencer.run(), name="cluster-fence"),
                        asyncio.create_task(self._tick(), name="cluster-periodic")]
@@ -299,7 +306,19 @@ class ClusterNode(LockActions, FenceActions):
         finally:
             err.close()
 
+    def _fence_watchdog(self) -> None:
+        """Kill the QEMUs another host may restart the moment the fence is
+        due, off the event loop (clusterfence.kill_overdue)."""
+        from .clusterfence import kill_overdue
+        mode = self.cfg["xend-cluster-fence"]
+        while not self._watchdog_stop.wait(0.25):
+            try:
+                kill_overdue(self.domains, self.membership, self.fencer.deadline, mode)
+            except Exception:      # noqa: BLE001 — the watchdog must not die; the loop's fencer remains
+                log.exception("cluster: fence watchdog failed")
+
     async def stop(self) -> None:
+        self._watchdog_stop.set()
         self.fencer.stop()
         for t in self._tasks:
             t.cancel()

@@ -163,3 +163,34 @@ def test_keeper_retries_a_failed_keepalive_soon(tmp_path, monkeypatch):
     assert done.wait(15)
     assert len(calls) == 3
     assert calls[2] - calls[1] < 1.0, calls            # TTL 8: the interval would be 2 s
+
+
+def test_the_watchdog_kills_restart_domains_when_the_fence_is_due_and_nothing_else():
+    """kill_overdue runs from a thread (so a blocked loop cannot delay it):
+    at TTL - margin without a keep-alive the QEMUs another host may restart
+    are SIGKILLed, marked as expected exits (not a crash to restart here);
+    a preserve domain is left to the loop's fencer, which pauses it."""
+    import subprocess
+    from types import SimpleNamespace
+    from pyxen.xend.clusterfence import kill_overdue
+
+    procs = {n: subprocess.Popen(["sleep", "60"]) for n in ("r", "p")}
+    try:
+        doms = [SimpleNamespace(name=n, pid=pr.pid, expect_exit=False,
+                                cfg=SimpleNamespace(on_host_failure="restart" if n == "r" else "preserve"))
+                for n, pr in procs.items()]
+        domains = SimpleNamespace(all=lambda: doms)
+        m = FakeMembership(ttl=8)
+        m.since = 4.9
+        assert kill_overdue(domains, m, 5.0, "pause") == []
+        m.since = 5.1
+        assert kill_overdue(domains, m, 5.0, "pause") == ["r"]
+        assert procs["r"].wait(5) == -9 and doms[0].expect_exit
+        assert procs["p"].poll() is None and not doms[1].expect_exit
+        assert kill_overdue(domains, m, 5.0, "pause") == []           # once
+        assert kill_overdue(domains, m, 5.0, "destroy") == ["p"]       # destroy: all of them
+        assert procs["p"].wait(5) == -9
+    finally:
+        for pr in procs.values():
+            pr.kill()
+            pr.wait()
