@@ -82,6 +82,8 @@ class PlacementError(Exception):
 
 def unfit(host: HostInfo, needs: Needs) -> str | None:
     """Why *host* cannot run a domain with *needs*, or None if it can."""
+    if host.state == "maintenance":
+        return "host is in maintenance (xm host-maintenance NAME off ends it)"
     if host.state != UP:
         return f"host is {host.state}"
     if host.free_memory < needs.memory:

@@ -218,3 +218,51 @@ def test_placement_asks_every_fitting_host_for_the_paths(tmp_path, monkeypatch):
     del asked[:]
     st, doc = request(api, "POST", "/api/domains", {"config": cfg.replace("256", "2000"), "host": "beta"})
     assert st == 409 and "beta: 1536 MiB free, needs 2000 MiB" in doc["error"] and asked == []
+
+
+def test_lasting_maintenance(tmp_path, monkeypatch):
+    """xm host-maintenance NAME on|off through the API: the host is listed
+    in maintenance, placement (and so failover) passes it over with a reason
+    that says how to end it, and ending it makes it a candidate again;
+    host-evacuate leaves its host in maintenance."""
+    from pyxen.xend import remotecreate
+    sent = []
+
+    async def forward(domains, name, address, port, cfg, paused):
+        sent.append(name)
+        return {"domid": 7, "name": cfg.name, "uuid": cfg.uuid, "host": name}
+
+    async def ask_missing(domains, name, address, port, paths):
+        return frozenset()
+    monkeypatch.setattr(remotecreate, "forward", forward)
+    monkeypatch.setattr(remotecreate, "ask_missing", ask_missing)
+    api = harness(tmp_path, clustered=True)
+    small = CONFIG.replace("2048", "256")
+    st, doc = request(api, "POST", "/api/hosts/alpha/maintenance", {"on": True})
+    assert st == 200 and doc == {"host": "alpha", "maintenance": True, "changed": True}
+    st, doc = request(api, "POST", "/api/hosts/alpha/maintenance", {"on": True})
+    assert doc["changed"] is False
+    st, doc = request(api, "GET", "/api/hosts")
+    assert {h["name"]: h["state"] for h in doc["hosts"]} == {"alpha": "maintenance", "beta": "up", "gamma": "lost"}
+    st, doc = request(api, "POST", "/api/domains", {"config": small})     # alpha is biggest, but in maintenance
+    assert st == 201 and doc["host"] == "beta" and sent == ["beta"], doc
+    st, doc = request(api, "POST", "/api/domains", {"config": small, "host": "alpha"})
+    assert st == 409 and doc["error"] == ("no host can run domain newone: alpha: host is in maintenance "
+                                          "(xm host-maintenance NAME off ends it)")
+    st, doc = request(api, "POST", "/api/hosts/nosuch/maintenance", {"on": True})
+    assert st == 400 and doc["error"] == "host nosuch is not a member of the cluster (members: alpha, beta, gamma)"
+    st, doc = request(api, "POST", "/api/hosts/alpha/maintenance", {"on": False})
+    assert st == 200 and doc["changed"] is True
+    st, doc = request(api, "GET", "/api/hosts")
+    assert {h["name"]: h["state"] for h in doc["hosts"]}["alpha"] == "up"
+    # host-evacuate (nothing to move here but fz, which is not running in this harness) leaves alpha in it
+    st, doc = request(api, "POST", "/api/hosts/alpha/evacuate", {})
+    assert doc["maintenance"] is True
+    st, doc = request(api, "GET", "/api/hosts")
+    assert {h["name"]: h["state"] for h in doc["hosts"]}["alpha"] == "maintenance"
+
+
+def test_maintenance_not_in_a_cluster(tmp_path):
+    api = harness(tmp_path, clustered=False)
+    st, doc = request(api, "POST", "/api/hosts/alpha/maintenance", {"on": True})
+    assert st == 409 and doc["error"].startswith("not in a cluster")

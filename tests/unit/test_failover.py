@@ -141,7 +141,8 @@ def test_no_fit_is_refused_with_reasons(cluster):
     clock.t += 5
     act = by_uuid(b.scan())[U1]
     assert act.what == "refused"
-    assert act.detail == "no host can run domain web: b: 1024 MiB free, needs 3000 MiB; c: host is maintenance"
+    assert act.detail == ("no host can run domain web: b: 1024 MiB free, needs 3000 MiB; "
+                          "c: host is in maintenance (xm host-maintenance NAME off ends it)")
 
 
 def test_a_second_failure_is_a_new_incident(cluster):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from ...cluster import evacuate as evac, placement, view
 from ..errors import Conflict, InvalidRequest, XendError
@@ -152,20 +153,39 @@ async def evacuate(call: Call):
     cands = [evac.Candidate(n, placement.needs_of(d.cfg), _blocker(d)) for n, d in doms.items()]
     plan = evac.plan(view.hosts(cl.store), cl.name, cands)
     moved, failed = [], {}
-    # In maintenance meanwhile, so that no placement elsewhere picks this host.
-    set_state = getattr(cl, "set_state", None)
-    if set_state is not None:
-        set_state("maintenance")
-    try:
-        for dname, target in plan.moves:
-            h = view.resolve(cl.store, target)
-            try:
-                await migrate(doms[dname], h.address, h.port or None, live=True)
-                moved.append({"name": dname, "host": target})
-            except XendError as e:
-                failed[dname] = str(e)
-    finally:
-        if set_state is not None:
-            set_state("up")
-    log.info("host-evacuate: %d moved, %d stayed, %d failed", len(moved), len(plan.refused), len(failed))
-    return {"moved": moved, "refused": plan.refused, "failed": failed}
+    # In maintenance from now on (until xm host-maintenance NAME off), so
+    # that no placement or failover elsewhere picks this host meanwhile or after.
+    await _run(view.set_maintenance, cl.store, cl.name, True, "host-evacuate", time.time())
+    for dname, target in plan.moves:
+        h = view.resolve(cl.store, target)
+        try:
+            await migrate(doms[dname], h.address, h.port or None, live=True)
+            moved.append({"name": dname, "host": target})
+        except XendError as e:
+            failed[dname] = str(e)
+    log.info("host-evacuate: %d moved, %d stayed, %d failed; %s stays in maintenance", len(moved),
+             len(plan.refused), len(failed), cl.name)
+    return {"moved": moved, "refused": plan.refused, "failed": failed, "maintenance": True}
+
+
+async def _run(fn, *args):
+    """A blocking store call off the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+async def maintenance(call: Call):
+    """xm host-maintenance NAME on|off: lasting maintenance of any member
+    (placement and failover pass it over; its domains keep running)."""
+    cl = cluster_of(call.domains)
+    if cl is None:
+        raise Conflict(NOT_IN_CLUSTER)
+    name = call.match("host")
+    on = call.args["on"]
+    known = {h.name for h in await _run(view.hosts, cl.store)}
+    if name not in known:
+        raise InvalidRequest(f"host {name} is not a member of the cluster "
+                       f"(members: {', '.join(sorted(known)) or 'none'})")
+    changed = await _run(view.set_maintenance, cl.store, name, bool(on), cl.name, time.time())
+    log.info("host %s %s maintenance (from %s)%s", name, "in" if on else "out of", cl.name,
+             "" if changed else ", as it already was")
+    return {"host": name, "maintenance": bool(on), "changed": changed}
