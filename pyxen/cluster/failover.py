@@ -56,8 +56,9 @@ log = logging.getLogger("pyxen.cluster.failover")
 # xend-cluster-grace (whose default this is).  What it must cover is small:
 # the failed host fenced itself (killed its restart domains' QEMUs) at the
 # latest margin seconds before its lease could expire, plus its fencer's
-# tick and one blocked store call (docs/cluster.md has the inequality).
-DEFAULT_GRACE = 2.0
+# tick and the kill (docs/cluster.md has the inequality, which holds with
+# no grace at all: this second is slack for what it does not model).
+DEFAULT_GRACE = 1.0
 
 
 @dataclass(frozen=True)

@@ -181,7 +181,7 @@ OPTIONS: tuple[XendOption, ...] = (
     XendOption("xend-cluster-fence-margin", "int", 3,
                "Seconds before the lease TTL at which this host fences itself (see xend-cluster-fence);\n"
                "between 1 and the TTL minus 1.", origin="pyxen"),
-    XendOption("xend-cluster-grace", "int", 2,
+    XendOption("xend-cluster-grace", "int", 1,
                "Seconds another host waits after a domain's lock is gone before it may start the\n"
                "domain (on_host_failure='restart'): with the fence margin it covers the failed host's\n"
                "fence check, one blocked etcd call and the kill (docs/cluster.md).",
