@@ -184,7 +184,7 @@ async def maintenance(call: Call):
     known = {h.name for h in await _run(view.hosts, cl.store)}
     if name not in known:
         raise InvalidRequest(f"host {name} is not a member of the cluster "
-                       f"(members: {', '.join(sorted(known)) or 'none'})")
+                             f"(members: {', '.join(sorted(known)) or 'none'})")
     changed = await _run(view.set_maintenance, cl.store, name, bool(on), cl.name, time.time())
     log.info("host %s %s maintenance (from %s)%s", name, "in" if on else "out of", cl.name,
              "" if changed else ", as it already was")

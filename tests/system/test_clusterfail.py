@@ -1,0 +1,71 @@
+"""A host fenced in the middle of a live migration (issue 18): real TCG
+guest, two xends in namespaces on a three-member etcd (test_cluster.py's
+fixture, lease TTL 5 s, fence margin 2 s).
+
+The source, A, is held at the end of the stream (fault point
+``migrate-source-streamed`` with a stall, pyxen/faults.py) while the test
+cuts it off etcd, so the commit transaction that would hand the lock to B
+cannot reach etcd: the migration must fail with one line, B must never own
+or run the guest (an etcdctl watch on the owner key from outside sees no
+put naming B), A must fence it (pause: it is a 'preserve' domain) and,
+once healed, retake its lock and resume it — one copy, on A, throughout.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import subprocess
+
+from pyxen.testing.wait import poll
+
+from test_cluster import TTL, _leftovers, cluster, create_here, state, uuid_of, xend_log  # noqa: F401
+
+STALL = 4.0     # > the fence deadline (TTL - margin = 3 s): A is overdue when the commit comes
+
+
+def owners(out: str) -> list[tuple[str, str | None]]:
+    seen = []
+    for line in out.splitlines():
+        for ev in json.loads(line).get("Events") or []:
+            if ev.get("type") == 1:
+                seen.append(("DELETE", None))
+            else:
+                seen.append(("PUT", json.loads(base64.b64decode(ev["kv"]["value"]))["host"]))
+    return seen
+
+
+def test_source_cut_off_etcd_mid_migration_keeps_the_guest_and_never_hands_the_lock(cluster):
+    c = cluster(env={"a": {"PYXEN_FAULTS": f"migrate-source-streamed:stall={STALL}"}})
+    a, b = c.hosts["a"], c.hosts["b"]
+    assert create_here(a, "g").returncode == 0
+    uuid = uuid_of(a, "g")
+    poll(lambda: state(a, "g") in ("r-----", "-b----"), timeout=60, what="g running on A")
+    watch = c.ctl("watch", "-w", "json", "--prefix", f"cluster/owners/{uuid}", popen=True)
+    mig = subprocess.Popen(["xm", "migrate", "--live", "g", b.ip], env=a.env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        poll(lambda: "fault: stalling at migrate-source-streamed" in xend_log(a), timeout=120, interval=0.1,
+             what="A's migration to reach the end of its stream")
+        c.net.cut(a.ns, [m.ip for m in c.etcd.members])
+        out, err = mig.communicate(timeout=120)
+        assert mig.returncode != 0, out
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        # B's incoming QEMU is gone once it is told (or finds) the migration failed.
+        poll(lambda: "g" not in b.domains() and b.qemu_pids() == [], timeout=30, what="B to drop the incoming g")
+        # A fences the guest it kept (a preserve domain: paused, not destroyed).
+        poll(lambda: "g" in a.domains() and "p" in state(a, "g"), timeout=TTL + 10, interval=0.2,
+             what="A to fence g")
+        c.net.heal(a.ns)
+        poll(lambda: state(a, "g") in ("r-----", "-b----"), timeout=30, what="A to resume g")
+        assert c.owner(uuid) == "a"
+        assert "g" not in b.domains() and b.qemu_pids() == []
+    finally:
+        if mig.poll() is None:
+            mig.kill()
+            mig.wait()
+        c.net.heal(a.ns)
+        watch.send_signal(signal.SIGINT)
+        wout, _ = watch.communicate(timeout=10)
+    assert ("PUT", "b") not in owners(wout), wout
