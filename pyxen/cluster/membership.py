@@ -179,8 +179,10 @@ class Membership:
 
     def _run(self) -> None:
         every = max(0.5, self.ttl / 4)
-        # Half the interval per call: a hung call leaves time for retries.
-        timeout = max(0.5, every / 2)
+        # Half the interval per call (at least 1 s: a loaded machine answers
+        # slowly, and a call given up on costs a retry): a hung call leaves
+        # time for retries before the fence.
+        timeout = min(every, max(1.0, every / 2))
         wait = every
         while not self._stop.wait(wait):
             wait = every

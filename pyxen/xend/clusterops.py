@@ -25,6 +25,7 @@ import time
 
 from ..cluster import failover as fo, view
 from ..config.domain import DomainConfig
+from ..store import StoreError
 from . import host
 from .errors import XendError
 
@@ -64,6 +65,7 @@ class ClusterOps:
         self._said: dict[str, str] = {}     # uuid -> the last decision logged (no log line every second)
         self._kick: asyncio.Event | None = None
         self._scanning: asyncio.Lock | None = None
+        self._publish_failing = False
 
     def kick(self, ev=None) -> None:
         """A host was lost or a lock went (the watch, on the loop): scan now,
@@ -86,6 +88,8 @@ class ClusterOps:
             self._kick.clear()
             try:
                 await self.scan()
+            except StoreError as e:      # etcd away: the fence's business, one line here
+                log.warning("failover: scan skipped: %s", e)
             except Exception:    # noqa: BLE001 — the next round tries again
                 log.exception("failover: scan failed")
 
@@ -93,7 +97,14 @@ class ClusterOps:
         """This host's rows for ``xm list --cluster`` elsewhere."""
         loop = asyncio.get_running_loop()
         infos = [_dom0()] + [d.info() for d in self.domains.all()]
-        await loop.run_in_executor(None, self.publisher.publish, infos, time.monotonic())
+        try:
+            await loop.run_in_executor(None, self.publisher.publish, infos, time.monotonic())
+        except StoreError as e:
+            if not self._publish_failing:       # one line when it starts, not one a second
+                log.warning("cluster: cannot publish this host's listing: %s", e)
+            self._publish_failing = True
+            return
+        self._publish_failing = False
 
     async def tick(self) -> list[fo.Action]:
         """One publish and one scan (the unit tests' step)."""

@@ -55,8 +55,14 @@ def test_source_cut_off_etcd_mid_migration_keeps_the_guest_and_never_hands_the_l
         # B's incoming QEMU is gone once it is told (or finds) the migration failed.
         poll(lambda: "g" not in b.domains() and b.qemu_pids() == [], timeout=30, what="B to drop the incoming g")
         # A fences the guest it kept (a preserve domain: paused, not destroyed).
-        poll(lambda: "g" in a.domains() and "p" in state(a, "g"), timeout=TTL + 10, interval=0.2,
-             what="A to fence g")
+        try:
+            poll(lambda: "g" in a.domains() and "p" in state(a, "g"), timeout=TTL + 10, interval=0.2,
+                 what="A to fence g")
+        except AssertionError as e:
+            said = [ln for ln in xend_log(a).splitlines() if "DEBUG" not in ln and "  " not in ln[:4]]
+            open("/tmp/cf/mig.log", "w").write("\n".join(said))
+            said = [ln for ln in said if "fenc" in ln or "migrat" in ln or "g:" in ln][-40:]
+            raise AssertionError(f"{e}; A has {a.domains()}; migrate said {err.strip()!r}\n" + "\n".join(said))
         c.net.heal(a.ns)
         poll(lambda: state(a, "g") in ("r-----", "-b----"), timeout=30, what="A to resume g")
         assert c.owner(uuid) == "a"

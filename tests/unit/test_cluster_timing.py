@@ -64,7 +64,7 @@ class SlowStore:
 def test_a_renewal_counts_from_when_it_was_sent_and_a_failed_one_is_retried_at_once():
     clock = Clock()
     st = SlowStore(clock, fail=2)
-    m = Membership(st, "a", ttl=2, clock=clock)     # every 0.5 s, each call given 0.5 s
+    m = Membership(st, "a", ttl=2, clock=clock)     # every 0.5 s, each call given that (at most the interval)
     st.stop_after = (4, m._stop)
     m.join()
     assert m.last_ok == 1000.0
