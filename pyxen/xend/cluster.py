@@ -139,7 +139,8 @@ class ClusterNode(LockActions, FenceActions):
         self.lock = DomainLock(store, self.membership)
         self.fencer = Fencer(self.membership, self.lock, cfg["xend-cluster-fence"],
                              float(cfg["xend-cluster-fence-margin"]), fence=self._fence, resume=self._resume,
-                             name=self._name, on_event=self._fence_event, superseded=self._superseded)
+                             name=self._name, on_event=self._fence_event, superseded=self._superseded,
+                             present=lambda uuid: self.domains is not None and uuid in self.domains.by_uuid)
         # What another host waits after a lock is gone before taking the
         # domain (clusterops's failover reads it; the fence is the other half).
         self.grace = int(cfg["xend-cluster-grace"])

@@ -194,3 +194,26 @@ def test_the_watchdog_kills_restart_domains_when_the_fence_is_due_and_nothing_el
         for pr in procs.values():
             pr.kill()
             pr.wait()
+
+
+def test_a_domain_gone_while_fenced_does_not_get_its_lock_back():
+    """An arriving migration that failed while this host was fenced is
+    destroyed here; on recovery its lock must not be retaken (it would
+    strand the copy the source kept)."""
+    m, lock, taken = FakeMembership(ttl=6), FakeLock(), []
+    lock.acquire = lambda uuid, name: taken.append(uuid)
+    here = {"u1", "u2"}
+
+    async def fence(mode, reason):
+        return ["u1", "u2"]
+
+    f = Fencer(m, lock, "pause", margin=2, fence=fence, present=lambda u: u in here)
+
+    async def go():
+        m.since = 4.5
+        await f.step()
+        here.discard("u2")
+        m.since = 0.2
+        await f.step()
+    asyncio.run(go())
+    assert taken == ["u1"] and not f.fenced
