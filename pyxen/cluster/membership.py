@@ -4,8 +4,8 @@ A xend joins by taking a lease (TTL ``ttl`` s) and writing its record under
 ``cluster/members/<name>`` attached to it, plus a copy under
 ``cluster/known/<name>`` that outlives it (so a dead host is listed as
 ``lost``, not forgotten).  A thread of its own renews the lease every
-``ttl/4`` s (each call given half that; a failed one retried after a
-quarter second) and republishes the record when xend's ``info()`` changes; it
+``ttl/4`` s (each call given half that, at least 1 s; a failed one retried
+after a quarter second) and republishes the record when xend's ``info()`` changes; it
 never runs on xend's event loop, so a busy or blocked loop cannot starve
 the lease, and a dead etcd cannot block the loop.
 
