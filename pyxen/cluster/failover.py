@@ -172,7 +172,7 @@ def mark(store: Store, uuid: str, claim: Claim, state: str, reason: str = "") ->
 class Action:
     uuid: str
     name: str
-    what: str            # wait | start | elsewhere | refused | preserve
+    what: str            # wait | start | started (not recorded yet) | elsewhere | refused | preserve
     detail: str = ""
     claim: Claim | None = None
     config: str = ""
@@ -194,6 +194,11 @@ class Failover:
     parse: Callable[[str], object] = None
     grace: float = DEFAULT_GRACE
     clock: Callable[[], float] = time.monotonic
+    # uuid -> whether the domain exists on this host (xend's registry): a
+    # claim this host moved to ``starting`` without the domain being here
+    # is a start that was interrupted (etcd answered the move too late, or
+    # the create met etcd away), to be carried out again.
+    here: Callable[[str], bool] = lambda uuid: False
     # (uuid, incident id) -> when this host first saw it with host and lock gone.
     _gone_since: dict = field(default_factory=dict)
 
@@ -251,6 +256,12 @@ class Failover:
             claim = elect(self.store, uuid, inc, target, self.me)
         if claim.target != self.me:
             return Action(uuid, cfg.name, "elsewhere", f"{claim.target} restarts it", claim)
+        if claim.state == "starting":
+            # Only the target moves a claim to starting, and this host is it.
+            if self.here(uuid):
+                return Action(uuid, cfg.name, "started", "running here", claim)
+            return Action(uuid, cfg.name, "start", f"host {owner} failed (an interrupted start, again)",
+                          claim, raw.decode())
         if claim.state != "claimed":
             return None     # this host already started it (or failed to, and said so)
         return Action(uuid, cfg.name, "start", f"host {owner} failed", claim, raw.decode())

@@ -27,7 +27,7 @@ from ..cluster import failover as fo, view
 from ..config.domain import DomainConfig
 from ..store import StoreError
 from . import host
-from .errors import XendError
+from .errors import Unavailable, XendError
 
 log = logging.getLogger("pyxen.cluster")
 
@@ -61,7 +61,8 @@ class ClusterOps:
         self.publisher = view.ListingPublisher(cluster.store, cluster.name)
         self.failover = fo.Failover(cluster.store, cluster.name, lambda: view.hosts(cluster.store),
                                     cluster.lock.owner, grace=grace,
-                                    parse=DomainConfig.from_sxp)
+                                    parse=DomainConfig.from_sxp,
+                                    here=lambda uuid: uuid in getattr(domains, "by_uuid", {}))
         self._said: dict[str, str] = {}     # uuid -> the last decision logged (no log line every second)
         self._kick: asyncio.Event | None = None
         self._scanning: asyncio.Lock | None = None
@@ -124,20 +125,32 @@ class ClusterOps:
                         log.info("failover: %s: %s (%s)", a.name, a.what, a.detail)
                 if a.what == "start":
                     await self._start(a)
+                elif a.what == "started":
+                    await loop.run_in_executor(None, fo.mark, self.cluster.store, a.uuid, a.claim, "started")
             return actions
 
     async def _start(self, a: fo.Action) -> None:
         loop = asyncio.get_running_loop()
         store = self.cluster.store
-        claim = await loop.run_in_executor(None, fo.mark, store, a.uuid, a.claim, "starting")
-        if claim is None:
-            return
+        claim = a.claim
+        if claim.state == "claimed":
+            # A StoreError here (etcd answered too late or not at all) ends
+            # this scan; the claim may or may not say starting now, and the
+            # next scan finds out (Failover's interrupted start).
+            claim = await loop.run_in_executor(None, fo.mark, store, a.uuid, a.claim, "starting")
+            if claim is None:
+                return
         log.warning("failover: restarting domain %s here: %s", a.name, a.detail)
         try:
             dom = await self.domains.create(a.config)
+        except Unavailable as e:
+            # etcd away for a moment: nothing was decided; the claim stays
+            # "starting" and the next scan tries again.
+            log.warning("failover: domain %s not restarted yet: %s", a.name, e)
+            return
         except (XendError, Exception) as e:
             log.error("failover: domain %s could not be restarted here: %s", a.name, e)
             await loop.run_in_executor(None, fo.mark, store, a.uuid, claim, "failed", str(e))
             return
-        await loop.run_in_executor(None, fo.mark, store, a.uuid, claim, "started")
         self.domains.emit("restarted", dom, reason=f"host {a.claim.source} failed")
+        await loop.run_in_executor(None, fo.mark, store, a.uuid, claim, "started")

@@ -76,7 +76,13 @@ def test_waits_for_the_grace_then_exactly_one_survivor_starts(cluster):
     # Only one start: claimed -> starting is a compare-and-swap.
     starting = fo.mark(st, U1, ac.claim, "starting")
     assert starting is not None and fo.mark(st, U1, ac.claim, "starting") is None
-    assert U1 not in by_uuid(c.scan())                # c is starting it: no second start
+    # c is starting it: its next scan (xend makes it only after the create
+    # returned) sees the domain here and records it, no second start; with
+    # the domain not here the start was interrupted, and is made again.
+    c.here = lambda uuid: True
+    assert by_uuid(c.scan())[U1].what == "started"
+    c.here = lambda uuid: False
+    assert by_uuid(c.scan())[U1].what == "start"
     # preserve is never claimed
     assert st.get(storekeys.failover(U2)) is None
     # c's runtime record appears and its lock is taken: the domain's home is c.
