@@ -147,7 +147,10 @@ def elect(store: Store, uuid: str, incident: Incident, target: str, me: str) -> 
             return cur
         mine = Claim(incident.id, incident.host, target, me)
         try:
-            rev = store.cas(key, cur.revision if cur else store.revision(key), dump_json(mine.record()))
+            # Absent when read means absent now (0), not "whatever revision the
+            # key has by now": that read would let a late writer overwrite the
+            # winner (two claims for one incident; seen as a flaky race test).
+            rev = store.cas(key, cur.revision if cur else 0, dump_json(mine.record()))
         except StoreConflict:
             continue
         return Claim(mine.incident, mine.source, mine.target, mine.by, rev)

@@ -188,3 +188,20 @@ def test_racing_survivors_make_one_claim(tmp_path):
     assert len(winners) == 1                           # every racer saw the same claim
     st = FileStore(root, host="shared")
     assert st.get_json(storekeys.failover(U1))["by"] == winners.pop()
+
+
+def test_a_late_writer_does_not_overwrite_the_winner(tmp_path, monkeypatch):
+    """The race the eight-process test hit now and then: a survivor read no
+    claim, then another wrote one; the late writer must compare against
+    "absent", lose, and read the winner's claim."""
+    st = FileStore(tmp_path / "s", host="shared")
+    inc = fo.Incident("a", 7)
+    fo.elect(st, U1, inc, "h9", "h9")               # the winner
+    real, calls = fo.read_claim, []
+
+    def stale_first(store, uuid):
+        calls.append(uuid)
+        return None if len(calls) == 1 else real(store, uuid)     # read before the winner wrote
+    monkeypatch.setattr(fo, "read_claim", stale_first)
+    got = fo.elect(st, U1, inc, "h1", "h1")
+    assert got.by == "h9" and st.get_json(storekeys.failover(U1))["by"] == "h9"
