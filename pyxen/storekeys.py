@@ -192,6 +192,16 @@ def upgrade_v1(key: str, host: str) -> str:
 FAILOVER_PREFIX = "cluster/failover/"
 
 
+MAINTENANCE_PREFIX = "cluster/maintenance/"
+
+
+def maintenance(host: str) -> str:
+    """Shared, on no lease (it lasts until ended): *host* is in maintenance,
+    so placement and failover pass it over (``xm host-evacuate`` sets it,
+    ``xm host-maintenance HOST off`` ends it)."""
+    return f"{MAINTENANCE_PREFIX}{_part(host)}"
+
+
 def failover(uuid: str) -> str:
     """Shared: the claim of the last restart of *uuid* after its host failed
     (the incident, the host that starts it, how far it got)."""

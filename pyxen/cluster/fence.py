@@ -38,7 +38,7 @@ MODES = ("pause", "destroy")
 
 class Fencer:
     def __init__(self, membership, lock, mode: str = "pause", margin: float = 3.0,
-                 fence=None, resume=None, name=None, on_event=None, superseded=None):
+                 fence=None, resume=None, name=None, on_event=None, superseded=None, present=None):
         if mode not in MODES:
             raise ValueError(f"xend-cluster-fence must be one of {', '.join(MODES)}, not {mode!r}")
         if not 0 < margin < membership.ttl:
@@ -48,6 +48,9 @@ class Fencer:
         self.mode, self.margin = mode, margin
         self._fence, self._resume, self._name = fence, resume, name or (lambda uuid: uuid)
         self._superseded = superseded      # async (uuid, why): its lock is another host's now
+        # uuid -> whether the domain still exists here: one that went while
+        # fenced (an arriving migration that failed) must not get its lock back.
+        self._present = present or (lambda uuid: True)
         self.on_event = on_event or (lambda kind, detail: None)
         self.fenced = False
         self.paused: list[str] = []     # what this host paused when it fenced, to resume later
@@ -93,6 +96,9 @@ class Fencer:
         left = []
         for uuid in self.paused:
             name = self._name(uuid)
+            if not self._present(uuid):
+                log.info("cluster: %s went while this host was fenced; not retaking its lock", name)
+                continue
             try:
                 self.lock.acquire(uuid, name)
             except LockHeld as e:
@@ -122,6 +128,9 @@ class Fencer:
         self.paused = left
         if not left:
             self.fenced = False
+            # Said even when nothing was paused (every domain was a restart
+            # one, killed): the host takes new domains again.
+            self.on_event("recovered", f"lease {self.membership.lease:x}")
 
     async def run(self, interval: float = 0.25) -> None:
         while not self._stop.is_set():

@@ -4,13 +4,18 @@ A xend joins by taking a lease (TTL ``ttl`` s) and writing its record under
 ``cluster/members/<name>`` attached to it, plus a copy under
 ``cluster/known/<name>`` that outlives it (so a dead host is listed as
 ``lost``, not forgotten).  A thread of its own renews the lease every
-``ttl/4`` s and republishes the record when xend's ``info()`` changes; it
+``ttl/4`` s (each call given half that, at least 1 s; a failed one retried
+after a quarter second) and republishes the record when xend's ``info()`` changes; it
 never runs on xend's event loop, so a busy or blocked loop cannot starve
 the lease, and a dead etcd cannot block the loop.
 
-``last_ok`` is the monotonic time of the last renewal etcd confirmed: the
+``last_ok`` is the monotonic time at which the last renewal etcd confirmed
+was *sent*: etcd reset the lease's TTL at some instant after that, so the
+lease cannot expire before ``last_ok + ttl`` (the clocks' rates aside).  The
 fencer (:mod:`.fence`) judges the lease by it, on this host's own clock,
-because etcd's TTL is only a minimum (a leader change renews every lease).
+because etcd's TTL is only a minimum (a leader change renews every lease);
+taking the time after the answer instead would let a slow answer push the
+fence past the expiry.
 
 A xend that restarts while its old lease still lives takes that lease back
 (*previous_lease*, which xend keeps in a local file), so the owner keys of
@@ -89,7 +94,7 @@ class Membership:
     publish: a dict with ``address``, ``free_mem``, ``vcpus``, ``domains``,
     ``bridges``, ``relocation``, ``api``; it must be cheap and thread-safe."""
 
-    def __init__(self, store, name: str, ttl: int = 10, info=None, previous_lease: int = 0,
+    def __init__(self, store, name: str, ttl: int = 8, info=None, previous_lease: int = 0,
                  on_lease_change=None, clock=time.monotonic, on_renewed=None):
         if ttl < 2:
             raise ValueError("the cluster lease TTL must be at least 2 s")
@@ -112,12 +117,13 @@ class Membership:
     def join(self) -> None:
         """Take (or take back) the lease and publish the record; raises
         ClusterError if etcd does not answer or the name is taken."""
+        sent = self.clock()     # before the grant or keep-alive: see last_ok
         try:
             self._take_lease()
             self._publish(force=True)
         except StoreError as e:
             raise ClusterError(f"cannot join the cluster as {self.this_host}: {e}") from None
-        self.last_ok = self.clock()
+        self.last_ok = sent
         self._thread = threading.Thread(target=self._run, name="cluster-keepalive", daemon=True)
         self._thread.start()
 
@@ -166,24 +172,39 @@ class Membership:
             log.warning("cluster: cannot publish this host's record: %s", e)
 
     # ------------------------------------------------------------- keep-alive
+    # After a failed keep-alive the next try comes this soon, not a whole
+    # interval later: one lost or hung call must not use up the fence's
+    # TTL - margin budget by itself.
+    RETRY = 0.25
+
     def _run(self) -> None:
         every = max(0.5, self.ttl / 4)
-        while not self._stop.wait(every):
+        # Half the interval per call (at least 1 s: a loaded machine answers
+        # slowly, and a call given up on costs a retry): a hung call leaves
+        # time for retries before the fence.
+        timeout = min(every, max(1.0, every / 2))
+        wait = every
+        while not self._stop.wait(wait):
+            wait = every
+            sent = self.clock()
             try:
-                left = self.store.keepalive(self.lease, timeout=every)
+                left = self.store.keepalive(self.lease, timeout=timeout)
             except StoreError as e:
                 log.warning("cluster: lease keep-alive failed (%.1f s since the last): %s",
                             self.clock() - self.last_ok, e)
+                wait = self.RETRY
                 continue
             if left <= 0:
                 log.error("cluster: lease %x is gone (cut off longer than its TTL); joining again", self.lease)
                 self.lease_lost = True
+                sent = self.clock()
                 try:
                     self._set_lease(self.store.grant_lease(self.ttl))
                 except StoreError as e:
                     log.warning("cluster: cannot take a new lease: %s", e)
+                    wait = self.RETRY
                     continue
-            self.last_ok = self.clock()
+            self.last_ok = sent
             if self.on_renewed is not None:
                 try:
                     self.on_renewed(self.last_ok)

@@ -40,6 +40,7 @@ class HostInfo:
     # ramdisk).  None: the host was not asked (its paths are unknown), which
     # placement treats as "has them" only when ``assume_paths`` is set.
     missing: frozenset | None = frozenset()
+    unknown: str = ""             # with missing None: why the paths are unknown (the host's answer)
     # For xm host-list and migration by name (placement does not use them).
     port: int = 0                 # relocation port
     lease_age: float | None = None    # seconds since its last keep-alive
@@ -81,6 +82,8 @@ class PlacementError(Exception):
 
 def unfit(host: HostInfo, needs: Needs) -> str | None:
     """Why *host* cannot run a domain with *needs*, or None if it can."""
+    if host.state == "maintenance":
+        return "host is in maintenance (xm host-maintenance NAME off ends it)"
     if host.state != UP:
         return f"host is {host.state}"
     if host.free_memory < needs.memory:
@@ -89,7 +92,7 @@ def unfit(host: HostInfo, needs: Needs) -> str | None:
     if lacking:
         return f"no bridge {', '.join(lacking)}"
     if host.missing is None:
-        return "did not report its disks and kernel"
+        return host.unknown or "did not report its disks and kernel"
     gone = sorted(set(host.missing) & set(needs.paths))
     if gone:
         return f"no {', '.join(gone)}"

@@ -40,8 +40,32 @@ def from_member(m) -> HostInfo:
 
 def hosts(store: Store) -> list[HostInfo]:
     """Every host the cluster knows, by name: up (a live member record) or
-    lost (only the last record it published is left)."""
-    return [from_member(m) for m in Membership(store, "").hosts()]
+    lost (only the last record it published is left); an up host someone
+    put in maintenance (:func:`set_maintenance`) is ``maintenance``."""
+    from dataclasses import replace
+    held = in_maintenance(store)
+    return [replace(h, state=MAINTENANCE) if h.name in held and h.state == "up" else h
+            for h in (from_member(m) for m in Membership(store, "").hosts())]
+
+
+MAINTENANCE = "maintenance"
+
+
+def in_maintenance(store: Store) -> set[str]:
+    """The hosts in lasting maintenance."""
+    from urllib.parse import unquote
+    return {unquote(k[len(storekeys.MAINTENANCE_PREFIX):]) for k in store.keys(storekeys.MAINTENANCE_PREFIX)}
+
+
+def set_maintenance(store: Store, host: str, on: bool, by: str = "", now: float = 0.0) -> bool:
+    """Put *host* in maintenance (or end it); whether that changed anything."""
+    key = storekeys.maintenance(host)
+    was = store.get(key) is not None
+    if on and not was:
+        store.put(key, dump_json({"host": host, "by": by, "since": now}))
+    elif not on and was:
+        store.delete(key)
+    return was != on
 
 
 def resolve(store: Store, name: str) -> HostInfo | None:

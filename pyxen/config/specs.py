@@ -358,8 +358,9 @@ def format_cpuset(cpus: set[int]) -> str:
 
 def disk_number(vdev: str) -> int:
     """Xen's device number for a vdev (blkdev_name_to_number)."""
-    m = re.fullmatch(r"(hd|sd|xvd)([a-z]+)(\d*)", vdev)
-    if vdev.isdigit():
+    # ASCII digits only: str.isdigit() and \d also take '⒊' or '٣', which int() refuses.
+    m = re.fullmatch(r"(hd|sd|xvd)([a-z]+)([0-9]*)", vdev)
+    if vdev.isascii() and vdev.isdigit():
         return int(vdev)
     if not m:
         raise ConfigError(f"bad virtual device {vdev!r}")

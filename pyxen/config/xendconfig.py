@@ -169,9 +169,10 @@ OPTIONS: tuple[XendOption, ...] = (
                "(etc/xen/pki/host-cert.pem, from `pyxen cert`).", origin="pyxen"),
     XendOption("xend-cluster-tls-key", "str", "",
                "Key of xend-cluster-tls-cert; '' means etc/xen/pki/host-key.pem.", origin="pyxen"),
-    XendOption("xend-cluster-lease-ttl", "int", 10,
+    XendOption("xend-cluster-lease-ttl", "int", 8,
                "Seconds of this host's etcd lease: its host record and its domains' locks vanish this\n"
-               "long after its last keep-alive (renewed every TTL/4 s).", origin="pyxen"),
+               "long after its last keep-alive (renewed every TTL/4 s, a failed one retried at once).",
+               origin="pyxen"),
     XendOption("xend-cluster-fence", "choice", "pause",
                "What this host does to its domains when its keep-alive has not succeeded for\n"
                "lease TTL minus xend-cluster-fence-margin seconds (on its own clock): 'pause' them\n"
@@ -180,9 +181,10 @@ OPTIONS: tuple[XendOption, ...] = (
     XendOption("xend-cluster-fence-margin", "int", 3,
                "Seconds before the lease TTL at which this host fences itself (see xend-cluster-fence);\n"
                "between 1 and the TTL minus 1.", origin="pyxen"),
-    XendOption("xend-cluster-grace", "int", 5,
+    XendOption("xend-cluster-grace", "int", 1,
                "Seconds another host waits after a domain's lock is gone before it may start the\n"
-               "domain (on_host_failure='restart'): covers clock rates and the time a fence takes.",
+               "domain (on_host_failure='restart'): with the fence margin it covers the failed host's\n"
+               "fence check, one blocked etcd call and the kill (docs/cluster.md).",
                origin="pyxen"),
     # pyxen's own options
     XendOption("accel", "choice", "auto",

@@ -162,9 +162,12 @@ COMMANDS: tuple[Command, ...] = (
             op="events", run=_HOST + "cmd_events", min_args=0, max_args=0),
     Command("host-list", "", "List the cluster's hosts: address, state, free memory, vCPUs, domains, "
             "lease age.", op="hosts", run=_HOST + "cmd_host_list", min_args=0, max_args=0),
-    Command("host-evacuate", "<Host>", "Live-migrate every domain of <Host> (this host) to the other hosts, "
-            "for maintenance; lists what cannot go and why.", op="host-evacuate", run=_HOST + "cmd_host_evacuate",
-            min_args=1, max_args=1),
+    Command("host-evacuate", "<Host>", "Live-migrate every domain of <Host> (this host) to the other hosts "
+            "and leave it in maintenance; lists what cannot go and why.", op="host-evacuate",
+            run=_HOST + "cmd_host_evacuate", min_args=1, max_args=1),
+    Command("host-maintenance", "<Host> on|off", "Put <Host> in maintenance (placement and failover pass it "
+            "over; its domains keep running) or end it.", op="host-maintenance",
+            run=_HOST + "cmd_host_maintenance", min_args=2, max_args=2),
     Command("log", "", "Print xend log.", op="log", run=_HOST + "cmd_log", min_args=0, max_args=0),
     Command("vcpu-list", "[Domain, ...]", "List the VCPUs for all/some domains.", op="vcpus",
             run=_SCHED + "cmd_vcpu_list", min_args=0, max_args=None),

@@ -255,6 +255,10 @@ OPS: tuple[Op, ...] = (
     Op("host-evacuate", "POST", "/api/hosts/{host}/evacuate", "Live-migrate every domain of this host to the "
        "others, placed one by one (xm host-evacuate); what cannot go is listed with the reason.",
        "pyxen.xend.handlers.cluster:evacuate", tag="cluster", body=True, fuzz="host"),
+    Op("host-maintenance", "POST", "/api/hosts/{host}/maintenance", "Put a host in lasting maintenance, or "
+       "end it (xm host-maintenance; host-evacuate starts it): placement and failover pass the host over, "
+       "its domains keep running.", "pyxen.xend.handlers.cluster:maintenance",
+       (P("on", "boolean", "true: in maintenance; false: end it", True),), tag="cluster", fuzz="host"),
     # ---------------------------------------------------------------- vnets
     Op("vnets", "GET", "/api/vnets", "All vnets (xm vnet-list).", "pyxen.xend.handlers.vnets:list_vnets",
        tag="vnets", fuzz="host"),

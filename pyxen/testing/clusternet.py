@@ -72,12 +72,20 @@ class ClusterNet:
     def heal(self, ns: str) -> None:
         self.exec(ns, "nft", "delete", "table", "inet", "pxcut", check=False)
 
+    def kill_all(self, ns: str) -> int:
+        """SIGKILL every process in *ns* (a host's machine dying: xend, its
+        lease keeper, its QEMUs); how many there were."""
+        n = 0
+        for pid in _sh("ip", "netns", "pids", ns, check=False).stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+                n += 1
+            except (ProcessLookupError, ValueError):
+                pass
+        return n
+
     def cleanup(self) -> None:
         for ns in reversed(self.spaces):
-            for pid in _sh("ip", "netns", "pids", ns, check=False).stdout.split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
+            self.kill_all(ns)
             _sh("ip", "netns", "del", ns, check=False)
         self.spaces = []

@@ -16,12 +16,16 @@ FileStore and none of this runs.  With it:
   :mod:`pyxen.cluster.claims`), a domain that ends drops both
   (:meth:`released`), and the shared config of a domain that another host
   owns now is never deleted with this host's copy (:meth:`may_forget_config`);
-* the fencer runs as a task on xend's loop; the keep-alive runs in its own
-  thread (the loop may block on etcd for a timeout; the lease must not);
+* the fencer runs as a task on xend's loop, and its kills also from a
+  watchdog thread (a blocked loop must not delay them); the keep-alive runs
+  in its own thread (the loop may block on etcd for a timeout; the lease
+  must not);
 * etcd's watch on ``cluster/`` becomes events on xend's stream
   (``cluster-host-up``, ``cluster-host-lost``, ``cluster-owner``...);
 * :meth:`add_periodic` runs other code once a second (clusterops's
-  failover scan).
+  listing), :meth:`add_task` a task until xend stops, and :meth:`on_change`
+  is told of every host lost and lock gone as the watch sees it (clusterops's
+  failover scan starts from that, not from a poll).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -134,19 +139,22 @@ class ClusterNode(LockActions, FenceActions):
         self.lock = DomainLock(store, self.membership)
         self.fencer = Fencer(self.membership, self.lock, cfg["xend-cluster-fence"],
                              float(cfg["xend-cluster-fence-margin"]), fence=self._fence, resume=self._resume,
-                             name=self._name, on_event=self._fence_event, superseded=self._superseded)
+                             name=self._name, on_event=self._fence_event, superseded=self._superseded,
+                             present=lambda uuid: self.domains is not None and uuid in self.domains.by_uuid)
         # What another host waits after a lock is gone before taking the
         # domain (clusterops's failover reads it; the fence is the other half).
         self.grace = int(cfg["xend-cluster-grace"])
         self.state = "up"
         self._info: dict = {}
         self._periodic: list = []
+        self._on_change: list = []
         self._was_paused: set[str] = set()     # paused before the fence: stays paused after it
         self._restart_listed: str | None = None
         self._unforgotten: dict = {}            # fence-killed domains whose records await etcd
         # Arriving migrations not yet running here (relocation's commit ends it).
         self.arriving: set[str] = set()
         self._tasks: list[asyncio.Task] = []
+        self._watchdog_stop = threading.Event()
         self._watch = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -276,6 +284,9 @@ class ClusterNode(LockActions, FenceActions):
                 # away: never run it twice.
                 await self._drop_superseded(dom, str(e))
         self._watch = self.membership.watch(self._on_cluster_event)
+        self._watchdog = threading.Thread(target=self._fence_watchdog, name="cluster-fence-watchdog",
+                                          daemon=True)
+        self._watchdog.start()
         self._start_keeper()
         self._tasks = [asyncio.create_task(self.fencer.run(), name="cluster-fence"),
                        asyncio.create_task(self._tick(), name="cluster-periodic")]
@@ -296,7 +307,19 @@ class ClusterNode(LockActions, FenceActions):
         finally:
             err.close()
 
+    def _fence_watchdog(self) -> None:
+        """Kill the QEMUs another host may restart the moment the fence is
+        due, off the event loop (clusterfence.kill_overdue)."""
+        from .clusterfence import kill_overdue
+        mode = self.cfg["xend-cluster-fence"]
+        while not self._watchdog_stop.wait(0.25):
+            try:
+                kill_overdue(self.domains, self.membership, self.fencer.deadline, mode)
+            except Exception:      # noqa: BLE001 — the watchdog must not die; the loop's fencer remains
+                log.exception("cluster: fence watchdog failed")
+
     async def stop(self) -> None:
+        self._watchdog_stop.set()
         self.fencer.stop()
         for t in self._tasks:
             t.cancel()
@@ -336,6 +359,16 @@ class ClusterNode(LockActions, FenceActions):
         """Run ``await fn()`` about once a second while xend runs."""
         self._periodic.append(fn)
 
+    def add_task(self, coro, name: str) -> None:
+        """Run *coro* as a task of this node's (cancelled by :meth:`stop`)."""
+        self._tasks.append(asyncio.create_task(coro, name=name))
+
+    def on_change(self, fn) -> None:
+        """Call ``fn(ClusterEvent)`` on the loop when a host's record or a
+        domain's owner key is deleted (a host lost, a lock gone): what the
+        failover waits for, so it need not poll for it."""
+        self._on_change.append(fn)
+
     async def _tick(self) -> None:
         lease = self.membership.lease
         while True:
@@ -360,6 +393,9 @@ class ClusterNode(LockActions, FenceActions):
             return
         rec = {"time": time.time(), **ev.to_json()}
         self._loop.call_soon_threadsafe(self.domains.emit_raw, rec)
+        if ev.kind in ("host-lost", "owner-released"):
+            for fn in self._on_change:
+                self._loop.call_soon_threadsafe(fn, ev)
 
     def _fence_event(self, kind: str, detail: str) -> None:
         if self.domains is not None:
@@ -367,5 +403,7 @@ class ClusterNode(LockActions, FenceActions):
                                    "detail": detail})
         if kind == "fenced":
             self.state = "fenced"
-        elif kind == "resumed" and not self.fencer.paused:
+        elif kind == "recovered" and self.state == "fenced":
             self.state = "up"
+            self._snapshot()
+            self.membership.publish()

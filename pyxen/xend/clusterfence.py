@@ -6,6 +6,9 @@ another host will restart (``on_host_failure='restart'``), resume one whose
 lock this host holds again, and drop a copy whose lock another host holds
 now.  Pauses come first and the state records after, because with etcd
 gone each record costs a store timeout that the pauses must not wait for.
+The kills come even earlier: :func:`kill_overdue` runs in a watchdog
+thread, so the kill that the self-fencing inequality counts on
+(docs/cluster.md) never waits for the event loop.
 """
 
 from __future__ import annotations
@@ -23,6 +26,31 @@ def restarted_elsewhere(dom) -> bool:
     return getattr(dom.cfg, "on_host_failure", "preserve") == "restart"
 
 
+def kill_overdue(domains, membership, deadline: float, mode: str) -> list[str]:
+    """The fence's first act, from a thread of its own (the watchdog, every
+    0.25 s), so a busy or blocked event loop cannot delay it: once no
+    keep-alive has been confirmed for *deadline* seconds, SIGKILL every
+    QEMU another host may restart (``restart`` domains; all of them with
+    ``destroy``).  ``expect_exit`` first, so the exit is not a crash to
+    restart here.  The loop's fencer does the rest (pauses, records).
+    Returns the names killed."""
+    from ..hypervisor.qemu import process
+    if membership.since_renewal() <= deadline:
+        return []
+    out = []
+    for dom in list(domains.all()):
+        pid = dom.pid
+        if not pid or dom.expect_exit or not (mode == "destroy" or restarted_elsewhere(dom)):
+            continue
+        dom.expect_exit = True
+        process.kill(pid)
+        out.append(dom.name)
+    if out:
+        log.error("cluster: no etcd keep-alive for %.1f s: killed %s (another host may restart them)",
+                  membership.since_renewal(), ", ".join(out))
+    return out
+
+
 class FenceActions:
     """Needs ``self.domains``, ``self.name``, ``self.state``, ``self._was_paused``
     and ``self._unforgotten``."""
@@ -36,18 +64,21 @@ class FenceActions:
         self.state = "fenced"
         done, killed = [], []
         for dom in list(self.domains.all()):
-            if not dom.pid or not process.alive(dom.pid):
+            if not dom.pid:
                 continue
             if mode == "destroy" or restarted_elsewhere(dom):
                 # A domain another host will restart (on_host_failure=
                 # 'restart') has nothing to resume here, and a paused QEMU
                 # would keep its disk images locked against the restart.
+                # (The watchdog thread may have killed it already.)
                 log.error("%s: destroyed by the fence: %s", dom.name, reason)
                 dom.expect_exit = True
                 process.kill(dom.pid)
                 killed.append(dom)
                 if mode == "destroy":
                     done.append(dom.uuid)
+                continue
+            if not process.alive(dom.pid):
                 continue
             if dom.paused:
                 # Paused already (by its user): the fencer retakes its lock

@@ -14,7 +14,7 @@ import logging
 from ..cluster import ClusterError, claims
 from ..cluster.lock import LockHeld
 from ..store import StoreError
-from .errors import Conflict, XendError
+from .errors import Conflict, Unavailable, XendError
 
 log = logging.getLogger("pyxen.xend")
 
@@ -33,7 +33,7 @@ class LockActions:
                 raise Conflict(f"domain {name} is running on host {owner}")
             by_name = self.lock.owner_of_name(name)
         except StoreError as e:
-            raise XendError(f"cluster: cannot check the lock of domain {name}: {e}") from None
+            raise Unavailable(f"cluster: cannot check the lock of domain {name}: {e}") from None
         if by_name is not None and by_name[1] != self.name:
             raise Conflict(f"domain {name} is running on host {by_name[1]}")
 
@@ -45,7 +45,7 @@ class LockActions:
         try:
             by_name = self.lock.owner_of_name(name)
         except StoreError as e:
-            raise XendError(f"cluster: cannot check the lock of domain {name}: {e}") from None
+            raise Unavailable(f"cluster: cannot check the lock of domain {name}: {e}") from None
         if by_name is not None and by_name[0] != uuid:
             raise Conflict(f"domain {name} is running on host {by_name[1]}")
 
@@ -85,7 +85,7 @@ class LockActions:
         except claims.DiskClaimed as e:
             raise Conflict(str(e)) from None
         except (ClusterError, StoreError) as e:
-            raise XendError(f"cluster: cannot claim the disks of domain {name}: {e}") from None
+            raise Unavailable(f"cluster: cannot claim the disks of domain {name}: {e}") from None
 
     def _release_claims(self, uuid: str) -> None:
         try:
@@ -97,13 +97,13 @@ class LockActions:
         if not self.lock_enabled:
             return
         if self.fencer.fenced:
-            raise XendError(f"cluster: this host has lost touch with etcd; domain {name} not started")
+            raise Unavailable(f"cluster: this host has lost touch with etcd; domain {name} not started")
         try:
             self.lock.acquire(uuid, name)
         except LockHeld as e:
             raise Conflict(str(e)) from None
         except (ClusterError, StoreError) as e:
-            raise XendError(f"cluster: cannot take the lock of domain {name}: {e}") from None
+            raise Unavailable(f"cluster: cannot take the lock of domain {name}: {e}") from None
 
     def rename(self, uuid: str, old: str, new: str) -> None:
         """``xm rename``: the name lock moves (Conflict if another domain of
@@ -115,7 +115,7 @@ class LockActions:
         except LockHeld as e:
             raise Conflict(str(e)) from None
         except (ClusterError, StoreError) as e:
-            raise XendError(f"cluster: cannot rename the lock of domain {old}: {e}") from None
+            raise Unavailable(f"cluster: cannot rename the lock of domain {old}: {e}") from None
 
     def released(self, uuid: str) -> None:
         """The domain ended here: drop its lock (if it is still ours)."""

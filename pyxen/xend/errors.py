@@ -20,6 +20,12 @@ class NoSuchDomain(XendError):
         self.ref = ref
 
 
+class Unavailable(XendError):
+    """The cluster store did not answer (etcd down or out of reach): the
+    request may succeed later; nothing was decided (a refusal is Conflict)."""
+    code = "unavailable"
+
+
 class Conflict(XendError):
     status = 409
     code = "conflict"

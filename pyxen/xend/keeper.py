@@ -117,14 +117,17 @@ def run(paths: Paths, store, lease: int, ttl: int, margin: float, xend_pid: int)
                 log.warning("keeper: cannot revoke the lease: %s", e)
             return 0
         if not fenced and time.monotonic() - last_try >= every:
-            last_try = time.monotonic()
+            last_try = sent = time.monotonic()
             try:
+                # The send time, not the answer's: etcd reset the TTL after
+                # it, so the lease lives at least until sent + TTL.
                 if store.keepalive(lease, timeout=call_timeout) > 0:
-                    last_ok = time.monotonic()
+                    last_ok = sent
                 else:
                     last_ok = 0.0       # the lease is gone: the locks are, too
             except Exception as e:      # noqa: BLE001
                 log.warning("keeper: keep-alive failed: %s", e)
+                last_try = time.monotonic() - every + tick     # retry soon, not a whole interval on
         if not fenced:
             if time.monotonic() - last_ok > ttl - margin:
                 restart = _restart_uuids(paths)

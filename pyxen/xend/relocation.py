@@ -146,6 +146,10 @@ class RelocationServer:
                 # A storage migration's NBD channel (nbdrelay), not a domain.
                 await nbdrelay.in_thread(nbdrelay.serve, link, first, peer)
                 return
+            if first[0] == "check":
+                # Placement on another member asks which disks and kernel this host has.
+                await remotecreate.serve_check(link, first, peer)
+                return
             if first[0] == "create":
                 # xm create on another member, placed here (remotecreate).
                 log.info("relocation: create request from %s (%s)", peer,

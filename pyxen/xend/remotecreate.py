@@ -8,11 +8,18 @@ authentication a migration gets — as one request, ``(create (config SXP)
 or ``(err ...)``.  The config is parsed on the target, never evaluated, and
 started there without a second placement (the origin already chose), so a
 create is placed exactly once and cannot bounce between hosts.
+
+Before it places a domain, the origin asks each candidate which of the
+domain's paths (disk targets, kernel, ramdisk) it lacks, over the same
+link: ``(check (version 1) (paths P...))``, answered ``(ok (missing P...))``.
+Only the pool's hosts get that far (host certificate, hosts-allow), and the
+answer says only whether each path exists.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 from ..config import sxp
 from ..config.domain import DomainConfig
@@ -24,6 +31,8 @@ from .relolink import _connect, client_context, run_blocking
 log = logging.getLogger("pyxen.relocation")
 
 CREATE_TIMEOUT = 300.0      # the target boots nothing before it answers, but QEMU must start
+CHECK_TIMEOUT = 5.0         # a host that cannot say within this is unfit (placement names why)
+MAX_PATHS, MAX_PATH_LEN = 256, 4096
 
 
 def request(cfg: DomainConfig, paused: bool, origin: str) -> list:
@@ -43,6 +52,30 @@ def parse_request(msg: list) -> tuple[list, bool, str]:
     if paused not in ("0", "1"):
         raise rp.ProtocolError(f"bad paused flag {paused!r}")
     return cfg, paused == "1", str(sxp.child_value(msg, "host", "?"))[:255]
+
+
+def check_request(paths) -> list:
+    return ["check", ["version", str(rp.VERSION)], ["paths", *sorted(paths)]]
+
+
+def parse_check(msg: list) -> list[str]:
+    """The paths a check request asks about (absolute, bounded)."""
+    if str(sxp.child_value(msg, "version")) != str(rp.VERSION):
+        raise rp.ProtocolError(f"relocation protocol version {sxp.child_value(msg, 'version')!r} "
+                               f"(this xend speaks {rp.VERSION})")
+    found = [v for v in msg[1:] if isinstance(v, list) and v and v[0] == "paths"]
+    paths = found[0][1:] if found else []
+    if len(paths) > MAX_PATHS:
+        raise rp.ProtocolError(f"(check ...) asks about {len(paths)} paths (at most {MAX_PATHS})")
+    for p in paths:
+        if not isinstance(p, str) or not p.startswith("/") or len(p) > MAX_PATH_LEN or "\0" in p:
+            raise rp.ProtocolError("(check ...) paths must be absolute file names")
+    return paths
+
+
+def missing_here(paths) -> list[str]:
+    """Which of *paths* this host does not have (placement's 'no /x')."""
+    return sorted(p for p in paths if not os.path.exists(p))
 
 
 def _value(values: list, key: str):
@@ -77,6 +110,36 @@ async def forward(domains, name: str, address: str, port: int, cfg: DomainConfig
     log.info("%s: created on host %s (domid %d)", cfg.name, name, domid)
     return {"domid": domid, "name": str(_value(reply, "name") or cfg.name),
             "uuid": str(_value(reply, "uuid") or cfg.uuid), "host": name}
+
+
+async def ask_missing(domains, name: str, address: str, port: int, paths) -> frozenset:
+    """Which of *paths* member *name* lacks; XendError (one line) if it
+    cannot be asked."""
+    config = domains.config
+    ctx = client_context(config, domains.paths, f"cannot ask host {name} about its disks")
+    try:
+        link = await run_blocking(_connect, address, int(port or config["xend-relocation-port"]), ctx)
+    except XendError as e:
+        raise XendError(f"cannot be asked about its disks and kernel: {e}") from None
+    try:
+        reply = await run_blocking(link.request, check_request(paths), "missing", CHECK_TIMEOUT)
+    except (rp.PeerError, rp.ProtocolError, OSError) as e:
+        raise XendError(f"did not answer the disk and kernel check: {e}") from None
+    finally:
+        await run_blocking(link.close)
+    missing = reply[0][1:] if reply and isinstance(reply[0], list) else []
+    return frozenset(str(p) for p in missing)
+
+
+async def serve_check(link: rp.Link, first: list, peer: str) -> None:
+    """The candidate's side of the check: which paths it lacks."""
+    try:
+        paths = parse_check(first)
+    except rp.ProtocolError as e:
+        log.warning("relocation: bad check request from %s: %s", peer, e)
+        await run_blocking(link.send, rp.err("protocol", str(e)))
+        return
+    await run_blocking(link.send, rp.ok(["missing", *missing_here(paths)]))
 
 
 async def serve(domains, link: rp.Link, first: list, peer: str) -> None:

@@ -269,7 +269,12 @@ class DomainSaving:
         it should run but would not resume."""
         if self.monitor is not None:
             await self.monitor.migration.cancel(self.qemu_alive)
-        if not resume:
+        cluster = getattr(self.services, "cluster", None)
+        if not resume or (cluster is not None and not cluster.may_run(self.uuid)):
+            # (Checked here, after the awaits: the cluster fence may have
+            # paused it meanwhile — this host lost etcd, e.g. the reason the
+            # migration failed — and then only the fencer resumes it, once
+            # this host holds its lock again.)
             self.paused = True
             return True
         if await self.try_cont():

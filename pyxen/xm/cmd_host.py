@@ -1,5 +1,5 @@
 """xm's host-wide commands: info, dmesg, log, top, the event stream, and the
-cluster's hosts (host-list, host-evacuate)."""
+cluster's hosts (host-list, host-evacuate, host-maintenance)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import time
 
 from . import format as fmt
 from .args import int_arg as _int_arg
+from .client import XmError
 
 def cmd_info(ctx, opts, args):
     if "config" in opts:
@@ -85,4 +86,16 @@ def cmd_host_evacuate(ctx, opts, args):
         print(f"Domain {name} stays: {why}", file=sys.stderr)
     for name, why in sorted(res["failed"].items()):
         print(f"Domain {name} failed to migrate: {why}", file=sys.stderr)
+    if res.get("maintenance"):
+        print(f"Host {args[0]} is in maintenance until `xm host-maintenance {args[0]} off`")
     return 1 if res["refused"] or res["failed"] else 0
+
+
+def cmd_host_maintenance(ctx, opts, args):
+    host, what = args
+    if what not in ("on", "off"):
+        raise XmError(f"host-maintenance: expected on or off after the host name, not {what!r}")
+    res = ctx.call("host-maintenance", {"host": host, "on": what == "on"})
+    state = "in maintenance" if res["maintenance"] else "out of maintenance"
+    print(f"Host {host} is {state}{'' if res['changed'] else ' (it already was)'}")
+    return 0

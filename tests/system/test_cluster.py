@@ -70,8 +70,9 @@ def _leftovers():
 
 @pytest.fixture
 def cluster(make_host, _leftovers):
-    """make(names=("a", "b"), ttl=TTL): three etcd members and the xends, started."""
-    def make(names=("a", "b"), ttl=TTL, members=3):
+    """make(names=("a", "b"), ttl=TTL, env={host: {VAR: value}}): three etcd
+    members and the xends, started (each with its extra environment)."""
+    def make(names=("a", "b"), ttl=TTL, members=3, env=None):
         why = etcdtest.available()
         if why:     # the Makefile installs it; a missing etcd is a broken machine, not a skip
             pytest.fail(why)
@@ -98,6 +99,7 @@ def cluster(make_host, _leftovers):
             # One CA for etcd, the xends' client certificates and relocation.
             pki.make_host_cert(etcd.pki, name, ips=[ip], out=h.root / "etc/xen/pki")
             h.ip, h.ns, h.name = ip, ns, name
+            h.env.update((env or {}).get(name, {}))     # e.g. PYXEN_FAULTS for one host's xend
             hosts[name] = h
         for h in hosts.values():
             h.xend("start")

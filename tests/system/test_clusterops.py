@@ -76,9 +76,17 @@ def test_host_list_placement_list_cluster_migrate_by_name_and_evacuate(cluster):
     # evacuate C: g1 goes to the host with the most free memory that is not C (A: it has nothing now)
     res = cc.xm("host-evacuate", "c", check=False, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert res.stdout.strip() == "Domain g1 migrated to a"
+    assert res.stdout.splitlines() == ["Domain g1 migrated to a",
+                                       "Host c is in maintenance until `xm host-maintenance c off`"]
     assert [n for n in cc.domains() if n != "Domain-0"] == []
     assert running(a, "g1")
+    # C stays in maintenance: listed so, and placement passes it over (it is the emptiest now)
+    assert hosts(a)["c"][2] == "maintenance"
+    res = a.xm("create", str(a.config("g3", memory=64)), "--host", "c", check=False)
+    assert res.returncode == 1 and "c: host is in maintenance" in res.stderr, res.stderr
+    res = a.xm("host-maintenance", "c", "off", check=False)
+    assert res.returncode == 0 and res.stdout.strip() == "Host c is out of maintenance", res.stdout + res.stderr
+    assert hosts(a)["c"][2] == "up"
     res = a.xm("host-evacuate", "c", check=False)
     assert res.returncode == 1 and "run it on c itself (this host is a)" in res.stderr
 

@@ -24,7 +24,8 @@ def test_plan_accounts_memory_and_refuses_with_reasons():
     assert p.refused["pci"] == "it has PCI devices passed through"
     # huge, the largest, is tried first, against the full pool
     assert p.refused["huge"] == ("no host can run domain huge: b: 1000 MiB free, needs 5000 MiB; "
-                                 "c: 700 MiB free, needs 5000 MiB; d: host is maintenance")
+                                 "c: 700 MiB free, needs 5000 MiB; d: host is in maintenance "
+                                 "(xm host-maintenance NAME off ends it)")
     assert "big -> b" in p.summary() and "pci: stays (it has PCI" in p.summary()
 
 

@@ -76,7 +76,13 @@ def test_waits_for_the_grace_then_exactly_one_survivor_starts(cluster):
     # Only one start: claimed -> starting is a compare-and-swap.
     starting = fo.mark(st, U1, ac.claim, "starting")
     assert starting is not None and fo.mark(st, U1, ac.claim, "starting") is None
-    assert U1 not in by_uuid(c.scan())                # c is starting it: no second start
+    # c is starting it: its next scan (xend makes it only after the create
+    # returned) sees the domain here and records it, no second start; with
+    # the domain not here the start was interrupted, and is made again.
+    c.here = lambda uuid: True
+    assert by_uuid(c.scan())[U1].what == "started"
+    c.here = lambda uuid: False
+    assert by_uuid(c.scan())[U1].what == "start"
     # preserve is never claimed
     assert st.get(storekeys.failover(U2)) is None
     # c's runtime record appears and its lock is taken: the domain's home is c.
@@ -141,7 +147,8 @@ def test_no_fit_is_refused_with_reasons(cluster):
     clock.t += 5
     act = by_uuid(b.scan())[U1]
     assert act.what == "refused"
-    assert act.detail == "no host can run domain web: b: 1024 MiB free, needs 3000 MiB; c: host is maintenance"
+    assert act.detail == ("no host can run domain web: b: 1024 MiB free, needs 3000 MiB; "
+                          "c: host is in maintenance (xm host-maintenance NAME off ends it)")
 
 
 def test_a_second_failure_is_a_new_incident(cluster):
@@ -181,3 +188,20 @@ def test_racing_survivors_make_one_claim(tmp_path):
     assert len(winners) == 1                           # every racer saw the same claim
     st = FileStore(root, host="shared")
     assert st.get_json(storekeys.failover(U1))["by"] == winners.pop()
+
+
+def test_a_late_writer_does_not_overwrite_the_winner(tmp_path, monkeypatch):
+    """The race the eight-process test hit now and then: a survivor read no
+    claim, then another wrote one; the late writer must compare against
+    "absent", lose, and read the winner's claim."""
+    st = FileStore(tmp_path / "s", host="shared")
+    inc = fo.Incident("a", 7)
+    fo.elect(st, U1, inc, "h9", "h9")               # the winner
+    real, calls = fo.read_claim, []
+
+    def stale_first(store, uuid):
+        calls.append(uuid)
+        return None if len(calls) == 1 else real(store, uuid)     # read before the winner wrote
+    monkeypatch.setattr(fo, "read_claim", stale_first)
+    got = fo.elect(st, U1, inc, "h1", "h1")
+    assert got.by == "h9" and st.get_json(storekeys.failover(U1))["by"] == "h9"

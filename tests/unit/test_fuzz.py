@@ -44,6 +44,16 @@ def test_fuzz_findings_xl(text, tmp_path):
         xmconfig.evaluate(cfg, {}, {})
 
 
+def test_fuzz_findings_disk_number():
+    # Was a ValueError: '⒊'.isdigit() is True but int() refuses it.
+    from pyxen.config.errors import ConfigError
+    from pyxen.config.specs import disk_number
+    for bad in ("⒊", "xvda٣"):
+        with pytest.raises(ConfigError, match="bad virtual device"):
+            disk_number(bad)
+    assert disk_number("51712") == 51712 and disk_number("xvda1") == disk_number("51713")
+
+
 def test_fuzz_findings_cpus():
     # Was a hang (a set of 6e27 CPU numbers); xend's vcpu-pin parses the same.
     from pyxen.config.errors import ConfigError

@@ -12,8 +12,9 @@ written for a cluster still runs on one host.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import os
+import time
 
 from ...cluster import evacuate as evac, placement, view
 from ..errors import Conflict, InvalidRequest, XendError
@@ -55,10 +56,14 @@ def with_hosts(domains, rows: list[dict]) -> list[dict]:
     return view.cluster_domains(cl.store, cl.name, rows)
 
 
-def place(domains, cfg, host: str | None) -> placement.HostInfo | None:
+async def place(domains, cfg, host: str | None) -> placement.HostInfo | None:
     """Where *cfg* is to run: None for this host (``--host`` names it, or
     placement picks it), else the member placement chose, whose xend the
-    create is handed to (xend/remotecreate.py).  Conflict when no host fits."""
+    create is handed to (xend/remotecreate.py).  Conflict when no host fits.
+
+    Every candidate's paths are checked on that host: this host looks
+    itself, every other up host that has the memory and bridges is asked
+    over the relocation link, all at once (:func:`with_paths`)."""
     cl = cluster_of(domains)
     me = this_host(domains)
     if cl is None:
@@ -67,7 +72,7 @@ def place(domains, cfg, host: str | None) -> placement.HostInfo | None:
                            f"(this host is {me})")
         return None
     needs = placement.needs_of(cfg)
-    hosts = [h if h.name != me else _with_local_paths(h, needs) for h in view.hosts(cl.store)]
+    hosts = await with_paths(domains, me, view.hosts(cl.store), needs, only=host or None)
     try:
         choice = placement.choose(hosts, needs, only=host or None)
     except placement.PlacementError as e:
@@ -83,9 +88,30 @@ def place(domains, cfg, host: str | None) -> placement.HostInfo | None:
     return choice.host
 
 
-def _with_local_paths(h: placement.HostInfo, needs: placement.Needs) -> placement.HostInfo:
+async def with_paths(domains, me: str, hosts: list[placement.HostInfo], needs: placement.Needs,
+                     only: str | None = None) -> list[placement.HostInfo]:
+    """*hosts* with ``missing`` filled in: which of the domain's paths each
+    lacks.  Only hosts that could otherwise run it are asked (a host that is
+    down or too small is refused for that, as before); one that cannot be
+    asked is unfit, and placement says why."""
     from dataclasses import replace
-    return replace(h, missing=frozenset(p for p in needs.paths if not os.path.exists(p)))
+    from .. import remotecreate
+    if not needs.paths:
+        return hosts
+
+    async def fill(h: placement.HostInfo) -> placement.HostInfo:
+        if (only and h.name != only) or placement.unfit(h, needs) is not None:
+            return h
+        if h.name == me:
+            return replace(h, missing=frozenset(remotecreate.missing_here(needs.paths)))
+        if not h.address:
+            return replace(h, missing=None, unknown="published no relocation address to ask")
+        try:
+            return replace(h, missing=await remotecreate.ask_missing(domains, h.name, h.address, h.port,
+                                                                     needs.paths))
+        except XendError as e:
+            return replace(h, missing=None, unknown=str(e))
+    return list(await asyncio.gather(*(fill(h) for h in hosts)))
 
 
 def relocation_target(domains, host: str, port: int | None) -> tuple[str, int | None]:
@@ -127,20 +153,39 @@ async def evacuate(call: Call):
     cands = [evac.Candidate(n, placement.needs_of(d.cfg), _blocker(d)) for n, d in doms.items()]
     plan = evac.plan(view.hosts(cl.store), cl.name, cands)
     moved, failed = [], {}
-    # In maintenance meanwhile, so that no placement elsewhere picks this host.
-    set_state = getattr(cl, "set_state", None)
-    if set_state is not None:
-        set_state("maintenance")
-    try:
-        for dname, target in plan.moves:
-            h = view.resolve(cl.store, target)
-            try:
-                await migrate(doms[dname], h.address, h.port or None, live=True)
-                moved.append({"name": dname, "host": target})
-            except XendError as e:
-                failed[dname] = str(e)
-    finally:
-        if set_state is not None:
-            set_state("up")
-    log.info("host-evacuate: %d moved, %d stayed, %d failed", len(moved), len(plan.refused), len(failed))
-    return {"moved": moved, "refused": plan.refused, "failed": failed}
+    # In maintenance from now on (until xm host-maintenance NAME off), so
+    # that no placement or failover elsewhere picks this host meanwhile or after.
+    await _run(view.set_maintenance, cl.store, cl.name, True, "host-evacuate", time.time())
+    for dname, target in plan.moves:
+        h = view.resolve(cl.store, target)
+        try:
+            await migrate(doms[dname], h.address, h.port or None, live=True)
+            moved.append({"name": dname, "host": target})
+        except XendError as e:
+            failed[dname] = str(e)
+    log.info("host-evacuate: %d moved, %d stayed, %d failed; %s stays in maintenance", len(moved),
+             len(plan.refused), len(failed), cl.name)
+    return {"moved": moved, "refused": plan.refused, "failed": failed, "maintenance": True}
+
+
+async def _run(fn, *args):
+    """A blocking store call off the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+async def maintenance(call: Call):
+    """xm host-maintenance NAME on|off: lasting maintenance of any member
+    (placement and failover pass it over; its domains keep running)."""
+    cl = cluster_of(call.domains)
+    if cl is None:
+        raise Conflict(NOT_IN_CLUSTER)
+    name = call.match("host")
+    on = call.args["on"]
+    known = {h.name for h in await _run(view.hosts, cl.store)}
+    if name not in known:
+        raise InvalidRequest(f"host {name} is not a member of the cluster "
+                             f"(members: {', '.join(sorted(known)) or 'none'})")
+    changed = await _run(view.set_maintenance, cl.store, name, bool(on), cl.name, time.time())
+    log.info("host %s %s maintenance (from %s)%s", name, "in" if on else "out of", cl.name,
+             "" if changed else ", as it already was")
+    return {"host": name, "maintenance": bool(on), "changed": changed}

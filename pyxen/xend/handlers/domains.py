@@ -45,7 +45,7 @@ async def create(call: Call):
     notes = call.args["notes"] or []
     if call.args["host"] or cluster_of(call.domains) is not None:
         cfg = call.domains.parse(call.args["config"])
-        there = place(call.domains, cfg, call.args["host"])
+        there = await place(call.domains, cfg, call.args["host"])
         if there is not None:
             # Placed on another member: its xend starts it.
             return await remotecreate.forward(call.domains, there.name, there.address, there.port, cfg,
