@@ -36,7 +36,7 @@ import time
 from .. import faults
 from ..hypervisor.qemu.monitor import quietly
 from ..pki import PkiError, TlsFiles
-from . import durable, firmware, jobs, nbdrelay, storagemigrate
+from . import durable, firmware, jobs, storagemigrate
 from . import relocproto as rp
 from .errors import Conflict, InvalidRequest, XendError
 
@@ -172,7 +172,6 @@ class Outgoing:
         self.resource, self.downtime, self.ctx = resource, downtime, ctx
         self.link: rp.Link | None = None
         self.mirror: storagemigrate.SourceMirror | None = None
-        self.channel: nbdrelay.SourceChannel | None = None
         self.switched = False
         self.resume = not dom.paused
         self.t0 = time.monotonic()
@@ -217,8 +216,6 @@ class Outgoing:
                 await self._uncertain(e)
                 raise
         finally:
-            if self.channel is not None:
-                await run_blocking(self.channel.close)
             if self.link is not None:
                 await run_blocking(self.link.close)
         dom.services.count_migration("out", True, self.link.sent)
@@ -258,15 +255,14 @@ class Outgoing:
         self.stats["target_domid"] = _value(reply, "domid")
         self.target_cluster = (_value(reply, "cluster-host"), _value(reply, "cluster-lease"))
         if self.copy_storage:
-            token, hows = storagemigrate.parse_reply(reply)
+            nbd, hows = storagemigrate.parse_reply(reply)
             self.stats["disks"] = storagemigrate.summary(hows)
-            if any(h != "shared" for h in hows.values()):
-                path = dom.paths.domain_run(dom.domid) / "nbd-out.sock"
-                connect = functools.partial(_connect, self.host, self.port, self.ctx)
-                self.channel = nbdrelay.SourceChannel(path, connect, token, dom.name, dom.qemu_ident)
-                # QEMU runs in its run dir (as its own uid): the socket by its bare name.
+            if nbd is not None:
+                # QEMU connects to the address this link reached (a name
+                # the user gave would be resolved again, maybe elsewhere).
                 self.mirror = storagemigrate.SourceMirror(
-                    dom, hows, path.name, int(self.resource * (1 << 20)) if self.resource else 0)
+                    dom, hows, nbd, self.link.sock.getpeername()[0],
+                    int(self.resource * (1 << 20)) if self.resource else 0)
                 # Recorded first: a restarted xend removes what it left in QEMU.
                 dom.job["storage"] = self.mirror.vdevs
                 dom.persist()
@@ -287,8 +283,6 @@ class Outgoing:
     async def _check_link(self) -> None:
         """While the disks copy the main link is quiet: anything from the
         target (an error, its end) fails the migration."""
-        if self.channel is not None and self.channel.errors:
-            raise MigrationError(self.channel.errors[0])
         if self.link.pending():
             rp.check_reply(await run_blocking(self.link.recv, 5))
             raise rp.ProtocolError("the target spoke out of turn during the disk copy")
@@ -413,8 +407,6 @@ class Outgoing:
                 pass
         if self.mirror is not None and dom.monitor is not None and dom.pid:
             await self.mirror.abort()
-        if self.channel is not None:
-            await run_blocking(self.channel.close)
         if dom.monitor is not None and dom.pid and not await dom.cancel_outgoing(self.resume):
             log.error("%s: could not resume the guest after the failed migration", dom.name)
         if self.mirror is not None and dom.monitor is not None:

@@ -41,6 +41,7 @@ from pathlib import Path
 from ..config import sxp
 from ..fileutil import atomic_write
 from ..hypervisor.qemu.monitor import quietly
+from . import nbdtls
 from .errors import InvalidRequest
 
 log = logging.getLogger("pyxen.domain.migrate")
@@ -51,6 +52,7 @@ QCOW2_SLACK = 1.02                  # qcow2 metadata beyond the data clusters
 _VDEV = re.compile(r"[a-z]{2,4}[a-z0-9]{0,8}")
 READY_TIMEOUT = 24 * 3600.0         # a mirror that never converges is the user's to cancel
 FINISH_TIMEOUT = 60.0               # the last sync at the switch-over (guest stopped)
+POLL = 0.1                          # query-jobs while the disks copy: readiness seen within 0.1 s, not 0.5
 
 
 class StorageRefused(InvalidRequest):
@@ -273,44 +275,54 @@ def recover(lib: Path, running: set[str]) -> None:
             j.remove()
 
 
-async def export(dom, disks: list[dict]) -> str | None:
-    """Start the target QEMU's NBD server (a Unix socket in the domain's
-    run dir) and export each disk to copy, writable; the socket's path
-    (None: nothing to copy)."""
+async def export(dom, disks: list[dict], addr: str, ports) -> dict | None:
+    """Start the target QEMU's NBD server (TLS-PSK on *addr*, xend/nbdtls.py)
+    and export each disk to copy, writable; what the source needs to
+    connect (``{"port", "user", "key"}``), None when nothing is copied."""
     todo = [d for d in disks if d["how"] != "shared"]
     if not todo:
         return None
-    path = str(dom.paths.domain_run(dom.domid) / "nbd-in.sock")
     mon = dom.monitor
-    # QEMU runs in its run dir (as its own uid, xend/confine.py): it binds
-    # the socket by its bare name; xend reaches it by the full path.
-    await mon.nbd_server_start(os.path.basename(path))
+    nbd = await nbdtls.serve(mon, dom.paths.domain_run(dom.domid), dom.qemu_ident, addr, ports)
     for d in todo:
         await mon.block_export_add(f"mig-{d['vdev']}", f"d-{d['vdev']}", d["vdev"])
-    return path
+    return nbd
 
 
 async def unexport(dom) -> None:
-    """Before the target resumes the guest: no NBD client may write any more."""
-    if dom.monitor is not None:
-        await quietly(dom.monitor.nbd_server_stop())
+    """Before the target resumes the guest (and when it gives up): no NBD
+    client may write any more."""
+    await nbdtls.stop(dom.monitor, dom.paths.domain_run(dom.domid))
 
 
-def reply(disks: list[dict], token: str) -> list:
-    return ["storage", ["token", token], *[["disk", ["vdev", d["vdev"]], ["how", d["how"]]] for d in disks]]
+def reply(disks: list[dict], nbd: dict | None) -> list:
+    out = ["storage"]
+    if nbd is not None:
+        out.append(["nbd", ["port", nbd["port"]], ["user", nbd["user"]], ["key", nbd["key"]]])
+    return out + [["disk", ["vdev", d["vdev"]], ["how", d["how"]]] for d in disks]
 
 
-def parse_reply(values: list) -> tuple[str, dict[str, str]]:
-    """(token, {vdev: how}) from the target's (ok (domid N) (storage ...))."""
+def parse_reply(values: list) -> tuple[dict | None, dict[str, str]]:
+    """({port, user, key} or None, {vdev: how}) from the target's
+    (ok (domid N) (storage ...))."""
     for v in values:
         if isinstance(v, list) and v and v[0] == "storage":
-            token = str(sxp.child_value(v, "token", ""))
             hows = {str(sxp.child_value(d, "vdev")): str(sxp.child_value(d, "how"))
                     for d in v[1:] if isinstance(d, list) and d and d[0] == "disk"}
-            if not re.fullmatch(r"[0-9a-f]{32}", token) or not all(
-                    h in HOWS for h in hows.values()):
+            if not all(h in HOWS for h in hows.values()):
                 raise InvalidRequest("the target's storage answer is malformed")
-            return token, hows
+            nbd = None
+            entry = sxp.child(v, "nbd")
+            if entry is not None:
+                nbd = {k: str(sxp.child_value(entry, k, "")) for k in ("port", "user", "key")}
+                if not (nbd["port"].isdigit() and 0 < int(nbd["port"]) < 65536
+                        and re.fullmatch(r"pyxen-[0-9a-f]{8}", nbd["user"])
+                        and re.fullmatch(r"[0-9a-f]{64}", nbd["key"])):
+                    raise InvalidRequest("the target's storage answer is malformed")
+                nbd["port"] = int(nbd["port"])
+            if nbd is None and any(h != "shared" for h in hows.values()):
+                raise InvalidRequest("the target copies disks but gave no NBD channel (an older xend?)")
+            return nbd, hows
     raise InvalidRequest("the target does not copy storage (an older xend?)")
 
 
@@ -318,9 +330,11 @@ def parse_reply(values: list) -> tuple[str, dict[str, str]]:
 class SourceMirror:
     """The source QEMU's mirror jobs into the target's NBD exports."""
 
-    def __init__(self, dom, hows: dict[str, str], nbd_path: str, speed: int = 0):
+    def __init__(self, dom, hows: dict[str, str], nbd: dict | None, host: str = "", speed: int = 0):
+        # *nbd*: the target's answer (port, PSK user and key); *host*: its
+        # address, the one the relocation connection reached.
         # *speed*: bytes/s for each disk's copy (xm migrate -r), 0 unlimited.
-        self.dom, self.hows, self.nbd_path, self.speed = dom, hows, nbd_path, speed
+        self.dom, self.hows, self.nbd, self.host, self.speed = dom, hows, nbd, host, speed
         self.vdevs = [v for v, h in hows.items() if h != "shared"]
         self.started: list[str] = []
         self.nodes: list[str] = []
@@ -328,11 +342,16 @@ class SourceMirror:
 
     async def start(self) -> None:
         mon = self.dom.monitor
+        creds = await nbdtls.client(mon, self.dom.paths.domain_run(self.dom.domid), self.dom.qemu_ident,
+                                    self.nbd["user"], self.nbd["key"])
         for v in self.vdevs:
             node = f"nbd-{v}"
-            await mon.blockdev_add({"driver": "nbd", "node-name": node, "export": v,
-                                    "server": {"type": "unix", "path": self.nbd_path}})
+            # keep-alive: a target that vanishes fails the mirror instead
+            # of holding the guest's writes (write-blocking) for TCP's hours.
             self.nodes.append(node)
+            await mon.blockdev_add({"driver": "nbd", "node-name": node, "export": v, "tls-creds": creds,
+                                    "server": {"type": "inet", "host": self.host, "port": str(self.nbd["port"]),
+                                               "keep-alive": True}})
             await mon.blockdev_mirror(f"mig-{v}", f"d-{v}", node, "top" if self.hows[v] == "backing" else "full",
                                       speed=self.speed)
             self.started.append(f"mig-{v}")
@@ -372,7 +391,7 @@ class SourceMirror:
             await check()
             if loop.time() > deadline:
                 raise InvalidRequest("the disks did not get in sync")
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(POLL)
 
     async def finish(self) -> None:
         """At the switch-over, the guest stopped: each ready mirror ends
@@ -417,13 +436,14 @@ class SourceMirror:
             await quietly(mon.job_dismiss(jid))
         for node in self.nodes:
             await quietly(mon.blockdev_del(node))
+        await nbdtls.drop_client(mon)
         self.started, self.nodes = [], []
 
 
 async def clean_source(dom, vdevs: list[str]) -> None:
     """After an xend restart on the source: mirrors and NBD nodes an
     interrupted storage migration left in the running QEMU."""
-    m = SourceMirror(dom, {v: "copy" for v in vdevs}, "")
+    m = SourceMirror(dom, {v: "copy" for v in vdevs}, None)
     m.started = [f"mig-{v}" for v in vdevs]
     m.nodes = [f"nbd-{v}" for v in vdevs]
     await m.abort()
