@@ -141,7 +141,7 @@ def _tls_reason(e: Exception) -> str:
 
 async def migrate(dom, host: str, port: int | None = None, live: bool = False,
                   resource: float | None = None, downtime: int | None = None,
-                  copy_storage: bool = False) -> dict:
+                  copy_storage: bool = False, shared_disks: str | None = None) -> dict:
     """Move running domain *dom* to the xend at *host*.  Returns what
     happened (times, bytes, downtime); raises MigrationError saying where
     the domain is when anything fails."""
@@ -155,17 +155,23 @@ async def migrate(dom, host: str, port: int | None = None, live: bool = False,
         raise InvalidRequest(f"the bandwidth limit must be positive, got {resource}")
     if downtime is not None and not 1 <= downtime <= 60000:
         raise InvalidRequest(f"the downtime limit must be 1-60000 ms, got {downtime}")
+    shared = [v for v in (shared_disks or "").replace(",", " ").split() if v]
+    if shared and not copy_storage:
+        raise InvalidRequest("--shared-disk only makes sense with --copy-storage")
+    if shared:
+        storagemigrate.check_shared(dom.booted_config(), shared)
     ctx = client_context(config, dom.paths, "cannot migrate securely")
     dom.refuse_if_busy("migrate")
     async with dom.lock:
         dom.require_live("migrate")
         out = Outgoing(dom, host, int(port), live, resource, downtime, ctx)
-        out.copy_storage = copy_storage
+        out.copy_storage, out.shared = copy_storage, shared
         return await out.run()
 
 
 class Outgoing:
     copy_storage = False
+    shared: list[str] = []          # --shared-disk: not copied, whatever the probe says
 
     def __init__(self, dom, host, port, live, resource, downtime, ctx):
         self.dom, self.host, self.port, self.live = dom, host, port, live
@@ -242,7 +248,7 @@ class Outgoing:
         # The machine as it booted, which the target must rebuild.
         storage, probes = None, []
         if self.copy_storage:
-            storage, probes = await run_blocking(storagemigrate.describe, dom.booted_config())
+            storage, probes = await run_blocking(storagemigrate.describe, dom.booted_config(), self.shared)
         req = rp.Receive(config=dom.booted_config().to_sxp(), accel=dom.accel, machine=meta["machine"],
                          qemu=meta["qemu"], live=self.live, host=socket.gethostname(),
                          paused=not self.resume, firmware=firmware.save_meta(ctx),

@@ -82,13 +82,29 @@ def _img_info(path: str) -> list[dict]:
     return chain if isinstance(chain, list) else [chain]
 
 
-def describe(cfg) -> tuple[list, list[Path]]:
+def check_shared(cfg, shared: list[str]) -> None:
+    """``--shared-disk``: each name must be one of the disks --copy-storage
+    would copy (InvalidRequest naming it otherwise)."""
+    local = [d.vdev for d in copied_disks(cfg)]
+    for v in shared:
+        if v not in local:
+            raise InvalidRequest(f"--shared-disk {v}: not a local disk of {cfg.name} that --copy-storage "
+                                 f"would copy (those are: {', '.join(local) or 'none'})")
+
+
+def describe(cfg, shared: list[str] = ()) -> tuple[list, list[Path]]:
     """The (storage ...) part of the request and the probe files placed
     (blocking: qemu-img).  The caller removes the probes when the target
-    has answered."""
+    has answered.  Disks in *shared* (``--shared-disk``) are the user's
+    word that the target sees the same file: sent as ``(shared 1)``, with
+    no probe, whatever their format."""
     token = secrets.token_hex(8)
     disks, probes = [], []
     for d in copied_disks(cfg):
+        if d.vdev in shared:
+            disks.append(["disk", ["vdev", d.vdev], ["path", d.target], ["shared", 1],
+                          ["file-size", os.stat(d.target).st_size]])
+            continue
         chain = _img_info(d.target)
         top = chain[0]
         fmt = top.get("format", d.fmt)
@@ -132,6 +148,9 @@ def parse(storage: list) -> list[dict]:
     for item in storage[1:]:
         if not isinstance(item, list) or not item or item[0] != "disk":
             raise InvalidRequest("bad (storage ...) entry")
+        if sxp.child_value(item, "shared") is not None:
+            disks.append(_parse_shared(item))
+            continue
         v = {k: sxp.child_value(item, k) for k in ("vdev", "path", "format", "size", "file-size",
                                                     "alloc", "top-alloc", "probe")}
         try:
@@ -139,10 +158,7 @@ def parse(storage: list) -> list[dict]:
                 v[k] = int(v[k])
         except (TypeError, ValueError):
             raise InvalidRequest(f"bad sizes for disk {v.get('vdev')!r}") from None
-        if not isinstance(v["vdev"], str) or not _VDEV.fullmatch(v["vdev"]):
-            raise InvalidRequest(f"bad disk name {v['vdev']!r}")
-        if not isinstance(v["path"], str) or not os.path.isabs(v["path"]) or "\0" in v["path"]:
-            raise InvalidRequest(f"disk {v['vdev']}: the path must be absolute")
+        _check_name_path(v)
         if v["format"] not in FORMATS or v["size"] <= 0:
             raise InvalidRequest(f"disk {v['vdev']}: bad format or size")
         if not (isinstance(v["probe"], str) and re.fullmatch(re.escape(PROBE) + "[0-9a-f]{16}", v["probe"])):
@@ -160,12 +176,38 @@ def parse(storage: list) -> list[dict]:
     return disks
 
 
+def _check_name_path(v: dict) -> None:
+    if not isinstance(v["vdev"], str) or not _VDEV.fullmatch(v["vdev"]):
+        raise InvalidRequest(f"bad disk name {v['vdev']!r}")
+    if not isinstance(v["path"], str) or not os.path.isabs(v["path"]) or "\0" in v["path"]:
+        raise InvalidRequest(f"disk {v['vdev']}: the path must be absolute")
+
+
+def _parse_shared(item: list) -> dict:
+    v = {k: sxp.child_value(item, k) for k in ("vdev", "path", "file-size")}
+    _check_name_path(v)
+    if not str(v["file-size"]).isdigit():
+        raise InvalidRequest(f"bad sizes for disk {v['vdev']!r}")
+    return {**v, "file-size": int(v["file-size"]), "user-shared": True, "backing": []}
+
+
 def plan(disks: list[dict]) -> list[dict]:
     """Decide each disk's fate (adds ``how``: shared, backing or copy) or
     refuse (StorageRefused) before anything is created."""
     need: dict[int, list] = {}          # st_dev -> [(bytes, vdev, dir, why)]
     for d in disks:
         path = Path(d["path"])
+        if d.get("user-shared"):
+            # The user said so (--shared-disk): only checked to be there.
+            if not path.is_file():
+                raise StorageRefused(f"disk {d['vdev']} was given as shared (--shared-disk) but {path} "
+                                     "is not a file on this host")
+            if path.stat().st_size != d["file-size"]:
+                raise StorageRefused(f"disk {d['vdev']} was given as shared (--shared-disk) but {path} on "
+                                     f"this host has another size ({path.stat().st_size} bytes, the source's "
+                                     f"{d['file-size']}): not the same file")
+            d["how"] = "shared"
+            continue
         probe = path.parent / d["probe"]
         if path.exists() or path.is_symlink():
             if probe.exists() and path.is_file() and path.stat().st_size == d["file-size"]:

@@ -55,6 +55,27 @@ def test_a_new_disk_is_copied_a_shared_one_is_not(tmp_path):
     assert sm.summary({d["vdev"]: d["how"] for d in got}) == "xvdb copied; xvdc shared, not copied"
 
 
+def user_shared(path: Path, size: int, vdev="xvdb") -> list:
+    return ["disk", ["vdev", vdev], ["path", str(path)], ["shared", 1], ["file-size", str(size)]]
+
+
+def test_a_disk_the_user_calls_shared_is_not_copied_but_must_be_there(tmp_path):
+    """--shared-disk: no probe needed (a directory the source cannot write
+    into, a format --copy-storage could not copy), but the file must be here
+    with the source's size; anything else is refused, nothing created."""
+    img = tmp_path / "san.vmdk"
+    img.write_bytes(b"\1" * 8192)
+    got = plan(user_shared(img, 8192), disk(tmp_path / "new.img", vdev="xvdc"))
+    assert [d["how"] for d in got] == ["shared", "copy"]
+    with pytest.raises(sm.StorageRefused, match="given as shared .--shared-disk. but .* is not a file"):
+        plan(user_shared(tmp_path / "absent.img", 8192))
+    with pytest.raises(sm.StorageRefused, match="another size"):
+        plan(user_shared(img, 4096))
+    with pytest.raises(InvalidRequest, match="absolute"):
+        sm.parse(["storage", user_shared(Path("rel.img"), 1)])
+    assert not (tmp_path / "new.img").exists()
+
+
 def test_an_existing_file_that_is_not_the_sources_is_never_overwritten(tmp_path):
     other = tmp_path / "x.img"
     other.write_bytes(b"mine")
