@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -102,15 +103,90 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+class CpuWatch:
+    """Where the CPU goes during a copy: every 0.2 s, the cumulative CPU
+    seconds (utime + stime) of each process whose command line contains
+    one of *marks* (kind -> substring, or (substring, [environment
+    entries, one of which it must have]): other helpers' xends run on this
+    host too), kept per pid (a process that exits keeps its last figure).
+    ``usage()``: seconds per kind (the first mark matched)."""
+
+    def __init__(self, marks: dict):
+        self.marks, self.seen, self.kind = marks, {}, {}
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.base = self._sample()
+        self.t.start()
+
+    def _sample(self) -> dict[int, float]:
+        out = {}
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                kind = self.kind.get(int(pid)) or self._match(pid)
+                if kind is None:
+                    continue
+                out[int(pid)] = self._cpu(f"/proc/{pid}/stat")
+                self.kind[int(pid)] = kind
+                if kind == "qemu":
+                    # Per thread (QEMU names them: debug-threads=on): the
+                    # guest's vCPU, the main loop (NBD, mirror), migration.
+                    for tid in os.listdir(f"/proc/{pid}/task"):
+                        comm = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+                        key = (int(pid), int(tid))
+                        out[key] = self._cpu(f"/proc/{pid}/task/{tid}/stat")
+                        self.kind[key] = "qemu " + ("worker" if comm.startswith("worker") else comm)
+            except (OSError, IndexError, ValueError):
+                continue
+        return out
+
+    def _cpu(self, stat: str) -> float:
+        st = Path(stat).read_text().rsplit(")", 1)[1].split()
+        return (int(st[11]) + int(st[12])) / self.tick
+
+    def _match(self, pid: str) -> str | None:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        for k, m in self.marks.items():
+            sub, envs = (m, None) if isinstance(m, str) else m
+            if sub in cmd:
+                if envs is not None:
+                    env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                    if not any(e.encode() in env for e in envs):
+                        continue
+                return k
+        return None
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.2):
+            self.seen.update(self._sample())
+
+    def usage(self) -> dict[str, float]:
+        self.stop.set()
+        self.t.join()
+        self.seen.update(self._sample())
+        out: dict[str, float] = {}
+        for pid, cpu in self.seen.items():
+            k = self.kind[pid]
+            out[k] = round(out.get(k, 0) + cpu - self.base.get(pid, 0), 2)
+        # Threads that ended (QEMU's thread-pool workers come and go) kept
+        # their time in the process's total only.
+        threads = sum(v for k, v in out.items() if k.startswith("qemu "))
+        if "qemu" in out:
+            out["qemu (ended threads)"] = round(out["qemu"] - threads, 2)
+        return out
+
+
 def _fill(path: Path) -> None:
     with open("/dev/urandom", "rb") as src, open(path, "wb") as f:
         for _ in range(DISK_MIB):
             f.write(src.read(MIB))
 
 
-def raw_copy(b: StorageBench, image: Path, runs: int, progress) -> list[dict]:
+def raw_copy(b: StorageBench, image: Path, runs: int, progress, first: int = 0, of: int = 0) -> list[dict]:
     out = []
-    for i in range(runs):
+    for i in range(first, first + runs):
         dest = b.b_disks / "nbd-target.img"
         mb.sh("qemu-img", "create", "-q", "-f", "raw", str(dest), f"{DISK_MIB}M")
         srv = subprocess.Popen(["ip", "netns", "exec", b.ns[1], "qemu-nbd", "-f", "raw", "-b", mb.B_IP,
@@ -124,20 +200,27 @@ def raw_copy(b: StorageBench, image: Path, runs: int, progress) -> list[dict]:
                 if probe.returncode == 0 or time.monotonic() > deadline:
                     break
                 time.sleep(0.1)
+            cpu = CpuWatch({"qemu-img": "qemu-img convert", "qemu-nbd": "qemu-nbd -f raw"})
             t0 = time.monotonic()
-            mb.sh("ip", "netns", "exec", b.ns[0], "qemu-img", "convert", "-n", "-f", "raw", "-O", "raw",
+            # -U: the guest has the image open (and locked) meanwhile.
+            mb.sh("ip", "netns", "exec", b.ns[0], "qemu-img", "convert", "-U", "-n", "-f", "raw", "-O", "raw",
                   str(image), f"nbd://{mb.B_IP}:{NBD_PORT}/t", timeout=1200)
             secs = time.monotonic() - t0
+            used = cpu.usage()
         finally:
             srv.terminate()
             srv.wait(10)
             dest.unlink(missing_ok=True)
-        out.append({"seconds": round(secs, 3), "mib_s": round(DISK_MIB / secs, 1)})
-        progress(f"raw run {i + 1}/{runs}: qemu-img convert {secs:.2f} s, {DISK_MIB / secs:.1f} MiB/s")
+        out.append({"seconds": round(secs, 3), "mib_s": round(DISK_MIB / secs, 1), "cpu_s": used,
+                    "loadavg_1min": round(os.getloadavg()[0], 2)})
+        progress(f"raw run {i + 1}/{of or runs}: qemu-img convert {secs:.2f} s, {DISK_MIB / secs:.1f} MiB/s, "
+                 f"CPU s {used}")
     return out
 
 
-def pyxen_copy(b: StorageBench, image: Path, runs: int, progress) -> list[dict]:
+def pyxen_copy(b: StorageBench, image: Path, runs: int, progress, before=None) -> list[dict]:
+    """*before(i)*, if given, runs before the i-th move (the raw copy, so
+    both sides of each pair see the same load and the same idle guest)."""
     a, bh = b.hosts
     name = "migdisk"
     cfgfile, _ = b.config(name, RAM_MIB)
@@ -154,20 +237,27 @@ def pyxen_copy(b: StorageBench, image: Path, runs: int, progress) -> list[dict]:
     own = {id(a): b.disks / image.name, id(bh): b.b_disks / image.name}
     try:
         for i in range(runs):
+            if before is not None:
+                before(i)
             time.sleep(mb.SETTLE_S)
             watch = mb.EventWatch(here, name)
+            cpu = CpuWatch({"qemu": f"-name {name},",
+                            "xend": ("xend start", [f"PYXEN_ROOT={h.root}" for h in b.hosts])})
             t0 = time.monotonic()
             here.run("xm", "migrate", "--live", "--copy-storage", name, there.ip, timeout=1800)
             wall = time.monotonic() - t0
+            used = cpu.usage()
             res = watch.wait() or {}
             disk_s = res.get("disk_seconds") or 0
             sample = {"wall_s": round(wall, 3), "direction": f"{here.ip}->{there.ip}",
                       "seconds": res.get("seconds"), "disk_seconds": disk_s, "disk_bytes": res.get("disk_bytes"),
                       "disk_mib_s": round((res.get("disk_bytes") or 0) / MIB / disk_s, 1) if disk_s else None,
-                      "downtime_ms": res.get("downtime_ms"), "bytes": res.get("bytes"), "disks": res.get("disks")}
+                      "downtime_ms": res.get("downtime_ms"), "bytes": res.get("bytes"), "disks": res.get("disks"),
+                      "cpu_s": used, "loadavg_1min": round(os.getloadavg()[0], 2)}
             out.append(sample)
             progress(f"pyxen run {i + 1}/{runs}: xm {wall:.2f} s, xend {sample['seconds']} s, disk "
-                     f"{disk_s} s ({sample['disk_mib_s']} MiB/s), downtime {sample['downtime_ms']} ms")
+                     f"{disk_s} s ({sample['disk_mib_s']} MiB/s), downtime {sample['downtime_ms']} ms, "
+                     f"CPU s {used} (both QEMUs, both xends; the whole migration)")
             os.unlink(own[id(here)])        # the source's old copy: the way back creates it anew
             here, there = there, here
     finally:
@@ -182,8 +272,11 @@ def run(runs: int = 2, progress=print) -> dict:
         image = b.disks / "disk.img"
         progress(f"filling a {DISK_MIB} MiB image with random data")
         _fill(image)
-        raw = raw_copy(b, image, runs, progress)
-        pyxen = pyxen_copy(b, image, runs, progress)
+        raw: list[dict] = []
+        pyxen = pyxen_copy(b, image, runs, progress,
+                           # The guest's current copy: A's, then B's after the first move, ...
+                           before=lambda i: raw.extend(raw_copy(b, (b.disks, b.b_disks)[i % 2] / image.name,
+                                                                1, progress, i, runs)))
         summary = summarize(raw, pyxen)
         return {"benchmark": "migrate-storage",
                 "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
