@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pyxen.testing.guest import GuestConsole
+from pyxen.xend import nbdtls
 
 from . import migrate as mb
 from .boot import host_info
@@ -69,8 +70,9 @@ class StorageBench(mb.Bench):
         return mb.Host(root, ns, ip) if i == 0 else PrivateHost(root, ns, ip, self.disks, self.b_disks)
 
 
-def summarize(raw: list[dict], pyxen: list[dict]) -> dict:
+def summarize(raw: list[dict], pyxen: list[dict], raw_tls: list[dict] = ()) -> dict:
     return {"raw_mib_s": mb._stats([s["mib_s"] for s in raw]),
+            "raw_tls_mib_s": mb._stats([s["mib_s"] for s in raw_tls]),
             "pyxen_disk_mib_s": mb._stats([s["disk_mib_s"] for s in pyxen]),
             "pyxen_total_s": mb._stats([s["seconds"] for s in pyxen]),
             "pyxen_wall_s": mb._stats([s["wall_s"] for s in pyxen]),
@@ -82,7 +84,9 @@ def compare(summary: dict) -> dict:
     if not raw or not ours:
         return {"ratio": None, "target": TARGET_RATIO, "pass": False}
     ratio = round(ours["median"] / raw["median"], 3)
-    return {"ratio": ratio, "target": TARGET_RATIO, "pass": ratio >= TARGET_RATIO}
+    tls = summary.get("raw_tls_mib_s")
+    return {"ratio": ratio, "target": TARGET_RATIO, "pass": ratio >= TARGET_RATIO,
+            "ratio_to_tls": round(ours["median"] / tls["median"], 3) if tls else None}
 
 
 def format_table(result: dict) -> str:
@@ -95,11 +99,13 @@ def format_table(result: dict) -> str:
     lines = [f"Storage migration: {DISK_MIB} MiB disk + {RAM_MIB} MiB RAM (TCG, TLS, veth)",
              f"{'':<34} {'median':>10} {'min':>10} {'max':>10}",
              row("qemu-img convert to NBD (raw)", s["raw_mib_s"], "MiB/s"),
+             row("  the same over TLS-PSK", s.get("raw_tls_mib_s"), "MiB/s"),
              row("xm migrate --copy-storage: disk", s["pyxen_disk_mib_s"], "MiB/s"),
              row("  disk phase", s["pyxen_disk_s"], "s"),
              row("  xend total", s["pyxen_total_s"], "s"),
              row("  xm wall", s["pyxen_wall_s"], "s"),
-             f"disk throughput ratio {c['ratio']} (target >= {c['target']}): {'PASS' if c['pass'] else 'FAIL'}"]
+             f"disk throughput ratio {c['ratio']} (target >= {c['target']}): {'PASS' if c['pass'] else 'FAIL'}",
+             f"ratio to the TLS-PSK copy {c.get('ratio_to_tls')}"]
     return "\n".join(lines)
 
 
@@ -112,7 +118,7 @@ class CpuWatch:
     ``usage()``: seconds per kind (the first mark matched)."""
 
     def __init__(self, marks: dict):
-        self.marks, self.seen, self.kind = marks, {}, {}
+        self.marks, self.seen, self.kind, self.qemus = marks, {}, {}, {}
         self.tick = os.sysconf("SC_CLK_TCK")
         self.stop = threading.Event()
         self.t = threading.Thread(target=self._run, daemon=True)
@@ -137,7 +143,9 @@ class CpuWatch:
                         comm = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
                         key = (int(pid), int(tid))
                         out[key] = self._cpu(f"/proc/{pid}/task/{tid}/stat")
-                        self.kind[key] = "qemu " + ("worker" if comm.startswith("worker") else comm)
+                        # Source and target apart: "qemu1" is the first QEMU seen (the source).
+                        n = self.qemus.setdefault(int(pid), len(self.qemus) + 1)
+                        self.kind[key] = f"qemu{n} " + ("worker" if comm.startswith("worker") else comm)
             except (OSError, IndexError, ValueError):
                 continue
         return out
@@ -172,7 +180,7 @@ class CpuWatch:
             out[k] = round(out.get(k, 0) + cpu - self.base.get(pid, 0), 2)
         # Threads that ended (QEMU's thread-pool workers come and go) kept
         # their time in the process's total only.
-        threads = sum(v for k, v in out.items() if k.startswith("qemu "))
+        threads = sum(v for k, v in out.items() if k.startswith("qemu") and " " in k)
         if "qemu" in out:
             out["qemu (ended threads)"] = round(out["qemu"] - threads, 2)
         return out
@@ -184,27 +192,52 @@ def _fill(path: Path) -> None:
             f.write(src.read(MIB))
 
 
-def raw_copy(b: StorageBench, image: Path, runs: int, progress, first: int = 0, of: int = 0) -> list[dict]:
+def _psk_dir(b: StorageBench) -> Path:
+    """A TLS-PSK key for the raw-tls side, in QEMU's layout (xend/nbdtls.py's)."""
+    d = b.root / "psk"
+    if not d.is_dir():
+        d.mkdir(mode=0o700)
+        user, key = nbdtls.new_key()
+        (d / nbdtls.KEYS).write_text(f"{user}:{key}\n")
+    return d
+
+
+def raw_copy(b: StorageBench, image: Path, runs: int, progress, first: int = 0, of: int = 0,
+             tls: bool = False) -> list[dict]:
+    """qemu-img convert into qemu-nbd; with *tls*, over QEMU's TLS with a
+    pre-shared key and the same gnutls priority as pyxen's channel (what
+    pyxen's copy costs beyond the encryption it must have)."""
     out = []
+    label = "raw-tls" if tls else "raw"
+    psk = _psk_dir(b) if tls else None
+    user = (psk / nbdtls.KEYS).read_text().split(":")[0] if tls else ""
+    prio = nbdtls.priority()
+    srv_tls = ["--object", f"tls-creds-psk,id=s0,endpoint=server,dir={psk},priority={prio}",
+               "--tls-creds", "s0"] if tls else []
+    cli_obj = ["--object", f"tls-creds-psk,id=c0,endpoint=client,dir={psk},username={user},priority={prio}"] \
+        if tls else []
+    target = (["--target-image-opts", f"driver=nbd,host={mb.B_IP},port={NBD_PORT},export=t,tls-creds=c0"]
+              if tls else ["-O", "raw", f"nbd://{mb.B_IP}:{NBD_PORT}/t"])
     for i in range(first, first + runs):
         dest = b.b_disks / "nbd-target.img"
         mb.sh("qemu-img", "create", "-q", "-f", "raw", str(dest), f"{DISK_MIB}M")
         srv = subprocess.Popen(["ip", "netns", "exec", b.ns[1], "qemu-nbd", "-f", "raw", "-b", mb.B_IP,
-                                "-p", str(NBD_PORT), "-x", "t", "--persistent", "-t", str(dest)],
+                                "-p", str(NBD_PORT), "-x", "t", "--persistent", "-t", *srv_tls, str(dest)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             deadline = time.monotonic() + 30
             while True:
-                probe = subprocess.run(["ip", "netns", "exec", b.ns[0], "qemu-img", "info",
-                                        f"nbd://{mb.B_IP}:{NBD_PORT}/t"], capture_output=True)
+                probe = subprocess.run(["ip", "netns", "exec", b.ns[0], "qemu-img", "info", *cli_obj,
+                                        *(["--image-opts", target[1]] if tls else [target[2]])],
+                                       capture_output=True)
                 if probe.returncode == 0 or time.monotonic() > deadline:
                     break
                 time.sleep(0.1)
             cpu = CpuWatch({"qemu-img": "qemu-img convert", "qemu-nbd": "qemu-nbd -f raw"})
             t0 = time.monotonic()
             # -U: the guest has the image open (and locked) meanwhile.
-            mb.sh("ip", "netns", "exec", b.ns[0], "qemu-img", "convert", "-U", "-n", "-f", "raw", "-O", "raw",
-                  str(image), f"nbd://{mb.B_IP}:{NBD_PORT}/t", timeout=1200)
+            mb.sh("ip", "netns", "exec", b.ns[0], "qemu-img", "convert", "-U", "-n", "-f", "raw", *cli_obj,
+                  str(image), *target, timeout=1200)
             secs = time.monotonic() - t0
             used = cpu.usage()
         finally:
@@ -213,7 +246,7 @@ def raw_copy(b: StorageBench, image: Path, runs: int, progress, first: int = 0, 
             dest.unlink(missing_ok=True)
         out.append({"seconds": round(secs, 3), "mib_s": round(DISK_MIB / secs, 1), "cpu_s": used,
                     "loadavg_1min": round(os.getloadavg()[0], 2)})
-        progress(f"raw run {i + 1}/{of or runs}: qemu-img convert {secs:.2f} s, {DISK_MIB / secs:.1f} MiB/s, "
+        progress(f"{label} run {i + 1}/{of or runs}: qemu-img convert {secs:.2f} s, {DISK_MIB / secs:.1f} MiB/s, "
                  f"CPU s {used}")
     return out
 
@@ -273,17 +306,22 @@ def run(runs: int = 2, progress=print) -> dict:
         progress(f"filling a {DISK_MIB} MiB image with random data")
         _fill(image)
         raw: list[dict] = []
-        pyxen = pyxen_copy(b, image, runs, progress,
-                           # The guest's current copy: A's, then B's after the first move, ...
-                           before=lambda i: raw.extend(raw_copy(b, (b.disks, b.b_disks)[i % 2] / image.name,
-                                                                1, progress, i, runs)))
-        summary = summarize(raw, pyxen)
+        raw_tls: list[dict] = []
+
+        def before(i: int) -> None:
+            # The guest's current copy: A's, then B's after the first move, ...
+            src = (b.disks, b.b_disks)[i % 2] / image.name
+            raw.extend(raw_copy(b, src, 1, progress, i, runs))
+            raw_tls.extend(raw_copy(b, src, 1, progress, i, runs, tls=True))
+        pyxen = pyxen_copy(b, image, runs, progress, before=before)
+        summary = summarize(raw, pyxen, raw_tls)
         return {"benchmark": "migrate-storage",
                 "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "host": host,
                 "config": {"runs": runs, "disk_mib": DISK_MIB, "ram_mib": RAM_MIB, "tls": True,
                            "link": "veth between two network namespaces", "image": "raw, random data",
-                           "mirror": "blockdev-mirror sync=full copy-mode=write-blocking"},
-                "samples": {"raw": raw, "pyxen": pyxen},
+                           "mirror": "blockdev-mirror sync=full copy-mode=write-blocking",
+                           "nbd": "QEMU to QEMU, TLS-PSK (xend/nbdtls.py)"},
+                "samples": {"raw": raw, "raw_tls": raw_tls, "pyxen": pyxen},
                 "summary": summary,
                 "compare": compare(summary)}

@@ -160,13 +160,24 @@ async def migrate(dom, host: str, port: int | None = None, live: bool = False,
         raise InvalidRequest("--shared-disk only makes sense with --copy-storage")
     if shared:
         storagemigrate.check_shared(dom.booted_config(), shared)
+    snaps = sorted(dom.snapshot_doc().get("snapshots") or {})
+    if copy_storage and snaps:
+        storagemigrate.check_snapshots(dom.booted_config(), dom.snapshot_doc(), shared)
     ctx = client_context(config, dom.paths, "cannot migrate securely")
     dom.refuse_if_busy("migrate")
     async with dom.lock:
         dom.require_live("migrate")
         out = Outgoing(dom, host, int(port), live, resource, downtime, ctx)
         out.copy_storage, out.shared = copy_storage, shared
-        return await out.run()
+        res = await out.run()
+    if snaps:
+        # The tree stays in this host's store and its memory state files
+        # in this host's snapshot dir: nothing of it travels (docs/snapshots.md).
+        res["warnings"] = [f"the snapshots of {dom.name} ({', '.join(snaps)}) stay with this host (their "
+                           "memory state is in its snapshot directory): they are not usable on "
+                           f"{host}; migrate the domain back to revert to them"]
+        log.warning("%s: %s", dom.name, res["warnings"][0])
+    return res
 
 
 class Outgoing:

@@ -16,9 +16,9 @@ the two ends do to the disks beside migration.py's memory stream.
   size even when sparse on the source.  What it creates is journalled
   first (:class:`Journal`), so a failure, or the next xend after a crash,
   removes exactly that.
-* The target's QEMU exports the new disks over NBD on a Unix socket in
-  the domain's run dir; nbdrelay carries NBD over TLS; the source's QEMU
-  adds an NBD client node per disk and mirrors into it
+* The target's QEMU exports the new disks from its NBD server, over
+  QEMU's own TLS with a key made for this migration (nbdtls.py); the
+  source's QEMU adds an NBD client node per disk and mirrors into it
   (:class:`SourceMirror`) in write-blocking mode until every job is ready.
 * The switch-over (libvirt's order, qemu_migration.c): the memory stream
   runs with ``pause-before-switchover``; once QEMU has stopped the guest
@@ -68,7 +68,8 @@ def _mib(n: int) -> str:
 def copied_disks(cfg) -> list:
     """The disks --copy-storage moves: writable, file-backed (file:, tap:).
     phy: devices and read-only images must exist on the target as for a
-    plain migration (a SAN LUN, an ISO library)."""
+    plain migration (a SAN LUN, an ISO library).  ``--shared-disk`` names
+  some of these as shared (:func:`describe`)."""
     return [d for d in cfg.disks if d.kind in ("file", "tap") and not d.readonly and d.target]
 
 
@@ -90,6 +91,23 @@ def check_shared(cfg, shared: list[str]) -> None:
         if v not in local:
             raise InvalidRequest(f"--shared-disk {v}: not a local disk of {cfg.name} that --copy-storage "
                                  f"would copy (those are: {', '.join(local) or 'none'})")
+
+
+def check_snapshots(cfg, doc: dict, shared: list[str]) -> None:
+    """--copy-storage of a domain whose snapshots keep disk state in a disk
+    it would copy: refused (InvalidRequest), as the mirror carries a disk's
+    current state only, never its qcow2 internal snapshots — the target's
+    copy would have none and a revert there would find no tag."""
+    copied = {d.target: d.vdev for d in copied_disks(cfg) if d.vdev not in shared}
+    hit = {n: sorted({copied[p] for p in (s.get("paths") or []) if p in copied})
+           for n, s in (doc.get("snapshots") or {}).items()}
+    hit = {n: v for n, v in hit.items() if v}
+    if hit:
+        vdevs = sorted({v for vs in hit.values() for v in vs})
+        raise InvalidRequest(f"{cfg.name} has snapshots ({', '.join(sorted(hit))}) kept inside disk(s) "
+                             f"{', '.join(vdevs)}, which --copy-storage cannot carry (it copies a disk's current "
+                             "state only): delete them first (xm snapshot-delete), or give those disks as "
+                             "--shared-disk if the target sees the same files")
 
 
 def describe(cfg, shared: list[str] = ()) -> tuple[list, list[Path]]:
