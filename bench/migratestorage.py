@@ -10,17 +10,22 @@ path (the system test's arrangement), so the copy really lands in a
 different file.
 
 * **raw**: ``qemu-nbd`` in B's namespace exports a fresh 1 GiB raw image
-  (writable, plain TCP on B's address); ``qemu-img convert -n -f raw -O raw``
-  in A's namespace copies the guest's image into it.  Wall time of the
-  convert; throughput = image size / time.
+  (writable, plain TCP on B's address); ``qemu-img convert -U -n -f raw -O
+  raw`` in A's namespace copies the guest's current image into it.  Wall
+  time of the convert; throughput = image size / time.
+* **raw-tls** (for information): the same over QEMU's TLS-PSK with
+  pyxen's priority string — what the encryption alone costs.
 * **pyxen**: the guest (booted, idle) is migrated A -> B -> A ...; xend's
   result gives the disk phase's bytes and seconds (``disk_bytes``,
   ``disk_seconds``: mirror start until every mirror is in sync) and the
   total (``seconds``); ``xm``'s wall time is taken too.  The copy left on
   the source after each move is removed so the next move can create it.
 
-The image is filled with random data (nothing for either side to skip as
-zeroes).  Target: pyxen's disk throughput >= 0.8x the raw copy's.
+Each round runs raw, raw-tls and one move back to back, the guest running
+through all three, so one load applies to the three.  Every sample records
+the CPU seconds of the processes involved (:class:`CpuWatch`).  The image
+is filled with random data (nothing for either side to skip as zeroes).
+Target: pyxen's disk throughput >= 0.8x the raw copy's.
 """
 
 from __future__ import annotations
