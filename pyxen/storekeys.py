@@ -7,7 +7,10 @@ Two namespaces:
   (``next-domid``), the accelerator probe cache (``accel-probe``), the
   drivers PCI devices had before ``xm pci-assignable-add``
   (``pci-assignable/<bdf>``) and the runtime record of each domain running
-  here (``domains/<uuid>/runtime``: domid, pid, state, the job in flight).
+  here (``domains/<uuid>/runtime``: domid, pid, state, the job in flight);
+  beside it, during a migration to this same host, the arriving copy's
+  record with its config (``domains/<uuid>/incoming``): one uuid, two
+  QEMUs, until the commit makes the arriving record the runtime one.
 * **shared**: what a cluster shares and any host may act on — a domain's
   configuration by uuid (``domains/<uuid>/config``), vnets
   (``vnets/<id>``), UEFI variables (``nvram/<uuid>``), vTPM state
@@ -81,9 +84,24 @@ def runtime(host: str, uuid: str) -> str:
 
 def uuid_of_runtime(host: str, key: str) -> str | None:
     """The uuid in a key made by :func:`runtime`, else None."""
+    return _uuid_of_leaf(host, key, "runtime")
+
+
+def incoming(host: str, uuid: str) -> str:
+    """The record (with its config) of a domain arriving by a migration
+    from this same host: the source's runtime record keeps its key."""
+    return f"{runtime_prefix(host)}{uuid}/incoming"
+
+
+def uuid_of_incoming(host: str, key: str) -> str | None:
+    """The uuid in a key made by :func:`incoming`, else None."""
+    return _uuid_of_leaf(host, key, "incoming")
+
+
+def _uuid_of_leaf(host: str, key: str, leaf_name: str) -> str | None:
     rest = key[len(runtime_prefix(host)):] if key.startswith(runtime_prefix(host)) else ""
     uuid, _, leaf = rest.partition("/")
-    return uuid if uuid and leaf == "runtime" else None
+    return uuid if uuid and leaf == leaf_name else None
 
 
 # -------------------------------------------------------------------- shared

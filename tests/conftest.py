@@ -101,6 +101,14 @@ class Host:
                           "state": state, "time": float(t)}
         return rows
 
+    def log_tail(self, n: int = 40) -> str:
+        """The end of this host's xend.log (for a failure's message)."""
+        try:
+            lines = (self.root / "var/log/xen/xend.log").read_text(errors="replace").splitlines()
+        except OSError as e:
+            return f"(no xend.log: {e})"
+        return "\n".join(lines[-n:])
+
     def qemu_pids(self) -> list[int]:
         """QEMU processes belonging to this root (by their socket paths)."""
         pids = []

@@ -128,7 +128,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("migrate", "<Domain> <Host> [-l|--live] [-p|--port N] [-r|--resource MB/s] [--downtime MS] "
             "[--copy-storage [--shared-disk VDEV,...]]",
             "Migrate a domain to another machine (its xend must run the relocation server); in a cluster "
-            "<Host> may be a member's name.", (
+            "<Host> may be a member's name.  To this same host (localhost) the domain moves onto a new "
+            "QEMU here, with a new domain id.", (
                 O("l", "live", "Use live migration: copy memory while the guest runs, then a short stop."),
                 O("p", "port", "Use the given relocation port (default xend-relocation-port, 8002).", "N"),
                 O("r", "resource", "Limit the bandwidth the migration uses, in MiB/s.", "MB/s"),

@@ -191,8 +191,8 @@ OPS: tuple[Op, ...] = (
             "save", P("file", "string", "absolute path of the save file", True),
             P("checkpoint", "boolean", "keep the domain running (xm save -c)"), verb="saved", job=True,
             beside=_BESIDE_JOB),
-    _dom_op("migrate", "Move the domain to another host's xend (xm migrate); progress arrives as 'migrating' "
-            "events on /api/events.", "migrate",
+    _dom_op("migrate", "Move the domain to another host's xend (xm migrate), or to a new QEMU on this "
+            "host (a new domid); progress arrives as 'migrating' events on /api/events.", "migrate",
             P("host", "string", "the destination host (name or address)", True),
             P("port", "integer", "its relocation port (default xend-relocation-port)", range=(1, 65535)),
             P("live", "boolean", "pre-copy while the guest runs (xm migrate -l)"),

@@ -106,6 +106,17 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
         # None: root.  Persisted: hotplug after an xend restart needs it.
         self.qemu_ident: tuple[int, int] | None = None
         self.vnc: dict | None = None           # HVM: the VNC server's {"host", "port"}
+        # A migration to this same host (docs/migration.md) runs two QEMUs
+        # for one uuid.  The arriving copy (*twin*) keeps its record under
+        # storekeys.incoming until the commit; the source, once the commit
+        # made the twin the domain of record, is *superseded*: its teardown
+        # must not touch the store, the domain lock or the uuid's cgroup,
+        # which are the twin's now.  The twin's record names the QEMU it
+        # replaces (*replaces*) until that one is gone, so an xend killed
+        # in between finishes the switch-over.
+        self.twin = False
+        self.superseded = False
+        self.replaces: dict | None = None
 
     # ------------------------------------------------------------ identity
     @property
@@ -142,15 +153,23 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
                 "accel": self.accel, "sedf": self.sedf, "vif_devids": self.vif_devids,
                 "vif_next_devid": self.vif_next_devid, "vifs_up": sorted(self.vifs_up),
                 "job": dict(self.job) if self.job else None,
-                "qemu_ident": list(self.qemu_ident) if self.qemu_ident else None}
+                "qemu_ident": list(self.qemu_ident) if self.qemu_ident else None,
+                **({"replaces": self.replaces} if self.replaces else {})}
 
     def persist(self, config: bool = False, extra: tuple = ((), ())) -> None:
         """Write the runtime record (and with *config* the config) in one
         transaction, with *extra* (compares, ops) in it too: the migration
         commit hands the domain lock over in the same step."""
         st = self.store
-        runtime = Put(storekeys.runtime(st.host, self.uuid), dump_json(self.runtime_record()))
+        if self.superseded:
+            return              # the record under this uuid is the twin's now
         compares, more = list(extra[0]), list(extra[1])
+        if self.twin:
+            # The source's runtime record and config stay as they are.
+            rec = {**self.runtime_record(), "config": sxp.to_string(self.cfg.to_sxp())}
+            st.txn(compares, [Put(storekeys.incoming(st.host, self.uuid), dump_json(rec)), *more])
+            return
+        runtime = Put(storekeys.runtime(st.host, self.uuid), dump_json(self.runtime_record()))
         if config:
             # One transaction: a crash never leaves a config without its record.
             st.txn(compares, [Put(storekeys.config(self.uuid), sxp.to_string(self.cfg.to_sxp()).encode()),
@@ -187,6 +206,14 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
     def forget(self) -> None:
         st = self.store
         cluster = self.services.cluster
+        if self.superseded:
+            return              # the twin runs on under this uuid, lock and config
+        if self.twin:
+            # An arriving copy that never ran: the source keeps the rest.
+            st.txn([], [Delete(storekeys.incoming(st.host, self.uuid))])
+            if cluster is not None:
+                cluster.arriving.discard(self.uuid)
+            return
         ops = [Delete(storekeys.runtime(st.host, self.uuid))]
         # In a cluster the config is shared: a domain that runs on another
         # host now (migrated there, restarted there) keeps it.
@@ -427,7 +454,8 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
             self.control = None
         await features.release(self.feature_context())
         shutil.rmtree(self.paths.domain_run(self.domid), ignore_errors=True)
-        cgroups.remove(self.uuid)
+        if not (self.twin or self.superseded):
+            cgroups.remove(self.uuid)       # a group by uuid: the other copy's too
         for devid, spec in self.vifs():
             if devid in self.vifs_up:
                 await self.net.vif_down(self, devid, spec)
@@ -443,7 +471,10 @@ class Domain(DomainEvents, DomainRunState, DomainViews, DomainResources, DomainS
             log.error("%s: destroyed, but its state record could not be removed: %s", self.name, e)
         self.services.remove(self)
         self.gone.set()
-        self.services.emit("destroyed", self)
+        if not (self.twin or self.superseded):
+            # (One of two copies of a same-host migration ending is no
+            # domain's end: the other copy is the domain.)
+            self.services.emit("destroyed", self)
         log.info("%s: destroyed (domid %d)", self.name, self.domid)
 
     async def detach(self) -> None:

@@ -25,7 +25,7 @@ from ..paths import Paths
 from ..store import Store, StoreError
 from . import checkpoint, features, saving  # noqa: F401  (saving registers the save job's recovery)
 from . import migration  # noqa: F401  (registers the migrate job's recovery)
-from . import storagemigrate
+from . import storagemigrate, twins
 from .accel import Accelerator
 from .domain import Domain
 from .errors import Conflict, InvalidRequest, NoSuchDomain, XendError
@@ -49,7 +49,12 @@ class Domains:
         self.accel = accel
         self.net = net or HostNetwork(paths, config, store)
         self.by_uuid: dict[str, Domain] = {}
-        self.reservations = Reservations(lambda: list(self.by_uuid.values()))
+        # The other copy of a domain migrating to this same host: the
+        # arriving twin until the commit, then the superseded source until
+        # its QEMU is gone (twins.py).  Never listed or looked up, but
+        # holding host resources (memory, taps, disks) all the same.
+        self.shadows: list[Domain] = []
+        self.reservations = Reservations(self.everyone)
         self.subscribers: set[asyncio.Queue] = set()
         # (direction "out"/"in", result "ok"/"failed") -> count, and stream
         # bytes per direction, since xend started (GET /metrics).
@@ -91,6 +96,11 @@ class Domains:
                 pass
 
     # ---------------------------------------------------------------- lookup
+    def everyone(self) -> list[Domain]:
+        """Every domain object of this host, shadows of a same-host
+        migration included (what reservations and memory count)."""
+        return [*self.by_uuid.values(), *self.shadows]
+
     def all(self) -> list[Domain]:
         return sorted(self.by_uuid.values(), key=lambda d: d.domid)
 
@@ -108,6 +118,10 @@ class Domains:
     def remove(self, dom: Domain) -> None:
         if self.by_uuid.get(dom.uuid) is dom:
             del self.by_uuid[dom.uuid]
+        if dom in self.shadows:
+            self.shadows.remove(dom)
+        if dom.superseded:
+            twins.replaced(self.by_uuid.get(dom.uuid), dom)
 
     # ------------------------------------------------------- reservations
     def used_macs(self) -> set[str]:
@@ -118,7 +132,7 @@ class Domains:
 
     # ------------------------------------------------------------------- ids
     def _alloc_domid(self) -> int:
-        used = max((d.domid for d in self.by_uuid.values()), default=0)
+        used = max((d.domid for d in self.everyone()), default=0)
         # Compare-and-swap: two allocators sharing the store never hand out one domid twice.
         nxt = self.store.update_json(storekeys.next_domid(self.store.host),
                                      lambda n: max(int(n or 1), used + 1, 1) + 1, default=1)
@@ -129,7 +143,7 @@ class Domains:
         self.reservations.check_name_free(name, owner)
 
     def _used_memory(self) -> int:
-        return sum(max(d.cfg.memory, d.cfg.maxmem or 0) for d in self.by_uuid.values() if d.pid or
+        return sum(max(d.cfg.memory, d.cfg.maxmem or 0) for d in self.everyone() if d.pid or
                    d.state == State.CREATING)
 
     def free_memory(self) -> int:
@@ -147,10 +161,13 @@ class Domains:
                                  f"{max(free, 0)} MiB are free for domains (host {dom0_memory_mib()} MiB, "
                                  f"dom0-min-mem {floor} MiB, domains {used} MiB)")
 
-    def _validate(self, cfg: DomainConfig) -> None:
-        self.check_name_free(cfg.name)
-        for d in self.by_uuid.values():
-            if d.uuid == cfg.uuid:
+    def _validate(self, cfg: DomainConfig, source: Domain | None = None) -> None:
+        """The checks of a create; for the twin of a same-host migration
+        (*source*: the copy it replaces) the source's name, uuid, disks and
+        devices are not a conflict, but its taps' names are."""
+        self.check_name_free(cfg.name, owner=source)
+        for d in self.everyone():
+            if d.uuid == cfg.uuid and d is not source:
                 raise Conflict(f"Domain with UUID {cfg.uuid} already exists as '{d.name}'")
         self._check_memory(cfg)
         files = []
@@ -164,7 +181,7 @@ class Domains:
             if not os.access(path, os.R_OK):
                 raise InvalidRequest(f"{what} image is not readable: {path}")
         # PCI devices (each held by one domain, the host ready for VFIO), vTPMs.
-        features.check(cfg, self.by_uuid.values())
+        features.check(cfg, [d for d in self.everyone() if d is not source])
         if cfg.cpus is not None:
             for spec in (cfg.cpus if isinstance(cfg.cpus, list) else [cfg.cpus]):
                 host_cpus(spec)
@@ -179,7 +196,7 @@ class Domains:
             if cd is not None:
                 self.check_disk_target(cd)
         names: set[str] = set()
-        taken = {self.net.vif_name(d.domid, devid, v): d.name for d in self.by_uuid.values()
+        taken = {self.net.vif_name(d.domid, devid, v): d.name for d in self.everyone()
                  for devid, v in d.vifs()}
         for devid, v in enumerate(cfg.vifs):
             self.net.vif_script(v)          # the script must exist before anything is made
@@ -187,9 +204,11 @@ class Domains:
             if name and name in names:
                 raise InvalidRequest(f"vif {devid}: vifname {name} is used twice in domain {cfg.name}")
             if name and name in taken:
-                raise Conflict(f"vif {devid}: vifname {name} is in use by domain {taken[name]}")
+                hint = (" (a migration to the same host gives the new copy new taps: its vifs must not "
+                        "name theirs with vifname=)" if source is not None else "")
+                raise Conflict(f"vif {devid}: vifname {name} is in use by domain {taken[name]}{hint}")
             names.add(name)
-        self.check_sharing(cfg.name, cfg.disks)
+        self.reservations.check_sharing(cfg.name, cfg.disks, exclude=source)
 
     def check_disk_target(self, disk) -> None:
         self.reservations.check_disk_target(disk)
@@ -240,44 +259,65 @@ class Domains:
         log.info("%s: restored from %s (domid %d, %s)", cfg.name, path, dom.domid, accel)
         return dom
 
-    async def prepare_incoming(self, cfg: DomainConfig, accel: str, machine: str) -> Domain:
+    def same_host_source(self, uuid: str, migration_id: str | None) -> Domain | None:
+        """The domain of this host that an arriving migration comes from,
+        if it comes from this host: the one under *uuid* whose migration
+        job carries the same id (a random one each migration)."""
+        d = self.by_uuid.get(uuid)
+        if d is not None and migration_id and d.job and d.job.get("op") == "migrate" \
+                and d.job.get("id") == migration_id:
+            return d
+        return None
+
+    async def prepare_incoming(self, cfg: DomainConfig, accel: str, machine: str,
+                               migration_id: str | None = None) -> Domain:
         """A migration arriving: the domain, checked like a create (name,
         uuid, memory, disks, kernel, vif scripts), with a QEMU waiting for
         the stream.  State ``incoming`` until the source commits; an xend
-        restart meanwhile rolls it back."""
+        restart meanwhile rolls it back.  From this same host (its source
+        is here, *migration_id* says so) it is the source's twin: same
+        name and uuid, a new domid, its record apart until the commit."""
         mine = await self.accel.get()
         if accel != mine:
             raise InvalidRequest(f"domain {cfg.name} runs under {accel.upper()} on the source; this host "
                                  f"runs guests under {mine.upper()}, which cannot continue it")
-        for d in self.by_uuid.values():
-            if d.uuid == cfg.uuid and d.job and d.job.get("op") == "migrate":
-                raise Conflict(f"domain {cfg.name} is migrating away from this host: "
-                               "a domain cannot migrate to the host it runs on")
-        return await self._launch(cfg, accel, True, machine=machine)
+        source = self.same_host_source(cfg.uuid, migration_id)
+        if source is not None:
+            twins.refuse_unsupported(cfg, False)
+        return await self._launch(cfg, accel, True, machine=machine, source=source)
 
     async def _launch(self, cfg: DomainConfig, accel: str, paused: bool,
-                      restore: checkpoint.SaveInfo | None = None, machine: str | None = None) -> Domain:
+                      restore: checkpoint.SaveInfo | None = None, machine: str | None = None,
+                      source: Domain | None = None) -> Domain:
         incoming = machine is not None
         what = "restore" if restore else ("incoming migration" if incoming else "create")
         async with self.reservations.lock:
-            self._validate(cfg)
+            self._validate(cfg, source)
             if self.cluster is not None:
                 # The domain lock (an arriving migration's stays the source's
                 # until the source's commit hands it over).
                 self.cluster.admit(cfg, incoming)
             # MACs go into the config before it is persisted, so they stay the
             # same across reboot, save/restore and migration.
-            self.reservations.assign_macs(cfg)
+            self.reservations.assign_macs(cfg, exclude=source)
+            dom = None
             try:
                 domid = self._alloc_domid()
                 dom = Domain(self.services(), cfg, domid)
                 dom.accel = accel
                 if incoming:
                     dom.state = State.INCOMING
-                self.by_uuid[cfg.uuid] = dom
+                if source is not None:
+                    twins.prepare(dom, source)
+                    self.shadows.append(dom)
+                else:
+                    self.by_uuid[cfg.uuid] = dom
                 dom.persist(config=True)
             except StoreError as e:
-                self.by_uuid.pop(cfg.uuid, None)
+                if dom is not None and dom in self.shadows:
+                    self.shadows.remove(dom)
+                else:
+                    self.by_uuid.pop(cfg.uuid, None)
                 if self.cluster is not None and not incoming:
                     self.cluster.released(cfg.uuid)
                 raise XendError(str(e)) from None
@@ -301,6 +341,9 @@ class Domains:
     # ----------------------------------------------------------------- adopt
     async def adopt_all(self) -> None:
         host = self.store.host
+        # The arriving copy of a same-host migration that xend left before
+        # the commit goes first: its source (adopted below) runs on.
+        await twins.roll_back_arrivals(self)
         # This host's domains are those with a runtime record here; a config
         # whose domain has no record on any host is a leftover of a crash.
         hosts = {storekeys.host_of(k) for k in self.store.keys(storekeys.HOSTS_PREFIX)}
@@ -333,38 +376,44 @@ class Domains:
                 self.store.quarantine(cfg_key, str(e))
                 self.store.quarantine(rt_key, str(e))
                 continue
-            dom = Domain(self.services(), cfg, domid)
-            dom.load_state(rec.get("state", "running"))
-            dom.pid = rec.get("pid")
-            dom.paused = bool(rec.get("paused"))
-            dom.start_time = rec.get("start_time") or dom.start_time
-            dom.shutdown_reason = rec.get("shutdown_reason")
-            dom.shutdown_requested = rec.get("shutdown_requested")
-            dom.accel = rec.get("accel", "tcg")
-            if "sedf" in rec:
-                dom.sedf = sedf_record(rec["sedf"])
-            try:
-                devids = rec.get("vif_devids")
-                if isinstance(devids, list) and len(devids) == len(cfg.vifs):
-                    dom.vif_devids = [int(x) for x in devids]
-                dom.vif_next_devid = int(rec.get("vif_next_devid") or 0)
-                up = rec.get("vifs_up")
-                # A record from before vifs_up was kept: every vif was brought up.
-                dom.vifs_up = {int(x) for x in up} if isinstance(up, list) else {d for d, _ in dom.vifs()}
-            except (TypeError, ValueError) as e:
-                log.error("%s: bad vif record (%s); assuming every vif is up", cfg.name, e)
-                dom.vif_devids = []
-                dom.vifs_up = {d for d, _ in dom.vifs()}
-            dom.job = Job.from_record(rec.get("job"))
-            ident = rec.get("qemu_ident")
-            if isinstance(ident, list) and len(ident) == 2:
-                dom.qemu_ident = (int(ident[0]), int(ident[1]))
+            dom = self.from_record(cfg, domid, rec)
             self.by_uuid[u] = dom
             dom.announced = True
             await self._adopt_one(dom)
         # Disks a cut-off incoming storage migration created (after the
         # domains: an interrupted arrival has just been rolled back).
         storagemigrate.recover(self.paths.lib, {u for u, d in self.by_uuid.items() if d.state == State.RUNNING})
+
+    def from_record(self, cfg: DomainConfig, domid: int, rec: dict) -> Domain:
+        """The domain an earlier xend recorded (not yet connected to QEMU)."""
+        dom = Domain(self.services(), cfg, domid)
+        dom.load_state(rec.get("state", "running"))
+        dom.pid = rec.get("pid")
+        dom.paused = bool(rec.get("paused"))
+        dom.start_time = rec.get("start_time") or dom.start_time
+        dom.shutdown_reason = rec.get("shutdown_reason")
+        dom.shutdown_requested = rec.get("shutdown_requested")
+        dom.accel = rec.get("accel", "tcg")
+        if "sedf" in rec:
+            dom.sedf = sedf_record(rec["sedf"])
+        try:
+            devids = rec.get("vif_devids")
+            if isinstance(devids, list) and len(devids) == len(cfg.vifs):
+                dom.vif_devids = [int(x) for x in devids]
+            dom.vif_next_devid = int(rec.get("vif_next_devid") or 0)
+            up = rec.get("vifs_up")
+            # A record from before vifs_up was kept: every vif was brought up.
+            dom.vifs_up = {int(x) for x in up} if isinstance(up, list) else {d for d, _ in dom.vifs()}
+        except (TypeError, ValueError) as e:
+            log.error("%s: bad vif record (%s); assuming every vif is up", cfg.name, e)
+            dom.vif_devids = []
+            dom.vifs_up = {d for d, _ in dom.vifs()}
+        dom.job = Job.from_record(rec.get("job"))
+        ident = rec.get("qemu_ident")
+        if isinstance(ident, list) and len(ident) == 2:
+            dom.qemu_ident = (int(ident[0]), int(ident[1]))
+        dom.replaces = rec.get("replaces") if isinstance(rec.get("replaces"), dict) else None
+        return dom
 
     async def _adopt_one(self, dom: Domain) -> None:
         if dom.state == State.INCOMING and self.cluster is not None:
@@ -376,15 +425,26 @@ class Domains:
             log.info("%s: %s was interrupted; cleaning up", dom.name,
                      {"creating": "create", "dying": "destroy"}.get(dom.state, "incoming migration"))
             # xend may have died between QEMU's start and recording its
-            # pid: QEMU's own pidfile in the run dir names it then.
-            pid = dom.pid or process.read_pidfile(self.paths.domain_run(dom.domid) / "qemu.pid")
-            if pid and process.is_ours(pid, dom.uuid):
+            # pid: the pidfile xend writes in the run dir names it then, and
+            # a death before even that leaves a QEMU only a scan finds.
+            run_dir = self.paths.domain_run(dom.domid)
+            pids = {p for p in (dom.pid, process.read_pidfile(run_dir / "qemu.pid"))
+                    if p and process.is_ours(p, dom.uuid)}
+            pids.update(process.find_by_uuid(dom.uuid, run_dir))
+            for pid in sorted(pids):
                 process.kill(pid)
                 await process.wait_exit(pid, 5)
             await dom.destroy(force=True)
             return
+        replaced, want_paused = dom.replaces, dom.paused
+        if replaced:
+            # Committed, but xend died before the QEMU it replaced was gone:
+            # that one never runs again.
+            await twins.drop_replaced(self, dom)
         try:
             if await dom.adopt():
+                if replaced:
+                    await twins.resume_arrived(dom, want_paused)
                 await dom.recover_job()
                 return
         except Exception as e:
@@ -408,5 +468,5 @@ class Domains:
         await dom.qemu_died()
 
     async def detach_all(self) -> None:
-        for d in list(self.by_uuid.values()):
+        for d in self.everyone():
             await d.detach()

@@ -110,7 +110,7 @@ async def query_vnc(dom: FeatureContext) -> None:
 
 def keep_nvram(dom: FeatureContext) -> None:
     """QEMU has stopped: the variable file goes back into the store."""
-    if dom.cfg.builder != "hvm" or dom.cfg.hvm.get("firmware") != "ovmf":
+    if dom.cfg.builder != "hvm" or dom.cfg.hvm.get("firmware") != "ovmf" or dom.shadow:
         return
     path = dom.run_dir / "ovmf-vars.fd"
     try:

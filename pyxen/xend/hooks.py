@@ -33,6 +33,9 @@ class FeatureContext:
     domid = property(lambda self: self._dom.domid)
     pid = property(lambda self: self._dom.pid)
     state = property(lambda self: str(self._dom.state))
+    # One of two copies of a same-host migration whose state in the store
+    # (UEFI variables, vTPM) is the other copy's to keep (domain.py).
+    shadow = property(lambda self: bool(self._dom.twin or self._dom.superseded))
 
     @property
     def cfg(self) -> "DomainConfig":

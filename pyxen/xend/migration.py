@@ -22,121 +22,38 @@ Who runs the domain, at every step (never both, never neither):
 * if the link breaks after ``commit`` was sent but before the target
   confirmed, the source cannot know whether the target runs the guest, so
   it keeps its copy *paused* and says so.
+
+To this same host (``localhost``, its own address or cluster name) the
+same path is taken, to this xend's own relocation server; the target end
+finds the migration's id in the source's job and makes the arriving
+domain the source's twin (twins.py).  There the commit is never
+uncertain: both ends share one process and one store.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
+import secrets
 import socket
-import ssl
 import time
 
 from .. import faults
 from ..hypervisor.qemu.monitor import quietly
-from ..pki import PkiError, TlsFiles
-from . import durable, firmware, jobs, storagemigrate
+from . import durable, firmware, jobs, storagemigrate, twins
 from . import relocproto as rp
-from .errors import Conflict, InvalidRequest, XendError
+from .errors import InvalidRequest, XendError
+from .relolink import (LINK_TIMEOUT, MigrationError, _connect, _connect_loopback, client_context,
+                       run_blocking, socketpair, tls_files)
 
 log = logging.getLogger("pyxen.domain.migrate")
 
-CONNECT_TIMEOUT = 30.0      # Xen's relocation connect timeout
-LINK_TIMEOUT = 60.0         # the longest silence of a live peer
 PREPARE_TIMEOUT = 120.0     # the target starts QEMU, builds vifs
 LOAD_TIMEOUT = 120.0        # the target QEMU finishes loading after E
 DEFAULT_DOWNTIME_MS = 50    # start of the downtime ramp (QEMU's default is 300)
 MAX_RAMPED_DOWNTIME_MS = 2000
 RAMP_EVERY_PASSES = 4       # double the allowed downtime after this many passes
 UNLIMITED = 1 << 40         # bytes/s: QEMU's 128 MiB/s default would cap a LAN
-# The socketpairs between xend and QEMU: whatever sits in them when the
-# guest stops must still cross the link and be loaded before it resumes.
-# 4 MiB buffers made the idle downtime ~60 ms (median of 8-10
-# migrations, bench/migrate.py's harness), 1 MiB ~30-47 ms with the same
-# stream throughput; 256 KiB halved the throughput.
-SOCKBUF = 1 << 20
-
-
-class MigrationError(Conflict):
-    """A migration that did not happen; the message says where the domain
-    is.  (409: the request was fine, the hosts' state did not allow it.)"""
-    code = "migration_failed"
-
-
-async def run_blocking(fn, *args):
-    """*fn* in a worker thread (socket and TLS work blocks)."""
-    return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
-
-
-def socketpair() -> tuple[socket.socket, socket.socket]:
-    a, b = socket.socketpair()
-    for s in (a, b):
-        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-            try:
-                s.setsockopt(socket.SOL_SOCKET, opt, SOCKBUF)
-            except OSError:
-                pass
-    return a, b
-
-
-def tune(sock: socket.socket) -> None:
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    for opt, val in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 4)):
-        if hasattr(socket, opt):
-            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), val)
-
-
-def tls_files(config, paths) -> TlsFiles:
-    c = config
-    return TlsFiles.for_host(paths.etc, c["xend-relocation-server-ssl-cert-file"],
-                             c["xend-relocation-server-ssl-key-file"], c["xend-relocation-ca-file"])
-
-
-# ===================================================================== source
-def _connect(host: str, port: int, ctx: ssl.SSLContext | None) -> rp.Link:
-    try:
-        sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
-    except socket.timeout:
-        raise MigrationError(f"cannot connect to {host}:{port}: no answer in {CONNECT_TIMEOUT:.0f} s") from None
-    except OSError as e:
-        raise MigrationError(f"cannot connect to {host}:{port}: {e.strerror or e} "
-                             "(is xend-relocation-server on there?)") from None
-    tune(sock)
-    if ctx is not None:
-        try:
-            sock = ctx.wrap_socket(sock, server_hostname=host)
-        except ssl.SSLCertVerificationError as e:
-            sock.close()
-            raise MigrationError(f"{host}:{port} is not a trusted pyxen host: {e.verify_message}") from None
-        except (ssl.SSLError, OSError) as e:
-            sock.close()
-            raise MigrationError(f"TLS with {host}:{port} failed: {_tls_reason(e)}") from None
-    return rp.Link(sock, LINK_TIMEOUT)
-
-
-def client_context(config, paths, what: str) -> ssl.SSLContext | None:
-    """The TLS context this host connects to another's relocation server
-    with (None with ``(xend-relocation-tls no)``); a missing certificate
-    is a MigrationError starting with *what*."""
-    if not config["xend-relocation-tls"]:
-        return None
-    try:
-        return tls_files(config, paths).client_context()
-    except PkiError as e:
-        raise MigrationError(f"{what}: {e}") from None
-
-
-def _tls_reason(e: Exception) -> str:
-    text = getattr(e, "reason", None) or str(e)
-    if "WRONG_VERSION_NUMBER" in str(text) or "record layer failure" in str(text):
-        return "the peer does not speak TLS (is its xend-relocation-tls off?)"
-    if "alert" in str(text).lower() or "UNKNOWN_CA" in str(text):
-        return f"the peer refused our certificate ({text})"
-    if isinstance(e, ConnectionResetError) or "EOF" in str(text):
-        return "the peer closed the connection during the handshake (it refused us: see its xend.log)"
-    return str(text)
 
 
 async def migrate(dom, host: str, port: int | None = None, live: bool = False,
@@ -164,10 +81,18 @@ async def migrate(dom, host: str, port: int | None = None, live: bool = False,
     if copy_storage and snaps:
         storagemigrate.check_snapshots(dom.booted_config(), dom.snapshot_doc(), shared)
     ctx = client_context(config, dom.paths, "cannot migrate securely")
+    try:
+        # (A name lookup: not on the event loop.)
+        here = await run_blocking(twins.loopback, host, config["xend-relocation-address"],
+                                  lambda: client_context(config, dom.paths, "cannot migrate securely"),
+                                  tls_files(config, dom.paths).cert)
+    except OSError as e:
+        raise MigrationError(f"cannot migrate securely: {e}") from None
     dom.refuse_if_busy("migrate")
     async with dom.lock:
         dom.require_live("migrate")
         out = Outgoing(dom, host, int(port), live, resource, downtime, ctx)
+        out.here = here
         out.copy_storage, out.shared = copy_storage, shared
         res = await out.run()
     if snaps:
@@ -183,6 +108,8 @@ async def migrate(dom, host: str, port: int | None = None, live: bool = False,
 class Outgoing:
     copy_storage = False
     shared: list[str] = []          # --shared-disk: not copied, whatever the probe says
+    here: "twins.Loopback | None" = None    # a loopback destination: how to reach this xend too
+    local = False                   # the target is this xend (twins.py)
 
     def __init__(self, dom, host, port, live, resource, downtime, ctx):
         self.dom, self.host, self.port, self.live = dom, host, port, live
@@ -202,10 +129,15 @@ class Outgoing:
     async def run(self) -> dict:
         dom = self.dom
         async with durable.change(dom, "migrate"):      # the job is recorded before anything moves
-            dom.job = jobs.Job("migrate", "connect", target=self.where, resume=self.resume, live=self.live)
+            # The id tells a target on this same host that it is the source's.
+            dom.job = jobs.Job("migrate", "connect", target=self.where, resume=self.resume, live=self.live,
+                               id=secrets.token_hex(8))
         try:
             try:
-                self.link = await run_blocking(_connect, self.host, self.port, self.ctx)
+                if self.here is not None:
+                    self.link = await run_blocking(_connect_loopback, self.host, self.port, self.ctx, self.here)
+                else:
+                    self.link = await run_blocking(_connect, self.host, self.port, self.ctx)
                 await self._prepare()
                 faults.point("migrate-source-prepared")
                 if self.copy_storage:
@@ -229,9 +161,15 @@ class Outgoing:
                 await run_blocking(self.link.send, ["commit"])
                 done = rp.check_reply(await run_blocking(self.link.recv, LINK_TIMEOUT), "running")
             except BaseException as e:
-                dom.services.count_migration("out", False, self.link.sent)
-                await self._uncertain(e)
-                raise
+                if not (self.local and dom.superseded):
+                    dom.services.count_migration("out", False, self.link.sent)
+                    if self.local:
+                        # One process, one store: the twin did not commit.
+                        await self._roll_back(e)
+                        raise self._failure(e) from None
+                    await self._uncertain(e)
+                    raise
+                done = []       # the twin runs: only its answer was lost
         finally:
             if self.link is not None:
                 await run_blocking(self.link.close)
@@ -243,6 +181,8 @@ class Outgoing:
         total = time.monotonic() - self.t0
         result = {"host": self.host, "port": self.port, "live": self.live, "seconds": round(total, 3),
                   "bytes": self.link.sent, **self.stats}
+        if self.local:
+            result["same_host"] = True
         if resumed and stopped:
             # Both QEMUs' wall clocks: exact on one machine, NTP-close across hosts.
             result["downtime_ms"] = round((float(resumed) - stopped) * 1000, 1)
@@ -263,13 +203,18 @@ class Outgoing:
         req = rp.Receive(config=dom.booted_config().to_sxp(), accel=dom.accel, machine=meta["machine"],
                          qemu=meta["qemu"], live=self.live, host=socket.gethostname(),
                          paused=not self.resume, firmware=firmware.save_meta(ctx),
-                         nvram=firmware.nvram_now(ctx), storage=storage)
+                         nvram=firmware.nvram_now(ctx), storage=storage, migration_id=dom.job["id"])
         dom.job["phase"] = "prepare"
         try:
             reply = await run_blocking(self.link.request, req.to_msg(), "domid", PREPARE_TIMEOUT)
         finally:
             storagemigrate.remove_probes(probes)
         self.stats["target_domid"] = _value(reply, "domid")
+        if str(_value(reply, "same-host")) == "1":
+            if twins.twin_of(dom) is None:
+                raise rp.ProtocolError("the target says it is this host, but this xend holds no arriving copy")
+            self.local = True
+            dom.job["local"] = True     # recorded with the commit point (recover)
         self.target_cluster = (_value(reply, "cluster-host"), _value(reply, "cluster-lease"))
         if self.copy_storage:
             nbd, hows = storagemigrate.parse_reply(reply)
@@ -424,6 +369,10 @@ class Outgoing:
                 pass
         if self.mirror is not None and dom.monitor is not None and dom.pid:
             await self.mirror.abort()
+        if self.local:
+            # The twin may hold the disks' locks (QEMU takes them when the
+            # stream is loaded): the source resumes once it is gone.
+            await twins.wait_gone(dom)
         if dom.monitor is not None and dom.pid and not await dom.cancel_outgoing(self.resume):
             log.error("%s: could not resume the guest after the failed migration", dom.name)
         if self.mirror is not None and dom.monitor is not None:
@@ -478,7 +427,10 @@ async def recover(dom, job: dict) -> None:
     one past it keeps the guest paused, as nobody knows whether the
     target runs it."""
     alive = dom.monitor is not None and dom.pid
-    if job.get("phase") in ("commit", "done"):
+    # To this same host the commit is never uncertain: this record is
+    # still the source's, so the twin never committed (twins.py), and it
+    # was dropped before this recovery ran.
+    if job.get("phase") in ("commit", "done") and not job.get("local"):
         log.error("%s: xend stopped after telling %s to run the domain; kept paused here — "
                   "check the target before unpausing it", dom.name, job.get("target"))
         if alive:

@@ -20,12 +20,12 @@ from ..config.errors import ConfigError
 from ..hypervisor.qemu import qemulog
 from ..pki import PkiError, is_host_cert, peer_name
 from ..store import StoreError
-from . import features, firmware, nbdtls, preauth, remotecreate, storagemigrate
+from . import features, firmware, nbdtls, preauth, remotecreate, storagemigrate, twins
 from . import relocproto as rp
 from .errors import InvalidRequest, XendError
 from .lifecycle import State
-from .migration import (LINK_TIMEOUT, LOAD_TIMEOUT, MigrationError, describe,
-                        run_blocking, socketpair, tls_files, tune)
+from .migration import LOAD_TIMEOUT, describe
+from .relolink import LINK_TIMEOUT, MigrationError, run_blocking, socketpair, tls_files, tune
 
 log = logging.getLogger("pyxen.domain.migrate")
 
@@ -236,13 +236,18 @@ class Incoming:
         log.info("relocation: receiving domain %s from %s (%s, %s)", cfg.name, req.host,
                  "live" if req.live else "paused", self.peer)
         try:
+            if self.domains.same_host_source(cfg.uuid, req.migration_id) is not None:
+                log.info("relocation: %s comes from this same host (its domid %d)", cfg.name,
+                         self.domains.by_uuid[cfg.uuid].domid)
+                twins.refuse_unsupported(cfg, req.storage is not None)
             firmware.check_restore(cfg, req.firmware, f"the domain from {req.host}")
             if req.nvram:
                 # The target's QEMU starts from the source's UEFI variables.
                 self.domains.store.put(firmware.nvram_key(cfg.uuid), req.nvram)
             if req.storage is not None:
                 await self._create_disks(cfg, req.storage)
-            self.dom = await self.domains.prepare_incoming(cfg, req.accel, req.machine)
+            faults.point("migrate-target-preparing")
+            self.dom = await self.domains.prepare_incoming(cfg, req.accel, req.machine, req.migration_id)
             if self.disks is not None:
                 await self._export()
         except (XendError, StoreError, OSError) as e:
@@ -258,7 +263,8 @@ class Incoming:
         except BaseException as e:
             self.domains.count_migration("in", False, self.link.sent)
             log.error("relocation: domain %s from %s not received: %s", cfg.name, self.peer, describe(e))
-            if self.dom is not None and self.dom.state == State.INCOMING:
+            if self.dom is not None and not self.committed:
+                # (Also one whose commit could not be recorded: it never ran.)
                 await self.dom.destroy(force=True)
             await run_blocking(self._drop_disks)
             if not isinstance(e, (rp.ProtocolError, asyncio.CancelledError)):
@@ -309,6 +315,8 @@ class Incoming:
             a.close()
             await mon.migration.start_in("pyxen-migrate")
             extra = [storagemigrate.reply(self.disks, self.nbd)] if self.disks is not None else []
+            if dom.twin:
+                extra.append(["same-host", 1])
             cluster = self.domains.cluster
             if cluster is not None:
                 extra += [["cluster-host", cluster.name], ["cluster-lease", f"{cluster.membership.lease:x}"]]
@@ -350,14 +358,21 @@ class Incoming:
                                  f"its lock (owner {cluster.lock.owner(dom.uuid) or 'nobody'})")
         if cluster is not None:
             cluster.arrived(dom.uuid)
+        source = None
         async with dom.lock:
             # Durable before the guest runs: a restart now adopts it as a
             # running domain instead of rolling it back.
             dom.state = State.RUNNING
             dom.paused = paused
             dom.start_time = time.time()
-            dom.persist()
+            if dom.twin:
+                # From this same host: the twin takes the source's record
+                # and registry slot in one step (twins.py).
+                source = twins.commit(self.domains, dom)
+            else:
+                dom.persist()
             self.committed = True
+            faults.point("migrate-target-committed")
             if self.disks is not None:
                 # No NBD client may write once the guest runs here.
                 await storagemigrate.unexport(dom)
@@ -368,6 +383,8 @@ class Incoming:
                 answered = time.time()
             await dom.refresh_vcpus()
             dom.apply_placement(initial=True)
+            if source is not None:
+                twins.copy_pinning(source, dom)
         if self.disks is not None:
             await run_blocking(self._drop_disks)     # after the resume: out of the downtime
         resumed = None
@@ -381,6 +398,8 @@ class Incoming:
             ev = dom.last_runstate_change.get("RESUME")
             resumed = ev if ev is not None and asked <= ev <= answered else answered
         dom.announced = True
-        dom.services.emit("created", dom, migrated_from=self.peer)
-        log.info("%s: arrived from %s and running (domid %d)", dom.name, self.peer, dom.domid)
+        dom.services.emit("created", dom, migrated_from=self.peer,
+                          **({"replaces_domid": source.domid} if source is not None else {}))
+        log.info("%s: arrived from %s and running (domid %d%s)", dom.name, self.peer, dom.domid,
+                 f", replacing domid {source.domid} of this host" if source is not None else "")
         await self._send(rp.ok("running", ["resumed", f"{resumed:.6f}"] if not paused else ["paused", 1]))

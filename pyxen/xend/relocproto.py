@@ -58,6 +58,7 @@ MAX_CTRL = 1 << 20
 MAX_DATA = 1 << 20
 _MACHINE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _ACCELS = ("tcg", "kvm")
+_MIGRATION_ID = re.compile(r"[0-9a-f]{8,64}")
 
 
 class ProtocolError(Exception):
@@ -125,6 +126,9 @@ class Receive:
     firmware: dict = field(default_factory=dict)   # HVM: what the target must match (hvm.save_meta)
     nvram: bytes = b""          # HVM under UEFI: the current variable store
     storage: list | None = None  # --copy-storage: the (storage (disk ...) ...) to create (storagemigrate)
+    # This migration's random id, also in the source's job record: a target
+    # that finds it there is the source's own host (a same-host migration).
+    migration_id: str = ""
 
     def to_msg(self) -> list:
         msg = ["receive", ["version", VERSION], ["config", self.config], ["accel", self.accel],
@@ -136,6 +140,8 @@ class Receive:
             msg.append(["nvram", base64.b64encode(self.nvram).decode()])
         if self.storage is not None:
             msg.append(self.storage)
+        if self.migration_id:
+            msg.append(["id", self.migration_id])
         return msg
 
 
@@ -170,7 +176,10 @@ def parse_receive(msg: list) -> Receive:
         nvram = base64.b64decode(str(nvram), validate=True) if nvram else b""
     except ValueError:
         raise ProtocolError("bad (nvram ...): not base64") from None
-    return Receive(config=cfg, accel=accel, machine=machine, firmware=firmware, nvram=nvram,
+    mid = str(sxp.child_value(msg, "id", ""))
+    if mid and not _MIGRATION_ID.fullmatch(mid):
+        raise ProtocolError(f"bad migration id {mid[:40]!r}")
+    return Receive(config=cfg, accel=accel, machine=machine, firmware=firmware, nvram=nvram, migration_id=mid,
                    qemu=str(sxp.child_value(msg, "qemu", "?"))[:32], live=live == "1",
                    host=str(sxp.child_value(msg, "host", "?"))[:255], paused=paused == "1",
                    storage=sxp.child(msg, "storage"))

@@ -19,7 +19,7 @@ from ..config.domain import DomainConfig
 from ..config.errors import ConfigError
 from . import relocproto as rp
 from .errors import XendError
-from .migration import _connect, client_context, run_blocking
+from .relolink import _connect, client_context, run_blocking
 
 log = logging.getLogger("pyxen.relocation")
 

@@ -46,13 +46,16 @@ class Reservations:
                 raise Conflict(f"Domain '{name}' already exists with ID '{d.domid}'")
 
     # ------------------------------------------------------------------- MACs
-    def used_macs(self) -> set[str]:
-        used = {macs.normal(v["mac"]) for d in self.domains() for v in d.cfg.vifs if v.get("mac")}
+    def used_macs(self, exclude=None) -> set[str]:
+        used = {macs.normal(v["mac"]) for d in self.domains() if d is not exclude
+                for v in d.cfg.vifs if v.get("mac")}
         return used | self._reserved_macs
 
-    def assign_macs(self, cfg: DomainConfig) -> None:
-        """Give each vif without a MAC a random one, unique on this host (written into cfg)."""
-        used = self.used_macs()
+    def assign_macs(self, cfg: DomainConfig, exclude=None) -> None:
+        """Give each vif without a MAC a random one, unique on this host
+        (written into cfg); *exclude*: a domain whose MACs these are too
+        (the source of a same-host migration)."""
+        used = self.used_macs(exclude)
         mine: set[str] = set()
         for i, v in enumerate(cfg.vifs):
             if v.get("mac"):
@@ -111,9 +114,11 @@ class Reservations:
                 if d is not exclude and not (d.name == f"Domain-{d.uuid}" and d.state != "running")
                 for disk in d.cfg.disks + d.overlay_bases()]
 
-    def check_sharing(self, name: str, disks: list) -> None:
-        """The sharing guard over the whole registry; w! overrides are logged."""
-        existing = guard.exports(self.exported_disks())
+    def check_sharing(self, name: str, disks: list, exclude=None) -> None:
+        """The sharing guard over the whole registry; w! overrides are
+        logged.  *exclude*: the source of a same-host migration, whose
+        disks its twin opens too (QEMU hands the images over at the switch)."""
+        existing = guard.exports(self.exported_disks(exclude))
         try:
             warnings = guard.check(name, disks, existing)
         except guard.SharingError as e:

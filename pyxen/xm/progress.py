@@ -42,7 +42,9 @@ def summary(res: dict) -> str:
     dt = res.get("downtime_ms")
     return (f"Migrated to {res.get('host')}:{res.get('port')} in {res.get('seconds')} s, "
             f"{_mib(res.get('bytes'))} MiB sent, downtime {dt if dt is not None else '?'} ms"
-            + (f"; disks: {res['disks']}" if res.get("disks") else "") + "\n"
+            + (f"; disks: {res['disks']}" if res.get("disks") else "")
+            + (f"; now domain {res.get('target_domid')} on this same host" if res.get("same_host") else "")
+            + "\n"
             + "".join(f"Warning: {w}\n" for w in res.get("warnings") or ()))
 
 

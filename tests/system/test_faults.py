@@ -36,6 +36,20 @@ def test_xend_killed_during_create_rolls_back(host):
     assert "half" in host.domains()
 
 
+def test_xend_killed_before_it_knows_qemus_pid_still_rolls_back(host):
+    # The narrowest window: QEMU forked, its pid in no file yet.  The next
+    # xend finds it by its uuid and working directory.
+    start_faulty(host, "qemu-before-pidfile")
+    res = host.xm("create", str(host.config("orphan")), check=False)
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert host.xend("status", check=False).returncode == 3
+    poll(lambda: host.qemu_pids(), 30, what="the orphaned QEMU to be running")
+    host.xend("start")
+    assert "orphan" not in host.domains()
+    poll(lambda: host.qemu_pids() == [], 10, what="the orphaned QEMU to be killed")
+    assert state_records(host) == []
+
+
 def test_xend_killed_during_destroy_finishes_it(host):
     host.xm("create", str(host.config("dying")))
     start_faulty(host, "destroy-after-dying")

@@ -17,6 +17,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from ... import faults
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -59,6 +61,7 @@ def start(argv: list[str], pidfile: Path, log: Path, timeout: float = 60.0,
         except FileNotFoundError as e:
             raise QemuStartError(f"not found: {e.filename or argv[0]}") from None
     _children[child.pid] = child
+    faults.point("qemu-before-pidfile")
     # At once, before readiness: an xend that dies while QEMU starts leaves
     # the next one this pidfile to find the QEMU by (domains.py).
     tmp = pidfile.with_name(pidfile.name + ".tmp")
@@ -178,6 +181,29 @@ def is_ours(pid: int | None, uuid: str) -> bool:
         return False
     i = args.index("-uuid")
     return i + 1 < len(args) and args[i + 1] == uuid and not _is_zombie(pid)
+
+
+def find_by_uuid(uuid: str, run_dir: Path) -> list[int]:
+    """Live QEMUs of domain *uuid* started in *run_dir* (their working
+    directory, xend starts every QEMU there) — found without a pidfile: an
+    xend that died between QEMU's fork and the pidfile's write leaves one
+    that only this finds."""
+    want = str(run_dir)
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        pid = int(d.name)
+        if not is_ours(pid, uuid):
+            continue
+        try:
+            cwd = os.readlink(d / "cwd")
+        except OSError:
+            cwd = ""
+        # The -daemonize path runs in /, its argv naming the run dir's files.
+        if cwd == want or any(want + "/" in a for a in cmdline(pid)):
+            found.append(pid)
+    return found
 
 
 def _is_zombie(pid: int) -> bool:
