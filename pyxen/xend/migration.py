@@ -95,9 +95,10 @@ async def migrate(dom, host: str, port: int | None = None, live: bool = False,
         out.here = here
         out.copy_storage, out.shared = copy_storage, shared
         res = await out.run()
-    if snaps:
+    if snaps and not out.local:
         # The tree stays in this host's store and its memory state files
-        # in this host's snapshot dir: nothing of it travels (docs/snapshots.md).
+        # in this host's snapshot dir: nothing of it travels (docs/snapshots.md;
+        # to this same host it did not need to).
         res["warnings"] = [f"the snapshots of {dom.name} ({', '.join(snaps)}) stay with this host (their "
                            "memory state is in its snapshot directory): they are not usable on "
                            f"{host}; migrate the domain back to revert to them"]
