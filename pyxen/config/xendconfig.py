@@ -96,6 +96,10 @@ OPTIONS: tuple[XendOption, ...] = (
                "Relocation runs inside TLS with a certificate on both ends, checked against the pool's CA "
                "(pyxen ca / pyxen cert). 'no' migrates in the clear and unauthenticated, as Xen 3.0 did; "
                "both hosts must agree.", origin="pyxen"),
+    XendOption("xend-relocation-nbd-ports", "str", "",
+               "Ports for the disks' NBD channel of `xm migrate --copy-storage` (QEMU to QEMU, TLS with a key made "
+               "for the one migration), as LOW-HIGH: open them in a firewall between hosts. '' takes any free port.",
+               example="'49152-49215'", origin="pyxen"),
     XendOption("xend-relocation-ca-file", "str", "",
                "The CA certificate relocation peers must be signed by (default <root>/etc/xen/pki/ca-cert.pem).",
                origin="pyxen"),

@@ -126,7 +126,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("snapshot-delete", "<Domain> <Name>", "Delete a domain's snapshot (its children keep theirs).",
             op="snapshot-delete", send=("dom", "name")),
     Command("migrate", "<Domain> <Host> [-l|--live] [-p|--port N] [-r|--resource MB/s] [--downtime MS] "
-            "[--copy-storage]",
+            "[--copy-storage [--shared-disk VDEV,...]]",
             "Migrate a domain to another machine (its xend must run the relocation server); in a cluster "
             "<Host> may be a member's name.  To this same host (localhost) the domain moves onto a new "
             "QEMU here, with a new domain id.", (
@@ -137,6 +137,9 @@ COMMANDS: tuple[Command, ...] = (
                   "50 ms and allow more while pre-copy does not converge).", "MS"),
                 O(None, "copy-storage", "Copy the domain's local disks to the target while it runs "
                   "(disks on storage both hosts see are detected and not copied)."),
+                O(None, "shared-disk", "With --copy-storage: these disks (guest devices, comma-separated) are on "
+                  "storage both hosts see; never copy them (the target checks the file is there).", "VDEV,...",
+                  param="shared_disks"),
                 O(None, "progress", "Print progress even when stderr is not a terminal.")),
             op="migrate", run=_DOM + "cmd_migrate", common=True, min_args=2, max_args=2),
     Command("domid", "<DomainName>", "Convert a domain name to domain id.", op="domain",

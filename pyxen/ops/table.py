@@ -200,6 +200,8 @@ OPS: tuple[Op, ...] = (
             P("downtime", "integer", "the longest pause allowed at the switch-over, ms", range=(1, 60000)),
             P("copy_storage", "boolean", "copy the domain's local (not shared) disks to the target "
               "(xm migrate --copy-storage)"),
+            P("shared_disks", "string", "with copy_storage: guest devices (comma-separated, e.g. xvdb,xvdc) "
+              "on storage both hosts see, not copied whatever the detection says (xm migrate --shared-disk)"),
             verb="migrated", job=True, beside=_BESIDE_JOB),
     _dom_op("pci-attach", "Hot-plug a host PCI device (bound to vfio-pci) into the domain (xm pci-attach).",
             "pci_attach", P("dev", "string", _DEV, True),

@@ -1,7 +1,7 @@
 """qcow2 internal snapshots of an image no QEMU has open (``qemu-img
 snapshot``): apply one (a snapshot revert restarts QEMU on the reverted
 image), delete one, list them; and the qcow2 overlay a raw image gets
-before its first snapshot.  A running QEMU's images are snapshotted
+before its first snapshot, merged back into it when the disk is detached.  A running QEMU's images are snapshotted
 and pruned through its monitor instead (QMP blockdev-snapshot-*-internal-sync).
 """
 
@@ -55,3 +55,9 @@ def apply(path: str, tag: str) -> None:
 def delete(path: str, tag: str) -> None:
     """Drop snapshot *tag* of *path* (its clusters are freed once nothing else refers to them)."""
     _run("snapshot", "-q", "--image-opts", "-d", tag, _opts(path))
+
+
+def commit(path: str) -> None:
+    """Write overlay *path*'s data into its backing file (the raw base) and
+    leave the overlay empty (``qemu-img commit``; no QEMU has either open)."""
+    _run("commit", "-q", "--image-opts", _opts(path))

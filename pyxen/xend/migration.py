@@ -33,7 +33,6 @@ uncertain: both ends share one process and one store.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import secrets
 import socket
@@ -41,7 +40,7 @@ import time
 
 from .. import faults
 from ..hypervisor.qemu.monitor import quietly
-from . import durable, firmware, jobs, nbdrelay, storagemigrate, twins
+from . import durable, firmware, jobs, storagemigrate, twins
 from . import relocproto as rp
 from .errors import InvalidRequest, XendError
 from .relolink import (LINK_TIMEOUT, MigrationError, _connect, _connect_loopback, client_context,
@@ -59,7 +58,7 @@ UNLIMITED = 1 << 40         # bytes/s: QEMU's 128 MiB/s default would cap a LAN
 
 async def migrate(dom, host: str, port: int | None = None, live: bool = False,
                   resource: float | None = None, downtime: int | None = None,
-                  copy_storage: bool = False) -> dict:
+                  copy_storage: bool = False, shared_disks: str | None = None) -> dict:
     """Move running domain *dom* to the xend at *host*.  Returns what
     happened (times, bytes, downtime); raises MigrationError saying where
     the domain is when anything fails."""
@@ -73,6 +72,14 @@ async def migrate(dom, host: str, port: int | None = None, live: bool = False,
         raise InvalidRequest(f"the bandwidth limit must be positive, got {resource}")
     if downtime is not None and not 1 <= downtime <= 60000:
         raise InvalidRequest(f"the downtime limit must be 1-60000 ms, got {downtime}")
+    shared = [v for v in (shared_disks or "").replace(",", " ").split() if v]
+    if shared and not copy_storage:
+        raise InvalidRequest("--shared-disk only makes sense with --copy-storage")
+    if shared:
+        storagemigrate.check_shared(dom.booted_config(), shared)
+    snaps = sorted(dom.snapshot_doc().get("snapshots") or {})
+    if copy_storage and snaps:
+        storagemigrate.check_snapshots(dom.booted_config(), dom.snapshot_doc(), shared)
     ctx = client_context(config, dom.paths, "cannot migrate securely")
     try:
         # (A name lookup: not on the event loop.)
@@ -86,12 +93,22 @@ async def migrate(dom, host: str, port: int | None = None, live: bool = False,
         dom.require_live("migrate")
         out = Outgoing(dom, host, int(port), live, resource, downtime, ctx)
         out.here = here
-        out.copy_storage = copy_storage
-        return await out.run()
+        out.copy_storage, out.shared = copy_storage, shared
+        res = await out.run()
+    if snaps and not out.local:
+        # The tree stays in this host's store and its memory state files
+        # in this host's snapshot dir: nothing of it travels (docs/snapshots.md;
+        # to this same host it did not need to).
+        res["warnings"] = [f"the snapshots of {dom.name} ({', '.join(snaps)}) stay with this host (their "
+                           "memory state is in its snapshot directory): they are not usable on "
+                           f"{host}; migrate the domain back to revert to them"]
+        log.warning("%s: %s", dom.name, res["warnings"][0])
+    return res
 
 
 class Outgoing:
     copy_storage = False
+    shared: list[str] = []          # --shared-disk: not copied, whatever the probe says
     here: "twins.Loopback | None" = None    # a loopback destination: how to reach this xend too
     local = False                   # the target is this xend (twins.py)
 
@@ -100,7 +117,6 @@ class Outgoing:
         self.resource, self.downtime, self.ctx = resource, downtime, ctx
         self.link: rp.Link | None = None
         self.mirror: storagemigrate.SourceMirror | None = None
-        self.channel: nbdrelay.SourceChannel | None = None
         self.switched = False
         self.resume = not dom.paused
         self.t0 = time.monotonic()
@@ -156,8 +172,6 @@ class Outgoing:
                     raise
                 done = []       # the twin runs: only its answer was lost
         finally:
-            if self.channel is not None:
-                await run_blocking(self.channel.close)
             if self.link is not None:
                 await run_blocking(self.link.close)
         dom.services.count_migration("out", True, self.link.sent)
@@ -186,7 +200,7 @@ class Outgoing:
         # The machine as it booted, which the target must rebuild.
         storage, probes = None, []
         if self.copy_storage:
-            storage, probes = await run_blocking(storagemigrate.describe, dom.booted_config())
+            storage, probes = await run_blocking(storagemigrate.describe, dom.booted_config(), self.shared)
         req = rp.Receive(config=dom.booted_config().to_sxp(), accel=dom.accel, machine=meta["machine"],
                          qemu=meta["qemu"], live=self.live, host=socket.gethostname(),
                          paused=not self.resume, firmware=firmware.save_meta(ctx),
@@ -204,15 +218,14 @@ class Outgoing:
             dom.job["local"] = True     # recorded with the commit point (recover)
         self.target_cluster = (_value(reply, "cluster-host"), _value(reply, "cluster-lease"))
         if self.copy_storage:
-            token, hows = storagemigrate.parse_reply(reply)
+            nbd, hows = storagemigrate.parse_reply(reply)
             self.stats["disks"] = storagemigrate.summary(hows)
-            if any(h != "shared" for h in hows.values()):
-                path = dom.paths.domain_run(dom.domid) / "nbd-out.sock"
-                connect = functools.partial(_connect, self.host, self.port, self.ctx)
-                self.channel = nbdrelay.SourceChannel(path, connect, token, dom.name, dom.qemu_ident)
-                # QEMU runs in its run dir (as its own uid): the socket by its bare name.
+            if nbd is not None:
+                # QEMU connects to the address this link reached (a name
+                # the user gave would be resolved again, maybe elsewhere).
                 self.mirror = storagemigrate.SourceMirror(
-                    dom, hows, path.name, int(self.resource * (1 << 20)) if self.resource else 0)
+                    dom, hows, nbd, self.link.sock.getpeername()[0],
+                    int(self.resource * (1 << 20)) if self.resource else 0)
                 # Recorded first: a restarted xend removes what it left in QEMU.
                 dom.job["storage"] = self.mirror.vdevs
                 dom.persist()
@@ -233,8 +246,6 @@ class Outgoing:
     async def _check_link(self) -> None:
         """While the disks copy the main link is quiet: anything from the
         target (an error, its end) fails the migration."""
-        if self.channel is not None and self.channel.errors:
-            raise MigrationError(self.channel.errors[0])
         if self.link.pending():
             rp.check_reply(await run_blocking(self.link.recv, 5))
             raise rp.ProtocolError("the target spoke out of turn during the disk copy")
@@ -359,8 +370,6 @@ class Outgoing:
                 pass
         if self.mirror is not None and dom.monitor is not None and dom.pid:
             await self.mirror.abort()
-        if self.channel is not None:
-            await run_blocking(self.channel.close)
         if self.local:
             # The twin may hold the disks' locks (QEMU takes them when the
             # stream is loaded): the source resumes once it is gone.

@@ -20,7 +20,7 @@ from ..config.errors import ConfigError
 from ..hypervisor.qemu import qemulog
 from ..pki import PkiError, is_host_cert, peer_name
 from ..store import StoreError
-from . import features, firmware, nbdrelay, preauth, remotecreate, storagemigrate, twins
+from . import features, firmware, nbdtls, preauth, remotecreate, storagemigrate, twins
 from . import relocproto as rp
 from .errors import InvalidRequest, XendError
 from .lifecycle import State
@@ -142,10 +142,6 @@ class RelocationServer:
             if first is None:
                 return
             ticket.release()        # a real peer now: its migration may take its time
-            if first[0] == "nbd":
-                # A storage migration's NBD channel (nbdrelay), not a domain.
-                await nbdrelay.in_thread(nbdrelay.serve, link, first, peer)
-                return
             if first[0] == "check":
                 # Placement on another member asks which disks and kernel this host has.
                 await remotecreate.serve_check(link, first, peer)
@@ -223,8 +219,7 @@ class Incoming:
         # --copy-storage: the disks created here, their NBD exports.
         self.disks: list[dict] | None = None
         self.journal: storagemigrate.Journal | None = None
-        self.token: str | None = None
-        self.relays: nbdrelay.Relays | None = None
+        self.nbd: dict | None = None        # the NBD server's port and key (nbdtls), while it runs
         self.committed = False
 
     async def _send(self, msg: list) -> None:
@@ -293,23 +288,17 @@ class Incoming:
                  storagemigrate.summary({d["vdev"]: d["how"] for d in disks}))
 
     async def _export(self) -> None:
-        import secrets
+        # The NBD port listens on the address the source reached us on.
+        addr = self.link.sock.getsockname()[0]
         try:
-            path = await storagemigrate.export(self.dom, self.disks)
+            ports = nbdtls.parse_ports(self.domains.config["xend-relocation-nbd-ports"])
+            self.nbd = await storagemigrate.export(self.dom, self.disks, addr, ports)
         except Exception as e:
             raise MigrationError(f"cannot export the new disks over NBD: {e}") from None
-        self.token = secrets.token_hex(16)
-        if path is not None:
-            self.relays = nbdrelay.Relays(self.dom.name)
-            nbdrelay.register(self.token, self.peer, path, self.relays)
 
     def _drop_disks(self) -> None:
-        """No NBD client may reach the disks any more; unless the domain
-        arrived, the files created for it go (QEMU has closed them)."""
-        if self.token:
-            nbdrelay.unregister(self.token)
-        if self.relays is not None:
-            self.relays.close()
+        """Unless the domain arrived, the files created for it go (its
+        QEMU, and so the NBD server, is gone by then)."""
         if self.journal is not None:
             (self.journal.forget if self.committed else self.journal.remove)()
 
@@ -329,7 +318,7 @@ class Incoming:
             await mon.send_fd(a.fileno(), "pyxen-migrate")
             a.close()
             await mon.migration.start_in("pyxen-migrate")
-            extra = [storagemigrate.reply(self.disks, self.token)] if self.disks is not None else []
+            extra = [storagemigrate.reply(self.disks, self.nbd)] if self.disks is not None else []
             if dom.twin:
                 extra.append(["same-host", 1])
             cluster = self.domains.cluster

@@ -26,10 +26,11 @@ The conversation (S = source, T = target)::
     T: (ok running)                           or (err ...)
 
 With ``--copy-storage`` the request carries ``(storage (disk ...) ...)``,
-the (ok (domid N) (storage (token HEX) ...)) answer says what the target
-made of each disk, the source mirrors them over separate connections whose
-first message is ``(nbd (version 1) (token HEX))`` (nbdrelay), and sends
-``(stream)`` before the first D frame (storagemigrate, docs/migration.md).
+the (ok (domid N) (storage (nbd (port P) (user U) (key K)) ...)) answer
+says what the target made of each disk and where its QEMU serves them
+(NBD over TLS with that one-migration pre-shared key, nbdtls), the source's
+QEMU mirrors them there, and the source sends ``(stream)`` before the first
+D frame (storagemigrate, docs/migration.md).
 
 While D frames flow only S writes; T reports a failure by one C frame
 (err ...) and then reads and drops the rest until E or A, so S finds the

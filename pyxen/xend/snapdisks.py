@@ -109,6 +109,56 @@ class SnapshotDisks:
                  self.name, d.vdev, d.target, path)
         return new
 
+    def check_detach(self, disk) -> dict | None:
+        """``xm block-detach`` of *disk*: None for an ordinary disk; for a
+        raw disk's snapshot overlay its record (the overlay is merged back
+        into the raw image once detached: :meth:`merge_overlay`), or a
+        Conflict while a snapshot keeps disk state in the overlay (merging
+        would lose it; a revert would want the disk back)."""
+        doc = self.snapshot_doc()
+        rec = (doc.get("overlays") or {}).get(disk.target)
+        if not (isinstance(rec, dict) and rec.get("base")):
+            return None
+        users = sorted(n for n, s in doc["snapshots"].items() if disk.target in (s.get("paths") or []))
+        if users:
+            raise Conflict(f"Disk {disk.vdev} of domain {self.name} writes to a snapshot overlay over its raw "
+                           f"image {rec['base']}, and snapshot(s) {', '.join(users)} keep their disk state in "
+                           f"it: delete them first (xm snapshot-delete {self.name} NAME), then detach")
+        return rec
+
+    async def overlay_node(self, vdev: str) -> str | None:
+        """The overlay node a live snapshot put on top of disk *vdev* (None
+        when the disk's top node is argv's own d-<vdev>)."""
+        node = (await self._root_nodes([vdev]))[vdev]
+        return None if node == node_of(vdev) else node
+
+    async def drop_overlay_fd(self, vdev: str) -> None:
+        for s in await self.monitor.fdsets():
+            if any(f.get("opaque") == f"pyxen-overlay:{vdev}" for f in s.get("fds", [])):
+                await self.monitor.remove_fdset(s["fdset-id"])
+
+    async def merge_overlay(self, path: str, rec: dict) -> None:
+        """After the detach (QEMU has let go of both files): the overlay's
+        writes go into the raw image, so the detached disk is that image
+        again, whole; then the overlay and its record go.  A failure keeps
+        both and says how to finish by hand."""
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, qcow2.commit, path)
+        except qcow2.Qcow2Error as e:
+            log.error("%s: cannot merge the snapshot overlay %s into %s (%s); the disk's data since its "
+                      "first snapshot is in the overlay: run `qemu-img commit %s`", self.name, path,
+                      rec["base"], e, path)
+            return
+
+        def forget(doc):
+            doc = snaptree.normalise(doc)
+            (doc.get("overlays") or {}).pop(path, None)
+            return doc
+        self.store.update_json(storekeys.snapshots(self.uuid), forget)
+        unlink(path)
+        log.info("%s: merged the snapshot overlay of %s back into %s", self.name, rec.get("vdev"), rec["base"])
+
     async def _root_nodes(self, vdevs: list[str]) -> dict[str, str]:
         """The node each disk's guest device writes to now: d-<vdev> as
         argv named it, or the overlay a snapshot put on top of it."""

@@ -17,7 +17,7 @@ from ..config.xendconfig import XendConfig, XendConfigError
 from ..net import scripts
 from ..paths import Paths
 from ..pki import PkiError, TlsFiles
-from . import confine, vnctls
+from . import confine, nbdtls, vnctls
 from .errors import XendError
 
 
@@ -64,6 +64,10 @@ def check(paths: Paths) -> tuple[list[str], list[str], XendConfig | None]:
                 re.compile(pattern)
             except re.error as e:
                 errors.append(f"(xend-relocation-hosts-allow): bad regular expression {pattern!r}: {e}")
+        try:
+            nbdtls.parse_ports(cfg["xend-relocation-nbd-ports"])
+        except XendError as e:
+            errors.append(str(e))
         if cfg["xend-relocation-tls"]:
             files = TlsFiles.for_host(paths.etc, cfg["xend-relocation-server-ssl-cert-file"],
                                       cfg["xend-relocation-server-ssl-key-file"], cfg["xend-relocation-ca-file"])

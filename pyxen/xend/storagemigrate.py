@@ -16,9 +16,9 @@ the two ends do to the disks beside migration.py's memory stream.
   size even when sparse on the source.  What it creates is journalled
   first (:class:`Journal`), so a failure, or the next xend after a crash,
   removes exactly that.
-* The target's QEMU exports the new disks over NBD on a Unix socket in
-  the domain's run dir; nbdrelay carries NBD over TLS; the source's QEMU
-  adds an NBD client node per disk and mirrors into it
+* The target's QEMU exports the new disks from its NBD server, over
+  QEMU's own TLS with a key made for this migration (nbdtls.py); the
+  source's QEMU adds an NBD client node per disk and mirrors into it
   (:class:`SourceMirror`) in write-blocking mode until every job is ready.
 * The switch-over (libvirt's order, qemu_migration.c): the memory stream
   runs with ``pause-before-switchover``; once QEMU has stopped the guest
@@ -41,6 +41,7 @@ from pathlib import Path
 from ..config import sxp
 from ..fileutil import atomic_write
 from ..hypervisor.qemu.monitor import quietly
+from . import nbdtls
 from .errors import InvalidRequest
 
 log = logging.getLogger("pyxen.domain.migrate")
@@ -51,6 +52,7 @@ QCOW2_SLACK = 1.02                  # qcow2 metadata beyond the data clusters
 _VDEV = re.compile(r"[a-z]{2,4}[a-z0-9]{0,8}")
 READY_TIMEOUT = 24 * 3600.0         # a mirror that never converges is the user's to cancel
 FINISH_TIMEOUT = 60.0               # the last sync at the switch-over (guest stopped)
+POLL = 0.1                          # query-jobs while the disks copy: readiness seen within 0.1 s, not 0.5
 
 
 class StorageRefused(InvalidRequest):
@@ -66,7 +68,8 @@ def _mib(n: int) -> str:
 def copied_disks(cfg) -> list:
     """The disks --copy-storage moves: writable, file-backed (file:, tap:).
     phy: devices and read-only images must exist on the target as for a
-    plain migration (a SAN LUN, an ISO library)."""
+    plain migration (a SAN LUN, an ISO library).  ``--shared-disk`` names
+  some of these as shared (:func:`describe`)."""
     return [d for d in cfg.disks if d.kind in ("file", "tap") and not d.readonly and d.target]
 
 
@@ -80,13 +83,46 @@ def _img_info(path: str) -> list[dict]:
     return chain if isinstance(chain, list) else [chain]
 
 
-def describe(cfg) -> tuple[list, list[Path]]:
+def check_shared(cfg, shared: list[str]) -> None:
+    """``--shared-disk``: each name must be one of the disks --copy-storage
+    would copy (InvalidRequest naming it otherwise)."""
+    local = [d.vdev for d in copied_disks(cfg)]
+    for v in shared:
+        if v not in local:
+            raise InvalidRequest(f"--shared-disk {v}: not a local disk of {cfg.name} that --copy-storage "
+                                 f"would copy (those are: {', '.join(local) or 'none'})")
+
+
+def check_snapshots(cfg, doc: dict, shared: list[str]) -> None:
+    """--copy-storage of a domain whose snapshots keep disk state in a disk
+    it would copy: refused (InvalidRequest), as the mirror carries a disk's
+    current state only, never its qcow2 internal snapshots — the target's
+    copy would have none and a revert there would find no tag."""
+    copied = {d.target: d.vdev for d in copied_disks(cfg) if d.vdev not in shared}
+    hit = {n: sorted({copied[p] for p in (s.get("paths") or []) if p in copied})
+           for n, s in (doc.get("snapshots") or {}).items()}
+    hit = {n: v for n, v in hit.items() if v}
+    if hit:
+        vdevs = sorted({v for vs in hit.values() for v in vs})
+        raise InvalidRequest(f"{cfg.name} has snapshots ({', '.join(sorted(hit))}) kept inside disk(s) "
+                             f"{', '.join(vdevs)}, which --copy-storage cannot carry (it copies a disk's current "
+                             "state only): delete them first (xm snapshot-delete), or give those disks as "
+                             "--shared-disk if the target sees the same files")
+
+
+def describe(cfg, shared: list[str] = ()) -> tuple[list, list[Path]]:
     """The (storage ...) part of the request and the probe files placed
     (blocking: qemu-img).  The caller removes the probes when the target
-    has answered."""
+    has answered.  Disks in *shared* (``--shared-disk``) are the user's
+    word that the target sees the same file: sent as ``(shared 1)``, with
+    no probe, whatever their format."""
     token = secrets.token_hex(8)
     disks, probes = [], []
     for d in copied_disks(cfg):
+        if d.vdev in shared:
+            disks.append(["disk", ["vdev", d.vdev], ["path", d.target], ["shared", 1],
+                          ["file-size", os.stat(d.target).st_size]])
+            continue
         chain = _img_info(d.target)
         top = chain[0]
         fmt = top.get("format", d.fmt)
@@ -130,6 +166,9 @@ def parse(storage: list) -> list[dict]:
     for item in storage[1:]:
         if not isinstance(item, list) or not item or item[0] != "disk":
             raise InvalidRequest("bad (storage ...) entry")
+        if sxp.child_value(item, "shared") is not None:
+            disks.append(_parse_shared(item))
+            continue
         v = {k: sxp.child_value(item, k) for k in ("vdev", "path", "format", "size", "file-size",
                                                     "alloc", "top-alloc", "probe")}
         try:
@@ -137,10 +176,7 @@ def parse(storage: list) -> list[dict]:
                 v[k] = int(v[k])
         except (TypeError, ValueError):
             raise InvalidRequest(f"bad sizes for disk {v.get('vdev')!r}") from None
-        if not isinstance(v["vdev"], str) or not _VDEV.fullmatch(v["vdev"]):
-            raise InvalidRequest(f"bad disk name {v['vdev']!r}")
-        if not isinstance(v["path"], str) or not os.path.isabs(v["path"]) or "\0" in v["path"]:
-            raise InvalidRequest(f"disk {v['vdev']}: the path must be absolute")
+        _check_name_path(v)
         if v["format"] not in FORMATS or v["size"] <= 0:
             raise InvalidRequest(f"disk {v['vdev']}: bad format or size")
         if not (isinstance(v["probe"], str) and re.fullmatch(re.escape(PROBE) + "[0-9a-f]{16}", v["probe"])):
@@ -158,12 +194,38 @@ def parse(storage: list) -> list[dict]:
     return disks
 
 
+def _check_name_path(v: dict) -> None:
+    if not isinstance(v["vdev"], str) or not _VDEV.fullmatch(v["vdev"]):
+        raise InvalidRequest(f"bad disk name {v['vdev']!r}")
+    if not isinstance(v["path"], str) or not os.path.isabs(v["path"]) or "\0" in v["path"]:
+        raise InvalidRequest(f"disk {v['vdev']}: the path must be absolute")
+
+
+def _parse_shared(item: list) -> dict:
+    v = {k: sxp.child_value(item, k) for k in ("vdev", "path", "file-size")}
+    _check_name_path(v)
+    if not str(v["file-size"]).isdigit():
+        raise InvalidRequest(f"bad sizes for disk {v['vdev']!r}")
+    return {**v, "file-size": int(v["file-size"]), "user-shared": True, "backing": []}
+
+
 def plan(disks: list[dict]) -> list[dict]:
     """Decide each disk's fate (adds ``how``: shared, backing or copy) or
     refuse (StorageRefused) before anything is created."""
     need: dict[int, list] = {}          # st_dev -> [(bytes, vdev, dir, why)]
     for d in disks:
         path = Path(d["path"])
+        if d.get("user-shared"):
+            # The user said so (--shared-disk): only checked to be there.
+            if not path.is_file():
+                raise StorageRefused(f"disk {d['vdev']} was given as shared (--shared-disk) but {path} "
+                                     "is not a file on this host")
+            if path.stat().st_size != d["file-size"]:
+                raise StorageRefused(f"disk {d['vdev']} was given as shared (--shared-disk) but {path} on "
+                                     f"this host has another size ({path.stat().st_size} bytes, the source's "
+                                     f"{d['file-size']}): not the same file")
+            d["how"] = "shared"
+            continue
         probe = path.parent / d["probe"]
         if path.exists() or path.is_symlink():
             if probe.exists() and path.is_file() and path.stat().st_size == d["file-size"]:
@@ -273,44 +335,54 @@ def recover(lib: Path, running: set[str]) -> None:
             j.remove()
 
 
-async def export(dom, disks: list[dict]) -> str | None:
-    """Start the target QEMU's NBD server (a Unix socket in the domain's
-    run dir) and export each disk to copy, writable; the socket's path
-    (None: nothing to copy)."""
+async def export(dom, disks: list[dict], addr: str, ports) -> dict | None:
+    """Start the target QEMU's NBD server (TLS-PSK on *addr*, xend/nbdtls.py)
+    and export each disk to copy, writable; what the source needs to
+    connect (``{"port", "user", "key"}``), None when nothing is copied."""
     todo = [d for d in disks if d["how"] != "shared"]
     if not todo:
         return None
-    path = str(dom.paths.domain_run(dom.domid) / "nbd-in.sock")
     mon = dom.monitor
-    # QEMU runs in its run dir (as its own uid, xend/confine.py): it binds
-    # the socket by its bare name; xend reaches it by the full path.
-    await mon.nbd_server_start(os.path.basename(path))
+    nbd = await nbdtls.serve(mon, dom.paths.domain_run(dom.domid), dom.qemu_ident, addr, ports)
     for d in todo:
         await mon.block_export_add(f"mig-{d['vdev']}", f"d-{d['vdev']}", d["vdev"])
-    return path
+    return nbd
 
 
 async def unexport(dom) -> None:
-    """Before the target resumes the guest: no NBD client may write any more."""
-    if dom.monitor is not None:
-        await quietly(dom.monitor.nbd_server_stop())
+    """Before the target resumes the guest (and when it gives up): no NBD
+    client may write any more."""
+    await nbdtls.stop(dom.monitor, dom.paths.domain_run(dom.domid))
 
 
-def reply(disks: list[dict], token: str) -> list:
-    return ["storage", ["token", token], *[["disk", ["vdev", d["vdev"]], ["how", d["how"]]] for d in disks]]
+def reply(disks: list[dict], nbd: dict | None) -> list:
+    out = ["storage"]
+    if nbd is not None:
+        out.append(["nbd", ["port", nbd["port"]], ["user", nbd["user"]], ["key", nbd["key"]]])
+    return out + [["disk", ["vdev", d["vdev"]], ["how", d["how"]]] for d in disks]
 
 
-def parse_reply(values: list) -> tuple[str, dict[str, str]]:
-    """(token, {vdev: how}) from the target's (ok (domid N) (storage ...))."""
+def parse_reply(values: list) -> tuple[dict | None, dict[str, str]]:
+    """({port, user, key} or None, {vdev: how}) from the target's
+    (ok (domid N) (storage ...))."""
     for v in values:
         if isinstance(v, list) and v and v[0] == "storage":
-            token = str(sxp.child_value(v, "token", ""))
             hows = {str(sxp.child_value(d, "vdev")): str(sxp.child_value(d, "how"))
                     for d in v[1:] if isinstance(d, list) and d and d[0] == "disk"}
-            if not re.fullmatch(r"[0-9a-f]{32}", token) or not all(
-                    h in HOWS for h in hows.values()):
+            if not all(h in HOWS for h in hows.values()):
                 raise InvalidRequest("the target's storage answer is malformed")
-            return token, hows
+            nbd = None
+            entry = sxp.child(v, "nbd")
+            if entry is not None:
+                nbd = {k: str(sxp.child_value(entry, k, "")) for k in ("port", "user", "key")}
+                if not (nbd["port"].isdigit() and 0 < int(nbd["port"]) < 65536
+                        and re.fullmatch(r"pyxen-[0-9a-f]{8}", nbd["user"])
+                        and re.fullmatch(r"[0-9a-f]{64}", nbd["key"])):
+                    raise InvalidRequest("the target's storage answer is malformed")
+                nbd["port"] = int(nbd["port"])
+            if nbd is None and any(h != "shared" for h in hows.values()):
+                raise InvalidRequest("the target copies disks but gave no NBD channel (an older xend?)")
+            return nbd, hows
     raise InvalidRequest("the target does not copy storage (an older xend?)")
 
 
@@ -318,9 +390,11 @@ def parse_reply(values: list) -> tuple[str, dict[str, str]]:
 class SourceMirror:
     """The source QEMU's mirror jobs into the target's NBD exports."""
 
-    def __init__(self, dom, hows: dict[str, str], nbd_path: str, speed: int = 0):
+    def __init__(self, dom, hows: dict[str, str], nbd: dict | None, host: str = "", speed: int = 0):
+        # *nbd*: the target's answer (port, PSK user and key); *host*: its
+        # address, the one the relocation connection reached.
         # *speed*: bytes/s for each disk's copy (xm migrate -r), 0 unlimited.
-        self.dom, self.hows, self.nbd_path, self.speed = dom, hows, nbd_path, speed
+        self.dom, self.hows, self.nbd, self.host, self.speed = dom, hows, nbd, host, speed
         self.vdevs = [v for v, h in hows.items() if h != "shared"]
         self.started: list[str] = []
         self.nodes: list[str] = []
@@ -328,11 +402,16 @@ class SourceMirror:
 
     async def start(self) -> None:
         mon = self.dom.monitor
+        creds = await nbdtls.client(mon, self.dom.paths.domain_run(self.dom.domid), self.dom.qemu_ident,
+                                    self.nbd["user"], self.nbd["key"])
         for v in self.vdevs:
             node = f"nbd-{v}"
-            await mon.blockdev_add({"driver": "nbd", "node-name": node, "export": v,
-                                    "server": {"type": "unix", "path": self.nbd_path}})
+            # keep-alive: a target that vanishes fails the mirror instead
+            # of holding the guest's writes (write-blocking) for TCP's hours.
             self.nodes.append(node)
+            await mon.blockdev_add({"driver": "nbd", "node-name": node, "export": v, "tls-creds": creds,
+                                    "server": {"type": "inet", "host": self.host, "port": str(self.nbd["port"]),
+                                               "keep-alive": True}})
             await mon.blockdev_mirror(f"mig-{v}", f"d-{v}", node, "top" if self.hows[v] == "backing" else "full",
                                       speed=self.speed)
             self.started.append(f"mig-{v}")
@@ -372,7 +451,7 @@ class SourceMirror:
             await check()
             if loop.time() > deadline:
                 raise InvalidRequest("the disks did not get in sync")
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(POLL)
 
     async def finish(self) -> None:
         """At the switch-over, the guest stopped: each ready mirror ends
@@ -417,13 +496,14 @@ class SourceMirror:
             await quietly(mon.job_dismiss(jid))
         for node in self.nodes:
             await quietly(mon.blockdev_del(node))
+        await nbdtls.drop_client(mon)
         self.started, self.nodes = [], []
 
 
 async def clean_source(dom, vdevs: list[str]) -> None:
     """After an xend restart on the source: mirrors and NBD nodes an
     interrupted storage migration left in the running QEMU."""
-    m = SourceMirror(dom, {v: "copy" for v in vdevs}, "")
+    m = SourceMirror(dom, {v: "copy" for v in vdevs}, None)
     m.started = [f"mig-{v}" for v in vdevs]
     m.nodes = [f"nbd-{v}" for v in vdevs]
     await m.abort()

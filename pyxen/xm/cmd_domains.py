@@ -94,6 +94,8 @@ def cmd_migrate(ctx, opts, args):
     values = {"dom": dom, "host": host, "live": "live" in opts}
     if "copy-storage" in opts:
         values["copy_storage"] = True
+    if "shared-disk" in opts:
+        values["shared_disks"] = opts["shared-disk"]
     for key in ("port", "resource", "downtime"):
         if key in opts:
             values[key] = opts[key]     # checked (ranges too) by the operation table

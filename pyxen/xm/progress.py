@@ -44,7 +44,8 @@ def summary(res: dict) -> str:
             f"{_mib(res.get('bytes'))} MiB sent, downtime {dt if dt is not None else '?'} ms"
             + (f"; disks: {res['disks']}" if res.get("disks") else "")
             + (f"; now domain {res.get('target_domid')} on this same host" if res.get("same_host") else "")
-            + "\n")
+            + "\n"
+            + "".join(f"Warning: {w}\n" for w in res.get("warnings") or ()))
 
 
 class MigrationProgress:

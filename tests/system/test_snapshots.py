@@ -196,6 +196,35 @@ def test_raw_disk_gets_an_overlay_and_its_base_stays_read_only(host, tmp_path):
     assert b"BBBB" not in raw.read_bytes()
 
 
+def test_block_detach_of_an_overlaid_raw_disk_refused_then_merged(host, tmp_path):
+    """A raw disk writing to its snapshot overlay: block-detach is refused
+    while a snapshot keeps disk state in the overlay; once none does, the
+    detach merges the overlay back, so the raw image holds every write and
+    another domain can use it read-write."""
+    raw = tmp_path / "raw.img"
+    raw.write_bytes(b"\0" * (16 << 20))
+    host.xm("create", str(host.config("detach", disk=[f"file:{raw},sdb,w"])))
+    with host.console("detach") as con:
+        con.login()
+        mark(con, 0, "AAAA")
+        host.xm("snapshot-create", "detach", "o1", "--disk-only")
+        mark(con, 1, "BBBB")
+        overlay = re.search(r"tap:qcow2:(/\S+/sdb-\w+\.qcow2)", host.xm("list", "-l", "detach").stdout).group(1)
+        res = host.xm("block-detach", "detach", "sdb", check=False)
+        assert_one_line_error(res, "snapshot overlay", "o1", "xm snapshot-delete detach")
+        assert sector(con, 1) == "BBBB"                  # still attached, still the guest's
+        host.xm("snapshot-delete", "detach", "o1")
+        host.xm("block-detach", "detach", "sdb")
+        poll(lambda: con.run("test -b /dev/sdb")[1] != 0, 60, what="sdb to leave the guest")
+    data = raw.read_bytes()
+    assert data[:4] == b"AAAA" and data[512:516] == b"BBBB"
+    assert not os.path.exists(overlay)
+    assert "sdb" not in host.xm("block-list", "-l", "detach").stdout
+    # Not a base any more: another domain may write it.
+    host.xm("create", "-p", str(host.config("reuser", disk=[f"file:{raw},sda1,w"])))
+    host.xm("destroy", "reuser")
+
+
 def test_diskless_guest_live_snapshot_and_refused_disks(host, tmp_path):
     host.xm("create", str(host.config("mem")))
     with host.console("mem") as con:

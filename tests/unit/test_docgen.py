@@ -78,7 +78,8 @@ def test_bash_completion(tmp_path):
     assert _complete(script, ["xm", "pause", "w"], env) == ["web1"]
     assert _complete(script, ["xm", "create", "gu"], env) == ["guest1"]
     assert set(_complete(script, ["xm", "migrate", "--"], env)) == {"--live", "--port", "--resource",
-                                                                    "--downtime", "--progress", "--copy-storage"}
+                                                                    "--downtime", "--progress", "--copy-storage",
+                                                                    "--shared-disk"}
     assert _complete(script, ["xm", "sched-credit", "-d", ""], env) == ["Domain-0", "web1"]
     assert "network-attach" in _complete(script, ["xm", "help", "net"], env)
 

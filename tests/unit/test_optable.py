@@ -117,7 +117,7 @@ def test_openapi_documents_every_route():
 def test_validation_types_defaults_and_one_line_errors():
     v = opcheck.validate(BY_NAME["migrate"], {"host": "h", "port": "8002", "live": 1})
     assert v == {"host": "h", "port": 8002, "live": True, "resource": None, "downtime": None,
-                 "copy_storage": None}
+                 "copy_storage": None, "shared_disks": None}
     for body, msg in [({}, "'host' (the destination host (name or address)) is required"),
                       ({"host": "h", "port": "x"}, "port must be an integer, got 'x'"),
                       ({"host": "h", "port": 70000}, "port must be 1-65535, got 70000"),

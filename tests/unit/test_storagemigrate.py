@@ -1,21 +1,17 @@
 """Storage migration's pure parts (issue 19): the (storage ...) request
 parsed and refused, the target's per-disk plan (shared, backing kept,
 flattened, no space, an existing file), the journal of created disks and
-its recovery, and the NBD relay over TLS moving bytes both ways at once."""
+its recovery, and the target's answer (the NBD channel's port and key)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
-import socket
-import ssl
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
 
-from pyxen.xend import nbdrelay, storagemigrate as sm
+from pyxen.xend import storagemigrate as sm
 from pyxen.xend.errors import InvalidRequest
 
 PROBE = sm.PROBE + "0123456789abcdef"
@@ -57,6 +53,27 @@ def test_a_new_disk_is_copied_a_shared_one_is_not(tmp_path):
     got = plan(disk(tmp_path / "new.img"), disk(shared, vdev="xvdc", size=4096))
     assert [d["how"] for d in got] == ["copy", "shared"]
     assert sm.summary({d["vdev"]: d["how"] for d in got}) == "xvdb copied; xvdc shared, not copied"
+
+
+def user_shared(path: Path, size: int, vdev="xvdb") -> list:
+    return ["disk", ["vdev", vdev], ["path", str(path)], ["shared", 1], ["file-size", str(size)]]
+
+
+def test_a_disk_the_user_calls_shared_is_not_copied_but_must_be_there(tmp_path):
+    """--shared-disk: no probe needed (a directory the source cannot write
+    into, a format --copy-storage could not copy), but the file must be here
+    with the source's size; anything else is refused, nothing created."""
+    img = tmp_path / "san.vmdk"
+    img.write_bytes(b"\1" * 8192)
+    got = plan(user_shared(img, 8192), disk(tmp_path / "new.img", vdev="xvdc"))
+    assert [d["how"] for d in got] == ["shared", "copy"]
+    with pytest.raises(sm.StorageRefused, match="given as shared .--shared-disk. but .* is not a file"):
+        plan(user_shared(tmp_path / "absent.img", 8192))
+    with pytest.raises(sm.StorageRefused, match="another size"):
+        plan(user_shared(img, 4096))
+    with pytest.raises(InvalidRequest, match="absolute"):
+        sm.parse(["storage", user_shared(Path("rel.img"), 1)])
+    assert not (tmp_path / "new.img").exists()
 
 
 def test_an_existing_file_that_is_not_the_sources_is_never_overwritten(tmp_path):
@@ -120,77 +137,16 @@ def test_journal_creates_removes_and_recovers(tmp_path):
 
 
 def test_reply_round_trip_and_bad_replies():
-    token = "ab" * 16
-    msg = ["ok", ["domid", "3"], sm.reply([{"vdev": "xvdb", "how": "copy"}, {"vdev": "xvdc", "how": "shared"}], token)]
-    assert sm.parse_reply(msg[1:]) == (token, {"xvdb": "copy", "xvdc": "shared"})
+    nbd = {"port": 40123, "user": "pyxen-0123abcd", "key": "ab" * 32}
+    msg = ["ok", ["domid", "3"], sm.reply([{"vdev": "xvdb", "how": "copy"}, {"vdev": "xvdc", "how": "shared"}], nbd)]
+    assert sm.parse_reply(msg[1:]) == (nbd, {"xvdb": "copy", "xvdc": "shared"})
+    # Every disk shared: no NBD channel at all.
+    only_shared = sm.reply([{"vdev": "xvdc", "how": "shared"}], None)
+    assert sm.parse_reply([only_shared]) == (None, {"xvdc": "shared"})
     with pytest.raises(InvalidRequest, match="does not copy storage"):
         sm.parse_reply([["domid", "3"]])
-    with pytest.raises(InvalidRequest, match="malformed"):
-        sm.parse_reply([["storage", ["token", "short"]]])
-
-
-# ------------------------------------------------------------------ relay
-def tls_pair(tmp_path):
-    """Two connected SSL sockets with the pool's certificates (pyxen.pki)."""
-    from pyxen import pki
-    ca = tmp_path / "pki"
-    pki.make_ca(ca)
-    pki.make_host_cert(ca, "hosta", ["127.0.0.1"])
-    files = pki.TlsFiles.for_host(tmp_path, ca=str(ca / pki.CA_CERT), cert=str(ca / pki.HOST_CERT),
-                                  key=str(ca / pki.HOST_KEY))
-    srv = socket.create_server(("127.0.0.1", 0))
-    out = {}
-
-    def accept():
-        c, _ = srv.accept()
-        out["s"] = files.server_context().wrap_socket(c, server_side=True)
-    t = threading.Thread(target=accept)
-    t.start()
-    c = socket.create_connection(srv.getsockname())
-    client = files.client_context().wrap_socket(c, server_hostname="127.0.0.1")
-    t.join()
-    srv.close()
-    return client, out["s"]
-
-
-def test_relay_carries_both_directions_at_once_through_tls(tmp_path):
-    """A -> [plain | relay | TLS] -> [TLS | relay | plain] -> B, 8 MiB each
-    way written at the same time (NBD's reads and writes overlap)."""
-    tls_a, tls_b = tls_pair(tmp_path)
-    a_app, a_relay = socket.socketpair()
-    b_app, b_relay = socket.socketpair()
-    group = nbdrelay.Relays("test")
-    relays = [threading.Thread(target=group.run, args=(a_relay, tls_a)),
-              threading.Thread(target=group.run, args=(tls_b, b_relay))]
-    for t in relays:
-        t.start()
-    size = 8 << 20
-    data_ab, data_ba = os.urandom(size), os.urandom(size)
-    got = {}
-
-    def pump(sock, data, key):
-        def send():
-            sock.sendall(data)
-        s = threading.Thread(target=send)
-        s.start()
-        buf = bytearray()
-        while len(buf) < size:
-            chunk = sock.recv(1 << 16)
-            if not chunk:
-                break
-            buf += chunk
-        s.join()
-        got[key] = bytes(buf)
-    ta = threading.Thread(target=pump, args=(a_app, data_ab, "at_a"))
-    tb = threading.Thread(target=pump, args=(b_app, data_ba, "at_b"))
-    ta.start(), tb.start()
-    ta.join(60), tb.join(60)
-    assert hashlib.sha256(got["at_b"]).digest() == hashlib.sha256(data_ab).digest()
-    assert hashlib.sha256(got["at_a"]).digest() == hashlib.sha256(data_ba).digest()
-    # One end closing ends both relays and closes the far end too.
-    a_app.close()
-    for t in relays:
-        t.join(10)
-        assert not t.is_alive()
-    assert b_app.recv(10) == b""
-    assert group.moved >= 4 * size
+    with pytest.raises(InvalidRequest, match="gave no NBD channel"):
+        sm.parse_reply([["storage", ["disk", ["vdev", "xvdb"], ["how", "copy"]]]])
+    for bad in ({**nbd, "key": "short"}, {**nbd, "port": 0}, {**nbd, "user": "root"}):
+        with pytest.raises(InvalidRequest, match="malformed"):
+            sm.parse_reply([sm.reply([{"vdev": "xvdb", "how": "copy"}], bad)])

@@ -173,7 +173,9 @@ def disk_nodes(d: DiskSpec, fdset: int | None = None,
             # would refuse the second writer, so it is lifted for this disk.
             proto["locking"] = "off"
     fmt = {"driver": d.fmt, "file": proto_name, "node-name": fmt_name, "read-only": d.readonly}
-    if fdset is not None and backing is not None and d.fmt != "raw":
+    # Only the formats that can have a backing file take the option (QEMU's
+    # generic-COW ones); vpc (vhd) refuses "backing": null outright.
+    if fdset is not None and backing is not None and d.fmt in ("qcow2", "qcow", "qed", "vmdk"):
         fmt["backing"] = f"b1-{d.vdev}" if backing else None
     return layers + [proto, fmt]
 

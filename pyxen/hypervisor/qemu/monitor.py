@@ -190,8 +190,22 @@ class Monitor:
         copy (the source keeps its disk); with *force*: abandon it."""
         await self._call("block-job-cancel", {"device": job_id, "force": force})
 
-    async def nbd_server_start(self, unix_path: str) -> None:
-        await self._call("nbd-server-start", {"addr": {"type": "unix", "data": {"path": unix_path}}})
+    async def nbd_server_start(self, addr: dict, tls_creds: str | None = None,
+                               tls_authz: str | None = None) -> None:
+        """*addr*: a SocketAddressLegacy (``{"type": "fd", "data": {"str":
+        NAME}}`` for a listening socket handed over with :meth:`send_fd`)."""
+        args: dict = {"addr": addr}
+        if tls_creds:
+            args["tls-creds"] = tls_creds
+        if tls_authz:
+            args["tls-authz"] = tls_authz
+        await self._call("nbd-server-start", args)
+
+    async def object_add(self, qom_type: str, obj_id: str, **props) -> None:
+        await self._call("object-add", {"qom-type": qom_type, "id": obj_id, **props})
+
+    async def object_del(self, obj_id: str) -> None:
+        await self._call("object-del", {"id": obj_id})
 
     async def block_export_add(self, export_id: str, node: str, name: str, writable: bool = True) -> None:
         await self._call("block-export-add", {"type": "nbd", "id": export_id, "node-name": node,

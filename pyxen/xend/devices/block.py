@@ -92,6 +92,8 @@ class BlockDevices:
         async with self.lock:
             self.require_live("block-detach")
             disk = self._find_disk(str(ref))
+            overlay = self.check_detach(disk)        # refused while a snapshot needs it
+            top = await self.overlay_node(disk.vdev) if overlay is not None else None
             dev_id = f"vbd-{disk.vdev}"
             gone = self.unplugs.expect(dev_id)
             mon = self.monitor
@@ -108,8 +110,14 @@ class BlockDevices:
                     raise XendError(f"block-detach {disk.vdev} failed: {e}") from None
             finally:
                 self.unplugs.forget(dev_id)
-            # The image's nodes, then those of its backing layers, as far as
+            # A live snapshot's overlay node first (it uses the others), then
+            # the image's nodes, then those of its backing layers, as far as
             # there are any (their number is not kept across xend restarts).
+            if top is not None:
+                try:
+                    await mon.blockdev_del(top)
+                except (QMPError, QmpTimeout) as e:
+                    log.warning("%s: blockdev-del %s: %s", self.name, top, e)
             for i, node in enumerate(qargv.disk_node_names(disk.vdev, confine.MAX_LAYERS)):
                 try:
                     await mon.blockdev_del(node)
@@ -119,12 +127,19 @@ class BlockDevices:
                     elif node.startswith("b"):
                         break
             await self._drop_disk_fd(disk.vdev)
+            if overlay is not None:
+                try:
+                    await self.drop_overlay_fd(disk.vdev)
+                except (QMPError, QmpTimeout) as e:
+                    log.warning("%s: cannot drop the overlay descriptor of %s: %s", self.name, disk.vdev, e)
             # The guest let go already: if the record cannot say so, the
             # disk is plugged back in, so QEMU matches the record again.
             async with durable.change(self, "block-detach", config=True) as ch:
                 ch.undo(lambda: self._plug_disk(disk))
                 self.cfg.disks.remove(disk)
             log.info("%s: detached %s (%s)", self.name, disk.vdev, disk.uname)
+            if overlay is not None:
+                await self.merge_overlay(disk.target, overlay)
 
     async def _drop_disk_fd(self, vdev: str) -> None:
         try:

@@ -114,7 +114,7 @@ async def migrate(call: Call):
     a = call.args
     host, port = relocation_target(call.domains, a["host"], a["port"])
     return await run(call.dom, host, port, a["live"], a["resource"], a["downtime"],
-                     copy_storage=a["copy_storage"])
+                     copy_storage=a["copy_storage"], shared_disks=a["shared_disks"])
 
 
 async def pci_attach(call: Call):
