@@ -108,6 +108,10 @@ class EtcdStore(Store):
         self._tls = (ca, cert, key)
         self._sessions = [self.session() for _ in self.endpoints]
         self._good = 0          # the endpoint that answered last
+        # When no member answered: since when, and when a call last really
+        # tried (see call()).
+        self._down_at: float | None = None
+        self._tried_at = 0.0
         self._mu = threading.Lock()
         self._watches: list[_WatchThread] = []
 
@@ -128,8 +132,30 @@ class EtcdStore(Store):
         return s
 
     # ------------------------------------------------------------ transport
-    def call(self, path: str, body: dict, timeout: float | None = None) -> dict:
-        """POST *body* to ``/v3/<path>`` on the first endpoint that answers."""
+    # While no member answers, a call fails at once unless this long has
+    # passed since one really tried: xend's loop would otherwise wait a
+    # whole timeout per store call (every persist of a fence's pause, the
+    # xm list behind it) while etcd is cut off.
+    RETRY_DOWN = 0.5
+
+    def call(self, path: str, body: dict, timeout: float | None = None, probe: bool = False) -> dict:
+        """POST *body* to ``/v3/<path>`` on the first endpoint that answers.
+        With *probe* (the lease keep-alive) it always tries the network."""
+        down = self._down_at
+        now = time.monotonic()
+        if down is not None and not probe and now - self._tried_at < self.RETRY_DOWN:
+            raise EtcdUnreachable(f"etcd unreachable: no member has answered for {now - down:.1f} s")
+        self._tried_at = now
+        try:
+            doc = self._call(path, body, timeout)
+        except EtcdUnreachable:
+            if self._down_at is None:
+                self._down_at = now
+            raise
+        self._down_at = None
+        return doc
+
+    def _call(self, path: str, body: dict, timeout: float | None) -> dict:
         import requests
         n = len(self.endpoints)
         errors = []
@@ -278,7 +304,7 @@ class EtcdStore(Store):
         return int(doc["ID"])
 
     def keepalive(self, lease: int, timeout: float | None = None) -> int:
-        doc = self.call("lease/keepalive", {"ID": str(lease)}, timeout=timeout)
+        doc = self.call("lease/keepalive", {"ID": str(lease)}, timeout=timeout, probe=True)
         res = doc.get("result") or {}
         return int(res.get("TTL", 0))
 
