@@ -28,6 +28,7 @@ import os
 import pwd
 import stat
 import subprocess
+from pathlib import Path
 
 from ..config.specs import DiskSpec
 from ..hypervisor.qemu.monitor import Monitor
@@ -124,6 +125,18 @@ def launcher(ident: tuple[int, int] | None, cfg=None) -> list[str]:
     uid, gid = ident
     return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
             "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
+
+
+def write_for_qemu(path: Path, data: bytes, ident: tuple[int, int] | None) -> None:
+    """A file of secrets (keys, certificates) in a run dir that only this
+    domain's QEMU may read: 0600, never through a link, owned by *ident*."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, data)
+        if ident is not None:
+            os.fchown(fd, *ident)
+    finally:
+        os.close(fd)
 
 
 def open_disk(d: DiskSpec) -> int:

@@ -36,6 +36,7 @@ import socket
 from pathlib import Path
 
 from ..hypervisor.qemu.monitor import quietly
+from . import confine
 from .errors import InvalidRequest
 
 SERVER_CREDS, SERVER_AUTHZ, CLIENT_CREDS = "nbd-tls-in", "nbd-authz-in", "nbd-tls-out"
@@ -73,13 +74,7 @@ def _write_keys(run_dir: Path, name: str, user: str, key: str, ident: tuple[int,
     d = run_dir / name
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(mode=0o700)
-    fd = os.open(d / KEYS, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, f"{user}:{key}\n".encode())
-        if ident is not None:
-            os.fchown(fd, *ident)
-    finally:
-        os.close(fd)
+    confine.write_for_qemu(d / KEYS, f"{user}:{key}\n".encode(), ident)
     if ident is not None:
         os.chown(d, *ident)
     return name

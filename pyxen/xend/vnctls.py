@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 
 from ..pki import CA_CERT, HOST_CERT, HOST_KEY, pki_dir
+from . import confine
 from .errors import XendError
 
 SERVER_CERT, SERVER_KEY = "server-cert.pem", "server-key.pem"    # QEMU's names
@@ -57,14 +58,7 @@ def prepare(config, etc: Path, run_dir: Path, ident: tuple[int, int] | None) -> 
     out.mkdir(mode=0o700, exist_ok=True)
     try:
         for name, path in src.items():
-            data = path.read_bytes()
-            fd = os.open(out / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            try:
-                os.write(fd, data)
-                if ident is not None:
-                    os.fchown(fd, *ident)
-            finally:
-                os.close(fd)
+            confine.write_for_qemu(out / name, path.read_bytes(), ident)
         if ident is not None:
             os.chown(out, *ident)
     except OSError as e:
