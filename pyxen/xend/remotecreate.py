@@ -85,15 +85,23 @@ def _value(values: list, key: str):
     return None
 
 
+async def _link(domains, address: str, port: int, no_cert: str, failed: str) -> rp.Link:
+    """A relocation link to another member, or one error line: *no_cert*
+    starts it when this host's certificate is missing, *failed* when the
+    connection failed."""
+    config = domains.config
+    ctx = client_context(config, domains.paths, no_cert)
+    try:
+        return await run_blocking(_connect, address, int(port or config["xend-relocation-port"]), ctx)
+    except XendError as e:
+        raise XendError(f"{failed}: {e}") from None
+
+
 async def forward(domains, name: str, address: str, port: int, cfg: DomainConfig, paused: bool) -> dict:
     """Start *cfg* on member *name* (relocation server at *address*:*port*);
     its answer as the create op's result, with the host named."""
-    config = domains.config
-    ctx = client_context(config, domains.paths, f"cannot create domain {cfg.name} on host {name}")
-    try:
-        link = await run_blocking(_connect, address, int(port or config["xend-relocation-port"]), ctx)
-    except XendError as e:
-        raise XendError(f"cannot create domain {cfg.name} on host {name}: {e}") from None
+    what = f"cannot create domain {cfg.name} on host {name}"
+    link = await _link(domains, address, port, what, what)
     try:
         me = domains.cluster.name if domains.cluster is not None else ""
         reply = await run_blocking(link.request, request(cfg, paused, me), "domid", CREATE_TIMEOUT)
@@ -115,12 +123,8 @@ async def forward(domains, name: str, address: str, port: int, cfg: DomainConfig
 async def ask_missing(domains, name: str, address: str, port: int, paths) -> frozenset:
     """Which of *paths* member *name* lacks; XendError (one line) if it
     cannot be asked."""
-    config = domains.config
-    ctx = client_context(config, domains.paths, f"cannot ask host {name} about its disks")
-    try:
-        link = await run_blocking(_connect, address, int(port or config["xend-relocation-port"]), ctx)
-    except XendError as e:
-        raise XendError(f"cannot be asked about its disks and kernel: {e}") from None
+    link = await _link(domains, address, port, f"cannot ask host {name} about its disks",
+                       "cannot be asked about its disks and kernel")
     try:
         reply = await run_blocking(link.request, check_request(paths), "missing", CHECK_TIMEOUT)
     except (rp.PeerError, rp.ProtocolError, OSError) as e:
