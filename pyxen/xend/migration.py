@@ -122,6 +122,7 @@ class Outgoing:
         self.t0 = time.monotonic()
         self.where = f"{host}:{port}"
         self.stats: dict = {}
+        self.marks: dict = {}           # monotonic times of the switch-over's steps (the log line)
 
     def _progress(self, **info) -> None:
         self.dom.job.update(progress=info)
@@ -144,15 +145,18 @@ class Outgoing:
                 if self.copy_storage:
                     await self._copy_disks()
                 await self._stream()
+                self.marks["sent"] = time.monotonic()
                 faults.point("migrate-source-streamed")
                 reply = await run_blocking(self.link.recv, LOAD_TIMEOUT)
                 rp.check_reply(reply, "loaded")
+                self.marks["loaded"] = time.monotonic()
                 # The commit point: once it is on disk only the target may
                 # run the guest (a failure to record it still rolls back).
                 dom.job["phase"] = "commit"
                 # In a cluster the domain lock moves to the target in this
                 # same transaction, comparing the source's revision of it.
                 dom.persist(extra=self._handover())
+                self.marks["committed"] = time.monotonic()
             except BaseException as e:
                 dom.services.count_migration("out", False, self.link.sent if self.link else 0)
                 await self._roll_back(e)
@@ -161,6 +165,7 @@ class Outgoing:
             try:
                 await run_blocking(self.link.send, ["commit"])
                 done = rp.check_reply(await run_blocking(self.link.recv, LINK_TIMEOUT), "running")
+                self.marks["running"] = time.monotonic()
             except BaseException as e:
                 if not (self.local and dom.superseded):
                     dom.services.count_migration("out", False, self.link.sent)
@@ -187,9 +192,10 @@ class Outgoing:
         if resumed and stopped:
             # Both QEMUs' wall clocks: exact on one machine, NTP-close across hosts.
             result["downtime_ms"] = round((float(resumed) - stopped) * 1000, 1)
-        log.info("%s: migrated to %s (%s): %d bytes in %.2f s, downtime %s ms (QEMU's own figure %s ms)",
-                 dom.name, self.where, "live" if self.live else "paused", self.link.sent, total,
-                 result.get("downtime_ms", "?"), self.stats.get("qemu_downtime_ms", "?"))
+        log.info("%s: migrated to %s (%s): %d bytes in %.2f s, downtime %s ms (QEMU's own figure %s ms; "
+                 "after the stream: %s)", dom.name, self.where, "live" if self.live else "paused", self.link.sent,
+                 total, result.get("downtime_ms", "?"), self.stats.get("qemu_downtime_ms", "?"),
+                 steps(self.marks, "sent", ("loaded", "committed", "running")))
         dom.services.emit("migrated", dom, target=self.where, result=result)
         return result
 
@@ -412,6 +418,17 @@ def describe(e: BaseException) -> str:
     if isinstance(e, OSError):
         return e.strerror or str(e)
     return f"{type(e).__name__}: {e}"
+
+
+def steps(marks: dict, first: str, order: tuple) -> str:
+    """'loaded +3.1 ms, committed +5.0 ms, ...' from monotonic *marks*,
+    each step against the one before (where the switch-over's time goes)."""
+    out, prev = [], marks.get(first)
+    for k in order:
+        if k in marks and prev is not None:
+            out.append(f"{k} +{(marks[k] - prev) * 1000:.1f} ms")
+            prev = marks[k]
+    return ", ".join(out) or "?"
 
 
 def _value(values: list, key: str):

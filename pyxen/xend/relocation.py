@@ -24,7 +24,7 @@ from . import features, firmware, nbdtls, preauth, remotecreate, storagemigrate,
 from . import relocproto as rp
 from .errors import InvalidRequest, XendError
 from .lifecycle import State
-from .migration import LOAD_TIMEOUT, describe
+from .migration import LOAD_TIMEOUT, describe, steps
 from .relolink import LINK_TIMEOUT, MigrationError, run_blocking, socketpair, tls_files, tune
 
 log = logging.getLogger("pyxen.domain.migrate")
@@ -221,6 +221,7 @@ class Incoming:
         self.journal: storagemigrate.Journal | None = None
         self.nbd: dict | None = None        # the NBD server's port and key (nbdtls), while it runs
         self.committed = False
+        self.marks: dict = {}           # monotonic times of the switch-over's steps (the log line)
 
     async def _send(self, msg: list) -> None:
         await run_blocking(self.link.send, msg)
@@ -345,9 +346,12 @@ class Incoming:
         if status != "completed":
             raise MigrationError(f"QEMU could not load the guest: {await mon.migration.error(status)}"
                                  + qemulog.reason(dom.runtime().qemu_log, dom.qemu_log_start))
+        self.marks["stream"] = time.monotonic()
         await self._send(rp.ok("loaded"))
+        self.marks["loaded"] = time.monotonic()
         faults.point("migrate-target-loaded")
         msg = await run_blocking(self.link.recv, LINK_TIMEOUT)
+        self.marks["commit"] = time.monotonic()
         if msg[0] != "commit":
             raise rp.ProtocolError(f"the source did not commit ({msg[0]})")
         await self._commit(req.paused)
@@ -375,6 +379,7 @@ class Incoming:
                 source = twins.commit(self.domains, dom)
             else:
                 dom.persist()
+            self.marks["persisted"] = time.monotonic()
             self.committed = True
             faults.point("migrate-target-committed")
             if self.disks is not None:
@@ -385,6 +390,7 @@ class Incoming:
                 asked = time.time()
                 await dom.monitor.cont()
                 answered = time.time()
+                self.marks["cont"] = time.monotonic()
             await dom.refresh_vcpus()
             dom.apply_placement(initial=True)
             if source is not None:
@@ -404,6 +410,7 @@ class Incoming:
         dom.announced = True
         dom.services.emit("created", dom, migrated_from=self.peer,
                           **({"replaces_domid": source.domid} if source is not None else {}))
-        log.info("%s: arrived from %s and running (domid %d%s)", dom.name, self.peer, dom.domid,
-                 f", replacing domid {source.domid} of this host" if source is not None else "")
+        log.info("%s: arrived from %s and running (domid %d%s; after the stream: %s)", dom.name, self.peer,
+                 dom.domid, f", replacing domid {source.domid} of this host" if source is not None else "",
+                 steps(self.marks, "stream", ("loaded", "commit", "persisted", "cont")))
         await self._send(rp.ok("running", ["resumed", f"{resumed:.6f}"] if not paused else ["paused", 1]))
