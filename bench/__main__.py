@@ -53,12 +53,14 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"where to write the boot results (default {DEFAULT_JSON})")
     ap.add_argument("--disk-json", type=Path, default=DISK_JSON,
                     help=f"where to write the disk results (default {DISK_JSON})")
-    ap.add_argument("--save-runs", type=int, default=3,
-                    help="timed save/restore rounds per guest size (default 3)")
+    ap.add_argument("--save-runs", type=int, default=5,
+                    help="timed save/restore rounds per guest size (default 5)")
     ap.add_argument("--save-json", type=Path, default=SAVE_JSON,
                     help=f"where to write the save/restore results (default {SAVE_JSON})")
-    ap.add_argument("--migrate-runs", default="3,2", metavar="IDLE,DIRTY",
-                    help="live migrations per side for idle and for dirtying guests (default 3,2)")
+    runs = f"{migrate.DEFAULT_RUNS['idle']},{migrate.DEFAULT_RUNS['dirty']}"
+    ap.add_argument("--migrate-runs", default=runs, metavar="IDLE,DIRTY",
+                    help=f"live migrations per side for idle and for dirtying guests (default {runs}: "
+                         "the idle downtime target wants at least 6)")
     ap.add_argument("--migrate-json", type=Path, default=MIGRATE_JSON,
                     help=f"where to write the migration results (default {MIGRATE_JSON})")
     ap.add_argument("--migrate-storage-runs", type=int, default=2, metavar="N",
