@@ -123,6 +123,8 @@ class Outgoing:
         self.where = f"{host}:{port}"
         self.stats: dict = {}
         self.marks: dict = {}           # monotonic times of the switch-over's steps (the log line)
+        self.early = False              # the target takes the stream before its QEMU listens
+        self.held = False               # ... and QEMU is kept from switching over until it does
 
     def _progress(self, **info) -> None:
         self.dom.job.update(progress=info)
@@ -147,9 +149,10 @@ class Outgoing:
                 await self._stream()
                 self.marks["sent"] = time.monotonic()
                 faults.point("migrate-source-streamed")
-                reply = await run_blocking(self.link.recv, LOAD_TIMEOUT)
-                rp.check_reply(reply, "loaded")
+                reply = rp.check_reply(await run_blocking(self.link.recv, LOAD_TIMEOUT), "loaded")
                 self.marks["loaded"] = time.monotonic()
+                if self.early:
+                    self.stats["target_domid"] = _value(reply, "domid")
                 # The commit point: once it is on disk only the target may
                 # run the guest (a failure to record it still rolls back).
                 dom.job["phase"] = "commit"
@@ -210,12 +213,19 @@ class Outgoing:
         req = rp.Receive(config=dom.booted_config().to_sxp(), accel=dom.accel, machine=meta["machine"],
                          qemu=meta["qemu"], live=self.live, host=socket.gethostname(),
                          paused=not self.resume, firmware=firmware.save_meta(ctx),
-                         nvram=firmware.nvram_now(ctx), storage=storage, migration_id=dom.job["id"])
+                         nvram=firmware.nvram_now(ctx), storage=storage, migration_id=dom.job["id"],
+                         # Not with disks to copy (their exports must exist
+                         # first) nor to this same host (the twin's checks).
+                         early=not self.copy_storage and self.here is None)
         dom.job["phase"] = "prepare"
         try:
-            reply = await run_blocking(self.link.request, req.to_msg(), "domid", PREPARE_TIMEOUT)
+            answer = await run_blocking(self.link.request, req.to_msg(), None, PREPARE_TIMEOUT)
         finally:
             storagemigrate.remove_probes(probes)
+        # A target that takes the stream early answers before its QEMU
+        # runs (domid with "loaded"); any other answers when it is ready.
+        self.early = answer[:1] == ["early"]
+        reply = answer if self.early else rp.check_reply(["ok", *answer], "domid")
         self.stats["target_domid"] = _value(reply, "domid")
         if str(_value(reply, "same-host")) == "1":
             if twins.twin_of(dom) is None:
@@ -275,9 +285,14 @@ class Outgoing:
         # mirrors have finished (_watch); otherwise the capability is off.
         await stream.enable_events(auto_converge=self.live, pause_before_switchover=self.mirror is not None)
         limit = self.downtime or DEFAULT_DOWNTIME_MS
+        # Early (and live): no switch-over while the target only holds the
+        # frames -- a downtime limit of 0 keeps QEMU in pre-copy until the
+        # target's QEMU listens, else the guest would stop while the target
+        # QEMU is still starting.
+        self.held = self.early and self.live
         await mon.migrate_set_parameters(
             max_bandwidth=int(self.resource * (1 << 20)) if self.resource else UNLIMITED,
-            downtime_limit=limit)
+            downtime_limit=0 if self.held else limit)
         a, b = socketpair()
         try:
             dom.job["phase"] = "stream"
@@ -288,7 +303,13 @@ class Outgoing:
             await mon.send_fd(a.fileno(), "pyxen-migrate")
             a.close()
             await stream.start_out("pyxen-migrate")
-            pump = asyncio.ensure_future(run_blocking(self.link.pump_out, b))
+            self.marks["streaming"] = time.monotonic()
+            loop = asyncio.get_running_loop()
+            listening = asyncio.Event()
+            pump = asyncio.ensure_future(run_blocking(
+                self.link.pump_out, b, (lambda: loop.call_soon_threadsafe(listening.set)) if self.early else None))
+            if self.held:
+                await self._release_hold(pump, listening, limit)
             limit = await self._watch(pump, limit)
             await pump
             # The guest is stopped now: the end of the stream goes out at
@@ -306,6 +327,21 @@ class Outgoing:
         finally:
             a.close()
             b.close()
+
+    async def _release_hold(self, pump, listening: asyncio.Event, limit: int) -> None:
+        """Early: once the target QEMU takes the stream, the real downtime
+        limit (the switch-over may then come)."""
+        heard = asyncio.ensure_future(listening.wait())
+        await asyncio.wait([pump, heard], timeout=PREPARE_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        heard.cancel()
+        if pump.done():
+            return          # the stream ended (or failed) first
+        if not listening.is_set():
+            raise MigrationError(f"the target did not start taking the stream in {PREPARE_TIMEOUT:.0f} s")
+        self.marks["listening"] = time.monotonic()
+        await self.dom.monitor.migrate_set_parameters(downtime_limit=limit)
+        log.debug("%s: the target's QEMU takes the stream %.0f ms after it began", self.dom.name,
+                  (self.marks["listening"] - self.marks["streaming"]) * 1000)
 
     async def _watch(self, pump, limit: int) -> int:
         """Report progress until the pump ends; ramp the allowed downtime

@@ -142,6 +142,91 @@ def test_target_failure_reaches_the_source_mid_stream():
     assert kind == rp.ABORT and "stopped reading" in problem
 
 
+def test_receive_early_flag_round_trips():
+    req = rp.Receive(config=CFG, accel="tcg", machine="pc-i440fx-7.2", qemu="7.2.0", live=True, host="a",
+                     early=True)
+    msg = req.to_msg()
+    assert ["early", 1] in msg and rp.parse_receive(msg).early
+    # An older source says nothing: the classic order.
+    assert not rp.parse_receive([m for m in msg if m != ["early", 1]]).early
+
+
+def test_early_stream_is_held_until_qemu_listens_then_in_order():
+    """The target holds the first frames (more than fit in any socket
+    buffer) while its QEMU starts, tells the source once it listens, and
+    QEMU gets every byte in order."""
+    src_link, dst_link = _pair()
+    q_out, x_out = socket.socketpair()
+    payload = os.urandom(6 << 20)
+    spool = rp.Spool(64 << 20)
+    got, result, heard = bytearray(), {}, threading.Event()
+
+    def qemu_source():
+        q_out.sendall(payload[:4 << 20])
+        # Held in pre-copy, the source QEMU keeps sending passes: the
+        # target says it listens with the next frame after the attach.
+        at = 4 << 20
+        while not heard.wait(0.01) and at < len(payload) - (64 << 10):
+            q_out.sendall(payload[at:at + (64 << 10)])
+            at += 64 << 10
+        q_out.sendall(payload[at:])
+        q_out.close()
+
+    def target():
+        result["in"] = dst_link.pump_in(spool)
+
+    threads = [threading.Thread(target=f) for f in (qemu_source, target)]
+    for t in threads:
+        t.start()
+    src = threading.Thread(target=lambda: (src_link.pump_out(x_out, heard.set), src_link.end()))
+    src.start()
+    deadline = __import__("time").monotonic() + 10
+    while spool.size < 4 << 20 and __import__("time").monotonic() < deadline:
+        __import__("time").sleep(0.01)
+    assert spool.size >= 4 << 20 and not heard.is_set()     # held, nobody told yet
+    x_in, q_in = socket.socketpair()
+
+    def qemu_target():
+        while True:
+            d = q_in.recv(1 << 16)
+            if not d:
+                return
+            got.extend(d)
+    reader = threading.Thread(target=qemu_target)
+    reader.start()
+    spool.attach(x_in)
+    for t in (src, *threads):
+        t.join(10)
+    x_in.close()
+    reader.join(10)
+    assert heard.is_set() and result["in"] == (rp.END, None)
+    assert bytes(got) == payload
+
+
+def test_early_refusal_reaches_the_source_with_the_targets_reason():
+    src_link, dst_link = _pair()
+    q_out, x_out = socket.socketpair()
+    spool = rp.Spool(1 << 20)              # small: the reader waits at the cap
+    result = {}
+    t = threading.Thread(target=lambda: result.update(r=dst_link.pump_in(spool)))
+    t.start()
+
+    def feed():
+        try:
+            while True:
+                q_out.sendall(b"\1" * (1 << 20))
+        except OSError:
+            pass
+    threading.Thread(target=feed, daemon=True).start()
+    threading.Timer(0.3, spool.refuse, ("refused", "not enough memory for domain x")).start()
+    with pytest.raises(rp.PeerError, match="not enough memory for domain x"):
+        src_link.pump_out(x_out, lambda: None)
+    src_link.end(rp.ABORT)
+    t.join(10)
+    q_out.close()
+    assert result["r"] == (rp.ABORT, "not enough memory for domain x")
+
+
 def test_peer_silence_and_close_are_protocol_errors():
     a, b = _pair()
     a.sock.settimeout(0.2)
