@@ -28,8 +28,9 @@ from .migration import LOAD_TIMEOUT, describe, steps
 from .relolink import LINK_TIMEOUT, MigrationError, run_blocking, socketpair, tls_files, tune
 
 # Early migrations: the stream's first frames a target holds in memory while
-# its QEMU starts (then TCP holds the source back).  The source keeps QEMU
-# from switching over until the target listens, so this only bounds memory.
+# its QEMU starts (then TCP holds the source back).  A source sends at most
+# its gate (migration.EARLY_GATE, 16 MiB) before the target listens: this
+# only bounds what a peer that ignores the gate can make this xend hold.
 EARLY_HOLD = 64 << 20
 
 log = logging.getLogger("pyxen.domain.migrate")
@@ -261,7 +262,9 @@ class Incoming:
                 await self._create_disks(cfg, req.storage)
             if self._early(req, cfg):
                 # The source streams while this QEMU starts: the first frames
-                # are held (relocproto.Spool) until it listens.
+                # are held (relocproto.Spool) until it listens.  What can be
+                # refused is refused first, before any byte moves.
+                await self.domains.check_incoming(cfg, req.accel)
                 await self._send(rp.ok("early", *self._cluster_extra()))
                 self.spool = rp.Spool(EARLY_HOLD)
                 self.pump = asyncio.ensure_future(run_blocking(self.link.pump_in, self.spool))

@@ -29,12 +29,13 @@ Early (the request carries ``(early 1)``; a target that agrees answers
 ``(ok early)`` at once, before it starts its QEMU, and gives the domid
 with ``(ok loaded (domid N))``): the source streams while the target's
 QEMU starts, the target holds the first frames in memory (``Spool``) and
-says ``(ok listening)`` as soon as its QEMU takes them; until then the
-source keeps its QEMU in pre-copy (downtime limit 0), so the guest never
-stops while nothing on the target can run it.  This hides the target's
-prepare (checks, QEMU start, QMP) behind the first pass (issue 17).  An
-older target ignores the flag and answers when ready; copy-storage and
-same-host migrations keep that classic order.
+says ``(ok listening)`` as soon as its QEMU takes them.  The source sends
+at most its gate (16 MiB) before that, then ``(hold)``, and waits for the
+answer while its QEMU waits on a full socket -- still in its first pass,
+so it cannot stop the guest while nothing on the target can run it.  This
+hides the target's prepare (checks, QEMU start, QMP) behind the first
+pass (issue 17).  An older target ignores the flag and answers when
+ready; copy-storage and same-host migrations keep that classic order.
 
 With ``--copy-storage`` the request carries ``(storage (disk ...) ...)``,
 the (ok (domid N) (storage (nbd (port P) (user U) (key K)) ...)) answer
@@ -69,6 +70,7 @@ HEADER = struct.Struct(">cI")
 CTRL, DATA, END, ABORT = b"C", b"D", b"E", b"A"
 MAX_CTRL = 1 << 20
 MAX_DATA = 1 << 20
+HOLD_TIMEOUT = 120.0        # early: how long a source at its gate waits for the target's QEMU
 _MACHINE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _ACCELS = ("tcg", "kvm")
 _MIGRATION_ID = re.compile(r"[0-9a-f]{8,64}")
@@ -309,16 +311,25 @@ class Link:
         return bool(r)
 
     # -- the stream, source side
-    def pump_out(self, src: socket.socket, on_listening=None) -> None:
+    def pump_out(self, src: socket.socket, gate: int | None = None, on_listening=None) -> None:
         """Send everything QEMU writes into *src* as D frames, until QEMU
         closes it.  A control message from the target meanwhile is an
-        error (raised as PeerError) or, in an early migration, its one
-        (ok listening): *on_listening* is called."""
+        error (raised as PeerError) -- or, in an early migration (*gate*
+        set), its (ok listening): then ``on_listening(held)`` is called.
+        Early, once *gate* bytes went before it came, this sends (hold) and
+        waits for it (QEMU waits on its full socket meanwhile)."""
         buf = bytearray(HEADER.size + MAX_DATA)
         mv = memoryview(buf)
         src.settimeout(None)
         checked = time.monotonic()
+        waiting = gate is not None          # for the target's (ok listening)
         while True:
+            if waiting and self.sent >= gate:
+                self.send(["hold"])
+                self._listening(check_reply(self.recv(HOLD_TIMEOUT)))
+                waiting = False
+                if on_listening is not None:
+                    on_listening(True)
             try:
                 n = src.recv_into(mv[HEADER.size:])
             except OSError as e:
@@ -329,15 +340,21 @@ class Link:
             self._send(mv[:HEADER.size + n])
             self.sent += n
             now = time.monotonic()
-            if on_listening is not None or now - checked > 0.05:
+            if waiting or now - checked > 0.05:
                 checked = now
                 if self.pending():
                     said = check_reply(self.recv())
-                    if on_listening is not None and said[:1] == ["listening"]:
-                        on_listening()
-                        on_listening = None
-                        continue
-                    raise ProtocolError("the target sent a message in the middle of the stream")
+                    if not waiting:
+                        raise ProtocolError("the target sent a message in the middle of the stream")
+                    self._listening(said)
+                    waiting = False
+                    if on_listening is not None:
+                        on_listening(False)
+
+    @staticmethod
+    def _listening(said: list) -> None:
+        if said[:1] != ["listening"]:
+            raise ProtocolError(f"expected (ok listening) from the target, got (ok {said[:1]} ...)")
 
     def end(self, kind: bytes = END) -> None:
         self._send(frame(kind))
@@ -357,7 +374,20 @@ class Link:
             if kind in (END, ABORT):
                 return kind, problem
             if kind == CTRL:
-                raise ProtocolError("unexpected control message in the middle of the stream")
+                said = decode_msg(bytes(data))
+                if not (isinstance(dst, Spool) and said[:1] == ["hold"]):
+                    raise ProtocolError("unexpected control message in the middle of the stream")
+                # Early: the source waits for this QEMU to take the stream.
+                if not told and problem is None:
+                    try:
+                        dst.wait_attached()
+                    except Refused as e:
+                        problem = e.message
+                        self.send(err(e.kind, problem))
+                        continue
+                    self.send(ok("listening"))
+                    told = True
+                continue
             self.sent += len(data)
             if problem is None:
                 try:
@@ -418,6 +448,14 @@ class Spool:
                 return
             dst = self.dst
         dst.sendall(data)
+
+    def wait_attached(self) -> None:
+        """Until QEMU's socket is attached (or raise the refusal)."""
+        with self.cond:
+            while self.dst is None and self.refused is None:
+                self.cond.wait()
+            if self.refused is not None:
+                raise self.refused
 
     def attach(self, dst: socket.socket) -> None:
         """Hand the held frames to QEMU's socket *dst* (blocking), then let

@@ -152,38 +152,35 @@ def test_receive_early_flag_round_trips():
 
 
 def test_early_stream_is_held_until_qemu_listens_then_in_order():
-    """The target holds the first frames (more than fit in any socket
-    buffer) while its QEMU starts, tells the source once it listens, and
-    QEMU gets every byte in order."""
+    """The target holds the first frames while its QEMU starts; the
+    source sends no more than its gate before the target says it listens
+    (QEMU then waits on its socket), and QEMU gets every byte in order."""
+    import time
     src_link, dst_link = _pair()
     q_out, x_out = socket.socketpair()
-    payload = os.urandom(6 << 20)
+    payload = os.urandom(8 << 20)
     spool = rp.Spool(64 << 20)
-    got, result, heard = bytearray(), {}, threading.Event()
+    got, result, heard = bytearray(), {}, []
 
     def qemu_source():
-        q_out.sendall(payload[:4 << 20])
-        # Held in pre-copy, the source QEMU keeps sending passes: the
-        # target says it listens with the next frame after the attach.
-        at = 4 << 20
-        while not heard.wait(0.01) and at < len(payload) - (64 << 10):
-            q_out.sendall(payload[at:at + (64 << 10)])
-            at += 64 << 10
-        q_out.sendall(payload[at:])
+        q_out.sendall(payload)
         q_out.close()
 
     def target():
         result["in"] = dst_link.pump_in(spool)
 
-    threads = [threading.Thread(target=f) for f in (qemu_source, target)]
+    def source():
+        src_link.pump_out(x_out, 2 << 20, heard.append)
+        src_link.end()
+
+    threads = [threading.Thread(target=f) for f in (qemu_source, target, source)]
     for t in threads:
         t.start()
-    src = threading.Thread(target=lambda: (src_link.pump_out(x_out, heard.set), src_link.end()))
-    src.start()
-    deadline = __import__("time").monotonic() + 10
-    while spool.size < 4 << 20 and __import__("time").monotonic() < deadline:
-        __import__("time").sleep(0.01)
-    assert spool.size >= 4 << 20 and not heard.is_set()     # held, nobody told yet
+    deadline = time.monotonic() + 10
+    while spool.size < 2 << 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)             # (would the source go past its gate?)
+    assert 2 << 20 <= spool.size < 4 << 20 and heard == []
     x_in, q_in = socket.socketpair()
 
     def qemu_target():
@@ -195,18 +192,40 @@ def test_early_stream_is_held_until_qemu_listens_then_in_order():
     reader = threading.Thread(target=qemu_target)
     reader.start()
     spool.attach(x_in)
-    for t in (src, *threads):
+    for t in threads:
         t.join(10)
     x_in.close()
     reader.join(10)
-    assert heard.is_set() and result["in"] == (rp.END, None)
+    assert heard == [True] and result["in"] == (rp.END, None)
     assert bytes(got) == payload
 
 
-def test_early_refusal_reaches_the_source_with_the_targets_reason():
+def test_early_target_that_listens_before_the_gate_says_so_with_a_frame():
     src_link, dst_link = _pair()
     q_out, x_out = socket.socketpair()
-    spool = rp.Spool(1 << 20)              # small: the reader waits at the cap
+    x_in, q_in = socket.socketpair()
+    spool = rp.Spool(64 << 20)
+    spool.attach(x_in)              # QEMU listened at once
+    heard, result = [], {}
+    threading.Thread(target=lambda: (q_out.sendall(b"\2" * (3 << 20)), q_out.close())).start()
+    t = threading.Thread(target=lambda: result.update(r=dst_link.pump_in(spool)))
+    t.start()
+    drain = threading.Thread(target=lambda: [None for _ in iter(lambda: q_in.recv(1 << 16), b"")])
+    drain.start()
+    src_link.pump_out(x_out, 64 << 20, heard.append)
+    src_link.end()
+    t.join(10)
+    x_in.close()
+    drain.join(10)
+    assert heard == [False] and result["r"] == (rp.END, None)
+
+
+@pytest.mark.parametrize("cap, gate", [(1 << 20, 4 << 20),     # the target's reader waits at its cap
+                                       (64 << 20, 1 << 20)])    # the source waits at its gate
+def test_early_refusal_reaches_the_source_with_the_targets_reason(cap, gate):
+    src_link, dst_link = _pair()
+    q_out, x_out = socket.socketpair()
+    spool = rp.Spool(cap)
     result = {}
     t = threading.Thread(target=lambda: result.update(r=dst_link.pump_in(spool)))
     t.start()
@@ -220,7 +239,7 @@ def test_early_refusal_reaches_the_source_with_the_targets_reason():
     threading.Thread(target=feed, daemon=True).start()
     threading.Timer(0.3, spool.refuse, ("refused", "not enough memory for domain x")).start()
     with pytest.raises(rp.PeerError, match="not enough memory for domain x"):
-        src_link.pump_out(x_out, lambda: None)
+        src_link.pump_out(x_out, gate, lambda held: None)
     src_link.end(rp.ABORT)
     t.join(10)
     q_out.close()
