@@ -277,14 +277,25 @@ class Domains:
         restart meanwhile rolls it back.  From this same host (its source
         is here, *migration_id* says so) it is the source's twin: same
         name and uuid, a new domid, its record apart until the commit."""
-        mine = await self.accel.get()
-        if accel != mine:
-            raise InvalidRequest(f"domain {cfg.name} runs under {accel.upper()} on the source; this host "
-                                 f"runs guests under {mine.upper()}, which cannot continue it")
+        await self._check_accel(cfg, accel)
         source = self.same_host_source(cfg.uuid, migration_id)
         if source is not None:
             twins.refuse_unsupported(cfg, False)
         return await self._launch(cfg, accel, True, machine=machine, source=source)
+
+    async def check_incoming(self, cfg: DomainConfig, accel: str) -> None:
+        """prepare_incoming's checks, making nothing: an early migration
+        (relocation.py) refuses what it can before the first byte moves;
+        prepare_incoming checks again as it reserves."""
+        await self._check_accel(cfg, accel)
+        async with self.reservations.lock:
+            self._validate(cfg)
+
+    async def _check_accel(self, cfg: DomainConfig, accel: str) -> None:
+        mine = await self.accel.get()
+        if accel != mine:
+            raise InvalidRequest(f"domain {cfg.name} runs under {accel.upper()} on the source; this host "
+                                 f"runs guests under {mine.upper()}, which cannot continue it")
 
     async def _launch(self, cfg: DomainConfig, accel: str, paused: bool,
                       restore: checkpoint.SaveInfo | None = None, machine: str | None = None,

@@ -54,6 +54,11 @@ DEFAULT_DOWNTIME_MS = 50    # start of the downtime ramp (QEMU's default is 300)
 MAX_RAMPED_DOWNTIME_MS = 2000
 RAMP_EVERY_PASSES = 4       # double the allowed downtime after this many passes
 UNLIMITED = 1 << 40         # bytes/s: QEMU's 128 MiB/s default would cap a LAN
+# Early migrations: stream bytes sent before the target's QEMU listens.  A
+# booted guest's first pass is larger (its kernel alone), so QEMU is still
+# in that pass when it waits -- never past a switch-over; and 16 MiB cover
+# the target's prepare at this link's speed (bench/README.md).
+EARLY_GATE = 16 << 20
 
 
 async def migrate(dom, host: str, port: int | None = None, live: bool = False,
@@ -123,6 +128,7 @@ class Outgoing:
         self.where = f"{host}:{port}"
         self.stats: dict = {}
         self.marks: dict = {}           # monotonic times of the switch-over's steps (the log line)
+        self.early = False              # the target takes the stream before its QEMU listens
 
     def _progress(self, **info) -> None:
         self.dom.job.update(progress=info)
@@ -147,9 +153,10 @@ class Outgoing:
                 await self._stream()
                 self.marks["sent"] = time.monotonic()
                 faults.point("migrate-source-streamed")
-                reply = await run_blocking(self.link.recv, LOAD_TIMEOUT)
-                rp.check_reply(reply, "loaded")
+                reply = rp.check_reply(await run_blocking(self.link.recv, LOAD_TIMEOUT), "loaded")
                 self.marks["loaded"] = time.monotonic()
+                if self.early:
+                    self.stats["target_domid"] = _value(reply, "domid")
                 # The commit point: once it is on disk only the target may
                 # run the guest (a failure to record it still rolls back).
                 dom.job["phase"] = "commit"
@@ -210,12 +217,19 @@ class Outgoing:
         req = rp.Receive(config=dom.booted_config().to_sxp(), accel=dom.accel, machine=meta["machine"],
                          qemu=meta["qemu"], live=self.live, host=socket.gethostname(),
                          paused=not self.resume, firmware=firmware.save_meta(ctx),
-                         nvram=firmware.nvram_now(ctx), storage=storage, migration_id=dom.job["id"])
+                         nvram=firmware.nvram_now(ctx), storage=storage, migration_id=dom.job["id"],
+                         # Not with disks to copy (their exports must exist
+                         # first) nor to this same host (the twin's checks).
+                         early=not self.copy_storage and self.here is None)
         dom.job["phase"] = "prepare"
         try:
-            reply = await run_blocking(self.link.request, req.to_msg(), "domid", PREPARE_TIMEOUT)
+            answer = await run_blocking(self.link.request, req.to_msg(), None, PREPARE_TIMEOUT)
         finally:
             storagemigrate.remove_probes(probes)
+        # A target that takes the stream early answers before its QEMU
+        # runs (domid with "loaded"); any other answers when it is ready.
+        self.early = answer[:1] == ["early"]
+        reply = answer if self.early else rp.check_reply(["ok", *answer], "domid")
         self.stats["target_domid"] = _value(reply, "domid")
         if str(_value(reply, "same-host")) == "1":
             if twins.twin_of(dom) is None:
@@ -288,7 +302,13 @@ class Outgoing:
             await mon.send_fd(a.fileno(), "pyxen-migrate")
             a.close()
             await stream.start_out("pyxen-migrate")
-            pump = asyncio.ensure_future(run_blocking(self.link.pump_out, b))
+            self.marks["streaming"] = time.monotonic()
+            # Early: at most EARLY_GATE bytes go before the target's QEMU
+            # listens (then QEMU waits on its socket, in pre-copy: it cannot
+            # finish a pass, so cannot stop the guest, while nothing there
+            # can run it).
+            pump = asyncio.ensure_future(run_blocking(
+                self.link.pump_out, b, EARLY_GATE if self.early else None, self._heard))
             limit = await self._watch(pump, limit)
             await pump
             # The guest is stopped now: the end of the stream goes out at
@@ -306,6 +326,14 @@ class Outgoing:
         finally:
             a.close()
             b.close()
+
+    def _heard(self, held: bool) -> None:
+        """(The pump's thread.)  The target's QEMU takes the stream now;
+        *held*: the source waited for it at the gate."""
+        t = time.monotonic()
+        self.marks["listening"] = t
+        log.debug("%s: the target's QEMU takes the stream %.0f ms after it began%s", self.dom.name,
+                  (t - self.marks["streaming"]) * 1000, " (the stream waited for it)" if held else "")
 
     async def _watch(self, pump, limit: int) -> int:
         """Report progress until the pump ends; ramp the allowed downtime

@@ -27,6 +27,12 @@ from .lifecycle import State
 from .migration import LOAD_TIMEOUT, describe, steps
 from .relolink import LINK_TIMEOUT, MigrationError, run_blocking, socketpair, tls_files, tune
 
+# Early migrations: the stream's first frames a target holds in memory while
+# its QEMU starts (then TCP holds the source back).  A source sends at most
+# its gate (migration.EARLY_GATE, 16 MiB) before the target listens: this
+# only bounds what a peer that ignores the gate can make this xend hold.
+EARLY_HOLD = 64 << 20
+
 log = logging.getLogger("pyxen.domain.migrate")
 
 
@@ -222,6 +228,9 @@ class Incoming:
         self.nbd: dict | None = None        # the NBD server's port and key (nbdtls), while it runs
         self.committed = False
         self.marks: dict = {}           # monotonic times of the switch-over's steps (the log line)
+        # Early (Receive.early): where the first frames wait, and the thread reading them.
+        self.spool: rp.Spool | None = None
+        self.pump: asyncio.Future | None = None
 
     async def _send(self, msg: list) -> None:
         await run_blocking(self.link.send, msg)
@@ -251,6 +260,14 @@ class Incoming:
                 self.domains.store.put(firmware.nvram_key(cfg.uuid), req.nvram)
             if req.storage is not None:
                 await self._create_disks(cfg, req.storage)
+            if self._early(req, cfg):
+                # The source streams while this QEMU starts: the first frames
+                # are held (relocproto.Spool) until it listens.  What can be
+                # refused is refused first, before any byte moves.
+                await self.domains.check_incoming(cfg, req.accel)
+                await self._send(rp.ok("early", *self._cluster_extra()))
+                self.spool = rp.Spool(EARLY_HOLD)
+                self.pump = asyncio.ensure_future(run_blocking(self.link.pump_in, self.spool))
             faults.point("migrate-target-preparing")
             self.dom = await self.domains.prepare_incoming(cfg, req.accel, req.machine, req.migration_id)
             if self.disks is not None:
@@ -260,7 +277,8 @@ class Incoming:
             if self.dom is not None and self.dom.state == State.INCOMING:
                 await self.dom.destroy(force=True)
             await run_blocking(self._drop_disks)
-            await self._try_send(rp.err(getattr(e, "code", "refused"), str(e)))
+            if await self._stop_pump(getattr(e, "code", "refused"), str(e)):
+                await self._try_send(rp.err(getattr(e, "code", "refused"), str(e)))
             return
         try:
             await self._receive(req)
@@ -272,10 +290,38 @@ class Incoming:
                 # (Also one whose commit could not be recorded: it never ran.)
                 await self.dom.destroy(force=True)
             await run_blocking(self._drop_disks)
-            if not isinstance(e, (rp.ProtocolError, asyncio.CancelledError)):
+            told = not await self._stop_pump("receive", describe(e))
+            if not told and not isinstance(e, (rp.ProtocolError, asyncio.CancelledError)):
                 await self._try_send(rp.err("receive", describe(e)))
             if isinstance(e, asyncio.CancelledError):
                 raise
+
+    def _early(self, req: rp.Receive, cfg: DomainConfig) -> bool:
+        """Whether this migration takes the stream before its QEMU runs:
+        asked by the source, and neither disks to copy nor a twin here."""
+        return (req.early and req.storage is None
+                and self.domains.same_host_source(cfg.uuid, req.migration_id) is None)
+
+    def _cluster_extra(self) -> list:
+        cluster = self.domains.cluster
+        if cluster is None:
+            return []
+        return [["cluster-host", cluster.name], ["cluster-lease", f"{cluster.membership.lease:x}"]]
+
+    async def _stop_pump(self, kind: str, message: str) -> bool:
+        """Early, when the target gives up: make the reading thread tell the
+        source (err ...) and read to the stream's end.  False if that
+        thread told it; True if the link is free for the caller to."""
+        if self.pump is None:
+            return True
+        self.spool.refuse(kind, message)
+        try:
+            _, problem = await self.pump
+        except Exception:
+            return False        # the link is gone: nobody to tell
+        finally:
+            self.pump = None
+        return problem is None
 
     async def _create_disks(self, cfg: DomainConfig, storage: list) -> None:
         """The source's local disks, created empty here (or found shared);
@@ -319,25 +365,41 @@ class Incoming:
             await mon.send_fd(a.fileno(), "pyxen-migrate")
             a.close()
             await mon.migration.start_in("pyxen-migrate")
-            extra = [storagemigrate.reply(self.disks, self.nbd)] if self.disks is not None else []
-            if dom.twin:
-                extra.append(["same-host", 1])
-            cluster = self.domains.cluster
-            if cluster is not None:
-                extra += [["cluster-host", cluster.name], ["cluster-lease", f"{cluster.membership.lease:x}"]]
-            await self._send(rp.ok(["domid", dom.domid], *extra))
-            if self.disks is not None:
-                # The source mirrors the disks first; the link is quiet
-                # until it says the memory follows (a dead source is seen
-                # by TCP keepalive, a killed xend by the connection's end).
-                msg = await run_blocking(self.link.recv, storagemigrate.READY_TIMEOUT)
-                if msg[0] != "stream":
-                    raise rp.ProtocolError(f"expected (stream) after the disk copy, got ({msg[0]} ...)")
-            faults.point("migrate-target-receiving")
-            kind, problem = await run_blocking(self.link.pump_in, b)
+            if self.pump is not None:
+                # Early: the held frames to QEMU, then the rest as it comes.
+                faults.point("migrate-target-receiving")
+                await run_blocking(self.spool.attach, b)
+                pump, self.pump = self.pump, None
+                kind, problem = await pump
+            else:
+                kind, problem = await self._stream_in(b)
         finally:
             a.close()
             b.close()       # QEMU sees the end of its stream
+        await self._loaded(req, kind, problem)
+
+    async def _stream_in(self, b) -> tuple[bytes, str | None]:
+        """The classic order: (ok (domid N) ...) once QEMU listens, then
+        the stream (after the disk copy, with --copy-storage)."""
+        dom = self.dom
+        extra = [storagemigrate.reply(self.disks, self.nbd)] if self.disks is not None else []
+        if dom.twin:
+            extra.append(["same-host", 1])
+        extra += self._cluster_extra()
+        await self._send(rp.ok(["domid", dom.domid], *extra))
+        if self.disks is not None:
+            # The source mirrors the disks first; the link is quiet
+            # until it says the memory follows (a dead source is seen
+            # by TCP keepalive, a killed xend by the connection's end).
+            msg = await run_blocking(self.link.recv, storagemigrate.READY_TIMEOUT)
+            if msg[0] != "stream":
+                raise rp.ProtocolError(f"expected (stream) after the disk copy, got ({msg[0]} ...)")
+        faults.point("migrate-target-receiving")
+        return await run_blocking(self.link.pump_in, b)
+
+    async def _loaded(self, req: rp.Receive, kind: bytes, problem: str | None) -> None:
+        """After the stream's last frame: QEMU's load, then the commit."""
+        dom, mon = self.dom, self.dom.monitor
         if kind == rp.ABORT:
             raise rp.ProtocolError("the source gave up the migration")
         if problem:
@@ -347,7 +409,7 @@ class Incoming:
             raise MigrationError(f"QEMU could not load the guest: {await mon.migration.error(status)}"
                                  + qemulog.reason(dom.runtime().qemu_log, dom.qemu_log_start))
         self.marks["stream"] = time.monotonic()
-        await self._send(rp.ok("loaded"))
+        await self._send(rp.ok("loaded", ["domid", dom.domid]))
         self.marks["loaded"] = time.monotonic()
         faults.point("migrate-target-loaded")
         msg = await run_blocking(self.link.recv, LINK_TIMEOUT)

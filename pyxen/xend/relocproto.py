@@ -25,6 +25,18 @@ The conversation (S = source, T = target)::
     S: (commit)                               or (abort (reason ...))
     T: (ok running)                           or (err ...)
 
+Early (the request carries ``(early 1)``; a target that agrees answers
+``(ok early)`` at once, before it starts its QEMU, and gives the domid
+with ``(ok loaded (domid N))``): the source streams while the target's
+QEMU starts, the target holds the first frames in memory (``Spool``) and
+says ``(ok listening)`` as soon as its QEMU takes them.  The source sends
+at most its gate (16 MiB) before that, then ``(hold)``, and waits for the
+answer while its QEMU waits on a full socket -- still in its first pass,
+so it cannot stop the guest while nothing on the target can run it.  This
+hides the target's prepare (checks, QEMU start, QMP) behind the first
+pass (issue 17).  An older target ignores the flag and answers when
+ready; copy-storage and same-host migrations keep that classic order.
+
 With ``--copy-storage`` the request carries ``(storage (disk ...) ...)``,
 the (ok (domid N) (storage (nbd (port P) (user U) (key K)) ...)) answer
 says what the target made of each disk and where its QEMU serves them
@@ -46,7 +58,9 @@ import select
 import socket
 import ssl
 import struct
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from ..config import sxp
@@ -56,6 +70,7 @@ HEADER = struct.Struct(">cI")
 CTRL, DATA, END, ABORT = b"C", b"D", b"E", b"A"
 MAX_CTRL = 1 << 20
 MAX_DATA = 1 << 20
+HOLD_TIMEOUT = 120.0        # early: how long a source at its gate waits for the target's QEMU
 _MACHINE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _ACCELS = ("tcg", "kvm")
 _MIGRATION_ID = re.compile(r"[0-9a-f]{8,64}")
@@ -129,6 +144,9 @@ class Receive:
     # This migration's random id, also in the source's job record: a target
     # that finds it there is the source's own host (a same-host migration).
     migration_id: str = ""
+    # The source may stream before the target's QEMU listens (the target
+    # holds the first frames; relocation.Incoming): "(ok early)" says it will.
+    early: bool = False
 
     def to_msg(self) -> list:
         msg = ["receive", ["version", VERSION], ["config", self.config], ["accel", self.accel],
@@ -142,6 +160,8 @@ class Receive:
             msg.append(self.storage)
         if self.migration_id:
             msg.append(["id", self.migration_id])
+        if self.early:
+            msg.append(["early", 1])
         return msg
 
 
@@ -182,7 +202,7 @@ def parse_receive(msg: list) -> Receive:
     return Receive(config=cfg, accel=accel, machine=machine, firmware=firmware, nvram=nvram, migration_id=mid,
                    qemu=str(sxp.child_value(msg, "qemu", "?"))[:32], live=live == "1",
                    host=str(sxp.child_value(msg, "host", "?"))[:255], paused=paused == "1",
-                   storage=sxp.child(msg, "storage"))
+                   storage=sxp.child(msg, "storage"), early=str(sxp.child_value(msg, "early", "0")) == "1")
 
 
 def ok(*values) -> list:
@@ -291,15 +311,25 @@ class Link:
         return bool(r)
 
     # -- the stream, source side
-    def pump_out(self, src: socket.socket) -> None:
+    def pump_out(self, src: socket.socket, gate: int | None = None, on_listening=None) -> None:
         """Send everything QEMU writes into *src* as D frames, until QEMU
-        closes it.  A control message from the target meanwhile can only
-        be an error: raised as PeerError."""
+        closes it.  A control message from the target meanwhile is an
+        error (raised as PeerError) -- or, in an early migration (*gate*
+        set), its (ok listening): then ``on_listening(held)`` is called.
+        Early, once *gate* bytes went before it came, this sends (hold) and
+        waits for it (QEMU waits on its full socket meanwhile)."""
         buf = bytearray(HEADER.size + MAX_DATA)
         mv = memoryview(buf)
         src.settimeout(None)
         checked = time.monotonic()
+        waiting = gate is not None          # for the target's (ok listening)
         while True:
+            if waiting and self.sent >= gate:
+                self.send(["hold"])
+                self._listening(check_reply(self.recv(HOLD_TIMEOUT)))
+                waiting = False
+                if on_listening is not None:
+                    on_listening(True)
             try:
                 n = src.recv_into(mv[HEADER.size:])
             except OSError as e:
@@ -310,11 +340,21 @@ class Link:
             self._send(mv[:HEADER.size + n])
             self.sent += n
             now = time.monotonic()
-            if now - checked > 0.05:
+            if waiting or now - checked > 0.05:
                 checked = now
                 if self.pending():
-                    check_reply(self.recv())
-                    raise ProtocolError("the target sent a message in the middle of the stream")
+                    said = check_reply(self.recv())
+                    if not waiting:
+                        raise ProtocolError("the target sent a message in the middle of the stream")
+                    self._listening(said)
+                    waiting = False
+                    if on_listening is not None:
+                        on_listening(False)
+
+    @staticmethod
+    def _listening(said: list) -> None:
+        if said[:1] != ["listening"]:
+            raise ProtocolError(f"expected (ok listening) from the target, got (ok {said[:1]} ...)")
 
     def end(self, kind: bytes = END) -> None:
         self._send(frame(kind))
@@ -328,16 +368,114 @@ class Link:
         buf = bytearray(MAX_DATA)
         mv = memoryview(buf)
         problem = None
+        told = False
         while True:
             kind, data = self.read_frame(mv)
             if kind in (END, ABORT):
                 return kind, problem
             if kind == CTRL:
-                raise ProtocolError("unexpected control message in the middle of the stream")
+                said = decode_msg(bytes(data))
+                if not (isinstance(dst, Spool) and said[:1] == ["hold"]):
+                    raise ProtocolError("unexpected control message in the middle of the stream")
+                # Early: the source waits for this QEMU to take the stream.
+                if not told and problem is None:
+                    try:
+                        dst.wait_attached()
+                    except Refused as e:
+                        problem = e.message
+                        self.send(err(e.kind, problem))
+                        continue
+                    self.send(ok("listening"))
+                    told = True
+                continue
             self.sent += len(data)
             if problem is None:
                 try:
                     dst.sendall(data)
+                except Refused as e:
+                    # The target gave up while the frames were held (early).
+                    problem = e.message
+                    self.send(err(e.kind, problem))
                 except OSError as e:
                     problem = f"the target QEMU stopped reading the stream ({e.strerror or e})"
                     self.send(err("stream", problem))
+            if problem is None and getattr(dst, "attached", False) and not told:
+                # Early: the source holds the switch-over until it hears
+                # the target QEMU takes the stream (this thread is the
+                # only one using the link meanwhile).
+                self.send(ok("listening"))
+                told = True
+
+
+class Refused(OSError):
+    """The target gave up an early migration while it held the stream's
+    first frames: *kind* and *message* for the source's (err ...)."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind, self.message = kind, message
+
+
+class Spool:
+    """The target's side of an early migration: the stream's first frames,
+    which arrive while its QEMU is still starting.  Up to *cap* bytes are
+    held in memory (then the reading thread waits and TCP holds the source
+    back); once QEMU's socket is attached they go to it in order, and
+    every later frame goes straight there.  ``refuse`` makes the next
+    write fail with the target's reason."""
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self.held: deque[bytes] = deque()
+        self.size = 0
+        self.dst: socket.socket | None = None
+        self.refused: Refused | None = None
+        self.cond = threading.Condition()
+
+    @property
+    def attached(self) -> bool:
+        return self.dst is not None
+
+    def sendall(self, data) -> None:
+        with self.cond:
+            while self.dst is None and self.refused is None and self.size >= self.cap:
+                self.cond.wait()
+            if self.refused is not None:
+                raise self.refused
+            if self.dst is None:
+                self.held.append(bytes(data))
+                self.size += len(data)
+                return
+            dst = self.dst
+        dst.sendall(data)
+
+    def wait_attached(self) -> None:
+        """Until QEMU's socket is attached (or raise the refusal)."""
+        with self.cond:
+            while self.dst is None and self.refused is None:
+                self.cond.wait()
+            if self.refused is not None:
+                raise self.refused
+
+    def attach(self, dst: socket.socket) -> None:
+        """Hand the held frames to QEMU's socket *dst* (blocking), then let
+        the reader write there itself."""
+        while True:
+            with self.cond:
+                if self.refused is not None:
+                    return
+                if not self.held:
+                    self.dst = dst
+                    self.cond.notify_all()
+                    return
+                chunk = self.held.popleft()
+                self.size -= len(chunk)
+                self.cond.notify_all()
+            dst.sendall(chunk)
+
+    def refuse(self, kind: str, message: str) -> None:
+        with self.cond:
+            self.refused = Refused(kind, message)
+            self.held.clear()
+            self.size = 0
+            self.cond.notify_all()

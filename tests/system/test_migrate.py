@@ -122,6 +122,9 @@ def test_live_migration_keeps_the_guest_running(pair, lab):
     assert downtime != "?" and float(downtime) > 0
     print(f"live migration: {m.group(1)} s, {m.group(2)} MiB, downtime {downtime} ms")
     assert "Migrating mover to" in res.stderr           # progress was shown
+    # Early streaming (relocproto): the stream began before B's QEMU was up,
+    # and B's QEMU took it over (with or without the source waiting at its gate).
+    assert "the target's QEMU takes the stream" in (a.root / "var/log/xen/xend.log").read_text()
 
     assert "mover" not in a.domains() and a.qemu_pids() == []
     assert state_files(a) == [] and taps(lab, lab.spaces[0]) == []
@@ -303,6 +306,9 @@ def test_vtpm_state_travels_with_the_domain(pair):
 @pytest.mark.parametrize("side, point, where", [
     # Before the commit point the source rolls back: the guest runs on there.
     ("source", "migrate-source-prepared", "running on A"),
+    # (Early streaming: the target said "(ok early)" and holds the first
+    # frames when it dies before its QEMU is up.)
+    ("target", "migrate-target-preparing", "running on A"),
     ("target", "migrate-target-receiving", "running on A"),
     # Past it nobody can know whether the target runs the guest: the source
     # keeps it paused; the target, which never got to run it, drops it.

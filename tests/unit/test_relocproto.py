@@ -142,6 +142,110 @@ def test_target_failure_reaches_the_source_mid_stream():
     assert kind == rp.ABORT and "stopped reading" in problem
 
 
+def test_receive_early_flag_round_trips():
+    req = rp.Receive(config=CFG, accel="tcg", machine="pc-i440fx-7.2", qemu="7.2.0", live=True, host="a",
+                     early=True)
+    msg = req.to_msg()
+    assert ["early", 1] in msg and rp.parse_receive(msg).early
+    # An older source says nothing: the classic order.
+    assert not rp.parse_receive([m for m in msg if m != ["early", 1]]).early
+
+
+def test_early_stream_is_held_until_qemu_listens_then_in_order():
+    """The target holds the first frames while its QEMU starts; the
+    source sends no more than its gate before the target says it listens
+    (QEMU then waits on its socket), and QEMU gets every byte in order."""
+    import time
+    src_link, dst_link = _pair()
+    q_out, x_out = socket.socketpair()
+    payload = os.urandom(8 << 20)
+    spool = rp.Spool(64 << 20)
+    got, result, heard = bytearray(), {}, []
+
+    def qemu_source():
+        q_out.sendall(payload)
+        q_out.close()
+
+    def target():
+        result["in"] = dst_link.pump_in(spool)
+
+    def source():
+        src_link.pump_out(x_out, 2 << 20, heard.append)
+        src_link.end()
+
+    threads = [threading.Thread(target=f) for f in (qemu_source, target, source)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 10
+    while spool.size < 2 << 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)             # (would the source go past its gate?)
+    assert 2 << 20 <= spool.size < 4 << 20 and heard == []
+    x_in, q_in = socket.socketpair()
+
+    def qemu_target():
+        while True:
+            d = q_in.recv(1 << 16)
+            if not d:
+                return
+            got.extend(d)
+    reader = threading.Thread(target=qemu_target)
+    reader.start()
+    spool.attach(x_in)
+    for t in threads:
+        t.join(10)
+    x_in.close()
+    reader.join(10)
+    assert heard == [True] and result["in"] == (rp.END, None)
+    assert bytes(got) == payload
+
+
+def test_early_target_that_listens_before_the_gate_says_so_with_a_frame():
+    src_link, dst_link = _pair()
+    q_out, x_out = socket.socketpair()
+    x_in, q_in = socket.socketpair()
+    spool = rp.Spool(64 << 20)
+    spool.attach(x_in)              # QEMU listened at once
+    heard, result = [], {}
+    threading.Thread(target=lambda: (q_out.sendall(b"\2" * (3 << 20)), q_out.close())).start()
+    t = threading.Thread(target=lambda: result.update(r=dst_link.pump_in(spool)))
+    t.start()
+    drain = threading.Thread(target=lambda: [None for _ in iter(lambda: q_in.recv(1 << 16), b"")])
+    drain.start()
+    src_link.pump_out(x_out, 64 << 20, heard.append)
+    src_link.end()
+    t.join(10)
+    x_in.close()
+    drain.join(10)
+    assert heard == [False] and result["r"] == (rp.END, None)
+
+
+@pytest.mark.parametrize("cap, gate", [(1 << 20, 4 << 20),     # the target's reader waits at its cap
+                                       (64 << 20, 1 << 20)])    # the source waits at its gate
+def test_early_refusal_reaches_the_source_with_the_targets_reason(cap, gate):
+    src_link, dst_link = _pair()
+    q_out, x_out = socket.socketpair()
+    spool = rp.Spool(cap)
+    result = {}
+    t = threading.Thread(target=lambda: result.update(r=dst_link.pump_in(spool)))
+    t.start()
+
+    def feed():
+        try:
+            while True:
+                q_out.sendall(b"\1" * (1 << 20))
+        except OSError:
+            pass
+    threading.Thread(target=feed, daemon=True).start()
+    threading.Timer(0.3, spool.refuse, ("refused", "not enough memory for domain x")).start()
+    with pytest.raises(rp.PeerError, match="not enough memory for domain x"):
+        src_link.pump_out(x_out, gate, lambda held: None)
+    src_link.end(rp.ABORT)
+    t.join(10)
+    q_out.close()
+    assert result["r"] == (rp.ABORT, "not enough memory for domain x")
+
+
 def test_peer_silence_and_close_are_protocol_errors():
     a, b = _pair()
     a.sock.settimeout(0.2)
