@@ -429,16 +429,21 @@ class Spool:
         self.held: deque[bytes] = deque()
         self.size = 0
         self.dst: socket.socket | None = None
+        self.ready = False          # QEMU's socket is being attached: the source may go on
         self.refused: Refused | None = None
         self.cond = threading.Condition()
 
     @property
     def attached(self) -> bool:
-        return self.dst is not None
+        return self.ready
 
     def sendall(self, data) -> None:
         with self.cond:
-            while self.dst is None and self.refused is None and self.size >= self.cap:
+            # Held only until QEMU's socket comes: from then on a frame waits
+            # for the held ones to drain, so the backlog never grows behind
+            # a QEMU that is reading (TCP holds the source back, the switch-
+            # over cannot come with the stream's tail still held here).
+            while self.dst is None and self.refused is None and (self.ready or self.size >= self.cap):
                 self.cond.wait()
             if self.refused is not None:
                 raise self.refused
@@ -450,16 +455,20 @@ class Spool:
         dst.sendall(data)
 
     def wait_attached(self) -> None:
-        """Until QEMU's socket is attached (or raise the refusal)."""
+        """Until QEMU's socket is being attached (or raise the refusal)."""
         with self.cond:
-            while self.dst is None and self.refused is None:
+            while not self.ready and self.refused is None:
                 self.cond.wait()
             if self.refused is not None:
                 raise self.refused
 
     def attach(self, dst: socket.socket) -> None:
         """Hand the held frames to QEMU's socket *dst* (blocking), then let
-        the reader write there itself."""
+        the reader write there itself.  The source may go on at once (the
+        new frames queue behind the held ones): its sending overlaps this."""
+        with self.cond:
+            self.ready = True
+            self.cond.notify_all()
         while True:
             with self.cond:
                 if self.refused is not None:
