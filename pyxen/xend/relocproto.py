@@ -399,7 +399,7 @@ class Link:
                 except OSError as e:
                     problem = f"the target QEMU stopped reading the stream ({e.strerror or e})"
                     self.send(err("stream", problem))
-            if problem is None and getattr(dst, "attached", False) and not told:
+            if problem is None and isinstance(dst, Spool) and dst.ready and not told:
                 # Early: the source holds the switch-over until it hears
                 # the target QEMU takes the stream (this thread is the
                 # only one using the link meanwhile).
@@ -432,10 +432,6 @@ class Spool:
         self.ready = False          # QEMU's socket is being attached: the source may go on
         self.refused: Refused | None = None
         self.cond = threading.Condition()
-
-    @property
-    def attached(self) -> bool:
-        return self.ready
 
     def sendall(self, data) -> None:
         with self.cond:

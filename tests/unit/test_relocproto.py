@@ -80,6 +80,17 @@ def _pair():
     return rp.Link(a, timeout=5), rp.Link(b, timeout=5)
 
 
+def _feed_forever(sock: socket.socket) -> None:
+    """A source QEMU that writes until its socket fails (a daemon thread)."""
+    def feed():
+        try:
+            while True:
+                sock.sendall(b"\0" * (1 << 20))
+        except OSError:
+            pass
+    threading.Thread(target=feed, daemon=True).start()
+
+
 def test_stream_passes_through_intact():
     src_link, dst_link = _pair()
     q_out, x_out = socket.socketpair()       # "source QEMU" writes into q_out
@@ -126,13 +137,7 @@ def test_target_failure_reaches_the_source_mid_stream():
     t = threading.Thread(target=target)
     t.start()
 
-    def feed():
-        try:
-            while True:
-                q_out.sendall(b"\0" * (1 << 20))
-        except OSError:
-            pass
-    threading.Thread(target=feed, daemon=True).start()
+    _feed_forever(q_out)
     with pytest.raises(rp.PeerError, match="stopped reading"):
         src_link.pump_out(x_out)
     src_link.end(rp.ABORT)
@@ -230,13 +235,7 @@ def test_early_refusal_reaches_the_source_with_the_targets_reason(cap, gate):
     t = threading.Thread(target=lambda: result.update(r=dst_link.pump_in(spool)))
     t.start()
 
-    def feed():
-        try:
-            while True:
-                q_out.sendall(b"\1" * (1 << 20))
-        except OSError:
-            pass
-    threading.Thread(target=feed, daemon=True).start()
+    _feed_forever(q_out)
     threading.Timer(0.3, spool.refuse, ("refused", "not enough memory for domain x")).start()
     with pytest.raises(rp.PeerError, match="not enough memory for domain x"):
         src_link.pump_out(x_out, gate, lambda held: None)
